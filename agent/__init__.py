@@ -1,0 +1,3 @@
+"""edge-agent: the field agent for water-conservancy and hydrology gateways."""
+
+__version__ = "0.1.0"

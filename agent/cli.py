@@ -1,0 +1,151 @@
+"""The `edge-agent` command line: parses arguments, calls into the parts, renders.
+
+Exit codes (DESIGN.md): 0 ok, 1 a finding (a bad point, a failed check), 2 bad usage or bad
+input, each with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from agent import __version__
+from agent.config import Config, ConfigError, default_config_path, load_config
+from agent.logs import configure_logging
+from agent.model import Quality
+
+EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
+
+
+def _config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="config file (default: $EDGE_AGENT_CONFIG or /etc/edge-agent/config.yaml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-agent",
+        description="Field agent for hydrology and water-conservancy gateways.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the agent in the foreground (systemd runs this)")
+    _config_arg(run)
+
+    demo = commands.add_parser("demo", help="the agent on a simulated site, no broker needed")
+    demo.add_argument(
+        "--duration", type=float, default=0, help="seconds to run (default: until Ctrl-C)"
+    )
+    demo.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
+
+    poll = commands.add_parser("poll", help="read every point of one terminal once")
+    poll.add_argument("terminal", help="the terminal's name in the config")
+    _config_arg(poll)
+    poll.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+
+    config = commands.add_parser("config", help="config file tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    validate = config_commands.add_parser("validate", help="check a config file, print every error")
+    validate.add_argument("path", nargs="?", type=Path, default=None)
+    return parser
+
+
+def _fail(message: str, code: int = EXIT_USAGE) -> int:
+    print(f"edge-agent: {message}", file=sys.stderr)
+    return code
+
+
+def _load_config(path: Path | None) -> Config | None:
+    """The config, or None after printing every error of the file to stderr."""
+    try:
+        return load_config(path or default_config_path())
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return None
+
+
+def cmd_config_validate(args: argparse.Namespace) -> int:
+    path = args.path or default_config_path()
+    config = _load_config(path)
+    if config is None:
+        return EXIT_USAGE
+    points = sum(len(t.points) for t in config.terminals)
+    print(f"{path}: ok ({len(config.terminals)} terminals, {points} points)")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import Daemon
+
+    path = args.config or default_config_path()
+    config = _load_config(path)
+    if config is None:
+        return EXIT_USAGE
+    configure_logging(config.log.level, config.log.format)
+    asyncio.run(Daemon(config, path).run())
+    return EXIT_OK
+
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from agent.daemon import poll_terminal
+    from agent.render import poll_errors, poll_json, poll_table
+
+    path = args.config or default_config_path()
+    config = _load_config(path)
+    if config is None:
+        return EXIT_USAGE
+    configure_logging("error", "console")
+    try:
+        terminal, readings = asyncio.run(poll_terminal(config, args.terminal))
+    except KeyError as exc:
+        return _fail(str(exc.args[0]))
+    if args.json:
+        print(json.dumps(poll_json(terminal.name, terminal.points, readings), indent=2))
+    else:
+        console = Console()
+        console.print(poll_table(terminal.name, terminal.address, terminal.points, readings))
+        for line in poll_errors(readings):
+            console.print(f"[red]error[/red] {line}", highlight=False)
+    return EXIT_FINDING if any(r.quality is not Quality.GOOD for r in readings) else EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import DEMO_CONFIG, run_demo
+
+    configure_logging("warning", "console")
+    try:
+        return asyncio.run(run_demo(Console(), args.duration, args.config or DEMO_CONFIG))
+    except ConfigError as exc:
+        for line in exc.lines():
+            print(line, file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        return _fail(f"demo cannot start: {exc}")
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "demo": cmd_demo,
+    "poll": cmd_poll,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config":
+        return cmd_config_validate(args)
+    return COMMANDS[args.command](args)

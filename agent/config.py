@@ -1,0 +1,355 @@
+"""YAML config -> validated, frozen config objects.
+
+Loaded once; after `load_config` no code sees a dict. Every error names the file, the key path
+and the problem (`config.yaml: terminals[1].points[0].type: unknown type 'floot' (...)`), and
+all errors of a file are reported together. Defaults are documented in config/example.yaml.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
+
+from agent.durations import parse_duration
+
+DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
+CONFIG_ENV = "EDGE_AGENT_CONFIG"
+
+REGISTER_TYPES = (
+    "uint16",
+    "int16",
+    "uint32",
+    "int32",
+    "uint64",
+    "int64",
+    "float32",
+    "float64",
+    "string",
+    "bool",
+)
+TABLES = ("holding", "input", "coil", "discrete")
+BIT_TABLES = frozenset({"coil", "discrete"})
+WORD_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
+# Protocol limits (Modbus Application Protocol V1.1b3, 6.1-6.4): one read returns at most
+# 125 registers or 2000 bits.
+MAX_REGISTERS_PER_READ = 125
+MAX_BITS_PER_READ = 2000
+_REGISTER_WIDTH = {
+    "uint16": 1,
+    "int16": 1,
+    "bool": 1,
+    "uint32": 2,
+    "int32": 2,
+    "float32": 2,
+    "uint64": 4,
+    "int64": 4,
+    "float64": 4,
+}
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `errors` holds one line per problem."""
+
+    def __init__(self, path: Path | str, errors: Sequence[str]) -> None:
+        self.path = Path(path)
+        self.errors = list(errors)
+        super().__init__("\n".join(f"{self.path.name}: {e}" for e in self.errors))
+
+    def lines(self) -> list[str]:
+        """One line per problem, each starting with the file name."""
+        return [f"{self.path}: {e}" for e in self.errors]
+
+
+def _duration(value: Any) -> float:
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+
+class GatewayConfig(_Frozen):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class LogConfig(_Frozen):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # auto: readable on a terminal, JSON lines otherwise (journald).
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class JsonlConfig(_Frozen):
+    """The local JSON-lines copy of every reading (the sink until the outbox exists)."""
+
+    enabled: bool = True
+    path: Path | None = None  # default: <state_dir>/readings.jsonl
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)  # then rotate to .1
+
+
+class PointConfig(_Frozen):
+    name: str = Field(min_length=1)
+    table: Literal["holding", "input", "coil", "discrete"] = "holding"
+    address: int = Field(ge=0, le=65535)
+    type: Literal[
+        "uint16",
+        "int16",
+        "uint32",
+        "int32",
+        "uint64",
+        "int64",
+        "float32",
+        "float64",
+        "string",
+        "bool",
+    ] = "uint16"
+    word_order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    length: int | None = Field(default=None, ge=1, le=MAX_REGISTERS_PER_READ)
+    bit: int | None = Field(default=None, ge=0, le=15)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PointConfig:
+        if self.table in BIT_TABLES and self.type != "bool":
+            raise ValueError(f"a {self.table} is a single bit: type must be bool, not {self.type}")
+        if self.type == "string" and self.length is None:
+            raise ValueError("type string needs length (in registers, 2 characters each)")
+        if self.type != "string" and self.length is not None:
+            raise ValueError("length applies only to type string")
+        if self.bit is not None and (self.type != "bool" or self.table in BIT_TABLES):
+            raise ValueError("bit applies only to type bool read from a holding or input register")
+        if self.address + self.width > 65536:
+            raise ValueError(f"address {self.address} + {self.width} runs past the last address")
+        return self
+
+    @property
+    def width(self) -> int:
+        """How many registers (or bits, for coil/discrete) the point occupies."""
+        if self.table in BIT_TABLES:
+            return 1
+        if self.type == "string":
+            return self.length or 1
+        return _REGISTER_WIDTH[self.type]
+
+    @property
+    def source(self) -> str:
+        """The raw identifier carried by its readings, e.g. ``holding:40``."""
+        return f"{self.table}:{self.address}"
+
+
+class _ModbusTerminal(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    unit: int = Field(default=1, ge=0, le=247)
+    period: PositiveDuration = 5.0
+    timeout: PositiveDuration = 1.0
+    retries: int = Field(default=2, ge=0, le=10)
+    # A dead terminal is retried at period * 2^n, at most this far apart.
+    backoff_max: PositiveDuration = 300.0
+    # Points of one table closer than this many registers (x16 for bits) are read together.
+    max_gap: int = Field(default=8, ge=0, le=MAX_REGISTERS_PER_READ)
+    points: list[PointConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_points(self) -> _ModbusTerminal:
+        dupes = [n for n, c in Counter(p.name for p in self.points).items() if c > 1]
+        if dupes:
+            raise ValueError(f"point names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class ModbusTcpTerminal(_ModbusTerminal):
+    protocol: Literal["modbus-tcp"]
+    host: str = Field(min_length=1)
+    port: int = Field(default=502, ge=1, le=65535)
+
+    @property
+    def address(self) -> str:
+        """Where the terminal is, for people: ``host:port#unit``."""
+        return f"{self.host}:{self.port}#{self.unit}"
+
+
+class ModbusRtuTerminal(_ModbusTerminal):
+    protocol: Literal["modbus-rtu"]
+    device: str = Field(min_length=1)
+    baudrate: int = Field(default=9600, gt=0)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    # Silence between frames; default 3.5 character times (at least 1.75 ms), as the
+    # Modbus over serial line spec 2.5.1.1 asks.
+    frame_gap: Duration | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.device}#{self.unit}"
+
+    @property
+    def line_settings(self) -> tuple[int, str, int, int]:
+        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
+
+    @property
+    def char_time(self) -> float:
+        """Seconds one character takes on the line (start + data + parity + stop bits)."""
+        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
+        return bits / self.baudrate
+
+    @property
+    def effective_frame_gap(self) -> float:
+        if self.frame_gap is not None:
+            return self.frame_gap
+        return max(3.5 * self.char_time, 0.00175)
+
+
+Terminal = Annotated[ModbusTcpTerminal | ModbusRtuTerminal, Field(discriminator="protocol")]
+PROTOCOLS = ("modbus-tcp", "modbus-rtu")
+
+
+class Config(_Frozen):
+    gateway: GatewayConfig
+    state_dir: Path = Path("/var/lib/edge-agent")
+    log: LogConfig = LogConfig()
+    jsonl: JsonlConfig = JsonlConfig()
+    terminals: list[Terminal] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        dupes = [n for n, c in Counter(t.name for t in self.terminals).items() if c > 1]
+        if dupes:
+            raise ValueError(f"terminal names must be unique; repeated: {', '.join(dupes)}")
+        buses: dict[str, ModbusRtuTerminal] = {}
+        for t in self.terminals:
+            if not isinstance(t, ModbusRtuTerminal):
+                continue
+            first = buses.setdefault(t.device, t)
+            if first is t:
+                continue
+            if first.line_settings != t.line_settings:
+                raise ValueError(
+                    f"terminals {first.name} and {t.name} share {t.device} but not its line "
+                    "settings (baudrate, parity, stopbits, bytesize must match on one bus)"
+                )
+            if first.unit == t.unit:
+                raise ValueError(
+                    f"terminals {first.name} and {t.name} both use unit {t.unit} on {t.device}"
+                )
+        return self
+
+    def terminal(self, name: str) -> ModbusTcpTerminal | ModbusRtuTerminal:
+        for t in self.terminals:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.terminals) or "none configured"
+        raise KeyError(f"no terminal named {name!r} (known: {known})")
+
+    @property
+    def jsonl_path(self) -> Path:
+        return self.jsonl.path or self.state_dir / "readings.jsonl"
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_PATH))
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; raises ConfigError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(path, ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, [f"cannot read: {exc}"]) from exc
+    return parse_config(text, path)
+
+
+def parse_config(text: str, path: Path | str = "config.yaml") -> Config:
+    """Validate config text; relative paths in it are taken from the file's folder."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(path, [f"{where}not valid YAML: {problem}"]) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the file must be a YAML mapping (gateway:, terminals:, ...)"])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(path, [_describe(err) for err in exc.errors()]) from None
+    return _resolve_paths(config, path.parent)
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    updates: dict[str, Any] = {}
+    if not config.state_dir.is_absolute():
+        updates["state_dir"] = (base / config.state_dir).resolve()
+    if config.jsonl.path is not None and not config.jsonl.path.is_absolute():
+        jsonl = config.jsonl.model_copy(update={"path": (base / config.jsonl.path).resolve()})
+        updates["jsonl"] = jsonl
+    return config.model_copy(update=updates) if updates else config
+
+
+def _key_path(loc: Sequence[int | str]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in PROTOCOLS and i > 0 and isinstance(loc[i - 1], int):
+            continue  # pydantic names the union member it tried; people do not need it
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _choices(expected: str) -> str:
+    return ", ".join(re.findall(r"'([^']*)'", expected))
+
+
+def _describe(err: Any) -> str:
+    loc = err["loc"]
+    kind = err["type"]
+    key = _key_path(loc)
+    field = str(loc[-1]) if loc else "value"
+    value = err.get("input")
+    if kind == "literal_error":
+        problem = f"unknown {field} {value!r} (expected one of: {_choices(err['ctx']['expected'])})"
+    elif kind == "union_tag_invalid":
+        problem = (
+            f"unknown protocol {err['ctx']['tag']!r} (expected one of: {', '.join(PROTOCOLS)})"
+        )
+        key = f"{key}.protocol" if key else "protocol"
+    elif kind == "union_tag_not_found":
+        problem = f"missing protocol (one of: {', '.join(PROTOCOLS)})"
+        key = f"{key}.protocol" if key else "protocol"
+    elif kind == "missing":
+        problem = "required key is missing"
+    elif kind == "extra_forbidden":
+        problem = "unknown key (see config/example.yaml for every option)"
+    elif kind == "value_error":
+        problem = str(err["ctx"]["error"])
+    elif kind == "string_pattern_mismatch":
+        problem = f"{value!r} is not allowed: use letters, digits, '.', '_' or '-' (max 64)"
+    else:
+        problem = f"{err['msg']} (got {value!r})" if value is not None else err["msg"]
+    return f"{key}: {problem}" if key else problem

@@ -1,0 +1,226 @@
+"""The composition root: builds the parts from config, runs them, and stops them in time.
+
+Lifecycle: start (open the sink, start one poller per terminal) -> run until SIGTERM/SIGINT ->
+graceful stop within `STOP_DEADLINE` seconds -> cancel what is left. SIGHUP and a change of the
+config file reload the terminals without a restart; a new config with errors is refused, its
+errors logged, and the running config kept. Signal handlers only set events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from agent.config import Config, ConfigError, ModbusRtuTerminal, load_config
+from agent.model import Reading
+from agent.polling import ModbusTerminal, Poller
+from agent.protocols.modbus import BusLink, Link, SerialBus, SerialSettings, TcpLink
+from agent.sinks import FanOut, JsonlSink, ReadingSink
+
+log = structlog.get_logger(__name__)
+
+STOP_DEADLINE = 5.0
+RELOAD_SETTLE = 0.3  # editors write a file in several steps; reload once it is quiet
+
+
+def serial_settings(t: ModbusRtuTerminal) -> SerialSettings:
+    return SerialSettings(
+        t.device, t.baudrate, t.parity, t.stopbits, t.bytesize, t.effective_frame_gap
+    )
+
+
+class Acquisition:
+    """The running pollers, their links and serial buses; changed by difference on reload."""
+
+    def __init__(self, sink: ReadingSink) -> None:
+        self.sink = sink
+        self.pollers: dict[str, Poller] = {}
+        self.buses: dict[str, SerialBus] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def link_for(self, terminal: ModbusTerminal) -> Link:
+        if isinstance(terminal, ModbusRtuTerminal):
+            bus = self.buses.get(terminal.device)
+            if bus is None:
+                bus = self.buses[terminal.device] = SerialBus(serial_settings(terminal))
+            return BusLink(bus)
+        return TcpLink(terminal.host, terminal.port)
+
+    async def apply(self, terminals: Sequence[ModbusTerminal]) -> None:
+        wanted = {t.name: t for t in terminals}
+        for name in list(self.pollers):
+            if wanted.get(name) != self.pollers[name].terminal:
+                await self._stop(name)
+        # A bus whose line settings changed, or that no terminal uses any more, is reopened.
+        for device, bus in list(self.buses.items()):
+            users = [
+                t for t in terminals if isinstance(t, ModbusRtuTerminal) and t.device == device
+            ]
+            if not users or serial_settings(users[0]) != bus.settings:
+                for t in users:
+                    if t.name in self.pollers:
+                        await self._stop(t.name)
+                await bus.close()
+                del self.buses[device]
+        for name, terminal in wanted.items():
+            if name not in self.pollers:
+                poller = Poller(terminal, self.link_for(terminal), self.sink)
+                self.pollers[name] = poller
+                self._tasks[name] = asyncio.create_task(poller.run(), name=f"poll {name}")
+
+    async def _stop(self, name: str) -> None:
+        poller = self.pollers.pop(name)
+        task = self._tasks.pop(name)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await poller.link.close()
+
+    async def close(self) -> None:
+        for name in list(self.pollers):
+            await self._stop(name)
+        for bus in self.buses.values():
+            await bus.close()
+        self.buses.clear()
+
+
+class _ConfigFileHandler(FileSystemEventHandler):
+    """Watchdog runs this on its own thread: it only pokes the event loop."""
+
+    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, changed: asyncio.Event):
+        self.path = path
+        self.loop = loop
+        self.changed = changed
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        paths = {event.src_path, getattr(event, "dest_path", "")}
+        if any(p and Path(str(p)) == self.path for p in paths):
+            self.loop.call_soon_threadsafe(self.changed.set)
+
+
+class Daemon:
+    """The agent as `edge-agent run` runs it."""
+
+    def __init__(
+        self, config: Config, config_path: Path, extra_sinks: Sequence[ReadingSink] = ()
+    ) -> None:
+        self.config = config
+        self.config_path = config_path.resolve()
+        self.stop_requested = asyncio.Event()
+        self._reload_requested = asyncio.Event()
+        self._extra_sinks = list(extra_sinks)
+        self._jsonl: JsonlSink | None = None
+        self.acquisition: Acquisition | None = None
+        self.reloads = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._install_signal_handlers(loop)
+        observer = self._watch_config(loop)
+        sinks = list(self._extra_sinks)
+        if self.config.jsonl.enabled:
+            self._jsonl = JsonlSink(self.config.jsonl_path, self.config.jsonl.max_bytes)
+            self._jsonl.open()
+            sinks.append(self._jsonl)
+        self.acquisition = Acquisition(FanOut(sinks))
+        try:
+            await self.acquisition.apply(self.config.terminals)
+            log.info(
+                "agent started",
+                gateway=self.config.gateway.id,
+                terminals=len(self.config.terminals),
+                config=str(self.config_path),
+            )
+            await self._serve()
+        finally:
+            log.info("agent stopping")
+            try:
+                async with asyncio.timeout(STOP_DEADLINE):
+                    await self.acquisition.close()
+            except TimeoutError:
+                log.error("stop deadline passed; leaving the rest to cancellation")
+            if self._jsonl is not None:
+                self._jsonl.close()
+            if observer is not None:
+                observer.stop()
+                observer.join(timeout=1)
+            self._remove_signal_handlers(loop)
+            log.info("agent stopped")
+
+    async def _serve(self) -> None:
+        stop = asyncio.create_task(self.stop_requested.wait())
+        try:
+            while not self.stop_requested.is_set():
+                reload = asyncio.create_task(self._reload_requested.wait())
+                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+                if self._reload_requested.is_set() and not self.stop_requested.is_set():
+                    await asyncio.sleep(RELOAD_SETTLE)
+                    self._reload_requested.clear()
+                    await self.reload()
+                reload.cancel()
+        finally:
+            stop.cancel()
+
+    def request_reload(self) -> None:
+        self._reload_requested.set()
+
+    async def reload(self) -> bool:
+        """Apply the config file as it is now; keep the running config if it has errors."""
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("new config refused; keeping the running one", errors=exc.lines())
+            return False
+        if new == self.config:
+            return True
+        for key in ("gateway", "state_dir", "log", "jsonl"):
+            if getattr(new, key) != getattr(self.config, key):
+                log.warning("config change needs a restart to take effect", key=key)
+        assert self.acquisition is not None
+        await self.acquisition.apply(new.terminals)
+        self.config = self.config.model_copy(update={"terminals": new.terminals})
+        self.reloads += 1
+        log.info("config reloaded", terminals=len(new.terminals))
+        return True
+
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGINT, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+
+    @staticmethod
+    def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    def _watch_config(self, loop: asyncio.AbstractEventLoop) -> Observer | None:  # type: ignore[valid-type]
+        handler = _ConfigFileHandler(self.config_path, loop, self._reload_requested)
+        observer = Observer()
+        try:
+            observer.schedule(handler, str(self.config_path.parent), recursive=False)
+            observer.start()
+        except OSError as exc:  # e.g. inotify limits: SIGHUP still works
+            log.warning("cannot watch the config file; reload with SIGHUP", error=str(exc))
+            return None
+        return observer
+
+
+async def poll_terminal(config: Config, name: str) -> tuple[ModbusTerminal, list[Reading]]:
+    """Read every point of one terminal once (`edge-agent poll`); KeyError for an unknown name."""
+    terminal = config.terminal(name)
+    acquisition = Acquisition(FanOut([]))
+    link = acquisition.link_for(terminal)
+    try:
+        readings = await Poller(terminal, link, FanOut([])).poll_once()
+    finally:
+        await link.close()
+        for bus in acquisition.buses.values():
+            await bus.close()
+    return terminal, readings

@@ -1,0 +1,103 @@
+"""`edge-agent demo`: the simulated site and the agent together, with a live view.
+
+Starts a simulated device behind every terminal of config/demo.yaml, runs the real daemon on
+that config, and shows the newest reading of every point until the duration ends or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from agent.config import load_config
+from agent.daemon import Daemon
+from agent.render import QUALITY_STYLE, age, format_value
+from agent.sim.site import SimulatedSite
+from agent.sinks import LatestValues
+
+DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
+
+
+def demo_view(daemon: Daemon, latest: LatestValues, now: datetime) -> Group:
+    acquisition = daemon.acquisition
+    pollers = acquisition.pollers if acquisition else {}
+    terminals = Table(title="terminals", title_justify="left")
+    for column in ("terminal", "address", "state", "polls", "failed", "p95 poll", "last error"):
+        terminals.add_column(column)
+    for name, poller in pollers.items():
+        s = poller.stats
+        state = (
+            Text("answering", "green") if s.consecutive_failures == 0 else Text("failing", "red")
+        )
+        p95 = s.latency_p95()
+        terminals.add_row(
+            name,
+            poller.terminal.address,
+            state if s.polls else Text("starting", "yellow"),
+            str(s.polls),
+            str(s.failed_polls),
+            f"{p95 * 1000:.0f} ms" if p95 is not None else "-",
+            s.last_error or "",
+        )
+    points = Table(title="latest readings", title_justify="left")
+    for column in ("terminal", "point", "value", "unit", "quality", "age"):
+        points.add_column(column, justify="right" if column == "value" else "left")
+    for (terminal, point), r in sorted(latest.latest.items()):
+        points.add_row(
+            terminal,
+            point,
+            format_value(r.value),
+            r.unit,
+            Text(r.quality.value, QUALITY_STYLE[r.quality]),
+            age(r.observed_at, now),
+        )
+    footer = Text(f"{latest.count} readings so far · Ctrl-C to stop", style="dim")
+    return Group(terminals, points, footer)
+
+
+async def run_demo(console: Console, duration: float, config_path: Path = DEMO_CONFIG) -> int:
+    config = load_config(config_path)
+    site = SimulatedSite(config)
+    await site.start()
+    latest = LatestValues()
+    daemon = Daemon(config, config_path, extra_sinks=[latest])
+    agent = asyncio.create_task(daemon.run(), name="agent")
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + duration if duration > 0 else None
+    console.print(
+        f"edge-agent demo: {len(config.terminals)} simulated terminals, "
+        f"readings also in {config.jsonl_path}"
+    )
+    try:
+        if console.is_terminal:
+            with Live(console=console, refresh_per_second=2) as live:
+                while not agent.done() and (deadline is None or loop.time() < deadline):
+                    live.update(demo_view(daemon, latest, datetime.now(UTC)))
+                    await asyncio.sleep(0.5)
+        else:
+            while not agent.done() and (deadline is None or loop.time() < deadline):
+                await asyncio.sleep(min(5.0, deadline - loop.time()) if deadline else 5.0)
+                failing = [
+                    n
+                    for n, p in (daemon.acquisition.pollers.items() if daemon.acquisition else [])
+                    if p.stats.consecutive_failures
+                ]
+                console.print(
+                    f"{latest.count} readings from {len(latest.latest)} points; "
+                    f"failing terminals: {', '.join(failing) or 'none'}"
+                )
+        if not agent.done():
+            console.print(demo_view(daemon, latest, datetime.now(UTC)))
+    finally:
+        daemon.stop_requested.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await agent
+        await site.stop()
+    return 0

@@ -1,0 +1,36 @@
+"""Durations as people write them in config files: ``500ms``, ``5s``, ``2m``, ``1h``, ``1d``.
+
+Sans-IO helpers shared by config validation and the command line.
+"""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+
+
+def parse_duration(text: str | int | float) -> float:
+    """Seconds for a duration string; bare numbers are seconds. Raises ValueError with a hint."""
+    if isinstance(text, bool):
+        raise ValueError(f"expected a duration like 500ms, 5s, 2m, 1h; got {text!r}")
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = _PATTERN.match(text)
+        if match is None:
+            raise ValueError(f"expected a duration like 500ms, 5s, 2m, 1h; got {text!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative; got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact unit form of a duration (``0.5`` -> ``500ms``)."""
+    for unit in ("d", "h", "m", "s"):
+        factor = _UNITS[unit]
+        if seconds >= factor and (seconds / factor).is_integer():
+            return f"{int(seconds / factor)}{unit}"
+    return f"{round(seconds * 1000, 3):g}ms"

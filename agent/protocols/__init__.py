@@ -1,0 +1,1 @@
+"""Field protocols: sans-IO codecs and the transports that own their IO."""

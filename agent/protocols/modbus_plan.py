@@ -1,0 +1,123 @@
+"""Modbus read planning and decoding: points -> the fewest reads -> readings.
+
+Sans-IO: no pymodbus, no sockets. `plan_reads` coalesces points of one table into reads within
+the protocol's limits (125 registers / 2000 bits per read), merging across gaps of up to
+`max_gap` registers (x16 for bit tables); `decode_read` turns the values a read returned into
+readings, one per point, with the reason for any point that cannot be decoded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from agent.config import (
+    BIT_TABLES,
+    MAX_BITS_PER_READ,
+    MAX_REGISTERS_PER_READ,
+    PointConfig,
+)
+from agent.model import Quality, Reading, Value
+from agent.protocols import datatypes
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """One request on the wire: `count` registers or bits of `table` from `address`."""
+
+    table: str
+    address: int
+    count: int
+    points: tuple[PointConfig, ...]
+
+    def split(self) -> list[Read]:
+        """One read per point: the fallback when a device refuses reads across unmapped gaps."""
+        return [Read(self.table, p.address, p.width, (p,)) for p in self.points]
+
+
+def plan_reads(points: Iterable[PointConfig], max_gap: int) -> list[Read]:
+    """The fewest reads that cover `points`, in table then address order."""
+    reads: list[Read] = []
+    by_table: dict[str, list[PointConfig]] = {}
+    for p in points:
+        by_table.setdefault(p.table, []).append(p)
+    for table in sorted(by_table):
+        bits = table in BIT_TABLES
+        limit = MAX_BITS_PER_READ if bits else MAX_REGISTERS_PER_READ
+        gap = max_gap * 16 if bits else max_gap
+        ordered = sorted(by_table[table], key=lambda p: (p.address, -p.width))
+        start, end, members = (
+            ordered[0].address,
+            ordered[0].address + ordered[0].width,
+            [ordered[0]],
+        )
+        for p in ordered[1:]:
+            new_end = max(end, p.address + p.width)
+            if p.address - end <= gap and new_end - start <= limit:
+                end = new_end
+                members.append(p)
+                continue
+            reads.append(Read(table, start, end - start, tuple(members)))
+            start, end, members = p.address, p.address + p.width, [p]
+        reads.append(Read(table, start, end - start, tuple(members)))
+    return reads
+
+
+def decode_point(point: PointConfig, values: Sequence[int] | Sequence[bool]) -> Value:
+    """The engineering value of one point from exactly its own registers or bit.
+
+    Raises datatypes.CodecError for values that are not a measurement (NaN, infinity).
+    """
+    if point.table in BIT_TABLES:
+        return bool(values[0])
+    registers = [int(v) for v in values]
+    if point.type == "bool":
+        return datatypes.decode_register_bit(registers[0], point.bit)
+    if point.type == "string":
+        return datatypes.decode_string(registers, point.word_order)
+    raw = datatypes.decode_number(registers, point.type, point.word_order)
+    if isinstance(raw, float) and not math.isfinite(raw):
+        raise datatypes.CodecError(f"device sent {raw} (sensor fault or unmapped register)")
+    if point.scale == 1.0 and point.offset == 0.0:
+        return raw
+    return raw * point.scale + point.offset
+
+
+def decode_read(
+    terminal: str,
+    read: Read,
+    values: Sequence[int] | Sequence[bool],
+    observed_at: datetime,
+) -> list[Reading]:
+    """Readings for every point of `read` from the values the device returned."""
+    readings = []
+    for p in read.points:
+        offset = p.address - read.address
+        chunk = values[offset : offset + p.width]
+        try:
+            if len(chunk) < p.width:
+                raise datatypes.CodecError(
+                    f"short reply: {len(values)} of {read.count} values returned"
+                )
+            value = decode_point(p, chunk)
+        except datatypes.CodecError as exc:
+            readings.append(bad_reading(terminal, p, observed_at, str(exc)))
+            continue
+        readings.append(
+            Reading(terminal, p.name, value, p.unit, Quality.GOOD, observed_at, p.source)
+        )
+    return readings
+
+
+def bad_reading(terminal: str, point: PointConfig, observed_at: datetime, reason: str) -> Reading:
+    return Reading(
+        terminal, point.name, None, point.unit, Quality.BAD, observed_at, point.source, reason
+    )
+
+
+def bad_readings(
+    terminal: str, points: Iterable[PointConfig], observed_at: datetime, reason: str
+) -> list[Reading]:
+    return [bad_reading(terminal, p, observed_at, reason) for p in points]

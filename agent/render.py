@@ -1,0 +1,95 @@
+"""How the command line shows things: tables for people, stable JSON shapes for programs.
+
+Pure functions from values to text or dicts; no IO beyond the rich Console they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+from agent.config import PointConfig
+from agent.model import Quality, Reading, Value
+
+QUALITY_STYLE = {
+    Quality.GOOD: "green",
+    Quality.BAD: "bold red",
+    Quality.STALE: "yellow",
+    Quality.UNCERTAIN: "yellow",
+}
+
+
+def format_value(value: Value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def poll_json(
+    terminal: str, points: Sequence[PointConfig], readings: Sequence[Reading]
+) -> dict[str, Any]:
+    """`edge-agent poll --json` (documented in README.md)."""
+    by_name = {p.name: p for p in points}
+    return {
+        "terminal": terminal,
+        "readings": [
+            {
+                "point": r.point,
+                "value": r.value,
+                "unit": r.unit,
+                "quality": r.quality.value,
+                "table": by_name[r.point].table,
+                "address": by_name[r.point].address,
+                "error": r.error,
+            }
+            for r in readings
+        ],
+    }
+
+
+def poll_table(
+    terminal: str, where: str, points: Sequence[PointConfig], readings: Sequence[Reading]
+) -> Table:
+    by_name = {p.name: p for p in points}
+    table = Table(title=f"{terminal} ({where})", title_justify="left", expand=False)
+    for column in ("point", "value", "unit", "quality", "register", "type"):
+        table.add_column(column, justify="right" if column == "value" else "left")
+    for r in readings:
+        p = by_name[r.point]
+        table.add_row(
+            r.point,
+            format_value(r.value),
+            r.unit,
+            Text(r.quality.value, style=QUALITY_STYLE[r.quality]),
+            p.source,
+            p.type if p.word_order == "ABCD" else f"{p.type} {p.word_order}",
+        )
+    return table
+
+
+def poll_errors(readings: Sequence[Reading]) -> list[str]:
+    """The distinct reasons points failed, each with the points it hit."""
+    reasons: dict[str, list[str]] = {}
+    for r in readings:
+        if r.error:
+            reasons.setdefault(r.error, []).append(r.point)
+    return [f"{', '.join(points)}: {reason}" for reason, points in reasons.items()]
+
+
+def age(since: datetime | None, now: datetime) -> str:
+    if since is None:
+        return "never"
+    seconds = max(0.0, (now - since).total_seconds())
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"

@@ -1,0 +1,1 @@
+"""Simulated terminals and lines for the demo, the tests and the benchmarks. Never used in production."""
