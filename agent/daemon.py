@@ -21,7 +21,14 @@ from watchdog.observers import Observer
 from agent.config import Config, ConfigError, ModbusRtuTerminal, load_config
 from agent.model import Reading
 from agent.polling import ModbusTerminal, Poller
-from agent.protocols.modbus import BusLink, Link, SerialBus, SerialSettings, TcpLink
+from agent.protocols.modbus import (
+    BusLink,
+    Link,
+    SerialBus,
+    SerialSettings,
+    TcpLink,
+    quiet_undecodable_replies,
+)
 from agent.sinks import FanOut, JsonlSink, ReadingSink
 
 log = structlog.get_logger(__name__)
@@ -122,6 +129,7 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        quiet_undecodable_replies(loop)
         self._install_signal_handlers(loop)
         observer = self._watch_config(loop)
         sinks = list(self._extra_sinks)
@@ -215,6 +223,7 @@ class Daemon:
 async def poll_terminal(config: Config, name: str) -> tuple[ModbusTerminal, list[Reading]]:
     """Read every point of one terminal once (`edge-agent poll`); KeyError for an unknown name."""
     terminal = config.terminal(name)
+    quiet_undecodable_replies(asyncio.get_running_loop())
     acquisition = Acquisition(FanOut([]))
     link = acquisition.link_for(terminal)
     try:

@@ -46,6 +46,26 @@ RETRYABLE_EXCEPTIONS = frozenset({5, 6, 11})
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 
+def quiet_undecodable_replies(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep pymodbus's undecodable-reply errors out of the loop's error log.
+
+    pymodbus raises inside `data_received` for a reply it cannot decode; asyncio then closes the
+    connection and logs a traceback. The poller already reports that request as failed, with a
+    reason, so the traceback is noise; every other loop error goes to the previous handler.
+    """
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+        if isinstance(context.get("exception"), ModbusException):
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
 class ModbusFailure(Exception):
     """A read that gave no values; `reason` is one line for people, `kind` for code."""
 
@@ -141,8 +161,13 @@ class TcpLink:
             async with asyncio.timeout(timeout):
                 return await _call(client, unit, table, address, count)
         except TimeoutError:
+            dropped = not client.connected
             # A reply that arrives later would be taken for the next request's: start afresh.
             await self.close()
+            if dropped:
+                raise ModbusFailure(
+                    "garbled", "connection lost: the device closed it or sent an undecodable reply"
+                ) from None
             raise ModbusFailure("timeout", f"no reply within {timeout:g}s") from None
         except ModbusFailure as failure:
             if failure.kind != "exception":

@@ -16,8 +16,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
@@ -31,9 +33,10 @@ _FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 
 @dataclass
 class RegisterMap:
-    """One unit's tables; addresses beyond `size` are unmapped (exception 2)."""
+    """One unit's tables; addresses beyond `size` or in `holes` are unmapped (exception 2)."""
 
     size: int = TABLE_SIZE
+    holes: set[int] = field(default_factory=set)
     holding: list[int] = field(default_factory=list)
     input: list[int] = field(default_factory=list)
     coil: list[bool] = field(default_factory=list)
@@ -60,6 +63,33 @@ class Request:
     table: str
     address: int
     count: int
+    at: float = field(default_factory=time.monotonic, compare=False)
+
+
+class _SilentForUnknownUnits:
+    """Datastore wrapper that makes pymodbus ignore unit ids it does not have.
+
+    pymodbus 3.16's simulator datastore raises KeyError (answered with exception 4) for an unknown
+    unit id instead of NoSuchIdException, so `ignore_missing_devices` has no effect. A real RS-485
+    bus is silent for an absent unit, and the tests depend on that.
+    """
+
+    def __init__(self, inner: Any, units: set[int]) -> None:
+        self._inner = inner
+        self._units = units
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def async_getValues(self, device_id: int, *args: Any) -> Any:
+        if device_id not in self._units:
+            raise NoSuchIdException(f"no unit {device_id}")
+        return await self._inner.async_getValues(device_id, *args)
+
+    async def async_setValues(self, device_id: int, *args: Any) -> Any:
+        if device_id not in self._units:
+            raise NoSuchIdException(f"no unit {device_id}")
+        return await self._inner.async_setValues(device_id, *args)
 
 
 class SimulatedModbusDevice:
@@ -120,6 +150,8 @@ class SimulatedModbusDevice:
             await asyncio.sleep(self.delay)
         if self.refuse is not None:
             return ExcCodes(self.refuse)
+        if memory.holes.intersection(range(address, address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
         if table in ("coil", "discrete"):
             bits = getattr(memory, table)
             for i in range(len(current_registers)):
@@ -143,7 +175,11 @@ class SimulatedModbusDevice:
         return port
 
     async def serve_serial(self, device: str, baudrate: int = 9600) -> None:
-        server = ModbusSerialServer(self._devices(), port=device, baudrate=baudrate)
+        # On a real bus an absent unit id stays silent: no answer rather than an exception.
+        server = ModbusSerialServer(
+            self._devices(), port=device, baudrate=baudrate, ignore_missing_devices=True
+        )
+        server.context = _SilentForUnknownUnits(server.context, set(self.units))  # type: ignore[assignment]
         await self._start(server)
 
     async def _start(self, server: ModbusTcpServer | ModbusSerialServer) -> None:

@@ -1,0 +1,72 @@
+"""Shared fixtures: real peers (a pymodbus server on loopback, a real pty pair), no mocks."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from agent.config import Config, parse_config
+from agent.model import Reading
+from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
+from agent.sim.serial_line import VirtualSerialLine
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+class ListSink:
+    """Collects every batch a poller submits."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Reading]] = []
+
+    def submit(self, readings: Sequence[Reading]) -> None:
+        self.batches.append(list(readings))
+
+    @property
+    def readings(self) -> list[Reading]:
+        return [r for b in self.batches for r in b]
+
+
+def make_config(terminals: list[dict[str, Any]], **extra: Any) -> Config:
+    data = {"gateway": {"id": "gw-test"}, "state_dir": "/tmp/unused", "terminals": terminals}
+    data.update(extra)
+    return parse_config(yaml.safe_dump(data), "test.yaml")
+
+
+def tcp_terminal(port: int, points: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    terminal = {
+        "name": "plc",
+        "protocol": "modbus-tcp",
+        "host": "127.0.0.1",
+        "port": port,
+        "unit": 1,
+        "period": "1s",
+        "timeout": "500ms",
+        "retries": 0,
+        "points": points,
+    }
+    terminal.update(extra)
+    return terminal
+
+
+@pytest.fixture
+async def device() -> AsyncIterator[tuple[SimulatedModbusDevice, int]]:
+    """A simulated Modbus TCP device with unit 1 on a free loopback port."""
+    sim = SimulatedModbusDevice({1: RegisterMap()})
+    port = await sim.serve_tcp("127.0.0.1", 0)
+    yield sim, port
+    await sim.stop()
+
+
+@pytest.fixture
+async def serial_line() -> AsyncIterator[VirtualSerialLine]:
+    """Two real pseudo-terminals joined back to back (agent on a_path, device on b_path)."""
+    line = VirtualSerialLine().open()
+    yield line
+    line.close()

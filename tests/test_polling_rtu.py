@@ -1,0 +1,195 @@
+"""Modbus RTU over a real pseudo-terminal pair: one bus owner, several unit ids."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+from pathlib import Path
+from typing import Any
+
+from agent.config import ModbusRtuTerminal
+from agent.daemon import Acquisition, serial_settings
+from agent.model import Quality
+from agent.polling import Poller
+from agent.protocols.modbus import BusLink, SerialBus
+from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
+from agent.sim.serial_line import VirtualSerialLine
+from tests.conftest import ListSink, make_config
+
+
+def rtu(device: str, unit: int, points: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    terminal = {
+        "name": f"unit{unit}",
+        "protocol": "modbus-rtu",
+        "device": device,
+        "baudrate": 19200,
+        "unit": unit,
+        "period": "200ms",
+        "timeout": "300ms",
+        "retries": 0,
+        "points": points,
+    }
+    terminal.update(extra)
+    return terminal
+
+
+async def bus_device(line: VirtualSerialLine, units: list[int]) -> SimulatedModbusDevice:
+    sim = SimulatedModbusDevice({u: RegisterMap() for u in units})
+    for u in units:
+        sim.units[u].set_registers("holding", 0, [u * 100 + i for i in range(20)])
+    await sim.serve_serial(line.b_path, 19200)
+    return sim
+
+
+async def test_two_unit_ids_share_one_bus_and_both_are_read(serial_line: VirtualSerialLine) -> None:
+    sim = await bus_device(serial_line, [3, 4])
+    config = make_config(
+        [
+            rtu(serial_line.a_path, 3, [{"name": "a", "address": 0}, {"name": "b", "address": 1}]),
+            rtu(serial_line.a_path, 4, [{"name": "a", "address": 5, "type": "uint32"}]),
+        ]
+    )
+    sink = ListSink()
+    acquisition = Acquisition(sink)
+    try:
+        await acquisition.apply(config.terminals)
+        await asyncio.sleep(1.2)
+        assert len(acquisition.buses) == 1  # one owner for the device path
+        bus = acquisition.buses[serial_line.a_path]
+        utilisation = bus.utilisation()
+    finally:
+        await acquisition.close()
+        await sim.stop()
+    latest = {(r.terminal, r.point): r for r in sink.readings}
+    assert latest[("unit3", "a")].value == 300
+    assert latest[("unit3", "b")].value == 301
+    assert latest[("unit4", "a")].value == (405 << 16) | 406
+    assert all(r.quality is Quality.GOOD for r in sink.readings)
+    assert {r.unit for r in sim.requests} == {3, 4}
+    assert 0 < utilisation < 1
+
+
+async def test_the_bus_serves_unit_ids_in_turn(serial_line: VirtualSerialLine) -> None:
+    """A terminal with many reads cannot starve another one queued behind it."""
+    sim = await bus_device(serial_line, [3, 4])
+    many = [{"name": f"p{i}", "address": i * 3} for i in range(5)]  # 5 reads with max_gap 0
+    config = make_config(
+        [
+            rtu(serial_line.a_path, 3, many, max_gap=0),
+            rtu(
+                serial_line.a_path,
+                4,
+                [{"name": "a", "address": 0}, {"name": "b", "address": 9}],
+                max_gap=0,
+            ),
+        ]
+    )
+    t3, t4 = config.terminals
+    assert isinstance(t3, ModbusRtuTerminal)
+    bus = SerialBus(serial_settings(t3))
+    try:
+        await asyncio.gather(
+            Poller(t3, BusLink(bus), ListSink()).poll_once(),
+            Poller(t4, BusLink(bus), ListSink()).poll_once(),
+        )
+    finally:
+        await bus.close()
+        await sim.stop()
+    units = [r.unit for r in sim.requests]
+    assert units == [3, 4, 3, 4, 3, 3, 3]
+
+
+async def test_the_line_stays_silent_for_the_frame_gap_between_requests(
+    serial_line: VirtualSerialLine,
+) -> None:
+    sim = await bus_device(serial_line, [3])
+    config = make_config(
+        [
+            rtu(
+                serial_line.a_path,
+                3,
+                [{"name": f"p{i}", "address": i * 4} for i in range(4)],
+                max_gap=0,
+                frame_gap="60ms",
+            )
+        ]
+    )
+    [t] = config.terminals
+    assert isinstance(t, ModbusRtuTerminal)
+    bus = SerialBus(serial_settings(t))
+    try:
+        await Poller(t, BusLink(bus), ListSink()).poll_once()
+    finally:
+        await bus.close()
+        await sim.stop()
+    arrivals = [r.at for r in sim.requests]
+    assert len(arrivals) == 4
+    assert all(b - a >= 0.06 for a, b in itertools.pairwise(arrivals))
+
+
+async def test_a_silent_unit_times_out_without_stalling_the_bus(
+    serial_line: VirtualSerialLine,
+) -> None:
+    sim = await bus_device(serial_line, [3])
+    config = make_config(
+        [
+            rtu(serial_line.a_path, 3, [{"name": "a", "address": 0}]),
+            rtu(serial_line.a_path, 9, [{"name": "a", "address": 0}]),  # nobody answers unit 9
+        ]
+    )
+    sink = ListSink()
+    acquisition = Acquisition(sink)
+    try:
+        await acquisition.apply(config.terminals)
+        await asyncio.sleep(1.5)
+        live = acquisition.pollers["unit3"].stats
+    finally:
+        await acquisition.close()
+        await sim.stop()
+    silent = [r for r in sink.readings if r.terminal == "unit9"]
+    assert silent and all(r.error == "no reply within 0.3s" for r in silent)
+    assert live.polls >= 5 and live.failed_polls == 0
+
+
+async def test_garbage_on_the_line_gives_bad_readings_then_polling_recovers(
+    serial_line: VirtualSerialLine,
+) -> None:
+    config = make_config([rtu(serial_line.a_path, 3, [{"name": "a", "address": 0}])])
+    [t] = config.terminals
+    assert isinstance(t, ModbusRtuTerminal)
+    bus = SerialBus(serial_settings(t))
+    poller = Poller(t, BusLink(bus), ListSink())
+    fd = os.open(serial_line.b_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    loop = asyncio.get_running_loop()
+
+    def answer_with_noise() -> None:
+        os.read(fd, 256)
+        os.write(fd, b"\x03\x03\x02\xff\xff\x00\x00garbage\x7e\x7e")  # wrong CRC, junk after
+
+    loop.add_reader(fd, answer_with_noise)
+    try:
+        [bad] = await poller.poll_once()
+        loop.remove_reader(fd)
+        os.close(fd)
+        sim = await bus_device(serial_line, [3])
+        try:
+            [good] = await poller.poll_once()
+        finally:
+            await sim.stop()
+    finally:
+        await bus.close()
+    assert bad.quality is Quality.BAD and bad.error == "no reply within 0.3s"
+    assert good.quality is Quality.GOOD and good.value == 300
+
+
+async def test_a_missing_serial_device_says_so(tmp_path: Path) -> None:
+    config = make_config([rtu(str(tmp_path / "ttyUSB9"), 3, [{"name": "a", "address": 0}])])
+    [t] = config.terminals
+    assert isinstance(t, ModbusRtuTerminal)
+    bus = SerialBus(serial_settings(t))
+    try:
+        [r] = await Poller(t, BusLink(bus), ListSink()).poll_once()
+    finally:
+        await bus.close()
+    assert r.error == f"serial device {tmp_path / 'ttyUSB9'} does not exist (adapter unplugged?)"

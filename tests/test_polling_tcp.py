@@ -1,0 +1,277 @@
+"""Polling Modbus TCP terminals against a real pymodbus server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from typing import Any
+
+import pytest
+
+from agent.config import ModbusTcpTerminal
+from agent.daemon import Acquisition
+from agent.model import Quality
+from agent.polling import Poller
+from agent.protocols import datatypes
+from agent.protocols.modbus import TcpLink
+from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
+from tests.conftest import ListSink, make_config, tcp_terminal
+
+Device = tuple[SimulatedModbusDevice, int]
+
+
+def terminal(port: int, points: list[dict[str, Any]], **extra: Any) -> ModbusTcpTerminal:
+    [t] = make_config([tcp_terminal(port, points, **extra)]).terminals
+    assert isinstance(t, ModbusTcpTerminal)
+    return t
+
+
+async def poll(t: ModbusTcpTerminal) -> dict[str, Any]:
+    link = TcpLink(t.host, t.port)
+    try:
+        readings = await Poller(t, link, ListSink()).poll_once()
+    finally:
+        await link.close()
+    return {r.point: r for r in readings}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+NUMBERS = {
+    "uint16": 65000,
+    "int16": -1234,
+    "uint32": 4_000_000_000,
+    "int32": -2_000_000_000,
+    "uint64": 2**63 + 12345,
+    "int64": -(2**62) - 7,
+    "float32": 12.5,
+    "float64": -1234.56789012345,
+}
+
+
+async def test_every_type_and_word_order_reads_back_what_the_device_holds(device: Device) -> None:
+    sim, port = device
+    memory = sim.units[1]
+    points, address = [], 0
+    for order in ("ABCD", "CDAB", "BADC", "DCBA"):
+        for type_, value in NUMBERS.items():
+            memory.set_number("holding", address, value, type_, order)
+            points.append(
+                {"name": f"{type_}_{order}", "address": address, "type": type_, "word_order": order}
+            )
+            address += datatypes.WIDTH[type_]
+    memory.set_registers("holding", 200, datatypes.encode_string("GAUGE-7", 5))
+    memory.set_registers("holding", 210, [0b0100])
+    memory.coil[3] = True
+    memory.discrete[4] = True
+    points += [
+        {"name": "name", "address": 200, "type": "string", "length": 5},
+        {"name": "flag", "address": 210, "type": "bool", "bit": 2},
+        {"name": "not_flag", "address": 210, "type": "bool", "bit": 1},
+        {"name": "coil3", "table": "coil", "address": 3, "type": "bool"},
+        {"name": "coil2", "table": "coil", "address": 2, "type": "bool"},
+        {"name": "di4", "table": "discrete", "address": 4, "type": "bool"},
+    ]
+    readings = await poll(terminal(port, points))
+    for order in ("ABCD", "CDAB", "BADC", "DCBA"):
+        for type_, value in NUMBERS.items():
+            r = readings[f"{type_}_{order}"]
+            assert r.quality is Quality.GOOD, r
+            assert r.value == pytest.approx(value, rel=1e-7), (type_, order)
+    assert readings["name"].value == "GAUGE-7"
+    assert readings["flag"].value is True and readings["not_flag"].value is False
+    assert readings["coil3"].value is True and readings["coil2"].value is False
+    assert readings["di4"].value is True
+
+
+async def test_adjacent_points_are_read_in_the_fewest_requests(device: Device) -> None:
+    sim, port = device
+    points = [{"name": f"h{i}", "address": i * 2, "type": "float32"} for i in range(10)]
+    points += [{"name": f"i{i}", "table": "input", "address": 100 + i} for i in range(3)]
+    points += [{"name": "far", "address": 500}]
+    await poll(terminal(port, points, max_gap=8))
+    assert sim.count("holding") == 2  # 0..19 in one read, 500 in another
+    assert sim.count("input") == 1
+    assert len(sim.requests) == 3
+
+
+async def test_an_exception_response_gives_bad_readings_with_its_meaning(device: Device) -> None:
+    sim, port = device
+    sim.refuse = 4
+    readings = await poll(
+        terminal(port, [{"name": "a", "address": 0}, {"name": "b", "address": 1}])
+    )
+    for r in readings.values():
+        assert r.quality is Quality.BAD and r.value is None
+        assert (
+            r.error
+            == "exception 0x04: server device failure (the device hit an error while reading)"
+        )
+
+
+async def test_a_refused_coalesced_read_falls_back_to_one_read_per_point(device: Device) -> None:
+    sim, port = device
+    sim.units[1].holes.add(3)  # an unmapped register between the two points
+    sim.units[1].set_registers("holding", 0, [11])
+    sim.units[1].set_registers("holding", 6, [66])
+    t = terminal(port, [{"name": "a", "address": 0}, {"name": "b", "address": 6}], max_gap=8)
+    link = TcpLink(t.host, t.port)
+    poller = Poller(t, link, ListSink())
+    try:
+        first = {r.point: r.value for r in await poller.poll_once()}
+        sim.requests.clear()
+        second = {r.point: r.value for r in await poller.poll_once()}
+    finally:
+        await link.close()
+    assert first == second == {"a": 11, "b": 66}
+    assert len(sim.requests) == 2  # the split is remembered: no refused read any more
+    assert len(poller.reads) == 2
+
+
+async def test_a_slow_device_times_out_with_bad_readings_and_bounded_delay(device: Device) -> None:
+    sim, port = device
+    sim.delay = 1.0
+    t = terminal(
+        port,
+        [{"name": "a", "address": 0}, {"name": "b", "address": 300}],
+        timeout="200ms",
+        retries=1,
+    )
+    started = time.monotonic()
+    readings = await poll(t)
+    elapsed = time.monotonic() - started
+    assert {r.error for r in readings.values()} == {"no reply within 0.2s"}
+    assert all(r.quality is Quality.BAD for r in readings.values())
+    # One read with one retry, then the rest of the poll is skipped: ~0.4 s, not 4 timeouts.
+    assert elapsed < 0.9
+
+
+async def test_an_unreachable_terminal_says_connection_refused() -> None:
+    readings = await poll(terminal(free_port(), [{"name": "a", "address": 0}]))
+    [r] = readings.values()
+    assert r.quality is Quality.BAD
+    assert r.error is not None
+    assert "cannot connect to 127.0.0.1" in r.error and "connection refused" in r.error
+
+
+async def test_a_garbled_reply_gives_bad_readings_and_the_next_poll_still_works(
+    device: Device,
+) -> None:
+    sim, port = device
+    sim.units[1].set_registers("holding", 0, [42])
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        await reader.read(12)
+        writer.write(b"\x00\x01\x00\x00\x00\x09\x01\x03\x99garbage-bytes")
+        await writer.drain()
+
+    server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+    bad_port = server.sockets[0].getsockname()[1]
+    try:
+        t = terminal(bad_port, [{"name": "a", "address": 0}], timeout="300ms")
+        [r] = (await poll(t)).values()
+        assert r.quality is Quality.BAD
+        assert r.error == "connection lost: the device closed it or sent an undecodable reply"
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    [ok] = (await poll(terminal(port, [{"name": "a", "address": 0}]))).values()
+    assert ok.value == 42
+
+
+async def test_a_dead_terminal_never_delays_a_live_one(device: Device) -> None:
+    _sim, port = device
+    slow = SimulatedModbusDevice({1: RegisterMap()})
+    slow_port = await slow.serve_tcp("127.0.0.1", 0)
+    slow.delay = 5.0
+    config = make_config(
+        [
+            tcp_terminal(port, [{"name": "a", "address": 0}], name="live", period="100ms"),
+            tcp_terminal(
+                slow_port,
+                [{"name": "a", "address": 0}],
+                name="slow",
+                period="100ms",
+                timeout="1s",
+                retries=2,
+            ),
+            tcp_terminal(free_port(), [{"name": "a", "address": 0}], name="dead", period="100ms"),
+        ]
+    )
+    sink = ListSink()
+    acquisition = Acquisition(sink)
+    try:
+        await acquisition.apply(config.terminals)
+        await asyncio.sleep(2.0)
+        live = acquisition.pollers["live"].stats
+    finally:
+        await acquisition.close()
+        await slow.stop()
+    assert live.polls >= 17  # 20 slots in 2 s, minus the start phase
+    assert live.failed_polls == 0 and live.missed_slots == 0
+    assert max(live.lateness) < 0.05
+    live_readings = [r for r in sink.readings if r.terminal == "live"]
+    assert all(r.quality is Quality.GOOD for r in live_readings)
+    assert any(r.terminal == "dead" and r.quality is Quality.BAD for r in sink.readings)
+
+
+async def test_a_dead_terminal_is_retried_with_exponential_backoff_then_recovers() -> None:
+    port = free_port()
+    [t] = make_config(
+        [tcp_terminal(port, [{"name": "a", "address": 0}], period="100ms", backoff_max="800ms")]
+    ).terminals
+    sink = ListSink()
+    poller = Poller(t, TcpLink("127.0.0.1", port), sink)
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.sleep(2.2)
+        attempts = poller.stats.polls
+        # Without backoff 20+ attempts; with it slots 0, 1, 3, 7, 15 (then every 8th): <= 6.
+        assert 3 <= attempts <= 6
+        assert poller.stats.consecutive_failures == attempts
+        sim = SimulatedModbusDevice({1: RegisterMap()})
+        await sim.serve_tcp("127.0.0.1", port)
+        try:
+            deadline = time.monotonic() + 3
+            while poller.stats.consecutive_failures and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert poller.stats.consecutive_failures == 0
+            assert sink.batches[-1][0].quality is Quality.GOOD
+        finally:
+            await sim.stop()
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await poller.link.close()
+
+
+async def test_the_schedule_is_fixed_rate_without_drift(device: Device) -> None:
+    sim, port = device
+    sim.delay = 0.03  # each poll takes 30 ms: a sleep-after-poll loop would drift by that
+    [t] = make_config([tcp_terminal(port, [{"name": "a", "address": 0}], period="100ms")]).terminals
+    sink = ListSink()
+    poller = Poller(t, TcpLink("127.0.0.1", port), sink)
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.sleep(1.6)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await poller.link.close()
+    stamps = [b[0].observed_at.timestamp() for b in sink.batches]
+    assert len(stamps) >= 10
+    span = stamps[-1] - stamps[0]
+    assert span == pytest.approx(0.1 * (len(stamps) - 1), abs=0.03)
