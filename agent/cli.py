@@ -117,7 +117,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
         console = Console()
         console.print(poll_table(terminal.name, terminal.address, terminal.points, readings))
         for line in poll_errors(readings):
-            console.print(f"[red]error[/red] {line}", highlight=False)
+            console.print(f"[red]error[/red] {line}", highlight=False, soft_wrap=True)
     return EXIT_FINDING if any(r.quality is not Quality.GOOD for r in readings) else EXIT_OK
 
 

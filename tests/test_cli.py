@@ -1,0 +1,140 @@
+"""The command line as a field engineer uses it: `poll`, `demo`, `--version`, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent import __version__
+from agent.sim.modbus_device import SimulatedModbusDevice
+from tests.conftest import PYTHON, ROOT, tcp_terminal
+
+Device = tuple[SimulatedModbusDevice, int]
+
+
+async def edge_agent(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "agent",
+        *args,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def config_file(tmp_path: Path, terminals: list[dict[str, Any]]) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "gateway": {"id": "gw-test"},
+                "state_dir": str(tmp_path / "state"),
+                "terminals": terminals,
+            }
+        )
+    )
+    return str(path)
+
+
+async def test_poll_json_has_the_documented_shape(tmp_path: Path, device: Device) -> None:
+    sim, port = device
+    sim.units[1].set_number("holding", 0, 3.25, "float32")
+    sim.units[1].coil[1] = True
+    config = config_file(
+        tmp_path,
+        [
+            tcp_terminal(
+                port,
+                [
+                    {"name": "level", "address": 0, "type": "float32", "unit": "m"},
+                    {"name": "pump", "table": "coil", "address": 1, "type": "bool"},
+                ],
+            )
+        ],
+    )
+    code, out, _ = await edge_agent("poll", "plc", "--config", config, "--json")
+    assert code == 0
+    assert json.loads(out) == {
+        "terminal": "plc",
+        "readings": [
+            {
+                "point": "pump",
+                "value": True,
+                "unit": "",
+                "quality": "good",
+                "table": "coil",
+                "address": 1,
+                "error": None,
+            },
+            {
+                "point": "level",
+                "value": 3.25,
+                "unit": "m",
+                "quality": "good",
+                "table": "holding",
+                "address": 0,
+                "error": None,
+            },
+        ],
+    }
+
+
+async def test_poll_exits_1_and_says_what_to_check_when_points_are_bad(
+    tmp_path: Path, device: Device
+) -> None:
+    sim, port = device
+    sim.units[1].holes.add(7)
+    config = config_file(
+        tmp_path,
+        [
+            tcp_terminal(
+                port,
+                [
+                    {"name": "ok", "address": 0},
+                    {"name": "unmapped", "address": 7},
+                ],
+                max_gap=0,
+            )
+        ],
+    )
+    code, out, _ = await edge_agent("poll", "plc", "--config", config)
+    assert code == 1
+    assert "ok" in out and "holding:7" in out
+    assert (
+        "unmapped: exception 0x02: illegal data address (register not mapped on the device" in out
+    )
+
+
+async def test_poll_of_an_unknown_terminal_is_bad_usage(tmp_path: Path, device: Device) -> None:
+    _, port = device
+    config = config_file(tmp_path, [tcp_terminal(port, [{"name": "a", "address": 0}])])
+    code, out, err = await edge_agent("poll", "nope", "--config", config)
+    assert code == 2
+    assert err.strip() == "edge-agent: no terminal named 'nope' (known: plc)"
+    assert out == ""
+
+
+async def test_version() -> None:
+    code, out, _ = await edge_agent("--version")
+    assert code == 0
+    assert out.strip() == f"edge-agent {__version__}"
+
+
+async def test_demo_runs_simulated_terminals_and_the_agent_without_a_broker() -> None:
+    code, out, err = await edge_agent("demo", "--duration", "4", timeout=60)
+    assert code == 0, err
+    assert "edge-agent demo: 4 simulated terminals" in out
+    assert "readings from 22 points" in out  # the progress line printed when not on a TTY
+    for terminal in ("dam-plc", "spillway-plc", "rain-rtu", "pump-3"):
+        assert terminal in out
+    assert " bad " not in out  # every point of the simulated site reads good
+    assert " good " in out
