@@ -29,6 +29,7 @@ from agent.protocols.modbus import (
     TcpLink,
     quiet_undecodable_replies,
 )
+from agent.sdnotify import notify
 from agent.sinks import FanOut, JsonlSink, ReadingSink
 
 log = structlog.get_logger(__name__)
@@ -140,6 +141,7 @@ class Daemon:
         self.acquisition = Acquisition(FanOut(sinks))
         try:
             await self.acquisition.apply(self.config.terminals)
+            notify("READY=1", f"STATUS=polling {len(self.config.terminals)} terminals")
             log.info(
                 "agent started",
                 gateway=self.config.gateway.id,
@@ -148,6 +150,7 @@ class Daemon:
             )
             await self._serve()
         finally:
+            notify("STOPPING=1")
             log.info("agent stopping")
             try:
                 async with asyncio.timeout(STOP_DEADLINE):
@@ -171,7 +174,9 @@ class Daemon:
                 if self._reload_requested.is_set() and not self.stop_requested.is_set():
                     await asyncio.sleep(RELOAD_SETTLE)
                     self._reload_requested.clear()
+                    notify("RELOADING=1")
                     await self.reload()
+                    notify("READY=1")
                 reload.cancel()
         finally:
             stop.cancel()
