@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DURATION ?= 0
+SOURCES := agent tests $(wildcard bench)
 
 .PHONY: demo test lint types unit bench system-packages clean
 
@@ -25,8 +26,8 @@ system-packages:
 	@scripts/system-packages.sh mosquitto socat
 
 lint: $(VENV)/.dev
-	$(VENV)/bin/ruff check agent tests bench
-	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
 
 types: $(VENV)/.dev
 	$(VENV)/bin/mypy
