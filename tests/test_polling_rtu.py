@@ -193,3 +193,52 @@ async def test_a_missing_serial_device_says_so(tmp_path: Path) -> None:
     finally:
         await bus.close()
     assert r.error == f"serial device {tmp_path / 'ttyUSB9'} does not exist (adapter unplugged?)"
+
+
+async def test_polling_over_a_socat_pty_pair(tmp_path: Path) -> None:
+    """The same bus over a pty pair made by socat, independent of our own line emulator."""
+    a, b = tmp_path / "ttyA", tmp_path / "ttyB"
+    socat = await asyncio.create_subprocess_exec(
+        "socat",
+        f"pty,raw,echo=0,link={a}",
+        f"pty,raw,echo=0,link={b}",
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        deadline = asyncio.get_running_loop().time() + 5
+        while not (a.exists() and b.exists()):
+            assert asyncio.get_running_loop().time() < deadline, "socat made no pty pair"
+            await asyncio.sleep(0.02)
+        sim = SimulatedModbusDevice({7: RegisterMap()})
+        sim.units[7].set_number("input", 2, -12.75, "float32", "CDAB")
+        await sim.serve_serial(str(b), 19200)
+        config = make_config(
+            [
+                rtu(
+                    str(a),
+                    7,
+                    [
+                        {
+                            "name": "flow",
+                            "table": "input",
+                            "address": 2,
+                            "type": "float32",
+                            "word_order": "CDAB",
+                        }
+                    ],
+                ),
+            ]
+        )
+        [t] = config.terminals
+        assert isinstance(t, ModbusRtuTerminal)
+        bus = SerialBus(serial_settings(t))
+        try:
+            [r] = await Poller(t, BusLink(bus), ListSink()).poll_once()
+        finally:
+            await bus.close()
+            await sim.stop()
+    finally:
+        socat.terminate()
+        await socat.wait()
+    assert r.quality is Quality.GOOD
+    assert r.value == -12.75
