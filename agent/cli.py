@@ -47,12 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--duration", type=float, default=0, help="seconds to run (default: until Ctrl-C)"
     )
+    demo.add_argument(
+        "--broker", default=None, help="also publish to this broker (mqtt://host:port)"
+    )
     demo.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
 
     poll = commands.add_parser("poll", help="read every point of one terminal once")
     poll.add_argument("terminal", help="the terminal's name in the config")
     _config_arg(poll)
     poll.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+
+    keys = commands.add_parser("keys", help="the device identity (Ed25519 key that signs uploads)")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    keys_init = keys_commands.add_parser("init", help="create the device key")
+    _config_arg(keys_init)
+    keys_init.add_argument("--force", action="store_true", help="replace an existing key")
+    keys_show = keys_commands.add_parser("show", help="print the key id and public key")
+    _config_arg(keys_show)
+    keys_show.add_argument("--json", action="store_true", help="print JSON (shape in README)")
 
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -121,12 +133,44 @@ def cmd_poll(args: argparse.Namespace) -> int:
     return EXIT_FINDING if any(r.quality is not Quality.GOOD for r in readings) else EXIT_OK
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from agent.signing import KeyStoreError, init_key, load_key
+
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        if args.keys_command == "init":
+            key = init_key(config.state_dir, force=args.force)
+            print(f"created device key {key.kid} in {key.path}")
+            return EXIT_OK
+        key = load_key(config.state_dir)
+    except KeyStoreError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot write the device key under {config.state_dir}: {exc.strerror or exc}")
+    info = key.public_info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"key id:  {info['kid']}\nalgorithm: EdDSA (Ed25519)\n\n{info['public_key_pem']}")
+        print(json.dumps(info["jwk"]))
+    return EXIT_OK
+
+
+def _wide_console() -> Console:
+    """A console that does not wrap tables at 80 columns when its output is piped."""
+    return Console() if sys.stdout.isatty() else Console(width=120)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import DEMO_CONFIG, run_demo
 
     configure_logging("warning", "console")
     try:
-        return asyncio.run(run_demo(Console(), args.duration, args.config or DEMO_CONFIG))
+        return asyncio.run(
+            run_demo(_wide_console(), args.duration, args.config or DEMO_CONFIG, broker=args.broker)
+        )
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
@@ -141,6 +185,7 @@ COMMANDS = {
     "run": cmd_run,
     "demo": cmd_demo,
     "poll": cmd_poll,
+    "keys": cmd_keys,
 }
 
 

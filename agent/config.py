@@ -104,6 +104,62 @@ class JsonlConfig(_Frozen):
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)  # then rotate to .1
 
 
+class OutboxConfig(_Frozen):
+    """The durable store-and-forward queue (<state_dir>/outbox.db)."""
+
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=1024 * 1024)
+    max_age: Duration | None = None  # telemetry older than this is evicted (counted, reported)
+    # full: every put survives a power cut (fsync per transaction, batched);
+    # normal: survives a crash of the agent, a power cut may lose the last transactions.
+    synchronous: Literal["full", "normal"] = "full"
+    batch: int = Field(default=200, ge=1, le=10_000)  # readings per telemetry message at most
+
+
+class TlsConfig(_Frozen):
+    ca: Path | None = None  # CA bundle that signs the broker's certificate (default: system CAs)
+    cert: Path | None = None  # client certificate (mutual TLS)
+    key: Path | None = None  # its private key
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together (client certificate and its key)")
+        return self
+
+
+class UplinkConfig(_Frozen):
+    """The MQTT session upstream. Without `broker` the agent keeps everything in the outbox."""
+
+    broker: str | None = Field(default=None, pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
+    client_id: str | None = None  # default: edge-agent-<gateway id>
+    username: str | None = None
+    password: str | None = None
+    tls: TlsConfig = TlsConfig()
+    topic_prefix: str = "edge/{gateway_id}"
+    keepalive: PositiveDuration = 30.0
+    inflight: int = Field(default=32, ge=1, le=1000)  # messages awaiting PUBACK at once
+    connect_timeout: PositiveDuration = 10.0
+    backoff_min: PositiveDuration = 1.0  # reconnect delay: doubles from this, with jitter ...
+    backoff_max: PositiveDuration = 120.0  # ... up to this
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.broker is not None and self.broker.startswith("mqtts://")
+
+    @property
+    def host(self) -> str:
+        assert self.broker is not None
+        return self.broker.split("://", 1)[1].rstrip("/").rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        assert self.broker is not None
+        rest = self.broker.split("://", 1)[1].rstrip("/")
+        if ":" in rest:
+            return int(rest.rsplit(":", 1)[1])
+        return 8883 if self.tls_enabled else 1883
+
+
 class PointConfig(_Frozen):
     name: str = Field(min_length=1)
     table: Literal["holding", "input", "coil", "discrete"] = "holding"
@@ -228,6 +284,8 @@ class Config(_Frozen):
     state_dir: Path = Path("/var/lib/edge-agent")
     log: LogConfig = LogConfig()
     jsonl: JsonlConfig = JsonlConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    uplink: UplinkConfig = UplinkConfig()
     terminals: list[Terminal] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -263,6 +321,18 @@ class Config(_Frozen):
     @property
     def jsonl_path(self) -> Path:
         return self.jsonl.path or self.state_dir / "readings.jsonl"
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.state_dir / "outbox.db"
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.uplink.topic_prefix.replace("{gateway_id}", self.gateway.id)
+
+    @property
+    def client_id(self) -> str:
+        return self.uplink.client_id or f"edge-agent-{self.gateway.id}"
 
 
 def default_config_path() -> Path:
@@ -307,6 +377,15 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     if config.jsonl.path is not None and not config.jsonl.path.is_absolute():
         jsonl = config.jsonl.model_copy(update={"path": (base / config.jsonl.path).resolve()})
         updates["jsonl"] = jsonl
+    tls = config.uplink.tls
+    resolved = {
+        name: (base / path).resolve()
+        for name in ("ca", "cert", "key")
+        if (path := getattr(tls, name)) is not None and not path.is_absolute()
+    }
+    if resolved:
+        uplink_tls = tls.model_copy(update=resolved)
+        updates["uplink"] = config.uplink.model_copy(update={"tls": uplink_tls})
     return config.model_copy(update=updates) if updates else config
 
 

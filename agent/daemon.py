@@ -1,7 +1,8 @@
 """The composition root: builds the parts from config, runs them, and stops them in time.
 
-Lifecycle: start (open the sink, start one poller per terminal) -> run until SIGTERM/SIGINT ->
-graceful stop within `STOP_DEADLINE` seconds -> cancel what is left. SIGHUP and a change of the
+Lifecycle: start (device key, outbox, uplink, sinks, one poller per terminal) -> run until
+SIGTERM/SIGINT -> graceful stop within `STOP_DEADLINE` seconds (pollers stop, taken readings are
+made durable, the uplink says `offline`) -> cancel what is left. SIGHUP and a change of the
 config file reload the terminals without a restart; a new config with errors is refused, its
 errors logged, and the running config kept. Signal handlers only set events.
 """
@@ -20,6 +21,7 @@ from watchdog.observers import Observer
 
 from agent.config import Config, ConfigError, ModbusRtuTerminal, load_config
 from agent.model import Reading
+from agent.outbox import AsyncOutbox, Outbox
 from agent.polling import ModbusTerminal, Poller
 from agent.protocols.modbus import (
     BusLink,
@@ -30,7 +32,9 @@ from agent.protocols.modbus import (
     quiet_undecodable_replies,
 )
 from agent.sdnotify import notify
-from agent.sinks import FanOut, JsonlSink, ReadingSink
+from agent.signing import KeyNotFoundError, init_key, key_path, load_key
+from agent.sinks import FanOut, JsonlSink, OutboxSink, ReadingSink
+from agent.uplink import Uplink
 
 log = structlog.get_logger(__name__)
 
@@ -126,6 +130,10 @@ class Daemon:
         self._extra_sinks = list(extra_sinks)
         self._jsonl: JsonlSink | None = None
         self.acquisition: Acquisition | None = None
+        self.outbox: AsyncOutbox | None = None
+        self.outbox_sink: OutboxSink | None = None
+        self.uplink: Uplink | None = None
+        self._uplink_task: asyncio.Task[None] | None = None
         self.reloads = 0
 
     async def run(self) -> None:
@@ -133,13 +141,28 @@ class Daemon:
         quiet_undecodable_replies(loop)
         self._install_signal_handlers(loop)
         observer = self._watch_config(loop)
-        sinks = list(self._extra_sinks)
-        if self.config.jsonl.enabled:
-            self._jsonl = JsonlSink(self.config.jsonl_path, self.config.jsonl.max_bytes)
-            self._jsonl.open()
-            sinks.append(self._jsonl)
-        self.acquisition = Acquisition(FanOut(sinks))
         try:
+            await self._start_outbox()
+            assert self.outbox is not None
+            if self.config.uplink.broker:
+                self.uplink = Uplink(
+                    self.config.uplink,
+                    self.outbox.outbox,
+                    self.config.topic_prefix,
+                    self.config.client_id,
+                )
+                self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
+            self.outbox_sink = OutboxSink(
+                self.outbox,
+                self.config.outbox.batch,
+                on_stored=self.uplink.wake if self.uplink else None,
+            )
+            sinks: list[ReadingSink] = [self.outbox_sink, *self._extra_sinks]
+            if self.config.jsonl.enabled:
+                self._jsonl = JsonlSink(self.config.jsonl_path, self.config.jsonl.max_bytes)
+                self._jsonl.open()
+                sinks.append(self._jsonl)
+            self.acquisition = Acquisition(FanOut(sinks))
             await self.acquisition.apply(self.config.terminals)
             notify("READY=1", f"STATUS=polling {len(self.config.terminals)} terminals")
             log.info(
@@ -147,6 +170,7 @@ class Daemon:
                 gateway=self.config.gateway.id,
                 terminals=len(self.config.terminals),
                 config=str(self.config_path),
+                uplink=self.config.uplink.broker,
             )
             await self._serve()
         finally:
@@ -154,16 +178,52 @@ class Daemon:
             log.info("agent stopping")
             try:
                 async with asyncio.timeout(STOP_DEADLINE):
-                    await self.acquisition.close()
+                    await self._stop_parts()
             except TimeoutError:
                 log.error("stop deadline passed; leaving the rest to cancellation")
-            if self._jsonl is not None:
-                self._jsonl.close()
             if observer is not None:
                 observer.stop()
                 observer.join(timeout=1)
             self._remove_signal_handlers(loop)
             log.info("agent stopped")
+
+    async def _start_outbox(self) -> None:
+        state_dir = self.config.state_dir
+        try:
+            key = load_key(state_dir)
+        except KeyNotFoundError:
+            key = init_key(state_dir)
+            log.info("created the device identity", kid=key.kid, path=str(key_path(state_dir)))
+        outbox = Outbox(
+            self.config.outbox_path,
+            key,
+            self.config.gateway.id,
+            max_bytes=self.config.outbox.max_bytes,
+            max_age=self.config.outbox.max_age,
+            synchronous=self.config.outbox.synchronous,
+        )
+        self.outbox = AsyncOutbox(outbox)
+        await self.outbox.open()
+        if outbox.recovered_from is not None:
+            log.error(
+                "outbox database was damaged: set aside, started a fresh one",
+                kept_at=str(outbox.recovered_from),
+            )
+
+    async def _stop_parts(self) -> None:
+        """Stop taking readings, make the taken ones durable, then leave the broker cleanly."""
+        if self.acquisition is not None:
+            await self.acquisition.close()
+        if self.outbox_sink is not None:
+            await self.outbox_sink.flush()
+        if self._uplink_task is not None:
+            self._uplink_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._uplink_task
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self.outbox is not None:
+            await self.outbox.close()
 
     async def _serve(self) -> None:
         stop = asyncio.create_task(self.stop_requested.wait())
@@ -193,7 +253,7 @@ class Daemon:
             return False
         if new == self.config:
             return True
-        for key in ("gateway", "state_dir", "log", "jsonl"):
+        for key in ("gateway", "state_dir", "log", "jsonl", "outbox", "uplink"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("config change needs a restart to take effect", key=key)
         assert self.acquisition is not None

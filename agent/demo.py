@@ -1,7 +1,8 @@
 """`edge-agent demo`: the simulated site and the agent together, with a live view.
 
 Starts a simulated device behind every terminal of config/demo.yaml, runs the real daemon on
-that config, and shows the newest reading of every point until the duration ends or Ctrl-C.
+that config (readings go into its outbox, and upstream with `--broker`), and shows the newest
+reading of every point and the outbox depth until the duration ends or Ctrl-C.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from agent.config import load_config
+from agent.config import UplinkConfig, load_config
 from agent.daemon import Daemon
+from agent.outbox import OutboxStats
 from agent.render import QUALITY_STYLE, age, format_value
 from agent.sim.site import SimulatedSite
 from agent.sinks import LatestValues
@@ -25,7 +27,29 @@ from agent.sinks import LatestValues
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
 
-def demo_view(daemon: Daemon, latest: LatestValues, now: datetime) -> Group:
+def outbox_line(daemon: Daemon, stats: OutboxStats | None) -> Text:
+    if stats is None:
+        return Text("outbox: opening", style="dim")
+    age_text = f", oldest {stats.oldest_age:.0f}s" if stats.oldest_age is not None else ""
+    text = (
+        f"outbox: {stats.messages} messages, {stats.bytes / 1024:.0f} KiB waiting{age_text}, "
+        f"evicted {stats.evicted}"
+    )
+    uplink = daemon.uplink
+    if uplink is None:
+        text += " · uplink: none configured (readings wait in the outbox)"
+    elif uplink.state.connected:
+        text += (
+            f" · uplink: connected to {uplink.state.broker}, {uplink.state.published} acknowledged"
+        )
+    else:
+        text += f" · uplink: down ({uplink.state.last_error or 'connecting'})"
+    return Text(text)
+
+
+def demo_view(
+    daemon: Daemon, latest: LatestValues, now: datetime, stats: OutboxStats | None = None
+) -> Group:
     acquisition = daemon.acquisition
     pollers = acquisition.pollers if acquisition else {}
     terminals = Table(title="terminals", title_justify="left")
@@ -59,11 +83,20 @@ def demo_view(daemon: Daemon, latest: LatestValues, now: datetime) -> Group:
             age(r.observed_at, now),
         )
     footer = Text(f"{latest.count} readings so far · Ctrl-C to stop", style="dim")
-    return Group(terminals, points, footer)
+    return Group(terminals, points, outbox_line(daemon, stats), footer)
 
 
-async def run_demo(console: Console, duration: float, config_path: Path = DEMO_CONFIG) -> int:
+async def _stats(daemon: Daemon) -> OutboxStats | None:
+    return await daemon.outbox.stats() if daemon.outbox is not None else None
+
+
+async def run_demo(
+    console: Console, duration: float, config_path: Path = DEMO_CONFIG, broker: str | None = None
+) -> int:
     config = load_config(config_path)
+    if broker is not None:
+        uplink = UplinkConfig.model_validate({**config.uplink.model_dump(), "broker": broker})
+        config = config.model_copy(update={"uplink": uplink})
     site = SimulatedSite(config)
     await site.start()
     latest = LatestValues()
@@ -79,7 +112,7 @@ async def run_demo(console: Console, duration: float, config_path: Path = DEMO_C
         if console.is_terminal:
             with Live(console=console, refresh_per_second=2) as live:
                 while not agent.done() and (deadline is None or loop.time() < deadline):
-                    live.update(demo_view(daemon, latest, datetime.now(UTC)))
+                    live.update(demo_view(daemon, latest, datetime.now(UTC), await _stats(daemon)))
                     await asyncio.sleep(0.5)
         else:
             while not agent.done() and (deadline is None or loop.time() < deadline):
@@ -93,8 +126,9 @@ async def run_demo(console: Console, duration: float, config_path: Path = DEMO_C
                     f"{latest.count} readings from {len(latest.latest)} points; "
                     f"failing terminals: {', '.join(failing) or 'none'}"
                 )
+                console.print(outbox_line(daemon, await _stats(daemon)))
         if not agent.done():
-            console.print(demo_view(daemon, latest, datetime.now(UTC)))
+            console.print(demo_view(daemon, latest, datetime.now(UTC), await _stats(daemon)))
     finally:
         daemon.stop_requested.set()
         with contextlib.suppress(asyncio.CancelledError):

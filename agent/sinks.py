@@ -1,20 +1,27 @@
-"""Where readings go once taken: the sink interface and its local implementations.
+"""Where readings go once taken: the sink interface and its implementations.
 
-A sink's `submit` never blocks on the network and never raises for a reading's content: the
-pollers call it from the event loop and must keep their schedule. The JSON-lines file is the
-durable local copy until the outbox exists (and an optional copy after); it is bounded by size
-and rotates to `<path>.1`.
+A sink's `submit` never blocks on the network or the disk's fsync and never raises for a
+reading's content: the pollers call it from the event loop and must keep their schedule.
+`OutboxSink` makes readings durable and signed in the outbox (the way upstream); the JSON-lines
+file is an optional local copy, bounded by size, rotating to `<path>.1`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+import sqlite3
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, Any, Protocol
+
+import structlog
 
 from agent.model import Reading, format_timestamp
+from agent.outbox import AsyncOutbox, OutboxError, Priority
+
+log = structlog.get_logger(__name__)
 
 
 class ReadingSink(Protocol):
@@ -93,3 +100,67 @@ class FanOut:
     def submit(self, readings: Sequence[Reading]) -> None:
         for sink in self.sinks:
             sink.submit(readings)
+
+
+class OutboxSink:
+    """Telemetry into the durable outbox: each poll's readings become signed telemetry messages.
+
+    `submit` returns at once; the put runs as a task (the outbox joins concurrent puts into one
+    transaction in a worker thread), so polling never waits on the disk. A batch is split into
+    messages of at most `batch` readings. Puts waiting at once are bounded by `max_pending`;
+    past that (a disk that has stalled) batches are refused, counted and logged, never queued
+    without bound. `on_stored` is called after each durable put (it wakes the uplink).
+    """
+
+    def __init__(
+        self,
+        outbox: AsyncOutbox,
+        batch: int = 200,
+        on_stored: Callable[[], None] | None = None,
+        max_pending: int = 10_000,
+    ) -> None:
+        self.outbox = outbox
+        self.batch = batch
+        self.on_stored = on_stored
+        self.max_pending = max_pending
+        self.stored = 0
+        self.lost = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def submit(self, readings: Sequence[Reading]) -> None:
+        if not readings:
+            return
+        if len(self._tasks) >= self.max_pending:
+            self.lost += len(readings)
+            log.error("outbox is not keeping up; readings refused", count=len(readings))
+            return
+        stamps: dict[datetime, str] = {}
+        records = []
+        for r in readings:
+            stamp = stamps.get(r.observed_at)
+            if stamp is None:
+                stamp = stamps[r.observed_at] = format_timestamp(r.observed_at)
+            records.append(r.to_dict(stamp))
+        items = [
+            ("telemetry", {"readings": records[i : i + self.batch]}, Priority.TELEMETRY)
+            for i in range(0, len(records), self.batch)
+        ]
+        task = asyncio.create_task(self._put(items, len(readings)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _put(self, items: list[tuple[str, Any, Priority]], count: int) -> None:
+        try:
+            await self.outbox.put_many(items)
+        except (OutboxError, OSError, sqlite3.Error, ValueError) as exc:
+            self.lost += count
+            log.error("readings not stored in the outbox", count=count, error=str(exc))
+            return
+        self.stored += count
+        if self.on_stored is not None:
+            self.on_stored()
+
+    async def flush(self) -> None:
+        """Wait until every submitted batch is stored (or has failed)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

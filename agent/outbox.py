@@ -1,0 +1,842 @@
+"""The durable store-and-forward queue: signed messages wait here until the broker acks them.
+
+Rules: a message is signed and given its `seq` in the transaction that stores it, so what is
+stored is exactly what is sent, and `put` returns only once that transaction is durable. A
+message leaves only through `ack` (the broker's PUBACK) or, for telemetry only, eviction by
+the byte budget or the age limit, which is counted persistently and logged. Alarms/events and
+health are never evicted.
+
+Durability (`synchronous`): the database runs in WAL mode. With ``"full"`` (the default) every
+commit fsyncs the WAL, so a message acknowledged by `put` survives a power cut. ``"normal"``
+fsyncs only at checkpoints: still safe against a crash or kill -9 of the agent, but a power cut
+may lose the last transactions (never corrupts). Batching (`put_many`, or `AsyncOutbox`, which
+joins concurrent puts into one transaction) pays one fsync for many messages.
+
+`seq` never goes back and never repeats for a different message. It is kept in the database and
+updated in the transaction that uses it (contiguous across restarts and crashes). It is also
+*reserved* in blocks in a small state file ``<db>.seq`` (written atomically) before any seq past
+the reservation is used; if the database is lost or corrupt, the fresh one continues after the
+reservation, so upstream sees a gap (a loss, reported) and never a repeat. Only if the state file
+is gone too does seq restart from a clock floor (milliseconds since the epoch), a last resort.
+
+Threads: one SQLite connection guarded by a lock; every method may be called from any thread
+(`asyncio.to_thread`). `AsyncOutbox` is the face for the event loop. One process owns an
+outbox at a time (an exclusive lock on ``<db>.lock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import fcntl
+import json
+import os
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from agent.atomic import move_durably, remove_stale_temps, write_atomic
+from agent.model import format_timestamp
+from agent.signing import encode_body, envelope_from_encoded, utc_stamp
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# seq values reserved in the state file at a time: one atomic file write per this many
+# messages, and at most this big a jump of seq after the database is lost.
+SEQ_BLOCK = 10_000
+WARN_INTERVAL = 60.0  # at most one eviction warning per this many seconds
+# Messages stamped before this are not aged out: the gateway's clock was not set yet (no RTC),
+# and an NTP step would otherwise make them all look ancient at once.
+CLOCK_SANE_AFTER = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
+SCHEMA_VERSION = 1
+_KIND = re.compile(r"^[a-z][a-z0-9_-]*(?:/[a-z][a-z0-9_-]*)*$")
+
+Synchronous = Literal["full", "normal"]
+Item = tuple[str, Any, "Priority"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY,
+    priority INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    size INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+-- entries are (priority, rowid=seq): the order of pending() and of eviction
+CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority);
+CREATE INDEX IF NOT EXISTS messages_by_age ON messages (priority, created_at);
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+"""
+
+
+class Priority(enum.IntEnum):
+    """Lower goes first. Only TELEMETRY is ever evicted."""
+
+    EVENT = 0  # alarms, update results, audit events, diagnosis answers
+    HEALTH = 1
+    TELEMETRY = 2
+
+
+class Signer(Protocol):
+    def sign_compact(self, payload: bytes) -> str: ...
+
+
+class OutboxError(Exception):
+    """The outbox cannot be opened or written (disk, permissions, another owner)."""
+
+
+class OutboxCorruptError(OutboxError):
+    """The database turned out damaged while open: `close()` and `open()` set it aside."""
+
+
+class _Unusable(Exception):
+    """The database file must be set aside (not SQLite, corrupt, or a newer schema)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One stored message. `payload` is the JWS to publish on ``{topic_prefix}/{kind}``."""
+
+    id: int  # what to pass to `ack`; equal to seq
+    seq: int
+    kind: str
+    priority: Priority
+    payload: str
+    size: int  # bytes of payload
+    created_at: float  # POSIX time it entered the outbox
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxStats:
+    """The outbox at a glance (status, health report)."""
+
+    events: int
+    health: int
+    telemetry: int
+    bytes: int  # of stored payloads (the database file is larger: pages, indexes, WAL)
+    max_bytes: int
+    oldest_age: float | None  # seconds since the oldest waiting message entered
+    evicted: int  # telemetry messages evicted, counted in the database (kept across restarts)
+    evicted_bytes: int
+    last_evicted_at: datetime | None
+    over_budget: bool  # over max_bytes with no telemetry left to evict
+    last_seq: int
+    recovered_from: Path | None  # where a damaged database was set aside at open
+
+    @property
+    def messages(self) -> int:
+        return self.events + self.health + self.telemetry
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "messages": {"events": self.events, "health": self.health, "telemetry": self.telemetry},
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "oldest_age": self.oldest_age,
+            "evicted": self.evicted,
+            "evicted_bytes": self.evicted_bytes,
+            "last_evicted_at": (
+                format_timestamp(self.last_evicted_at) if self.last_evicted_at else None
+            ),
+            "over_budget": self.over_budget,
+            "last_seq": self.last_seq,
+            "recovered_from": str(self.recovered_from) if self.recovered_from else None,
+        }
+
+
+@dataclass
+class _Eviction:
+    count: int = 0
+    bytes: int = 0
+
+
+def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        return False
+    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+class Outbox:
+    """Durable, bounded, prioritized queue of signed messages. `open()` before use."""
+
+    def __init__(
+        self,
+        path: Path,
+        signer: Signer,
+        gateway_id: str,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_age: float | None = None,
+        synchronous: Synchronous = "full",
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        seq_block: int = SEQ_BLOCK,
+        warn_interval: float = WARN_INTERVAL,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        self.path = Path(path)
+        self.seq_path = self.path.with_name(self.path.name + ".seq")
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.signer = signer
+        self.gateway_id = gateway_id
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.synchronous = synchronous
+        self.max_message_bytes = max_message_bytes
+        self.seq_block = seq_block
+        self.warn_interval = warn_interval
+        self.clock = clock
+        self.recovered_from: Path | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._lock = threading.Lock()
+        self._last_seq = 0
+        self._reserved = 0
+        self._count = [0, 0, 0]
+        self._bytes = [0, 0, 0]
+        self._evicted = 0
+        self._evicted_bytes = 0
+        self._last_evicted_at: float | None = None
+        self._over_budget = False
+        self._warned_at: dict[str, float] = {}
+        self._unwarned = _Eviction()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (or create) the database; a damaged one is set aside and a fresh one started."""
+        with self._lock:
+            if self._conn is not None:
+                raise OutboxError(f"{self.path}: already open")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._take_ownership()
+            try:
+                remove_stale_temps(self.seq_path)
+                self._open_locked()
+            except BaseException:
+                self._release_ownership()
+                raise
+
+    def _open_locked(self) -> None:
+        reserved, had_reservation = self._read_reservation()
+        try:
+            self._check()
+            conn, fresh = self._connect()
+            recovered = False
+        except _Unusable as exc:
+            self.recovered_from = self._set_aside(str(exc))
+            conn, fresh = self._connect()
+            recovered = True
+        self._conn = conn
+        try:
+            with self._sqlite_errors():
+                self._load_state(conn, fresh and (had_reservation or recovered), reserved)
+        except BaseException:
+            self._conn = None
+            conn.close()
+            raise
+        log.info("outbox open", path=str(self.path), last_seq=self._last_seq, **self._summary())
+
+    def _load_state(
+        self, conn: sqlite3.Connection, seq_was_used: bool, reserved: int | None
+    ) -> None:
+        """Counters from the database; a new database where seq was in use continues it."""
+        self._count = [0, 0, 0]
+        self._bytes = [0, 0, 0]
+        counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        last_seq = int(counters["seq"])
+        if seq_was_used:
+            last_seq = self._restart_seq(reserved)
+            conn.execute("UPDATE counters SET value = ? WHERE name = 'seq'", (last_seq,))
+        self._last_seq = last_seq
+        self._evicted = int(counters["evicted"])
+        self._evicted_bytes = int(counters["evicted_bytes"])
+        at = counters["last_evicted_at"]
+        self._last_evicted_at = float(at) if at is not None else None
+        self._reserved = reserved if reserved is not None else -1
+        if self._reserved < last_seq:
+            self._reserve(last_seq)
+        for priority, count, size in conn.execute(
+            "SELECT priority, count(*), coalesce(sum(size), 0) FROM messages GROUP BY priority"
+        ):
+            self._count[priority] = count
+            self._bytes[priority] = size
+        if self.max_age is not None:
+            self._transaction(lambda: None, [], self.clock())
+
+    def _restart_seq(self, reserved: int | None) -> int:
+        if reserved is not None:
+            log.warning(
+                "outbox database is new but seq was in use: continuing after the reservation",
+                path=str(self.path),
+                seq_after=reserved,
+            )
+            return reserved
+        floor = int(self.clock() * 1000)
+        log.error(
+            "outbox database and seq reservation both lost: seq restarts from the clock floor",
+            path=str(self.path),
+            seq_after=floor,
+        )
+        return floor
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+                self._warn_leftover()
+            self._release_ownership()
+
+    def __enter__(self) -> Outbox:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _take_ownership(self) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OutboxError(f"{self.path}: in use by another process or Outbox") from None
+        self._lock_fd = fd
+
+    def _release_ownership(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _check(self) -> None:
+        """`PRAGMA quick_check` through a read-only connection.
+
+        Read-only, so that looking at a damaged database changes nothing: a read-write
+        connection would checkpoint the WAL into it, and delete the WAL, when it closes.
+        """
+        if not self.path.exists():
+            return
+        try:
+            conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: cannot open: {exc}") from exc
+        try:
+            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+            if problems != ["ok"]:
+                raise _Unusable("quick_check: " + "; ".join(problems))
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise _Unusable(f"schema version {version} is newer than this agent's")
+        except sqlite3.DatabaseError as exc:
+            if _is_corruption(exc):
+                raise _Unusable(str(exc)) from exc
+            raise OutboxError(f"{self.path}: {exc}") from exc
+        finally:
+            conn.close()
+
+    def _connect(self) -> tuple[sqlite3.Connection, bool]:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path}: cannot open: {exc}") from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise OutboxError(f"{self.path}: cannot use WAL mode (got {mode})")
+            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
+            conn.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL after use
+            (tables,) = conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
+            ).fetchone()
+            fresh = tables == 0
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.executemany(
+                "INSERT OR IGNORE INTO counters (name, value) VALUES (?, ?)",
+                [("seq", 0), ("evicted", 0), ("evicted_bytes", 0)],
+            )
+            conn.execute(
+                "INSERT OR IGNORE INTO counters (name, value) VALUES ('last_evicted_at', NULL)"
+            )
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if _is_corruption(exc):
+                raise _Unusable(str(exc)) from exc
+            raise OutboxError(f"{self.path}: {exc}") from exc
+        except BaseException:
+            conn.close()
+            raise
+        return conn, fresh
+
+    def _set_aside(self, reason: str) -> Path:
+        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
+            n += 1
+        # The -wal and -shm files go with it, renamed so that SQLite would find them.
+        for suffix in ("-wal", "-shm"):
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                move_durably(side, target.with_name(target.name + suffix))
+        move_durably(self.path, target)
+        log.error(
+            "outbox database damaged: set aside, starting a fresh outbox",
+            path=str(self.path),
+            kept_as=str(target),
+            reason=reason,
+        )
+        return target
+
+    # -- seq reservation -------------------------------------------------------------------
+
+    def _read_reservation(self) -> tuple[int | None, bool]:
+        """The reserved seq ceiling, and whether a reservation file was there at all."""
+        try:
+            data = json.loads(self.seq_path.read_bytes())
+            return int(data["reserved"]), True
+        except FileNotFoundError:
+            return None, False
+        except (ValueError, KeyError, TypeError) as exc:
+            # Written atomically, so this is damage from outside: the database decides, and
+            # if the database is new too, seq continuity is lost.
+            log.warning("seq reservation file unreadable", path=str(self.seq_path), error=str(exc))
+            return None, True
+
+    def _reserve(self, at_least: int) -> None:
+        reserved = at_least + self.seq_block
+        try:
+            write_atomic(self.seq_path, json.dumps({"reserved": reserved}).encode(), mode=0o600)
+        except OSError as exc:
+            raise OutboxError(
+                f"{self.seq_path}: cannot reserve seq: {exc.strerror or exc}"
+            ) from exc
+        self._reserved = reserved
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def put(self, kind: str, body: Any, priority: Priority) -> int:
+        """Sign and store one message; its seq. Durable when this returns."""
+        return self.put_many([(kind, body, priority)])[0]
+
+    def put_many(self, items: Sequence[tuple[str, Any, Priority]]) -> list[int]:
+        """Sign and store messages in one transaction; their seqs, in order.
+
+        All or nothing: ValueError/TypeError for a bad kind or a body that is not JSON (NaN
+        included) stores none of them.
+        """
+        if not items:
+            return []
+        # Validate and encode outside the lock: the costly part, and it touches no state.
+        prepared: list[tuple[str, Priority, str]] = []
+        for kind, body, priority in items:
+            if not _KIND.match(kind):
+                raise ValueError(f"kind {kind!r} is not a topic suffix like 'telemetry'")
+            prepared.append((kind, Priority(priority), encode_body(body)))
+        with self._lock:
+            conn = self._open_conn()
+            now = self.clock()
+            ts = utc_stamp(now)
+            first = self._last_seq + 1
+            rows = []
+            for seq, (kind, priority, body_json) in enumerate(prepared, start=first):
+                envelope = envelope_from_encoded(self.gateway_id, seq, kind, ts, body_json)
+                payload = self.signer.sign_compact(envelope)
+                if len(payload) > self.max_message_bytes:
+                    raise ValueError(
+                        f"a {kind} message of {len(payload)} bytes is over the limit of "
+                        f"{self.max_message_bytes}: send smaller batches"
+                    )
+                rows.append((seq, int(priority), now, len(payload), kind, payload))
+            last = first + len(rows) - 1
+            if last > self._reserved:
+                self._reserve(last)  # durable before any seq past the old reservation is
+
+            def insert() -> None:
+                conn.executemany(
+                    "INSERT INTO messages (seq, priority, created_at, size, kind, payload) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                conn.execute("UPDATE counters SET value = ? WHERE name = 'seq'", (last,))
+
+            self._transaction(insert, rows, now)
+            self._last_seq = last
+            return list(range(first, last + 1))
+
+    def _transaction(
+        self,
+        write: Callable[[], None],
+        rows: list[tuple[int, int, float, int, str, str]],
+        now: float,
+    ) -> None:
+        """Make room for `rows` (age, then budget), run `write`, commit; then update counters."""
+        conn = self._open_conn()
+        incoming = sum(r[3] for r in rows)
+        with self._write_transaction(conn):
+            aged = self._evict_aged(conn, now)
+            budget = self._evict_for_budget(conn, incoming - aged.bytes)
+            evicted = _Eviction(aged.count + budget.count, aged.bytes + budget.bytes)
+            if evicted.count:
+                conn.executemany(
+                    "UPDATE counters SET value = ? WHERE name = ?",
+                    [
+                        (self._evicted + evicted.count, "evicted"),
+                        (self._evicted_bytes + evicted.bytes, "evicted_bytes"),
+                        (now, "last_evicted_at"),
+                    ],
+                )
+            write()
+        tele = Priority.TELEMETRY
+        self._count[tele] -= evicted.count
+        self._bytes[tele] -= evicted.bytes
+        for r in rows:
+            self._count[r[1]] += 1
+            self._bytes[r[1]] += r[3]
+        was_over = self._over_budget
+        self._over_budget = sum(self._bytes) > self.max_bytes
+        if evicted.count:
+            self._evicted += evicted.count
+            self._evicted_bytes += evicted.bytes
+            self._last_evicted_at = now
+            self._unwarned.count += evicted.count
+            self._unwarned.bytes += evicted.bytes
+            reason = "max_bytes" if budget.count else "max_age"
+            if self._may_warn("evicted"):
+                log.warning(
+                    "outbox evicted oldest telemetry",
+                    reason=reason,
+                    evicted=self._unwarned.count,
+                    evicted_bytes=self._unwarned.bytes,
+                    evicted_total=self._evicted,
+                    **self._summary(),
+                )
+                self._unwarned = _Eviction()
+        if self._over_budget and (not was_over or self._may_warn("over_budget")):
+            self._warned_at["over_budget"] = time.monotonic()
+            log.warning(
+                "outbox over its byte budget with only events and health left: accepting, "
+                "nothing is dropped",
+                **self._summary(),
+            )
+
+    def _evict_aged(self, conn: sqlite3.Connection, now: float) -> _Eviction:
+        if self.max_age is None:
+            return _Eviction()
+        sizes = conn.execute(
+            "DELETE FROM messages WHERE priority = ? AND created_at >= ? AND created_at < ? "
+            "RETURNING size",
+            (int(Priority.TELEMETRY), CLOCK_SANE_AFTER, now - self.max_age),
+        ).fetchall()
+        return _Eviction(len(sizes), sum(s for (s,) in sizes))
+
+    def _evict_for_budget(self, conn: sqlite3.Connection, incoming: int) -> _Eviction:
+        need = sum(self._bytes) + incoming - self.max_bytes
+        freed = _Eviction()
+        if need <= 0:
+            return freed
+        # Oldest telemetry first, in pages, until enough is freed or none is left.
+        after = 0
+        while freed.bytes < need:
+            page = conn.execute(
+                "SELECT seq, size FROM messages WHERE priority = ? AND seq > ? ORDER BY seq "
+                "LIMIT 256",
+                (int(Priority.TELEMETRY), after),
+            ).fetchall()
+            if not page:
+                break
+            for seq, size in page:
+                freed.count += 1
+                freed.bytes += size
+                after = seq
+                if freed.bytes >= need:
+                    break
+        if freed.count:
+            conn.execute(
+                "DELETE FROM messages WHERE priority = ? AND seq <= ?",
+                (int(Priority.TELEMETRY), after),
+            )
+        return freed
+
+    def _may_warn(self, what: str) -> bool:
+        now = time.monotonic()
+        last = self._warned_at.get(what)
+        if last is not None and now - last < self.warn_interval:
+            return False
+        self._warned_at[what] = now
+        return True
+
+    def _warn_leftover(self) -> None:
+        if self._unwarned.count:
+            log.warning(
+                "outbox evicted oldest telemetry",
+                evicted=self._unwarned.count,
+                evicted_bytes=self._unwarned.bytes,
+                evicted_total=self._evicted,
+            )
+            self._unwarned = _Eviction()
+
+    def expire(self) -> None:
+        """Evict telemetry older than max_age now (puts do it too; for a quiet outbox)."""
+        if self.max_age is None:
+            return
+        with self._lock:
+            self._transaction(lambda: None, [], self.clock())
+
+    # -- reading and acknowledging ----------------------------------------------------------
+
+    def pending(self, limit: int, exclude: Collection[int] = ()) -> list[Message]:
+        """Up to `limit` messages to send: highest priority first, then by seq.
+
+        `exclude` skips ids already in flight. Messages stay until `ack`ed: after a restart
+        they are handed out again (a duplicate upstream, recognisable by its seq).
+        """
+        with self._lock, self._sqlite_errors():
+            conn = self._open_conn()
+            if exclude:
+                cursor = conn.execute(
+                    "SELECT seq, priority, created_at, size, kind, payload FROM messages "
+                    "WHERE seq NOT IN (SELECT value FROM json_each(?)) "
+                    "ORDER BY priority, seq LIMIT ?",
+                    (json.dumps(list(exclude)), limit),
+                )
+            else:
+                cursor = conn.execute(
+                    "SELECT seq, priority, created_at, size, kind, payload FROM messages "
+                    "ORDER BY priority, seq LIMIT ?",
+                    (limit,),
+                )
+            return [
+                Message(seq, seq, kind, Priority(priority), payload, size, created_at)
+                for seq, priority, created_at, size, kind, payload in cursor
+            ]
+
+    def ack(self, ids: Iterable[int]) -> int:
+        """Delete acknowledged messages; how many were still there (evicted ones are not)."""
+        id_list = [int(i) for i in ids]
+        if not id_list:
+            return 0
+        with self._lock:
+            conn = self._open_conn()
+            with self._write_transaction(conn):
+                removed = conn.execute(
+                    "DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?)) "
+                    "RETURNING priority, size",
+                    (json.dumps(id_list),),
+                ).fetchall()
+            for priority, size in removed:
+                self._count[priority] -= 1
+                self._bytes[priority] -= size
+            self._over_budget = sum(self._bytes) > self.max_bytes
+            return len(removed)
+
+    # -- reporting -------------------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    def stats(self) -> OutboxStats:
+        with self._lock, self._sqlite_errors():
+            conn = self._open_conn()
+            oldest: float | None = None
+            for priority in Priority:
+                if self._count[priority]:
+                    row = conn.execute(
+                        "SELECT created_at FROM messages WHERE priority = ? ORDER BY seq LIMIT 1",
+                        (int(priority),),
+                    ).fetchone()
+                    if row is not None and (oldest is None or row[0] < oldest):
+                        oldest = row[0]
+            return OutboxStats(
+                events=self._count[Priority.EVENT],
+                health=self._count[Priority.HEALTH],
+                telemetry=self._count[Priority.TELEMETRY],
+                bytes=sum(self._bytes),
+                max_bytes=self.max_bytes,
+                oldest_age=max(0.0, self.clock() - oldest) if oldest is not None else None,
+                evicted=self._evicted,
+                evicted_bytes=self._evicted_bytes,
+                last_evicted_at=(
+                    datetime.fromtimestamp(self._last_evicted_at, UTC)
+                    if self._last_evicted_at is not None
+                    else None
+                ),
+                over_budget=self._over_budget,
+                last_seq=self._last_seq,
+                recovered_from=self.recovered_from,
+            )
+
+    def _summary(self) -> dict[str, int]:
+        return {
+            "events": self._count[Priority.EVENT],
+            "health": self._count[Priority.HEALTH],
+            "telemetry": self._count[Priority.TELEMETRY],
+            "bytes": sum(self._bytes),
+            "max_bytes": self.max_bytes,
+        }
+
+    @contextlib.contextmanager
+    def _write_transaction(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any error; SQLite errors become ours."""
+        with self._sqlite_errors():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+
+    @contextlib.contextmanager
+    def _sqlite_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if _is_corruption(exc):
+                raise OutboxCorruptError(
+                    f"{self.path}: database damaged ({exc}); close and open the outbox to set "
+                    "it aside and start a fresh one"
+                ) from exc
+            raise OutboxError(f"{self.path}: {exc}") from exc
+
+    def _open_conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise OutboxError(f"{self.path}: outbox is not open")
+        return self._conn
+
+
+class AsyncOutbox:
+    """The outbox for the event loop: every call runs in a worker thread, never on the loop.
+
+    Concurrent `put`/`put_many` calls are joined into one transaction (group commit): while one
+    batch is being made durable, the next ones gather, so many pollers pay one fsync. Each
+    caller gets its own seqs once its messages are durable. A caller cancelled before its turn
+    stores nothing; one cancelled while its batch is being written may still have stored it.
+    """
+
+    def __init__(self, outbox: Outbox, max_batch: int = 512) -> None:
+        self.outbox = outbox
+        self.max_batch = max_batch
+        self._waiting: list[tuple[list[Item], asyncio.Future[list[int]]]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def open(self) -> None:
+        await asyncio.to_thread(self.outbox.open)
+
+    async def close(self) -> None:
+        """Wait for the puts already made, then close."""
+        await self._idle.wait()
+        await asyncio.to_thread(self.outbox.close)
+
+    async def __aenter__(self) -> AsyncOutbox:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def put(self, kind: str, body: Any, priority: Priority) -> int:
+        return (await self.put_many([(kind, body, priority)]))[0]
+
+    async def pending(self, limit: int, exclude: Collection[int] = ()) -> list[Message]:
+        return await asyncio.to_thread(self.outbox.pending, limit, exclude)
+
+    async def ack(self, ids: Iterable[int]) -> int:
+        return await asyncio.to_thread(self.outbox.ack, list(ids))
+
+    async def stats(self) -> OutboxStats:
+        return await asyncio.to_thread(self.outbox.stats)
+
+    async def expire(self) -> None:
+        await asyncio.to_thread(self.outbox.expire)
+
+    async def put_many(self, items: Sequence[Item]) -> list[int]:
+        if not items:
+            return []
+        future: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((list(items), future))
+        if self._writer is None:
+            self._idle.clear()
+            self._writer = asyncio.create_task(self._write(), name="outbox writer")
+        return await future
+
+    async def _write(self) -> None:
+        try:
+            while self._waiting:
+                batch: list[tuple[list[Item], asyncio.Future[list[int]]]] = []
+                size = 0
+                while self._waiting and (
+                    not batch or size + len(self._waiting[0][0]) <= self.max_batch
+                ):
+                    items, future = self._waiting.pop(0)
+                    if not future.done():  # cancelled before its turn: store nothing
+                        batch.append((items, future))
+                        size += len(items)
+                if batch:
+                    await self._write_batch(batch)
+        finally:
+            self._writer = None
+            for _, future in self._waiting:
+                future.cancel()
+            self._waiting.clear()
+            self._idle.set()
+
+    async def _write_batch(self, batch: list[tuple[list[Item], asyncio.Future[list[int]]]]) -> None:
+        all_items = [item for items, _ in batch for item in items]
+        try:
+            seqs = await asyncio.to_thread(self.outbox.put_many, all_items)
+        except (ValueError, TypeError) as exc:
+            if len(batch) == 1:
+                _settle(batch[0][1], exc)
+                return
+            # One caller's bad message must not fail the others: write each request alone.
+            for items, future in batch:
+                try:
+                    result = await asyncio.to_thread(self.outbox.put_many, items)
+                except (ValueError, TypeError, OutboxError, sqlite3.Error, OSError) as exc:
+                    _settle(future, exc)
+                else:
+                    _settle(future, result)
+            return
+        except (OutboxError, sqlite3.Error, OSError) as exc:
+            for _, future in batch:
+                _settle(future, exc)
+            return
+        start = 0
+        for items, future in batch:
+            _settle(future, seqs[start : start + len(items)])
+            start += len(items)
+
+
+def _settle(future: asyncio.Future[list[int]], outcome: list[int] | BaseException) -> None:
+    if future.done():  # its caller was cancelled meanwhile
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

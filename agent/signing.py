@@ -1,0 +1,246 @@
+"""Device identity and signed envelopes (DESIGN.md, "Signed envelope").
+
+The device key is one Ed25519 key in ``<state_dir>/keys/device-ed25519.pem`` (PKCS#8 PEM,
+file mode 0600, folder 0700). Its key id is the RFC 7638 JWK thumbprint of the public key, so
+anyone holding the public key computes the same `kid`. Every upstream payload is a JWS
+(RFC 7515) in compact serialization with the protected header ``{"alg":"EdDSA","kid":…}``
+(RFC 8037) and nothing else: no ``typ``, because the payload is our envelope, not a JWT. The
+envelope is compact JSON: ``{"gw","seq","kind","ts","body"}`` in that order.
+
+The functions a CLI needs (`init_key`, `load_key`, `DeviceKey.public_info`) return data and
+raise `KeyStoreError` subclasses whose message is a one-line reason for people.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import stat
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.atomic import fsync_dir, remove_stale_temps, write_atomic
+from agent.model import format_timestamp
+
+KEYS_DIR = "keys"
+PRIVATE_KEY_FILE = "device-ed25519.pem"
+ALG = "EdDSA"
+KEY_FILE_MODE = 0o600
+KEY_DIR_MODE = 0o700
+_EXISTS = "a device key already exists; use --force to replace it (the gateway's identity changes)"
+
+
+class KeyStoreError(Exception):
+    """The device key cannot be used; `reason` is one line for people, `path` the file."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+class KeyNotFoundError(KeyStoreError):
+    """No device key yet."""
+
+
+class KeyExistsError(KeyStoreError):
+    """`init_key` without force found a key already there."""
+
+
+class KeyPermissionError(KeyStoreError):
+    """The key or its folder can be read or changed by others than its owner."""
+
+
+class KeyInvalidError(KeyStoreError):
+    """The key file is not an Ed25519 private key in PEM."""
+
+
+def b64url(data: bytes) -> str:
+    """Base64url without padding (RFC 7515, 2)."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_bytes(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def jwk_thumbprint(x: str) -> str:
+    """RFC 7638 thumbprint (SHA-256) of an Ed25519 public key given as its JWK ``x`` member.
+
+    The canonical JWK has exactly the required members of an OKP key (RFC 8037, 2), sorted,
+    without whitespace.
+    """
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": x}, separators=(",", ":"))
+    return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+
+
+class DeviceKey:
+    """The gateway's signing key. Build it with `init_key`, `load_key` or `from_pem`."""
+
+    __slots__ = ("_header", "_private", "kid", "path", "x")
+
+    def __init__(self, private_key: Ed25519PrivateKey, path: Path | None = None) -> None:
+        self._private = private_key
+        self.path = path
+        raw = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.x = b64url(raw)
+        self.kid = jwk_thumbprint(self.x)
+        # Signing runs for every outbox message: encode the header once.
+        header = json.dumps({"alg": ALG, "kid": self.kid}, separators=(",", ":"))
+        self._header = _b64url_bytes(header.encode("ascii")) + b"."
+
+    @classmethod
+    def generate(cls) -> DeviceKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_pem(cls, data: bytes, path: Path | None = None) -> DeviceKey:
+        where = path or Path("<pem>")
+        try:
+            key = serialization.load_pem_private_key(data, password=None)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            raise KeyInvalidError(where, f"not a usable private key in PEM ({exc})") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise KeyInvalidError(where, f"expected an Ed25519 key, found {type(key).__name__}")
+        return cls(key, path)
+
+    def private_pem(self) -> bytes:
+        return self._private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+    def public_pem(self) -> str:
+        return (
+            self._private.public_key()
+            .public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+            .decode("ascii")
+        )
+
+    def public_jwk(self) -> dict[str, str]:
+        """The public key as a JWK (RFC 8037) with its kid, for any JOSE library."""
+        return {
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": self.x,
+            "kid": self.kid,
+            "alg": ALG,
+            "use": "sig",
+        }
+
+    def public_info(self) -> dict[str, Any]:
+        """What `edge-agent keys show --json` prints: ``{"kid", "public_key_pem", "jwk"}``."""
+        return {"kid": self.kid, "public_key_pem": self.public_pem(), "jwk": self.public_jwk()}
+
+    def sign_compact(self, payload: bytes) -> str:
+        """The JWS compact serialization of `payload`: ``header.payload.signature``."""
+        signing_input = self._header + _b64url_bytes(payload)
+        signature = self._private.sign(signing_input)
+        return (signing_input + b"." + _b64url_bytes(signature)).decode("ascii")
+
+
+def key_path(state_dir: Path) -> Path:
+    return Path(state_dir) / KEYS_DIR / PRIVATE_KEY_FILE
+
+
+def init_key(state_dir: Path, force: bool = False) -> DeviceKey:
+    """Create the device key (`edge-agent keys init`); KeyExistsError if one exists and not force.
+
+    Replacing a key changes the gateway's identity: upstream must learn the new public key.
+    """
+    path = key_path(state_dir)
+    directory = path.parent
+    key = DeviceKey.generate()
+    try:
+        directory.mkdir(mode=KEY_DIR_MODE, parents=True, exist_ok=True)
+        # mkdir's mode is filtered by the umask, and an existing folder may be wider.
+        directory.chmod(KEY_DIR_MODE)
+        remove_stale_temps(path)  # a crash during an earlier init may have left a copy of a key
+        if path.exists() and not force:
+            raise KeyExistsError(path, _EXISTS)
+        write_atomic(path, key.private_pem(), mode=KEY_FILE_MODE, overwrite=force)
+        fsync_dir(directory.parent)
+    except FileExistsError:  # created meanwhile by someone else
+        raise KeyExistsError(path, _EXISTS) from None
+    except OSError as exc:
+        raise KeyStoreError(path, f"cannot write the device key: {exc.strerror or exc}") from exc
+    key.path = path
+    return key
+
+
+def load_key(state_dir: Path) -> DeviceKey:
+    """The device key; KeyNotFoundError, KeyPermissionError or KeyInvalidError when unusable."""
+    path = key_path(state_dir)
+    try:
+        dir_mode = path.parent.stat().st_mode
+        file_mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise KeyNotFoundError(path, "no device key: run `edge-agent keys init`") from None
+    if not stat.S_ISREG(file_mode):
+        raise KeyInvalidError(path, "not a regular file")
+    if stat.S_IMODE(dir_mode) & 0o077:
+        raise KeyPermissionError(
+            path.parent,
+            f"folder mode {stat.S_IMODE(dir_mode):04o} lets others in; run chmod 700 {path.parent}",
+        )
+    if stat.S_IMODE(file_mode) & 0o077:
+        raise KeyPermissionError(
+            path,
+            f"key file mode {stat.S_IMODE(file_mode):04o} lets others read it; run chmod 600 {path}",
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(path, f"cannot read the device key: {exc.strerror or exc}") from exc
+    return DeviceKey.from_pem(data, path)
+
+
+def key_info(state_dir: Path) -> dict[str, Any]:
+    """`edge-agent keys show --json`: ``{"kid", "public_key_pem", "jwk"}`` of the device key."""
+    return load_key(state_dir).public_info()
+
+
+def _dumps(value: Any) -> str:
+    # allow_nan=False: NaN/Infinity are not JSON; a value that is not a measurement is refused
+    # here rather than signed and rejected by every receiver.
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def encode_body(body: Any) -> str:
+    """The body as it goes into an envelope (compact JSON); ValueError/TypeError if not JSON."""
+    return _dumps(body)
+
+
+def envelope_from_encoded(gateway_id: str, seq: int, kind: str, ts: str, body_json: str) -> bytes:
+    """`envelope_payload` for a body already encoded with `encode_body` and a formatted ts."""
+    return (
+        f'{{"gw":{_dumps(gateway_id)},"seq":{int(seq)},"kind":{_dumps(kind)},'
+        f'"ts":{_dumps(ts)},"body":{body_json}}}'
+    ).encode()
+
+
+def envelope_payload(gateway_id: str, seq: int, kind: str, ts: datetime, body: Any) -> bytes:
+    """The JSON payload of a signed envelope: ``{"gw","seq","kind","ts","body"}``, compact.
+
+    `ts` is written as RFC 3339 UTC with milliseconds and a Z (naive datetimes are refused).
+    """
+    if ts.tzinfo is None:
+        raise ValueError("envelope ts must be timezone-aware")
+    stamp = format_timestamp(ts.astimezone(UTC))
+    return envelope_from_encoded(gateway_id, seq, kind, stamp, encode_body(body))
+
+
+def utc_stamp(unix_seconds: float) -> str:
+    """RFC 3339 UTC of a POSIX time, as envelopes carry it."""
+    return format_timestamp(datetime.fromtimestamp(unix_seconds, UTC))

@@ -1,0 +1,353 @@
+"""The MQTT session upstream: publishes the outbox, acknowledges only what the broker acknowledged.
+
+One reconnect loop (capped exponential backoff with jitter) around one aiomqtt session (MQTT 5,
+QoS 1). The session announces `…/state` = `online` (retained; the last will says `offline`),
+then keeps up to `inflight` messages awaiting their PUBACK. A message leaves the outbox only after
+its PUBACK arrived with a success reason code; one the broker refuses (an ACL, say) stays in the
+outbox, is retried later, and the refusal is reported. Failures are logged once per distinct
+reason, in words, never as a traceback per retry, and never reach acquisition: the outbox takes
+readings whatever the uplink does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+import structlog
+from aiomqtt.exceptions import MqttConnectError
+from paho.mqtt.reasoncodes import ReasonCode
+
+from agent.config import UplinkConfig
+from agent.outbox import Message, Outbox
+
+log = structlog.get_logger(__name__)
+
+# The topic suffix of each message kind (DESIGN.md, MQTT topics); health is retained.
+TOPICS = {"telemetry": "telemetry", "health": "health", "event": "events", "diag/resp": "diag/resp"}
+RETAINED_KINDS = frozenset({"health"})
+REPEAT_SAME_ERROR_AFTER = 600.0  # a persisting failure is logged again this often
+REFUSED_RETRY_AFTER = 30.0  # a message the broker refused is offered again after this
+
+
+class UplinkError(Exception):
+    """The session failed; `reason` says why in words an operator can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class UplinkState:
+    """What status and health reports show of the uplink."""
+
+    broker: str | None
+    connected: bool = False
+    connected_since: float | None = None  # wall clock
+    disconnected_since: float | None = None
+    connects: int = 0
+    published: int = 0
+    refused: int = 0
+    last_ack_at: float | None = None
+    last_error: str | None = None
+    connected_seconds: float = 0.0  # total, for the connected-time ratio
+    started_at: float = field(default_factory=time.time)
+
+
+def topic_for(prefix: str, kind: str) -> str:
+    return f"{prefix}/{TOPICS.get(kind, kind)}"
+
+
+def describe_failure(
+    exc: BaseException, config: UplinkConfig, socket_error: str | None = None
+) -> str:
+    """Turn aiomqtt/paho/ssl errors into one line that says what to check.
+
+    `socket_error` is what paho logged about its socket during the attempt, if anything.
+    """
+    where = f"{config.host}:{config.port}"
+    if isinstance(exc, MqttConnectError):
+        rc = str(exc.rc) if exc.rc is not None else str(exc)
+        hint = {
+            "Not authorized": "check the username/password or client certificate, and the ACL",
+            "Bad user name or password": "check uplink.username and uplink.password",
+            "Client identifier not valid": "check uplink.client_id",
+        }.get(rc, "see the broker's log")
+        return f"broker {where} refused the connection: {rc} ({hint})"
+    text = f"{exc} {socket_error or ''}".strip()
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        detail = text.split("certificate verify failed:", 1)[-1].strip(" ()_")
+        return (
+            f"TLS: the certificate of broker {where} is not trusted ({detail}); check uplink.tls.ca"
+        )
+    if "alert certificate expired" in text or "certificate has expired" in text:
+        return f"TLS: broker {where} rejected our client certificate: it has expired"
+    if "alert" in text and ("certificate" in text or "handshake" in text):
+        return f"TLS: broker {where} rejected the handshake ({text}); check uplink.tls.cert/key"
+    if "Connection refused" in text:
+        return f"cannot reach broker {where}: connection refused"
+    if "timed out" in text:
+        return f"no answer from broker {where} within {config.connect_timeout:g}s"
+    if "Name or service not known" in text or "getaddrinfo" in text:
+        return f"cannot resolve broker host {config.host!r}"
+    return f"broker {where}: {text or type(exc).__name__}"
+
+
+class _ClosingSSLSocket(ssl.SSLSocket):
+    """An SSL socket that closes itself when its handshake fails.
+
+    paho-mqtt drops the socket of a failed TLS handshake without closing it; every retry against
+    a broker with the wrong certificate would leave a descriptor to the garbage collector.
+    """
+
+    def do_handshake(self, block: bool = False) -> None:
+        try:
+            super().do_handshake(block)
+        except BaseException:
+            self.close()
+            raise
+
+
+def tls_context(config: UplinkConfig) -> ssl.SSLContext | None:
+    if not config.tls_enabled:
+        return None
+    tls = config.tls
+    context = ssl.create_default_context(cafile=str(tls.ca) if tls.ca else None)
+    context.sslsocket_class = _ClosingSSLSocket
+    if tls.cert is not None and tls.key is not None:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context
+
+
+class _SocketErrors(logging.Handler):
+    """Keeps the last error paho logs about its socket (a TLS alert arrives only that way).
+
+    With TLS 1.3 a broker that rejects our client certificate says so in an alert after the
+    handshake; paho logs it and aiomqtt then only reports a timeout. The alert is the real cause.
+    aiomqtt also warns about every publish beyond ten in flight: the window is ours on purpose,
+    so only errors are kept, and none reach the process's log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last: str | None = None
+        self.logger = logging.Logger("edge_agent.mqtt", logging.ERROR)  # not in the global tree
+        self.logger.addHandler(self)
+        self.logger.propagate = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+    def take(self) -> str | None:
+        last, self.last = self.last, None
+        return last
+
+
+_last_mid: contextvars.ContextVar[int] = contextvars.ContextVar("last_mid")
+
+
+class _PubackCodes:
+    """Remembers the reason code of each PUBACK (aiomqtt drops it; MQTT 5 needs it).
+
+    aiomqtt's `publish` returns once a PUBACK arrives, whatever its reason code, so a publish the
+    broker refused (not authorized for the topic) would look delivered. This wraps the paho client
+    inside one aiomqtt session: the message id of each publish is kept in the calling task's
+    context, and the PUBACK's reason code by message id.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        paho = client._client  # the one place we reach into aiomqtt
+        self.codes: dict[int, ReasonCode] = {}
+        publish, on_publish = paho.publish, paho.on_publish
+
+        def publish_keeping_mid(*args: Any, **kwargs: Any) -> Any:
+            info = publish(*args, **kwargs)
+            _last_mid.set(info.mid)
+            return info
+
+        def on_publish_keeping_code(
+            paho_client: Any, userdata: Any, mid: int, reason_code: ReasonCode, properties: Any
+        ) -> None:
+            self.codes[mid] = reason_code
+            on_publish(paho_client, userdata, mid, reason_code, properties)  # type: ignore[misc, call-arg]
+
+        paho.publish = publish_keeping_mid  # type: ignore[method-assign]
+        paho.on_publish = on_publish_keeping_code
+
+    def take(self) -> ReasonCode | None:
+        return self.codes.pop(_last_mid.get(), None)
+
+
+class Uplink:
+    """Runs the MQTT session until cancelled; `wake()` says the outbox has something new."""
+
+    def __init__(
+        self,
+        config: UplinkConfig,
+        outbox: Outbox,
+        topic_prefix: str,
+        client_id: str,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.config = config
+        self.outbox = outbox
+        self.prefix = topic_prefix
+        self.client_id = client_id
+        self.state = UplinkState(broker=config.broker)
+        self._jitter = jitter
+        self._wakeup = asyncio.Event()
+        self._held: dict[int, float] = {}  # refused message id -> monotonic time to retry
+        self._logged: tuple[str, float] | None = None
+        self._socket_errors = _SocketErrors()
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            connects = self.state.connects
+            try:
+                await self._session()
+            except UplinkError as exc:
+                self._failed(exc.reason)
+            except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+                self._failed(describe_failure(exc, self.config, self._socket_errors.take()))
+            # Back off from the first retry after a session that worked; double after each failure.
+            failures = 1 if self.state.connects > connects else failures + 1
+            delay = min(self.config.backoff_max, self.config.backoff_min * 2 ** (failures - 1))
+            await asyncio.sleep(delay * (0.5 + self._jitter() / 2))
+
+    async def _session(self) -> None:
+        state_topic = f"{self.prefix}/state"
+        client = aiomqtt.Client(
+            self.config.host,
+            self.config.port,
+            identifier=self.client_id,
+            username=self.config.username,
+            password=self.config.password,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            keepalive=int(self.config.keepalive),
+            timeout=self.config.connect_timeout,
+            will=aiomqtt.Will(state_topic, b"offline", qos=1, retain=True),
+            tls_context=tls_context(self.config),
+            max_inflight_messages=self.config.inflight,
+            logger=self._socket_errors.logger,
+        )
+        codes = _PubackCodes(client)
+        async with client:
+            self._connected()
+            try:
+                await self._publish(client, codes, state_topic, b"online", retain=True)
+                await self._pump(client, codes)
+            except asyncio.CancelledError:
+                # Stopping: say so before leaving (a clean disconnect does not send the will).
+                with contextlib.suppress(aiomqtt.MqttError, UplinkError):
+                    async with asyncio.timeout(2):
+                        await self._publish(client, codes, state_topic, b"offline", retain=True)
+                raise
+            finally:
+                self._disconnected()
+
+    async def _publish(
+        self,
+        client: aiomqtt.Client,
+        codes: _PubackCodes,
+        topic: str,
+        payload: str | bytes,
+        retain: bool = False,
+    ) -> None:
+        """Publish at QoS 1; returns once the broker acknowledged it with success."""
+        await client.publish(topic, payload, qos=1, retain=retain)
+        code = codes.take()
+        if code is not None and code.is_failure:
+            raise UplinkError(f"broker refused a publish on {topic}: {code} (check the ACL)")
+
+    async def _pump(self, client: aiomqtt.Client, codes: _PubackCodes) -> None:
+        inflight: dict[asyncio.Task[None], Message] = {}
+        wakeup = asyncio.create_task(self._wakeup.wait())
+        try:
+            while True:
+                room = self.config.inflight - len(inflight)
+                if room > 0:
+                    self._wakeup.clear()
+                    now = time.monotonic()
+                    self._held = {i: t for i, t in self._held.items() if t > now}
+                    busy = [m.id for m in inflight.values()] + list(self._held)
+                    for message in await asyncio.to_thread(self.outbox.pending, room, busy):
+                        topic = topic_for(self.prefix, message.kind)
+                        retain = message.kind in RETAINED_KINDS
+                        task = asyncio.create_task(
+                            self._publish(client, codes, topic, message.payload, retain),
+                            name=f"publish {message.seq}",
+                        )
+                        inflight[task] = message
+                if wakeup.done():
+                    wakeup = asyncio.create_task(self._wakeup.wait())
+                waiting: set[asyncio.Task[Any]] = {wakeup, *inflight}
+                timeout = 1.0 if self._held else None
+                done, _ = await asyncio.wait(
+                    waiting, timeout=timeout, return_when="FIRST_COMPLETED"
+                )
+                acked = []
+                for task in done:
+                    message = inflight.pop(task, None)  # type: ignore[arg-type]
+                    if message is None:
+                        continue
+                    exc = task.exception()
+                    if exc is None:
+                        acked.append(message.id)
+                    elif isinstance(exc, UplinkError):
+                        self.state.refused += 1
+                        self._held[message.id] = time.monotonic() + REFUSED_RETRY_AFTER
+                        self._failed(exc.reason)
+                    else:
+                        raise exc
+                if acked:
+                    await asyncio.to_thread(self.outbox.ack, acked)
+                    self.state.published += len(acked)
+                    self.state.last_ack_at = time.time()
+        finally:
+            wakeup.cancel()
+            for task in inflight:
+                task.cancel()
+            for task in inflight:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    def _connected(self) -> None:
+        s = self.state
+        s.connected, s.connected_since, s.disconnected_since = True, time.time(), None
+        s.connects += 1
+        if s.last_error is not None:
+            log.info("uplink connected again", broker=self.config.broker, after=s.last_error)
+        else:
+            log.info("uplink connected", broker=self.config.broker)
+        s.last_error = None
+        self._logged = None
+
+    def _disconnected(self) -> None:
+        s = self.state
+        if s.connected and s.connected_since is not None:
+            s.connected_seconds += time.time() - s.connected_since
+        s.connected, s.disconnected_since = False, time.time()
+
+    def _failed(self, reason: str) -> None:
+        self.state.last_error = reason
+        now = time.monotonic()
+        if self._logged is None or self._logged[0] != reason:
+            log.warning("uplink failed", reason=reason)
+            self._logged = (reason, now)
+        elif now - self._logged[1] > REPEAT_SAME_ERROR_AFTER:
+            log.warning("uplink still failing", reason=reason)
+            self._logged = (reason, now)
