@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from agent.config import Config, parse_config
 from agent.model import Reading
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from agent.sim.serial_line import VirtualSerialLine
+from tests.agentproc import Agent
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -70,3 +72,31 @@ async def serial_line() -> AsyncIterator[VirtualSerialLine]:
     line = VirtualSerialLine().open()
     yield line
     line.close()
+
+
+@pytest.fixture
+async def agent_factory(tmp_path: Path) -> AsyncIterator[Any]:
+    """Starts `edge-agent run --config PATH` processes; kills any left at the end."""
+    agents: list[Agent] = []
+
+    async def start(config: Path) -> Agent:
+        process = await asyncio.create_subprocess_exec(
+            PYTHON,
+            "-m",
+            "agent",
+            "run",
+            "--config",
+            str(config),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        agent = Agent(process, tmp_path / "state")
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        if agent.process.returncode is None:
+            agent.process.kill()
+            await agent.process.wait()
