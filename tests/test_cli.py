@@ -138,3 +138,29 @@ async def test_demo_runs_simulated_terminals_and_the_agent_without_a_broker() ->
         assert terminal in out
     assert " bad " not in out  # every point of the simulated site reads good
     assert " good " in out
+
+
+async def test_keys_init_show_and_refusal_to_overwrite(tmp_path: Path) -> None:
+    config = config_file(tmp_path, [])
+    code, out, _ = await edge_agent("keys", "init", "--config", config)
+    assert code == 0
+    assert out.startswith("created device key ")
+    code, out, _ = await edge_agent("keys", "show", "--json", "--config", config)
+    assert code == 0
+    info = json.loads(out)
+    assert set(info) == {"kid", "public_key_pem", "jwk"}
+    assert info["jwk"]["kid"] == info["kid"]
+    code, _, err = await edge_agent("keys", "init", "--config", config)
+    assert code == 2
+    assert "a device key already exists; use --force to replace it" in err
+    code, _, _ = await edge_agent("keys", "init", "--force", "--config", config)
+    assert code == 0
+    _, out, _ = await edge_agent("keys", "show", "--json", "--config", config)
+    assert json.loads(out)["kid"] != info["kid"]
+
+
+async def test_keys_show_without_a_key_says_what_to_run(tmp_path: Path) -> None:
+    code, out, err = await edge_agent("keys", "show", "--config", config_file(tmp_path, []))
+    assert code == 2
+    assert out == ""
+    assert "no device key: run `edge-agent keys init`" in err
