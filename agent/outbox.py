@@ -302,6 +302,22 @@ class Outbox:
                 self._warn_leftover()
             self._release_ownership()
 
+    def recover(self) -> Path | None:
+        """After an OutboxCorruptError: set the damaged database aside and start a fresh one.
+
+        Returns where the damaged file was kept (None if it turned out sound). Messages that were
+        only in the damaged file are lost with it; seq continues past the reservation.
+        """
+        self.close()
+        self.recovered_from = None
+        self.open()
+        if self.recovered_from is not None:
+            log.error(
+                "outbox database damaged while running: set aside, started a fresh one",
+                kept_at=str(self.recovered_from),
+            )
+        return self.recovered_from
+
     def __enter__(self) -> Outbox:
         self.open()
         return self

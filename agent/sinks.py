@@ -19,7 +19,7 @@ from typing import IO, Any, Protocol
 import structlog
 
 from agent.model import Reading, format_timestamp
-from agent.outbox import AsyncOutbox, OutboxError, Priority
+from agent.outbox import AsyncOutbox, OutboxCorruptError, OutboxError, Priority
 
 log = structlog.get_logger(__name__)
 
@@ -151,7 +151,11 @@ class OutboxSink:
 
     async def _put(self, items: list[tuple[str, Any, Priority]], count: int) -> None:
         try:
-            await self.outbox.put_many(items)
+            try:
+                await self.outbox.put_many(items)
+            except OutboxCorruptError:
+                await asyncio.to_thread(self.outbox.outbox.recover)
+                await self.outbox.put_many(items)
         except (OutboxError, OSError, sqlite3.Error, ValueError) as exc:
             self.lost += count
             log.error("readings not stored in the outbox", count=count, error=str(exc))

@@ -28,7 +28,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import UplinkConfig
-from agent.outbox import Message, Outbox
+from agent.outbox import Message, Outbox, OutboxCorruptError, OutboxError
 
 log = structlog.get_logger(__name__)
 
@@ -223,6 +223,11 @@ class Uplink:
                 self._failed(exc.reason)
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
                 self._failed(describe_failure(exc, self.config, self._socket_errors.take()))
+            except OutboxCorruptError as exc:
+                self._failed(f"outbox: {exc}")
+                await asyncio.to_thread(self.outbox.recover)
+            except OutboxError as exc:  # e.g. disk errors: retry after the backoff
+                self._failed(f"outbox: {exc}")
             # Back off from the first retry after a session that worked; double after each failure.
             failures = 1 if self.state.connects > connects else failures + 1
             delay = min(self.config.backoff_max, self.config.backoff_min * 2 ** (failures - 1))

@@ -530,3 +530,23 @@ def test_kill_9_at_any_instant_loses_nothing_put_returned_and_corrupts_nothing(
     assert put - acking <= stored  # every durable put is still there
     assert set(range(1, last + 1)) <= stored | acking  # gap-free: missing only if acked
     assert last >= max(put)
+
+
+def test_recover_while_open_sets_a_damaged_file_aside_and_seq_goes_on(
+    db: Path, key: DeviceKey
+) -> None:
+    box = Outbox(db, key, "gw-1", synchronous="normal")
+    box.open()
+    try:
+        box.put_many([("telemetry", {"n": i}, Priority.TELEMETRY) for i in range(20)])
+        last = box.last_seq
+        assert box.recover() is None  # a sound database is kept as it is
+        assert box.stats().telemetry == 20
+        db.write_bytes(os.urandom(8192))  # what a failing card may leave under a running agent
+        kept = box.recover()
+        assert kept is not None
+        assert kept.exists()
+        assert box.stats().messages == 0
+        assert box.put("event", {"after": "recovery"}, Priority.EVENT) > last
+    finally:
+        box.close()
