@@ -93,7 +93,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     config = _load_config(path)
     if config is None:
         return EXIT_USAGE
-    points = sum(len(t.points) for t in config.terminals)
+    points = sum(len(t.points) for t in config.modbus_terminals)
     print(f"{path}: ok ({len(config.terminals)} terminals, {points} points)")
     return EXIT_OK
 
@@ -121,7 +121,7 @@ def cmd_poll(args: argparse.Namespace) -> int:
     configure_logging("error", "console")
     try:
         terminal, readings = asyncio.run(poll_terminal(config, args.terminal))
-    except KeyError as exc:
+    except (KeyError, ValueError) as exc:
         return _fail(str(exc.args[0]))
     if args.json:
         print(json.dumps(poll_json(terminal.name, terminal.points, readings), indent=2))

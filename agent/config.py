@@ -275,8 +275,60 @@ class ModbusRtuTerminal(_ModbusTerminal):
         return max(3.5 * self.char_time, 0.00175)
 
 
-Terminal = Annotated[ModbusTcpTerminal | ModbusRtuTerminal, Field(discriminator="protocol")]
-PROTOCOLS = ("modbus-tcp", "modbus-rtu")
+class Sl651Terminal(_Frozen):
+    """A hydrology station that reports to the agent (the agent is its central station)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    protocol: Literal["sl651"]
+    station: str = Field(pattern=r"^[0-9A-Fa-f]{10}$")  # the 5-byte address as 10 hex digits
+    password: str = Field(default="0000", pattern=r"^[0-9A-Fa-f]{4}$")
+    expected_interval: PositiveDuration = 3600.0  # a report at least this often, else stale
+    query_period: PositiveDuration | None = None  # ask for real-time data (0x37) this often
+    clock_sync: bool = True  # set the station clock (0x4A) when off by more than 5 minutes
+
+    @property
+    def address(self) -> str:
+        return f"station {self.station.upper()}"
+
+
+class Sl651SerialPort(_Frozen):
+    device: str = Field(min_length=1)
+    baudrate: int = Field(default=9600, gt=0)
+
+
+class Sl651Config(_Frozen):
+    """The central station: where SL651 stations connect and how the agent answers them."""
+
+    center: int = Field(default=1, ge=1, le=255)  # our centre address
+    listen: list[str] = Field(default_factory=list)  # "host:port", e.g. "0.0.0.0:5001"
+    serial: list[Sl651SerialPort] = Field(default_factory=list)
+    # End character of our confirmations: EOT lets the station go offline, ESC keeps it online
+    # (for queries).
+    ack_end: Literal["EOT", "ESC"] = "EOT"
+    accept_unknown: bool = True  # frames from stations not configured: report them, or refuse
+    utc_offset: str = Field(default="+08:00", pattern=r"^[+-]\d\d:\d\d$")  # station clocks
+    packet_timeout: PositiveDuration = 30.0  # M3: NAK a missing packet after this silence
+    idle_timeout: PositiveDuration = 900.0  # close a station connection silent this long
+    max_connections: int = Field(default=2000, ge=1)
+    max_frame_bytes: int = Field(default=8192, ge=256, le=65536)
+
+    @model_validator(mode="after")
+    def _listen_addresses(self) -> Sl651Config:
+        for item in self.listen:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"listen address {item!r} is not host:port")
+        return self
+
+    @property
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [(h.strip("[]"), int(p)) for h, _, p in (a.rpartition(":") for a in self.listen)]
+
+
+Terminal = Annotated[
+    ModbusTcpTerminal | ModbusRtuTerminal | Sl651Terminal, Field(discriminator="protocol")
+]
+PROTOCOLS = ("modbus-tcp", "modbus-rtu", "sl651")
 
 
 class Config(_Frozen):
@@ -286,6 +338,7 @@ class Config(_Frozen):
     jsonl: JsonlConfig = JsonlConfig()
     outbox: OutboxConfig = OutboxConfig()
     uplink: UplinkConfig = UplinkConfig()
+    sl651: Sl651Config = Sl651Config()
     terminals: list[Terminal] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -293,6 +346,10 @@ class Config(_Frozen):
         dupes = [n for n, c in Counter(t.name for t in self.terminals).items() if c > 1]
         if dupes:
             raise ValueError(f"terminal names must be unique; repeated: {', '.join(dupes)}")
+        stations = [t.station.upper() for t in self.terminals if isinstance(t, Sl651Terminal)]
+        dupes = [s for s, c in Counter(stations).items() if c > 1]
+        if dupes:
+            raise ValueError(f"two SL651 terminals use station {', '.join(dupes)}")
         buses: dict[str, ModbusRtuTerminal] = {}
         for t in self.terminals:
             if not isinstance(t, ModbusRtuTerminal):
@@ -311,7 +368,15 @@ class Config(_Frozen):
                 )
         return self
 
-    def terminal(self, name: str) -> ModbusTcpTerminal | ModbusRtuTerminal:
+    @property
+    def modbus_terminals(self) -> list[ModbusTcpTerminal | ModbusRtuTerminal]:
+        return [t for t in self.terminals if not isinstance(t, Sl651Terminal)]
+
+    @property
+    def sl651_terminals(self) -> list[Sl651Terminal]:
+        return [t for t in self.terminals if isinstance(t, Sl651Terminal)]
+
+    def terminal(self, name: str) -> ModbusTcpTerminal | ModbusRtuTerminal | Sl651Terminal:
         for t in self.terminals:
             if t.name == name:
                 return t

@@ -19,7 +19,7 @@ import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from agent.config import Config, ConfigError, ModbusRtuTerminal, load_config
+from agent.config import Config, ConfigError, ModbusRtuTerminal, Sl651Terminal, load_config
 from agent.model import Reading
 from agent.outbox import AsyncOutbox, Outbox
 from agent.polling import ModbusTerminal, Poller
@@ -163,7 +163,7 @@ class Daemon:
                 self._jsonl.open()
                 sinks.append(self._jsonl)
             self.acquisition = Acquisition(FanOut(sinks))
-            await self.acquisition.apply(self.config.terminals)
+            await self.acquisition.apply(self.config.modbus_terminals)
             notify("READY=1", f"STATUS=polling {len(self.config.terminals)} terminals")
             log.info(
                 "agent started",
@@ -257,7 +257,7 @@ class Daemon:
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("config change needs a restart to take effect", key=key)
         assert self.acquisition is not None
-        await self.acquisition.apply(new.terminals)
+        await self.acquisition.apply(new.modbus_terminals)
         self.config = self.config.model_copy(update={"terminals": new.terminals})
         self.reloads += 1
         log.info("config reloaded", terminals=len(new.terminals))
@@ -286,8 +286,17 @@ class Daemon:
 
 
 async def poll_terminal(config: Config, name: str) -> tuple[ModbusTerminal, list[Reading]]:
-    """Read every point of one terminal once (`edge-agent poll`); KeyError for an unknown name."""
+    """Read every point of one terminal once (`edge-agent poll`).
+
+    KeyError for an unknown name, ValueError for a terminal that is not polled (SL651 stations
+    report by themselves).
+    """
     terminal = config.terminal(name)
+    if isinstance(terminal, Sl651Terminal):
+        raise ValueError(
+            f"{name} is an SL651 station: it reports by itself; see its readings with "
+            "'edge-agent status' or decode its frames with 'edge-agent sl651 decode'"
+        )
     quiet_undecodable_replies(asyncio.get_running_loop())
     acquisition = Acquisition(FanOut([]))
     link = acquisition.link_for(terminal)
