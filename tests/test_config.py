@@ -83,7 +83,7 @@ def test_every_error_of_a_file_is_reported_at_once() -> None:
     assert "terminals[0].period: expected a duration like 500ms, 5s, 2m, 1h; got '5q'" in errors
     assert (
         "terminals[1].protocol: unknown protocol 'modbus-rtx' (expected one of: modbus-tcp, "
-        "modbus-rtu)" in errors
+        "modbus-rtu, sl651)" in errors
     )
     assert any(e.startswith("terminals[0].points[0].colour: unknown key") for e in errors)
     assert len(errors) == 3
