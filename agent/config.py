@@ -17,14 +17,14 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     model_validator,
 )
 
-from agent.durations import parse_duration
+from agent.check_settings import ChecksConfig, HealthConfig
+from agent.durations import Duration, PositiveDuration
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
 CONFIG_ENV = "EDGE_AGENT_CONFIG"
@@ -72,14 +72,6 @@ class ConfigError(Exception):
     def lines(self) -> list[str]:
         """One line per problem, each starting with the file name."""
         return [f"{self.path}: {e}" for e in self.errors]
-
-
-def _duration(value: Any) -> float:
-    return parse_duration(value)
-
-
-Duration = Annotated[float, BeforeValidator(_duration)]
-PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 
 
 class _Frozen(BaseModel):
@@ -339,6 +331,8 @@ class Config(_Frozen):
     outbox: OutboxConfig = OutboxConfig()
     uplink: UplinkConfig = UplinkConfig()
     sl651: Sl651Config = Sl651Config()
+    checks: ChecksConfig = ChecksConfig()
+    health: HealthConfig = HealthConfig()
     terminals: list[Terminal] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -1,11 +1,15 @@
 """Durations as people write them in config files: ``500ms``, ``5s``, ``2m``, ``1h``, ``1d``.
 
-Sans-IO helpers shared by config validation and the command line.
+Sans-IO helpers shared by config validation and the command line, and the `Duration` field
+types every config model uses.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
@@ -34,3 +38,12 @@ def format_duration(seconds: float) -> str:
         if seconds >= factor and (seconds / factor).is_integer():
             return f"{int(seconds / factor)}{unit}"
     return f"{round(seconds * 1000, 3):g}ms"
+
+
+def _validate(value: Any) -> float:
+    return parse_duration(value)
+
+
+# Config field types: a duration as written in YAML, validated to seconds.
+Duration = Annotated[float, BeforeValidator(_validate)]
+PositiveDuration = Annotated[float, BeforeValidator(_validate), Field(gt=0)]

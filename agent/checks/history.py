@@ -1,0 +1,634 @@
+"""The bounded history behind the inspection report: `<state_dir>/history.db` (SQLite, WAL).
+
+What is kept, by the hour: per terminal, polls seen and polls with a good reading; per point,
+count, bad count, min, max, mean, last of the good values; per check, the worst status and how
+many evaluations had each status. As events: check status changes, alarms, anomalies, agent
+starts. And the terminals' plans over time (interval, number of points) so that the report can
+tell what was expected.
+
+Rules: writes are buffered in memory (`observe`, `record_*` are cheap and safe on the event
+loop) and written by `flush()` in one transaction (call it off the loop, every
+`history.flush_interval` and at stop). Everything older than `retention` is pruned, and each
+event table is capped at `max_events` rows, so the file stays bounded. The history is not the
+data path: a damaged file is set aside and a fresh one started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.atomic import move_durably
+from agent.checks.data import Anomaly, numeric
+from agent.checks.framework import CheckResult, Status
+from agent.model import Quality, Reading
+
+HOUR = 3600
+DAY = 86400.0
+PRUNE_EVERY = 3600.0
+DEFAULT_RETENTION = 90 * DAY
+DEFAULT_MAX_EVENTS = 100_000
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS plans (
+    terminal TEXT NOT NULL, interval REAL NOT NULL, points INTEGER,
+    since REAL NOT NULL, until REAL
+);
+CREATE TABLE IF NOT EXISTS terminal_hours (
+    terminal TEXT NOT NULL, hour INTEGER NOT NULL,
+    polls INTEGER NOT NULL, good_polls INTEGER NOT NULL,
+    PRIMARY KEY (terminal, hour)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS point_hours (
+    terminal TEXT NOT NULL, point TEXT NOT NULL, hour INTEGER NOT NULL, unit TEXT NOT NULL,
+    good INTEGER NOT NULL, bad INTEGER NOT NULL, numbers INTEGER NOT NULL,
+    min REAL, max REAL, sum REAL, last REAL, last_at REAL,
+    PRIMARY KEY (terminal, point, hour)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS check_hours (
+    id TEXT NOT NULL, hour INTEGER NOT NULL, family TEXT NOT NULL, worst INTEGER NOT NULL,
+    ok INTEGER NOT NULL, warn INTEGER NOT NULL, fail INTEGER NOT NULL, unknown INTEGER NOT NULL,
+    PRIMARY KEY (id, hour)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    at REAL NOT NULL, id TEXT NOT NULL, family TEXT NOT NULL, status TEXT NOT NULL,
+    value TEXT, message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS alarms (
+    at REAL NOT NULL, check_id TEXT NOT NULL, family TEXT NOT NULL, action TEXT NOT NULL,
+    status TEXT NOT NULL, previous TEXT NOT NULL, message TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS anomalies (
+    at REAL NOT NULL, terminal TEXT NOT NULL, point TEXT NOT NULL, kind TEXT NOT NULL,
+    value TEXT, detail TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS starts (at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS changes_at ON changes (at);
+CREATE INDEX IF NOT EXISTS alarms_at ON alarms (at);
+CREATE INDEX IF NOT EXISTS anomalies_at ON anomalies (at);
+CREATE INDEX IF NOT EXISTS starts_at ON starts (at);
+CREATE INDEX IF NOT EXISTS point_hours_hour ON point_hours (hour);
+CREATE INDEX IF NOT EXISTS check_hours_hour ON check_hours (hour);
+"""
+EVENT_TABLES = ("changes", "alarms", "anomalies", "starts")
+_SEVERITY_STATUS = {s.severity: s for s in Status}
+
+
+def hour_of(posix: float) -> int:
+    return int(posix // HOUR * HOUR)
+
+
+def _ts(at: datetime) -> float:
+    return at.timestamp()
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalPlan:
+    """What is expected of a terminal: a reading of each of `points` points every `interval`.
+
+    `points` is None for terminals that report what they have (SL651): each report is then
+    expected to carry every point the terminal reported in the period.
+    """
+
+    interval: float
+    points: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalFigures:
+    """A terminal over a period: what was expected and what arrived."""
+
+    name: str
+    expected_polls: float
+    polls: int
+    good_polls: int
+    expected_readings: float
+    good_readings: int
+    bad_readings: int
+
+    @property
+    def availability(self) -> float | None:
+        """Share of the expected polls the terminal answered."""
+        if self.expected_polls <= 0:
+            return None
+        return min(1.0, self.good_polls / self.expected_polls)
+
+    @property
+    def completeness(self) -> float | None:
+        """Share of the expected readings that arrived good."""
+        if self.expected_readings <= 0:
+            return None
+        return min(1.0, self.good_readings / self.expected_readings)
+
+
+@dataclass(frozen=True, slots=True)
+class AlarmRecord:
+    at: datetime
+    check: str
+    family: str
+    action: str  # raised | cleared | changed
+    status: str
+    previous: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class HourStats:
+    hour: datetime
+    count: int
+    min: float | None
+    max: float | None
+    mean: float | None
+    last: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckFigures:
+    id: str
+    family: str
+    worst: Status
+    ok: int
+    warn: int
+    fail: int
+    unknown: int
+    fail_hours: int
+    warn_hours: int
+
+
+@dataclass
+class _PointAcc:
+    unit: str
+    good: int = 0
+    bad: int = 0
+    numbers: int = 0
+    min: float | None = None
+    max: float | None = None
+    sum: float = 0.0
+    last: float | None = None
+    last_at: float | None = None
+
+
+@dataclass
+class _CheckAcc:
+    family: str
+    worst: int = 0
+    ok: int = 0
+    warn: int = 0
+    fail: int = 0
+    unknown: int = 0
+
+
+class History:
+    """The history database. `open()` before use; every method may be called from any thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        retention: float = DEFAULT_RETENTION,
+        max_events: int = DEFAULT_MAX_EVENTS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.retention = retention
+        self.max_events = max_events
+        self.clock = clock
+        self.recovered_from: Path | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()
+        self._buf_lock = threading.Lock()
+        self._pruned_at = 0.0
+        self._reset_buffers()
+
+    def _reset_buffers(self) -> None:
+        self._terminals: dict[tuple[str, int], list[int]] = {}
+        self._points: dict[tuple[str, str, int], _PointAcc] = {}
+        self._checks: dict[tuple[str, int], _CheckAcc] = {}
+        self._events: dict[str, list[tuple[Any, ...]]] = {t: [] for t in EVENT_TABLES}
+        self._plans: tuple[dict[str, TerminalPlan], float] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self._db_lock:
+            if self._conn is not None:
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._conn = self._connect()
+            except sqlite3.DatabaseError as exc:
+                aside = self.path.with_name(f"{self.path.name}.damaged-{int(self.clock())}")
+                for suffix in ("", "-wal", "-shm"):
+                    source = Path(f"{self.path}{suffix}")
+                    if source.exists():
+                        move_durably(source, Path(f"{aside}{suffix}"))
+                self.recovered_from = aside
+                self._conn = self._connect()
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('recovered', ?)", (f"{aside}: {exc}",)
+                )
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")  # history is not the data path
+            conn.executescript(_SCHEMA)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(f"schema {version} is newer than this agent's")
+            conn.execute("SELECT count(*) FROM plans").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def close(self) -> None:
+        if self._conn is None:
+            return
+        self.flush()
+        with self._db_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def __enter__(self) -> History:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        with self._db_lock:
+            if self._conn is None:
+                raise RuntimeError(f"{self.path}: history used before open()")
+            yield self._conn
+
+    # -- writes (buffered) -----------------------------------------------------------------
+
+    def submit(self, readings: Sequence[Reading]) -> None:
+        """A reading sink: accumulate the hourly statistics of a batch."""
+        self.observe(readings)
+
+    def observe(self, readings: Sequence[Reading]) -> None:
+        polls: dict[tuple[str, float], bool] = {}
+        with self._buf_lock:
+            for r in readings:
+                at = _ts(r.observed_at)
+                hour = hour_of(at)
+                good = r.quality is Quality.GOOD
+                poll = (r.terminal, at)
+                polls[poll] = polls.get(poll, False) or good
+                acc = self._points.get((r.terminal, r.point, hour))
+                if acc is None:
+                    acc = self._points[(r.terminal, r.point, hour)] = _PointAcc(r.unit)
+                if not good:
+                    acc.bad += 1
+                    continue
+                acc.good += 1
+                value = numeric(r.value)
+                if value is None:
+                    continue
+                acc.numbers += 1
+                acc.sum += value
+                acc.min = value if acc.min is None else min(acc.min, value)
+                acc.max = value if acc.max is None else max(acc.max, value)
+                if acc.last_at is None or at >= acc.last_at:
+                    acc.last, acc.last_at = value, at
+            for (terminal, at), good in polls.items():
+                counts = self._terminals.setdefault((terminal, hour_of(at)), [0, 0])
+                counts[0] += 1
+                counts[1] += int(good)
+
+    def set_terminals(self, plans: Mapping[str, TerminalPlan], at: datetime | None = None) -> None:
+        """The terminals now configured (at start and after each reload)."""
+        with self._buf_lock:
+            self._plans = (dict(plans), _ts(at) if at else self.clock())
+
+    def record_results(
+        self, results: Iterable[CheckResult], changed: Iterable[CheckResult] = ()
+    ) -> None:
+        """A round of check results; `changed` are those whose status changed (Round.changed)."""
+        with self._buf_lock:
+            for r in results:
+                key = (r.id, hour_of(_ts(r.checked_at)))
+                acc = self._checks.get(key)
+                if acc is None:
+                    acc = self._checks[key] = _CheckAcc(r.family)
+                acc.worst = max(acc.worst, r.status.severity)
+                setattr(acc, r.status.value, getattr(acc, r.status.value) + 1)
+            for r in changed:
+                self._events["changes"].append(
+                    (_ts(r.checked_at), r.id, r.family, r.status.value, _json(r.value), r.message)
+                )
+
+    def record_alarms(self, events: Iterable[Mapping[str, Any]]) -> None:
+        """Alarm events as AlarmTracker made them."""
+        with self._buf_lock:
+            for e in events:
+                at = datetime.fromisoformat(str(e["at"]).replace("Z", "+00:00"))
+                self._events["alarms"].append(
+                    (
+                        _ts(at),
+                        e["check"],
+                        e["family"],
+                        e["action"],
+                        e["status"],
+                        e["previous"],
+                        e.get("message") or "",
+                    )
+                )
+
+    def record_anomalies(self, anomalies: Iterable[Anomaly]) -> None:
+        with self._buf_lock:
+            for a in anomalies:
+                self._events["anomalies"].append(
+                    (_ts(a.at), a.terminal, a.point, a.kind, _json(a.value), a.detail)
+                )
+
+    def record_start(self, at: datetime | None = None) -> None:
+        with self._buf_lock:
+            self._events["starts"].append((_ts(at) if at else self.clock(),))
+
+    def flush(self) -> None:
+        """Write what was buffered, in one transaction; prune now and then. Blocks: off the loop."""
+        with self._buf_lock:
+            terminals, points, checks = self._terminals, self._points, self._checks
+            events, plans = self._events, self._plans
+            self._reset_buffers()
+        if not (terminals or points or checks or plans or any(events.values())):
+            return  # nothing to write: no transaction (a report reader must not lock the file)
+        with self._db() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._write_plans(conn, plans)
+                conn.executemany(
+                    "INSERT INTO terminal_hours VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                    "polls = polls + excluded.polls, good_polls = good_polls + excluded.good_polls",
+                    [(t, h, c[0], c[1]) for (t, h), c in terminals.items()],
+                )
+                conn.executemany(
+                    "INSERT INTO point_hours VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT DO UPDATE SET unit = excluded.unit, "
+                    "good = good + excluded.good, bad = bad + excluded.bad, "
+                    "numbers = numbers + excluded.numbers, "
+                    "min = min(coalesce(min, excluded.min), coalesce(excluded.min, min)), "
+                    "max = max(coalesce(max, excluded.max), coalesce(excluded.max, max)), "
+                    "sum = coalesce(sum, 0) + coalesce(excluded.sum, 0), "
+                    "last = CASE WHEN last_at IS NULL OR excluded.last_at >= last_at "
+                    "THEN coalesce(excluded.last, last) ELSE last END, "
+                    "last_at = max(coalesce(last_at, excluded.last_at), "
+                    "coalesce(excluded.last_at, last_at))",
+                    [
+                        (
+                            t,
+                            p,
+                            h,
+                            a.unit,
+                            a.good,
+                            a.bad,
+                            a.numbers,
+                            a.min,
+                            a.max,
+                            a.sum if a.numbers else None,
+                            a.last,
+                            a.last_at,
+                        )
+                        for (t, p, h), a in points.items()
+                    ],
+                )
+                conn.executemany(
+                    "INSERT INTO check_hours VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
+                    "SET worst = max(worst, excluded.worst), ok = ok + excluded.ok, "
+                    "warn = warn + excluded.warn, fail = fail + excluded.fail, "
+                    "unknown = unknown + excluded.unknown",
+                    [
+                        (i, h, a.family, a.worst, a.ok, a.warn, a.fail, a.unknown)
+                        for (i, h), a in checks.items()
+                    ],
+                )
+                for table, rows in events.items():
+                    if rows:
+                        marks = ", ".join("?" * len(rows[0]))
+                        conn.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)  # noqa: S608 -- table names are ours
+                now = self.clock()
+                if now - self._pruned_at >= PRUNE_EVERY:
+                    self._prune(conn, now)
+                    self._pruned_at = now
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def _write_plans(
+        self, conn: sqlite3.Connection, plans: tuple[dict[str, TerminalPlan], float] | None
+    ) -> None:
+        if plans is None:
+            return
+        wanted, at = plans
+        open_rows = conn.execute(
+            "SELECT rowid, terminal, interval, points FROM plans WHERE until IS NULL"
+        ).fetchall()
+        current = {}
+        for rowid, terminal, interval, points in open_rows:
+            if terminal not in current and wanted.get(terminal) == TerminalPlan(interval, points):
+                current[terminal] = rowid
+            else:
+                conn.execute("UPDATE plans SET until = ? WHERE rowid = ?", (at, rowid))
+        for terminal, plan in wanted.items():
+            if terminal not in current:
+                conn.execute(
+                    "INSERT INTO plans VALUES (?, ?, ?, ?, NULL)",
+                    (terminal, plan.interval, plan.points, at),
+                )
+
+    def _prune(self, conn: sqlite3.Connection, now: float) -> None:
+        cutoff = now - self.retention
+        for table in ("terminal_hours", "point_hours", "check_hours"):
+            conn.execute(f"DELETE FROM {table} WHERE hour < ?", (hour_of(cutoff),))  # noqa: S608 -- table names are ours
+        for table in EVENT_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE at < ?", (cutoff,))  # noqa: S608
+            conn.execute(
+                f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} "  # noqa: S608
+                "ORDER BY at DESC LIMIT -1 OFFSET ?)",
+                (self.max_events,),
+            )
+        conn.execute("DELETE FROM plans WHERE until IS NOT NULL AND until < ?", (cutoff,))
+
+    # -- reads (for the report) ------------------------------------------------------------
+
+    def meta(self, key: str) -> str | None:
+        with self._db() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._db() as conn:
+            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def terminals(self, since: datetime, until: datetime) -> list[TerminalFigures]:
+        """Every terminal planned or seen in the period, with expected and received figures."""
+        a, b = _ts(since), _ts(until)
+        end_of_open = min(b, self.clock())
+        with self._db() as conn:
+            plans = conn.execute(
+                "SELECT terminal, interval, points, since, until FROM plans "
+                "WHERE since < ? AND (until IS NULL OR until > ?)",
+                (b, a),
+            ).fetchall()
+            polls = conn.execute(
+                "SELECT terminal, sum(polls), sum(good_polls) FROM terminal_hours "
+                "WHERE hour >= ? AND hour < ? GROUP BY terminal",
+                (hour_of(a), b),
+            ).fetchall()
+            readings = conn.execute(
+                "SELECT terminal, sum(good), sum(bad), count(DISTINCT point) FROM point_hours "
+                "WHERE hour >= ? AND hour < ? GROUP BY terminal",
+                (hour_of(a), b),
+            ).fetchall()
+        seen_points = {t: int(n) for t, _, _, n in readings}
+        expected: dict[str, list[float]] = {}
+        for terminal, interval, points, start, stop in plans:
+            end = min(b, stop if stop is not None else end_of_open)
+            span = max(0.0, end - max(a, start))
+            e = expected.setdefault(terminal, [0.0, 0.0])
+            e[0] += span / interval
+            e[1] += (
+                span / interval * (points if points is not None else seen_points.get(terminal, 0))
+            )
+        seen_polls = {t: (int(p), int(g)) for t, p, g in polls}
+        seen_readings = {t: (int(g), int(b_)) for t, g, b_, _ in readings}
+        names = sorted(set(expected) | set(seen_polls) | set(seen_readings))
+        return [
+            TerminalFigures(
+                name,
+                round(expected.get(name, [0.0, 0.0])[0], 3),
+                seen_polls.get(name, (0, 0))[0],
+                seen_polls.get(name, (0, 0))[1],
+                round(expected.get(name, [0.0, 0.0])[1], 3),
+                seen_readings.get(name, (0, 0))[0],
+                seen_readings.get(name, (0, 0))[1],
+            )
+            for name in names
+        ]
+
+    def numeric_points(self, since: datetime, until: datetime) -> list[tuple[str, str, str]]:
+        """(terminal, point, unit) of every point with numeric values in the period."""
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT terminal, point, max(unit) FROM point_hours WHERE hour >= ? AND hour < ? "
+                "AND numbers > 0 GROUP BY terminal, point ORDER BY terminal, point",
+                (hour_of(_ts(since)), _ts(until)),
+            ).fetchall()
+        return [(str(t), str(p), str(u)) for t, p, u in rows]
+
+    def point_series(
+        self, terminal: str, point: str, since: datetime, until: datetime
+    ) -> list[HourStats]:
+        """The hourly statistics of one point's good numeric values."""
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT hour, numbers, min, max, sum, last FROM point_hours "
+                "WHERE terminal = ? AND point = ? AND hour >= ? AND hour < ? AND numbers > 0 "
+                "ORDER BY hour",
+                (terminal, point, hour_of(_ts(since)), _ts(until)),
+            ).fetchall()
+        return [
+            HourStats(
+                datetime.fromtimestamp(h, UTC), n, lo, hi, (s / n) if s is not None else None, last
+            )
+            for h, n, lo, hi, s, last in rows
+        ]
+
+    def checks(self, since: datetime, until: datetime) -> list[CheckFigures]:
+        with self._db() as conn:
+            rows = conn.execute(
+                "SELECT id, family, max(worst), sum(ok), sum(warn), sum(fail), sum(unknown), "
+                "sum(worst = 3), sum(worst = 2) FROM check_hours "
+                "WHERE hour >= ? AND hour < ? GROUP BY id ORDER BY id",
+                (hour_of(_ts(since)), _ts(until)),
+            ).fetchall()
+        return [
+            CheckFigures(i, f, _SEVERITY_STATUS[w], ok, warn, fail, unk, fh, wh)
+            for i, f, w, ok, warn, fail, unk, fh, wh in rows
+        ]
+
+    def _events_between(
+        self, table: str, columns: str, since: datetime, until: datetime
+    ) -> list[tuple[Any, ...]]:
+        with self._db() as conn:
+            return conn.execute(
+                f"SELECT {columns} FROM {table} WHERE at >= ? AND at < ? ORDER BY at",  # noqa: S608 -- our names
+                (_ts(since), _ts(until)),
+            ).fetchall()
+
+    def alarms(self, since: datetime, until: datetime) -> list[AlarmRecord]:
+        rows = self._events_between(
+            "alarms", "at, check_id, family, action, status, previous, message", since, until
+        )
+        return [
+            AlarmRecord(datetime.fromtimestamp(at, UTC), c, f, a, s, p, m)
+            for at, c, f, a, s, p, m in rows
+        ]
+
+    def anomalies(self, since: datetime, until: datetime) -> list[Anomaly]:
+        rows = self._events_between(
+            "anomalies", "at, terminal, point, kind, value, detail", since, until
+        )
+        return [
+            Anomaly(t, p, k, datetime.fromtimestamp(at, UTC), json.loads(v) if v else None, d)
+            for at, t, p, k, v, d in rows
+        ]
+
+    def changes(self, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        rows = self._events_between("changes", "at, id, family, status, message", since, until)
+        return [
+            {"at": datetime.fromtimestamp(at, UTC), "id": i, "family": f, "status": s, "message": m}
+            for at, i, f, s, m in rows
+        ]
+
+    def starts(self, since: datetime, until: datetime) -> list[datetime]:
+        return [
+            datetime.fromtimestamp(r[0], UTC)
+            for r in self._events_between("starts", "at", since, until)
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (to see the bounds at work)."""
+        tables = ("plans", "terminal_hours", "point_hours", "check_hours", *EVENT_TABLES)
+        with self._db() as conn:
+            return {
+                t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # noqa: S608
+                for t in tables
+            }
+
+
+def terminal_plans(config: Any) -> dict[str, TerminalPlan]:
+    """The plans of a config's terminals: poll period and number of points, or the expected
+    report interval (points unknown) for terminals that report on their own."""
+    plans = {}
+    for t in config.terminals:
+        points = getattr(t, "points", None)
+        interval = getattr(t, "period", None) or getattr(t, "expected_interval", None)
+        if interval:
+            plans[t.name] = TerminalPlan(
+                float(interval), len(points) if points is not None else None
+            )
+    return plans

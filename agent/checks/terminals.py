@@ -1,0 +1,166 @@
+"""Terminal checks, one set per configured terminal: success ratio over the last polls, p95 poll
+latency (against the period), age of the last good reading (stale after `stale_periods` periods,
+or `stale_reports` report intervals for terminals that report on their own), and the
+utilisation of each serial bus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from agent.check_settings import ChecksConfig
+from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
+from agent.checks.view import AgentView
+from agent.durations import format_duration
+
+FAMILY = "terminals"
+
+
+def checks(settings: ChecksConfig, terminals: Sequence[Any]) -> list[Check]:
+    """Checks for these terminal configs: all get freshness; polled ones (with a `period`)
+    success ratio and latency; serial buses (RTU terminals' `device`) utilisation."""
+    s = settings.terminals
+
+    def make(check_id: str, probe: Probe) -> Check:
+        return Check(check_id, FAMILY, probe, s.interval, settings.timeout)
+
+    out: list[Check] = []
+    for t in terminals:
+        name: str = t.name
+        if getattr(t, "period", None):
+            out.append(make(f"terminals.success:{name}", _success(name, settings)))
+            out.append(make(f"terminals.latency:{name}", _latency(name, settings)))
+        out.append(make(f"terminals.freshness:{name}", _freshness(name, settings)))
+    devices = sorted({d for t in terminals if (d := getattr(t, "device", None))})
+    for device in devices:
+        out.append(make(f"terminals.bus:{device}", _bus(device, settings)))
+    return out
+
+
+def _success(name: str, settings: ChecksConfig) -> Probe:
+    return lambda v, now: success(v, name, settings)
+
+
+def _latency(name: str, settings: ChecksConfig) -> Probe:
+    return lambda v, now: latency(v, name, settings)
+
+
+def _freshness(name: str, settings: ChecksConfig) -> Probe:
+    return lambda v, now: freshness(v, now, name, settings)
+
+
+def _bus(device: str, settings: ChecksConfig) -> Probe:
+    return lambda v, now: bus(v, device, settings)
+
+
+def success(view: AgentView, name: str, settings: ChecksConfig) -> Outcome:
+    t = view.terminals.get(name)
+    if t is None:
+        return unknown(f"terminal {name} is not running")
+    n = settings.terminals.success_window
+    outcomes = list(t.stats.outcomes)[-n:]
+    if not outcomes:
+        return unknown(f"{name} has not been polled yet")
+    ratio = round(sum(outcomes) / len(outcomes), 4)
+    limits = settings.terminals.success_ratio
+    good = sum(outcomes)
+    return level(
+        ratio,
+        warn=limits.warn,
+        fail=limits.fail,
+        higher_is_worse=False,
+        describe=lambda r: f"{good} of the last {len(outcomes)} polls answered ({r:.0%})",
+    )
+
+
+def latency(view: AgentView, name: str, settings: ChecksConfig) -> Outcome:
+    t = view.terminals.get(name)
+    if t is None:
+        return unknown(f"terminal {name} is not running")
+    p95 = t.stats.latency_p95()
+    if p95 is None:
+        return unknown(f"{name} has not been polled yet")
+    period = t.period
+    if not period:
+        return Outcome(Status.OK, round(p95, 4), "s", None, f"p95 poll time {p95 * 1000:.0f} ms")
+    limits = settings.terminals.latency_p95
+    warn = None if limits.warn is None else limits.warn * period
+    fail = None if limits.fail is None else limits.fail * period
+    return level(
+        round(p95, 4),
+        warn=warn,
+        fail=fail,
+        higher_is_worse=True,
+        unit="s",
+        describe=lambda p: f"p95 poll time {p * 1000:.0f} ms (period {format_duration(period)})",
+    )
+
+
+def stale_limit(view: AgentView, name: str, settings: ChecksConfig) -> float | None:
+    t = view.terminals[name]
+    s = settings.terminals
+    if t.report_interval:
+        return s.stale_reports * t.report_interval
+    if t.period:
+        return s.stale_periods * t.period
+    return None
+
+
+def freshness(view: AgentView, now: datetime, name: str, settings: ChecksConfig) -> Outcome:
+    t = view.terminals.get(name)
+    if t is None:
+        return unknown(f"terminal {name} is not running")
+    limit = stale_limit(view, name, settings)
+    if limit is None:
+        return unknown(f"{name}: no period or report interval to judge its readings by")
+    stats = t.stats
+    last = stats.last_good_at
+    why = f" ({stats.last_error})" if stats.last_error else ""
+    if last is None:
+        running = (now - view.started_at).total_seconds()
+        if running <= limit:
+            return unknown(f"no good reading from {name} yet (started {running:.0f}s ago)")
+        return Outcome(
+            Status.FAIL,
+            None,
+            "s",
+            limit,
+            f"no good reading from {name} since the agent started "
+            f"{format_duration(round(running))} ago{why}",
+        )
+    age = round(max(0.0, (now - last).total_seconds()), 1)
+    shown = format_duration(round(age)) if age >= 1 else f"{age:g}s"
+    if age > limit:
+        return Outcome(
+            Status.FAIL,
+            age,
+            "s",
+            limit,
+            f"stale: last good reading {shown} ago, over {format_duration(limit)}{why}",
+        )
+    if stats.consecutive_failures:
+        return Outcome(
+            Status.WARN,
+            age,
+            "s",
+            limit,
+            f"the last {stats.consecutive_failures} polls failed{why}; last good reading "
+            f"{shown} ago",
+        )
+    return Outcome(Status.OK, age, "s", limit, f"last good reading {shown} ago")
+
+
+def bus(view: AgentView, device: str, settings: ChecksConfig) -> Outcome:
+    used = view.buses.get(device)
+    if used is None:
+        return unknown(f"serial bus {device} is not open")
+    limits = settings.terminals.bus_utilisation
+    return level(
+        round(used, 4),
+        warn=limits.warn,
+        fail=limits.fail,
+        higher_is_worse=True,
+        describe=lambda u: f"{device} busy {u:.0%} of the time",
+    )

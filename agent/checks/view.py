@@ -1,0 +1,253 @@
+"""What the checks see of the agent: a snapshot the daemon builds, plus the two small state
+keepers it needs (the restart log and the log-event counter).
+
+The checks never import the daemon; the daemon builds an `AgentView` from its parts each time
+checks run (a cheap snapshot of counters, no IO). The restart log is a state file written
+atomically (`<state_dir>/state/restarts.json`); the log counter is a structlog processor.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agent import __version__
+from agent.atomic import write_atomic
+from agent.model import format_timestamp
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from agent.outbox import OutboxStats
+    from agent.polling import TerminalStats
+    from agent.uplink import UplinkState
+
+RESTARTS_FILE = Path("state") / "restarts.json"
+RESTARTS_KEEP = timedelta(days=7)
+RESTARTS_MAX = 500
+
+
+class TerminalConfig(Protocol):
+    """A terminal's config as the checks use it: a name; `period` for polled terminals,
+    `expected_interval` for those that report on their own, `device` for serial ones."""
+
+    @property
+    def name(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalClock:
+    """A terminal's own clock as last seen: its time, and ours when we received it."""
+
+    terminal_time: datetime
+    local_time: datetime
+
+    @property
+    def offset(self) -> float:
+        """Seconds the terminal is ahead of us (negative: behind)."""
+        return (self.terminal_time - self.local_time).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalView:
+    """One terminal: its config, its statistics, and its expected report interval.
+
+    `expected_interval` is for terminals that report on their own (SL651; default: the config's
+    `expected_interval`); polled terminals are expected every `period`.
+    """
+
+    config: TerminalConfig
+    stats: TerminalStats
+    expected_interval: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def period(self) -> float | None:
+        return getattr(self.config, "period", None)
+
+    @property
+    def report_interval(self) -> float | None:
+        """The expected report interval: given here, else from the config (SL651)."""
+        return self.expected_interval or getattr(self.config, "expected_interval", None)
+
+    @property
+    def interval(self) -> float | None:
+        """How often a reading is expected: the report interval where known, else the period."""
+        return self.report_interval or self.period
+
+    @property
+    def bus(self) -> str | None:
+        """The serial device it shares with others, for RTU terminals."""
+        return getattr(self.config, "device", None)
+
+    @property
+    def address(self) -> str:
+        return str(getattr(self.config, "address", ""))
+
+
+@dataclass(frozen=True, slots=True)
+class LogCounts:
+    """The agent's own warning and error log events: totals and within `window` seconds."""
+
+    errors: int = 0
+    warnings: int = 0
+    recent_errors: int = 0
+    recent_warnings: int = 0
+    window: float = 3600.0
+    latest_error: str | None = None
+
+
+@dataclass(frozen=True)
+class AgentView:
+    """A snapshot of the agent for the checks and the health report. Build one per round."""
+
+    config: Config
+    config_path: Path | None = None
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    restarts: Sequence[datetime] = ()  # starts after an earlier run (see record_start)
+    terminals: Mapping[str, TerminalView] = field(default_factory=dict)
+    buses: Mapping[str, float] = field(default_factory=dict)  # device -> utilisation 0..1
+    outbox: OutboxStats | None = None
+    uplink: UplinkState | None = None
+    logs: LogCounts | None = None
+    terminal_clocks: Mapping[str, TerminalClock] = field(default_factory=dict)
+    version: str = __version__
+
+    @property
+    def state_dir(self) -> Path:
+        return self.config.state_dir
+
+    def terminals_ok(self) -> tuple[int, int]:
+        """(terminals whose last poll gave a good reading, terminals): for STATUS= lines."""
+        ok = sum(
+            1
+            for t in self.terminals.values()
+            if t.stats.last_good_at is not None and not t.stats.consecutive_failures
+        )
+        return ok, len(self.terminals)
+
+
+def terminal_views(
+    pollers: Mapping[str, Any], expected: Mapping[str, float] | None = None
+) -> dict[str, TerminalView]:
+    """Views of running pollers (anything with `.terminal` and `.stats`), by name."""
+    expected = expected or {}
+    return {
+        name: TerminalView(p.terminal, p.stats, expected.get(name)) for name, p in pollers.items()
+    }
+
+
+# -- restarts --------------------------------------------------------------------------------
+
+
+def restarts_path(state_dir: Path) -> Path:
+    return state_dir / RESTARTS_FILE
+
+
+def _parse_time(text: Any) -> datetime | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _read_starts(path: Path) -> tuple[datetime | None, list[datetime]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None, []  # absent or damaged: start over (the count restarts, nothing breaks)
+    if not isinstance(data, dict):
+        return None, []
+    first = _parse_time(data.get("first_start"))
+    starts = [t for t in map(_parse_time, data.get("starts") or []) if t is not None]
+    return first, sorted(starts)
+
+
+def load_restarts(state_dir: Path) -> list[datetime]:
+    """The recorded restarts: every start after the first one ever recorded."""
+    first, starts = _read_starts(restarts_path(state_dir))
+    return [s for s in starts if first is not None and s > first]
+
+
+def record_start(state_dir: Path, at: datetime | None = None) -> list[datetime]:
+    """Record that the agent starts now; returns the restarts (as `load_restarts`).
+
+    Keeps a week of starts, at most RESTARTS_MAX, in a state file written atomically.
+    """
+    at = at or datetime.now(UTC)
+    path = restarts_path(state_dir)
+    first, starts = _read_starts(path)
+    if first is None:
+        first = starts[0] if starts else at
+    starts = [s for s in starts if s > at - RESTARTS_KEEP]
+    starts.append(at)
+    starts = sorted(starts)[-RESTARTS_MAX:]
+    body = {"first_start": format_timestamp(first), "starts": [format_timestamp(s) for s in starts]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(body, indent=1).encode(), mode=0o644)
+    return [s for s in starts if s > first]
+
+
+# -- log events ------------------------------------------------------------------------------
+
+_ERROR_METHODS = frozenset({"error", "exception", "critical", "fatal", "err"})
+_WARNING_METHODS = frozenset({"warning", "warn"})
+
+
+class LogCounter:
+    """A structlog processor that counts the agent's warning and error events.
+
+    Install it in the processor chain before the renderer (the daemon does, once). It passes
+    every event on unchanged. Thread-safe; bounded: it keeps the times of the last `keep` events
+    of each level.
+    """
+
+    def __init__(self, keep: int = 10_000, clock: Any = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._errors: deque[float] = deque(maxlen=keep)
+        self._warnings: deque[float] = deque(maxlen=keep)
+        self.errors = 0
+        self.warnings = 0
+        self.latest_error: str | None = None
+
+    def __call__(
+        self, logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        name = str(event_dict.get("level", method_name)).lower()
+        if name in _ERROR_METHODS:
+            with self._lock:
+                self.errors += 1
+                self._errors.append(self._clock())
+                self.latest_error = str(event_dict.get("event", ""))[:200]
+        elif name in _WARNING_METHODS:
+            with self._lock:
+                self.warnings += 1
+                self._warnings.append(self._clock())
+        return event_dict
+
+    def snapshot(self, window: float = 3600.0, now: float | None = None) -> LogCounts:
+        now = self._clock() if now is None else now
+        with self._lock:
+            recent_errors = sum(1 for t in self._errors if t > now - window)
+            recent_warnings = sum(1 for t in self._warnings if t > now - window)
+            return LogCounts(
+                self.errors,
+                self.warnings,
+                recent_errors,
+                recent_warnings,
+                window,
+                self.latest_error,
+            )

@@ -1,0 +1,103 @@
+"""The health report (its documented shape) and when it is published."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from agent.check_settings import HealthConfig
+from agent.checks import (
+    AgentView,
+    CheckRunner,
+    HealthSchedule,
+    LogCounter,
+    Status,
+    TerminalView,
+    build_checks,
+    build_health,
+)
+from agent.outbox import Outbox, Priority
+from agent.polling import TerminalStats
+from agent.signing import DeviceKey
+from agent.uplink import UplinkState
+from tests.conftest import make_config, tcp_terminal
+
+
+async def test_the_health_report_summarises_every_result_and_the_agent(tmp_path: Path) -> None:
+    config = make_config(
+        [tcp_terminal(1, [{"name": "level", "address": 0}])],
+        state_dir=str(tmp_path),
+        uplink={"broker": "mqtt://127.0.0.1:1"},  # nothing listens there: a failing check
+    )
+    [terminal] = config.terminals
+    now = datetime.now(UTC)
+    stats = TerminalStats(polls=10, failed_polls=1, last_good_at=now - timedelta(seconds=1))
+    stats.outcomes.extend([True] * 9 + [False])
+    stats.poll_seconds.extend([0.01, 0.02, 0.03])
+    outbox = Outbox(tmp_path / "outbox.db", DeviceKey.generate(), "gw-test")
+    outbox.open()
+    try:
+        outbox.put("telemetry", {"readings": []}, Priority.TELEMETRY)
+        view = AgentView(
+            config,
+            tmp_path / "config.yaml",
+            started_at=now - timedelta(hours=2),
+            restarts=[now - timedelta(hours=2), now - timedelta(days=3)],
+            terminals={"plc": TerminalView(terminal, stats)},
+            outbox=outbox.stats(),
+            uplink=UplinkState(broker=config.uplink.broker, last_error="refused"),
+            logs=LogCounter().snapshot(),
+        )
+    finally:
+        outbox.close()
+    runner = CheckRunner(build_checks(config))
+    try:
+        results = (await runner.run_all(view, now)).results
+    finally:
+        runner.close()
+    report = build_health(results, view, now)
+    assert json.loads(json.dumps(report)) == report  # plain JSON
+    assert set(report) == {
+        "schema",
+        "gateway",
+        "generated_at",
+        "summary",
+        "checks",
+        "agent",
+        "outbox",
+        "uplink",
+        "terminals",
+        "buses",
+    }
+    summary = report["summary"]
+    assert summary["status"] == "fail"
+    assert "network.broker_tcp" in summary["failing"]
+    assert sum(summary["counts"].values()) == len(results) == len(report["checks"])
+    assert report["checks"][0]["status"] == "fail"  # failing first
+    statuses = [Status(c["status"]).severity for c in report["checks"]]
+    assert statuses == sorted(statuses, reverse=True)
+    assert report["agent"]["restarts_24h"] == 1
+    assert report["agent"]["uptime"] == 7200.0
+    assert report["outbox"]["messages"]["telemetry"] == 1
+    assert report["uplink"]["last_error"] == "refused" and report["uplink"]["connected"] is False
+    assert view.terminals_ok() == (1, 1)
+    [plc] = report["terminals"]
+    assert plc["name"] == "plc" and plc["success_ratio"] == 0.9 and plc["polls"] == 10
+    assert plc["status"] == "ok"
+
+
+def test_health_is_published_at_start_every_interval_and_soon_after_a_change() -> None:
+    schedule = HealthSchedule.from_config(HealthConfig(interval=300, min_gap=5))
+    assert schedule.due(0.0)  # nothing published yet
+    schedule.sent(0.0)
+    assert not schedule.due(2.0, changed=True)  # a change right after one: wait for min_gap
+    assert schedule.next_in(2.0) == 3.0
+    assert schedule.due(5.0)  # the change was remembered
+    schedule.sent(5.0)
+    assert not schedule.due(100.0)
+    assert schedule.next_in(100.0) == 205.0
+    assert schedule.due(150.0, changed=True)  # at once on a change
+    schedule.sent(150.0)
+    assert not schedule.due(449.0)
+    assert schedule.due(450.0)  # every interval

@@ -1,0 +1,168 @@
+"""Terminal checks on a real poller polling a real simulated Modbus device over loopback, which
+then stops answering."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from agent.check_settings import ChecksConfig
+from agent.checks import AgentView, Status, TerminalView, build_checks
+from agent.checks.framework import CheckResult, CheckRunner
+from agent.config import Config, ModbusTcpTerminal
+from agent.polling import Poller, TerminalStats
+from agent.protocols.modbus import TcpLink
+from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
+from tests.conftest import ListSink, make_config, tcp_terminal
+
+SETTINGS = ChecksConfig.model_validate({"terminals": {"success_window": 4}})
+
+
+async def results(view: AgentView, settings: ChecksConfig = SETTINGS) -> dict[str, CheckResult]:
+    runner = CheckRunner(
+        [c for c in build_checks(view.config, settings) if c.family == "terminals"]
+    )
+    try:
+        done = await runner.run_all(view)
+    finally:
+        runner.close()
+    return {r.id: r for r in done.results}
+
+
+async def wait_until(what: str, predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def config_for(port: int, **extra: object) -> tuple[Config, ModbusTcpTerminal]:
+    config = make_config(
+        [
+            tcp_terminal(
+                port, [{"name": "level", "address": 0}], period="200ms", timeout="300ms", **extra
+            )
+        ]
+    )
+    [terminal] = config.terminals
+    assert isinstance(terminal, ModbusTcpTerminal)
+    return config, terminal
+
+
+async def test_a_terminal_that_stops_answering_goes_stale_and_its_success_ratio_drops() -> None:
+    sim = SimulatedModbusDevice({1: RegisterMap()})
+    port = await sim.serve_tcp("127.0.0.1", 0)
+    config, terminal = config_for(port)
+    link = TcpLink(terminal.host, terminal.port)
+    poller = Poller(terminal, link, ListSink())
+    task = asyncio.create_task(poller.run())
+    started = datetime.now(UTC)
+    try:
+        await wait_until("three good polls", lambda: poller.stats.polls >= 3)
+
+        def view() -> AgentView:
+            return AgentView(
+                config, started_at=started, terminals={"plc": TerminalView(terminal, poller.stats)}
+            )
+
+        healthy = await results(view())
+        assert healthy["terminals.freshness:plc"].status is Status.OK
+        assert healthy["terminals.success:plc"].value == 1.0
+        assert healthy["terminals.latency:plc"].status is Status.OK
+
+        await sim.stop()  # the terminal stops answering
+        stale_after = 3 * terminal.period
+        await wait_until(
+            "the last good reading to age past 3 periods",
+            lambda: (
+                poller.stats.last_good_at is not None
+                and (datetime.now(UTC) - poller.stats.last_good_at).total_seconds()
+                > stale_after + 0.1
+                and poller.stats.consecutive_failures >= 2
+            ),
+        )
+        dead = await results(view())
+        fresh = dead["terminals.freshness:plc"]
+        assert fresh.status is Status.FAIL
+        assert fresh.message.startswith("stale: last good reading")
+        assert "cannot connect to 127.0.0.1" in fresh.message
+        assert fresh.threshold == stale_after
+        success = dead["terminals.success:plc"]
+        assert success.status in (Status.WARN, Status.FAIL)
+        assert isinstance(success.value, float) and success.value <= 0.5
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await link.close()
+        await sim.stop()
+
+
+async def test_a_slow_terminal_warns_on_its_p95_poll_time() -> None:
+    sim = SimulatedModbusDevice({1: RegisterMap()})
+    port = await sim.serve_tcp("127.0.0.1", 0)
+    sim.delay = 0.13  # of a 200 ms period: over half of it
+    config, terminal = config_for(port)
+    link = TcpLink(terminal.host, terminal.port)
+    poller = Poller(terminal, link, ListSink())
+    task = asyncio.create_task(poller.run())
+    try:
+        await wait_until("three polls", lambda: poller.stats.polls >= 3)
+        view = AgentView(config, terminals={"plc": TerminalView(terminal, poller.stats)})
+        latency = (await results(view))["terminals.latency:plc"]
+        assert latency.status is Status.WARN
+        assert latency.threshold == 0.1
+        assert isinstance(latency.value, float) and latency.value > 0.1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await link.close()
+        await sim.stop()
+
+
+async def test_a_terminal_never_heard_from_fails_once_it_had_time_to_answer() -> None:
+    config, terminal = config_for(1)
+    stats = TerminalStats()
+    view = AgentView(
+        config,
+        started_at=datetime.now(UTC) - timedelta(minutes=5),
+        terminals={"plc": TerminalView(terminal, stats)},
+    )
+    fresh = (await results(view))["terminals.freshness:plc"]
+    assert fresh.status is Status.FAIL
+    assert fresh.message.startswith("no good reading from plc since the agent started 5m ago")
+    just_started = AgentView(config, terminals={"plc": TerminalView(terminal, stats)})
+    assert (await results(just_started))["terminals.freshness:plc"].status is Status.UNKNOWN
+    gone = AgentView(config)
+    assert (await results(gone))["terminals.freshness:plc"].message == "terminal plc is not running"
+
+
+async def test_a_reporting_terminal_is_stale_after_its_expected_interval() -> None:
+    config, terminal = config_for(1)
+    stats = TerminalStats()
+    stats.last_good_at = datetime.now(UTC) - timedelta(minutes=100)
+    view = AgentView(
+        config, terminals={"plc": TerminalView(terminal, stats, expected_interval=3600)}
+    )
+    fresh = (await results(view))["terminals.freshness:plc"]
+    assert (fresh.status, fresh.threshold) == (Status.FAIL, 5400.0)  # 1.5 report intervals
+
+
+async def test_a_busy_serial_bus_fails_its_utilisation_check() -> None:
+    rtu = {
+        "name": "pump",
+        "protocol": "modbus-rtu",
+        "device": "/dev/ttyEDGE0",
+        "points": [{"name": "flow", "address": 0}],
+    }
+    config = make_config([rtu])
+    busy = await results(AgentView(config, buses={"/dev/ttyEDGE0": 0.95}))
+    bus = busy["terminals.bus:/dev/ttyEDGE0"]
+    assert (bus.status, bus.value, bus.threshold) == (Status.FAIL, 0.95, 0.9)
+    assert bus.message == "/dev/ttyEDGE0 busy 95% of the time, above 0.9"
+    quiet = await results(AgentView(config, buses={"/dev/ttyEDGE0": 0.2}))
+    assert quiet["terminals.bus:/dev/ttyEDGE0"].status is Status.OK
