@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from rich.console import Console
 
 from agent import __version__
+from agent.atomic import write_atomic
 from agent.config import Config, ConfigError, default_config_path, load_config
 from agent.logs import configure_logging
 from agent.model import Quality
@@ -56,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("terminal", help="the terminal's name in the config")
     _config_arg(poll)
     poll.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+
+    check = commands.add_parser("check", help="run every self-check now and print the results")
+    _config_arg(check)
+    check.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+
+    report = commands.add_parser("report", help="write the inspection report from the history")
+    _config_arg(report)
+    report.add_argument("--since", default="7d", help="the period: 7d, 24h ... (default 7d)")
+    report.add_argument("--format", choices=("html", "md"), default="html")
+    report.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
 
     keys = commands.add_parser("keys", help="the device identity (Ed25519 key that signs uploads)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
@@ -99,14 +111,16 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from agent.checks.view import LogCounter
     from agent.daemon import Daemon
 
     path = args.config or default_config_path()
     config = _load_config(path)
     if config is None:
         return EXIT_USAGE
-    configure_logging(config.log.level, config.log.format)
-    asyncio.run(Daemon(config, path).run())
+    counter = LogCounter()
+    configure_logging(config.log.level, config.log.format, counter=counter)
+    asyncio.run(Daemon(config, path, log_counter=counter).run())
     return EXIT_OK
 
 
@@ -131,6 +145,71 @@ def cmd_poll(args: argparse.Namespace) -> int:
         for line in poll_errors(readings):
             console.print(f"[red]error[/red] {line}", highlight=False, soft_wrap=True)
     return EXIT_FINDING if any(r.quality is not Quality.GOOD for r in readings) else EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent.checks.framework import Status
+    from agent.checks.registry import run_checks_once
+    from agent.checks.view import AgentView, load_restarts
+    from agent.render import checks_table
+
+    path = args.config or default_config_path()
+    config = _load_config(path)
+    if config is None:
+        return EXIT_USAGE
+    configure_logging("error", "console")
+    view = AgentView(config, path, restarts=load_restarts(config.state_dir))
+    results = asyncio.run(run_checks_once(view, config.checks))
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        console = _wide_console()
+        console.print(checks_table(results))
+        console.print(
+            "[dim]run locally: terminal, outbox and uplink figures come from the running agent[/dim]"
+        )
+    return EXIT_FINDING if any(r.status is Status.FAIL for r in results) else EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from agent.checks.history import History
+    from agent.checks.report import render_report
+    from agent.durations import parse_duration
+    from agent.inspection import history_path, report_since
+
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_USAGE
+    try:
+        parse_duration(args.since)
+    except ValueError as exc:
+        return _fail(f"--since: {exc}")
+    path = history_path(config)
+    if not path.exists():
+        return _fail(f"no history yet at {path}: the agent writes it while it runs")
+    history = History(path)
+    try:
+        history.open()
+        text = render_report(
+            history,
+            report_since(args.since),
+            format=args.format,
+            key_points=config.checks.report.key_points,
+            max_trends=config.checks.report.max_trends,
+        )
+    except (OSError, sqlite3.Error, ValueError) as exc:
+        return _fail(f"cannot write the report from {path}: {exc}")
+    finally:
+        history.close()
+    if args.out is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        write_atomic(args.out, text.encode())
+    except OSError as exc:
+        return _fail(f"cannot write {args.out}: {exc.strerror or exc}")
+    print(f"wrote {args.out} ({args.format}, since {args.since})")
+    return EXIT_OK
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -186,6 +265,8 @@ COMMANDS = {
     "demo": cmd_demo,
     "poll": cmd_poll,
     "keys": cmd_keys,
+    "check": cmd_check,
+    "report": cmd_report,
 }
 
 

@@ -13,13 +13,18 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Sequence
+from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from agent import sdnotify
+from agent.checks.view import AgentView, LogCounter, record_start, terminal_views
 from agent.config import Config, ConfigError, ModbusRtuTerminal, Sl651Terminal, load_config
+from agent.inspection import Inspection
 from agent.model import Reading
 from agent.outbox import AsyncOutbox, Outbox
 from agent.polling import ModbusTerminal, Poller
@@ -40,6 +45,26 @@ log = structlog.get_logger(__name__)
 
 STOP_DEADLINE = 5.0
 RELOAD_SETTLE = 0.3  # editors write a file in several steps; reload once it is quiet
+
+
+def polling_allowance(terminals: Sequence[ModbusTerminal]) -> float | None:
+    """The longest the pollers may go without handing readings over (for the watchdog).
+
+    A dead terminal still gives bad readings at every attempt, at least every `backoff_max`.
+    """
+    if not terminals:
+        return None
+    longest = max(
+        max(t.period, t.backoff_max) + t.timeout * (t.retries + 1) * len(t.points)
+        for t in terminals
+    )
+    return longest + 60.0
+
+
+def uplink_allowance(config: Config) -> float:
+    """The longest the uplink loop may go without a beat: a reconnect wait and an attempt."""
+    u = config.uplink
+    return u.backoff_max + u.connect_timeout + u.keepalive + 60.0
 
 
 def serial_settings(t: ModbusRtuTerminal) -> SerialSettings:
@@ -121,9 +146,17 @@ class Daemon:
     """The agent as `edge-agent run` runs it."""
 
     def __init__(
-        self, config: Config, config_path: Path, extra_sinks: Sequence[ReadingSink] = ()
+        self,
+        config: Config,
+        config_path: Path,
+        extra_sinks: Sequence[ReadingSink] = (),
+        log_counter: LogCounter | None = None,
     ) -> None:
         self.config = config
+        self.log_counter = log_counter
+        self.started_at = datetime.now(UTC)
+        self.restarts: list[datetime] = []
+        self.inspection: Inspection | None = None
         self.config_path = config_path.resolve()
         self.stop_requested = asyncio.Event()
         self._reload_requested = asyncio.Event()
@@ -138,6 +171,7 @@ class Daemon:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        sdnotify.claim()
         quiet_undecodable_replies(loop)
         self._install_signal_handlers(loop)
         observer = self._watch_config(loop)
@@ -157,7 +191,17 @@ class Daemon:
                 self.config.outbox.batch,
                 on_stored=self.uplink.wake if self.uplink else None,
             )
-            sinks: list[ReadingSink] = [self.outbox_sink, *self._extra_sinks]
+            self.restarts = await asyncio.to_thread(record_start, self.config.state_dir)
+            self.inspection = Inspection(self.config, self.outbox, self.snapshot)
+            await self.inspection.start(polling_allowance(self.config.modbus_terminals))
+            if self.uplink is not None:
+                self.inspection.progress.register("uplink", uplink_allowance(self.config))
+                self.uplink.on_progress = partial(self.inspection.progress.beat, "uplink")
+            sinks: list[ReadingSink] = [
+                self.outbox_sink,
+                *self.inspection.sinks,
+                *self._extra_sinks,
+            ]
             if self.config.jsonl.enabled:
                 self._jsonl = JsonlSink(self.config.jsonl_path, self.config.jsonl.max_bytes)
                 self._jsonl.open()
@@ -210,12 +254,34 @@ class Daemon:
                 kept_at=str(outbox.recovered_from),
             )
 
+    async def snapshot(self) -> AgentView:
+        """What the checks and the health report see of the running agent."""
+        acquisition = self.acquisition
+        window = self.config.checks.software.log_window
+        return AgentView(
+            config=self.config,
+            config_path=self.config_path,
+            started_at=self.started_at,
+            restarts=self.restarts,
+            terminals=terminal_views(acquisition.pollers) if acquisition else {},
+            buses=(
+                {d: bus.utilisation() for d, bus in acquisition.buses.items()}
+                if acquisition
+                else {}
+            ),
+            outbox=await self.outbox.stats() if self.outbox is not None else None,
+            uplink=self.uplink.state if self.uplink is not None else None,
+            logs=self.log_counter.snapshot(window) if self.log_counter is not None else None,
+        )
+
     async def _stop_parts(self) -> None:
         """Stop taking readings, make the taken ones durable, then leave the broker cleanly."""
         if self.acquisition is not None:
             await self.acquisition.close()
         if self.outbox_sink is not None:
             await self.outbox_sink.flush()
+        if self.inspection is not None:
+            await self.inspection.stop()
         if self._uplink_task is not None:
             self._uplink_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -253,12 +319,14 @@ class Daemon:
             return False
         if new == self.config:
             return True
-        for key in ("gateway", "state_dir", "log", "jsonl", "outbox", "uplink"):
+        for key in ("gateway", "state_dir", "log", "jsonl", "outbox", "uplink", "checks", "health"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("config change needs a restart to take effect", key=key)
         assert self.acquisition is not None
         await self.acquisition.apply(new.modbus_terminals)
         self.config = self.config.model_copy(update={"terminals": new.terminals})
+        if self.inspection is not None:
+            await self.inspection.reload(self.config)
         self.reloads += 1
         log.info("config reloaded", terminals=len(new.terminals))
         return True

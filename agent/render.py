@@ -12,6 +12,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from agent.checks.framework import CheckResult, Status
 from agent.config import PointConfig
 from agent.model import Quality, Reading, Value
 
@@ -93,3 +94,34 @@ def age(since: datetime | None, now: datetime) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+STATUS_STYLE = {
+    Status.OK: "green",
+    Status.WARN: "yellow",
+    Status.FAIL: "bold red",
+    Status.UNKNOWN: "dim",
+}
+
+
+def _scalar(value: object, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f"{text} {unit}".strip()
+
+
+def checks_table(results: Sequence[CheckResult]) -> Table:
+    """`edge-agent check`: one row per check, failing first."""
+    table = Table(title="self-checks", title_justify="left")
+    for column in ("status", "check", "value", "threshold", "message"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            Text(r.status.value, STATUS_STYLE[r.status]),
+            r.id,
+            _scalar(r.value, r.unit),
+            _scalar(r.threshold, r.unit),
+            r.message,
+        )
+    return table

@@ -209,6 +209,12 @@ class Uplink:
         self._held: dict[int, float] = {}  # refused message id -> monotonic time to retry
         self._logged: tuple[str, float] | None = None
         self._socket_errors = _SocketErrors()
+        # Called at every connection attempt and every turn of the publish loop (the watchdog).
+        self.on_progress: Callable[[], None] | None = None
+
+    def _beat(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress()
 
     def wake(self) -> None:
         self._wakeup.set()
@@ -217,6 +223,7 @@ class Uplink:
         failures = 0
         while True:
             connects = self.state.connects
+            self._beat()
             try:
                 await self._session()
             except UplinkError as exc:
@@ -283,6 +290,7 @@ class Uplink:
         wakeup = asyncio.create_task(self._wakeup.wait())
         try:
             while True:
+                self._beat()
                 room = self.config.inflight - len(inflight)
                 if room > 0:
                     self._wakeup.clear()
@@ -300,7 +308,7 @@ class Uplink:
                 if wakeup.done():
                     wakeup = asyncio.create_task(self._wakeup.wait())
                 waiting: set[asyncio.Task[Any]] = {wakeup, *inflight}
-                timeout = 1.0 if self._held else None
+                timeout = 1.0 if self._held else self.config.keepalive
                 done, _ = await asyncio.wait(
                     waiting, timeout=timeout, return_when="FIRST_COMPLETED"
                 )

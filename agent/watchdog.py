@@ -79,7 +79,7 @@ class BeatSink:
 
 def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
     """Seconds between pings (half of WATCHDOG_USEC), or None when systemd wants none."""
-    env = os.environ if environ is None else environ
+    env = sdnotify.environment() if environ is None else environ
     if not env.get("NOTIFY_SOCKET"):
         return None
     pid = env.get("WATCHDOG_PID")
@@ -126,7 +126,7 @@ async def run_watchdog(
     `interval` overrides the ping period (default: half of WATCHDOG_USEC). Returns at once when
     there is nothing to do (no NOTIFY_SOCKET; or no WATCHDOG_USEC and no `status`).
     """
-    env = os.environ if environ is None else environ
+    env = sdnotify.environment() if environ is None else environ
     if not env.get("NOTIFY_SOCKET"):
         return
     ping_every = watchdog_interval(env)

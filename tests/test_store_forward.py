@@ -75,7 +75,13 @@ def start_config(tmp_path: Path, port: int, broker: Mosquitto, period: str = "10
 
 
 def upstream(collector: Collector, jwk: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verified telemetry payloads."""
     return [verify(m.payload, jwk) for m in collector.on("telemetry")]
+
+
+def signed(collector: Collector, jwk: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every verified signed payload (telemetry, health, events): seq runs across all kinds."""
+    return [verify(m.payload, jwk) for m in collector.messages if not m.topic.endswith("/state")]
 
 
 def reading_keys(readings: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
@@ -100,11 +106,13 @@ async def test_readings_arrive_signed_with_contiguous_seq(
                 sum(len(p["body"]["readings"]) for p in upstream(collector, jwk)) >= len(polled)
             ),
         )
+    everything = signed(collector, jwk)
+    seqs = sorted(p["seq"] for p in everything)
+    assert seqs == list(range(1, len(seqs) + 1))
+    assert all(p["gw"] == "gw-test" for p in everything)
+    assert all(p["ts"].endswith("Z") for p in everything)
     payloads = upstream(collector, jwk)
-    seqs = [p["seq"] for p in payloads]
-    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
-    assert all(p["gw"] == "gw-test" and p["kind"] == "telemetry" for p in payloads)
-    assert all(p["ts"].endswith("Z") for p in payloads)
+    assert all(p["kind"] == "telemetry" for p in payloads)
     received = [r for p in payloads for r in p["body"]["readings"]]
     assert received == polled  # exactly what was taken, in order
     assert received[0]["value"] == 7.5
@@ -193,7 +201,7 @@ async def test_killing_the_agent_mid_publish_loses_nothing_and_repeats_only_by_s
     assert received >= set(reading_keys(polled))
     # A repeated seq is a resend of the very same signed message; no seq is missing.
     by_seq: dict[int, dict[str, Any]] = {}
-    for p in payloads:
+    for p in signed(collector, jwk):
         assert by_seq.setdefault(p["seq"], p) == p
     seqs = sorted(by_seq)
     assert seqs == list(range(seqs[0], seqs[-1] + 1))

@@ -1,0 +1,169 @@
+"""The daemon's continuous self-inspection: checks on their intervals, alarms, health, history.
+
+Part of the composition root (only daemon.py uses it): it connects the check framework
+(agent/checks) to the outbox. Each round of due checks becomes alarm events (hysteresis in
+AlarmTracker) stored at EVENT priority, a health report stored at HEALTH priority when its
+schedule says so (every `health.interval`, and at once on a change), and rows in the bounded
+history behind `edge-agent report`. The watchdog pings systemd only while polling, checks and
+the uplink keep moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent.check_settings import ChecksConfig
+from agent.checks.alarms import AlarmTracker
+from agent.checks.data import DataMonitor
+from agent.checks.framework import CheckResult, CheckRunner, Round
+from agent.checks.health import HealthSchedule, build_health
+from agent.checks.history import History, terminal_plans
+from agent.checks.registry import build_checks, data_monitor
+from agent.checks.view import AgentView
+from agent.config import Config
+from agent.durations import parse_duration
+from agent.outbox import AsyncOutbox, OutboxError, Priority
+from agent.sinks import ReadingSink
+from agent.watchdog import BeatSink, Progress, run_watchdog, status_line
+
+log = structlog.get_logger(__name__)
+
+ViewSource = Callable[[], Awaitable[AgentView]]
+CHECKS_ALLOWANCE = 600.0  # the check loop beats at least every round; rounds are <= 5 min apart
+
+
+class Inspection:
+    """Owns the check runner, alarm tracker, health schedule and history of a running agent."""
+
+    def __init__(self, config: Config, outbox: AsyncOutbox, view: ViewSource) -> None:
+        self.config = config
+        self.settings: ChecksConfig = config.checks
+        self.outbox = outbox
+        self._view = view
+        self.monitor: DataMonitor = data_monitor(config, self.settings)
+        self.runner = CheckRunner(build_checks(config, self.settings, monitor=self.monitor))
+        self.alarms = AlarmTracker(self.settings.alarms, config.state_dir / "state" / "alarms.json")
+        self.health = HealthSchedule.from_config(config.health)
+        self.history: History | None = None
+        self.progress = Progress()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_flush = time.monotonic()
+        self._latest_view: AgentView | None = None
+
+    @property
+    def sinks(self) -> list[ReadingSink]:
+        """Readings go here too: data checks, history statistics, the polling heartbeat."""
+        sinks: list[ReadingSink] = [self.monitor, BeatSink(self.progress)]
+        if self.history is not None:
+            sinks.append(self.history)
+        return sinks
+
+    async def start(self, polling_allowance: float | None) -> None:
+        await asyncio.to_thread(self.alarms.load)
+        h = self.settings.history
+        if h.enabled:
+            self.history = History(self.config.state_dir / "history.db", h.retention, h.max_events)
+            await asyncio.to_thread(self.history.open)
+            self.history.set_meta("gateway", self.config.gateway.id)
+            self.history.set_terminals(terminal_plans(self.config))
+            self.history.record_start()
+        if polling_allowance is not None:
+            self.progress.register("polling", polling_allowance)
+        self.progress.register("checks", CHECKS_ALLOWANCE)
+        self._tasks = [
+            asyncio.create_task(
+                self.runner.run_forever(self._beating_view, self._on_round), name="checks"
+            ),
+            asyncio.create_task(run_watchdog(self.progress, status=self._status), name="watchdog"),
+        ]
+
+    async def _beating_view(self) -> AgentView:
+        self.progress.beat("checks")
+        view = await self._view()
+        self._latest_view = view
+        return view
+
+    def _status(self) -> str:
+        view = self._latest_view
+        if view is None:
+            return "starting"
+        ok, total = view.terminals_ok()
+        outbox = view.outbox
+        uplink = None if view.uplink is None else view.uplink.connected
+        return status_line(
+            ok,
+            total,
+            outbox.messages if outbox else None,
+            uplink,
+            outbox.oldest_age if outbox else None,
+        )
+
+    async def _on_round(self, done: Round) -> None:
+        events = self.alarms.update(done.results)
+        for event in events:
+            log.warning("alarm", check=event.get("check"), status=event.get("status"))
+        await self._store([("event", e, Priority.EVENT) for e in events])
+        if self.history is not None:
+            self.history.record_results(done.results, done.changed)
+            self.history.record_alarms(events)
+            self.history.record_anomalies(self.monitor.take_anomalies())
+            if time.monotonic() - self._last_flush >= self.settings.history.flush_interval:
+                await asyncio.to_thread(self.history.flush)
+                self._last_flush = time.monotonic()
+        now = time.monotonic()
+        if self.health.due(now, bool(done.changed)):
+            view = self._latest_view or await self._view()
+            report = build_health(self.runner.results, view)
+            if await self._store([("health", report, Priority.HEALTH)]):
+                self.health.sent(now)
+
+    async def _store(self, items: list[tuple[str, Any, Priority]]) -> bool:
+        if not items:
+            return True
+        try:
+            await self.outbox.put_many(items)
+        except (OutboxError, OSError, ValueError) as exc:
+            log.error("could not store alarm/health messages", error=str(exc), count=len(items))
+            return False
+        return True
+
+    def results(self) -> list[CheckResult]:
+        return self.runner.results
+
+    async def reload(self, config: Config) -> None:
+        """Use the checks of a reloaded config (terminals changed); results of kept ids stay."""
+        self.config = config
+        self.runner.replace(build_checks(config, self.settings, monitor=self.monitor))
+        cleared = self.alarms.retire([c.id for c in self.runner.checks])
+        await self._store([("event", e, Priority.EVENT) for e in cleared])
+        if self.history is not None:
+            self.history.set_terminals(terminal_plans(config))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.runner.close()
+        if self.history is not None:
+            await asyncio.to_thread(self.history.flush)
+            await asyncio.to_thread(self.history.close)
+
+
+def report_since(text: str, now: datetime | None = None) -> datetime:
+    """`--since 7d` → the datetime that long ago (UTC)."""
+    now = now or datetime.now(UTC)
+    return datetime.fromtimestamp(now.timestamp() - parse_duration(text), UTC)
+
+
+def history_path(config: Config) -> Path:
+    return config.state_dir / "history.db"
