@@ -1,0 +1,163 @@
+"""Self-inspection in the running agent: health retained upstream, alarms when a terminal dies,
+`edge-agent check`, and `edge-agent report` from the history the agent kept."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.sim.modbus_device import SimulatedModbusDevice
+from tests.agentproc import Agent, write_config
+from tests.broker import Mosquitto
+from tests.collector import Collector, verify
+from tests.conftest import PYTHON, ROOT, tcp_terminal
+from tests.test_store_forward import keys_show
+
+Device = tuple[SimulatedModbusDevice, int]
+PREFIX = "edge/gw-test"
+FAST_CHECKS = {
+    "system": {"interval": "1s"},
+    "terminals": {"interval": "500ms"},
+    "network": {"interval": "1s"},
+    "alarms": {"raise_after": 2, "clear_after": 2, "min_interval": "0s"},
+}
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    mosquitto = Mosquitto(tmp_path / "broker")
+    mosquitto.start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+def config_for(tmp_path: Path, port: int, broker: Mosquitto) -> Path:
+    config = tmp_path / "config.yaml"
+    write_config(
+        config,
+        tmp_path / "state",
+        [tcp_terminal(port, [{"name": "level", "address": 0}], period="200ms", timeout="200ms")],
+        uplink={"broker": broker.url, "backoff_min": "200ms"},
+        checks=FAST_CHECKS,
+        health={"interval": "2s", "min_gap": "0s"},
+    )
+    return config
+
+
+async def test_health_is_published_retained_and_a_dead_terminal_raises_then_clears_an_alarm(
+    tmp_path: Path, device: Device, broker: Mosquitto, agent_factory: Any
+) -> None:
+    sim, port = device
+    config = config_for(tmp_path, port, broker)
+    async with Collector(broker.port, f"{PREFIX}/#") as collector:
+        agent: Agent = await agent_factory(config)
+        await collector.wait_for("health", lambda: collector.on("health"))
+        jwk = keys_show(config)["jwk"]
+        health = verify(collector.on("health")[0].payload, jwk)
+        assert health["kind"] == "health"
+        report = health["body"]
+        assert report["gateway"] == "gw-test"
+        assert {c["id"] for c in report["checks"]} >= {"system.disk", "terminals.freshness:plc"}
+        assert [t["name"] for t in report["terminals"]] == ["plc"]
+
+        await sim.stop()  # the terminal stops answering
+
+        def alarms(action: str) -> list[dict[str, Any]]:
+            bodies = [verify(m.payload, jwk)["body"] for m in collector.on("events")]
+            return [b for b in bodies if b["action"] == action and b["check"].endswith(":plc")]
+
+        await collector.wait_for("an alarm", lambda: alarms("raised"), timeout=20)
+        raised = alarms("raised")[0]
+        assert raised["type"] == "alarm"
+        assert raised["status"] in ("warn", "fail")
+        await sim.serve_tcp("127.0.0.1", port)  # it answers again
+        await collector.wait_for("cleared", lambda: alarms("cleared"), timeout=20)
+        assert await agent.stop() == 0
+    # A late subscriber finds the latest health report, retained.
+    async with Collector(broker.port, f"{PREFIX}/health", client_id="late") as late:
+        await late.wait_for("retained", lambda: late.messages)
+    assert late.messages[0].retain
+
+
+async def test_check_json_and_exit_code(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    write_config(
+        config,
+        tmp_path / "state",
+        [],
+        checks={"system": {"disk": {"warn_free_percent": 100, "fail_free_percent": 99.99}}},
+    )
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "agent",
+        "check",
+        "--json",
+        "--config",
+        str(config),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    results = json.loads(out)
+    assert process.returncode == 1  # the disk check fails: nothing is 99.99 % free
+    assert results[0]["status"] == "fail"
+    assert results[0]["id"] == "system.disk"
+    assert {"id", "family", "status", "value", "unit", "threshold", "message", "since"} <= set(
+        results[0]
+    )
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+
+
+async def test_report_is_written_from_the_history_the_agent_kept(
+    tmp_path: Path, device: Device, agent_factory: Any
+) -> None:
+    _sim, port = device
+    config = tmp_path / "config.yaml"
+    write_config(
+        config,
+        tmp_path / "state",
+        [tcp_terminal(port, [{"name": "level", "address": 0}], period="200ms")],
+        checks={**FAST_CHECKS, "history": {"flush_interval": "1s"}},
+    )
+    agent: Agent = await agent_factory(config)
+    await agent.wait_for("readings", lambda: len(agent.readings()) >= 10)
+    assert await agent.stop() == 0
+    out = tmp_path / "report.html"
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "agent",
+        "report",
+        "--since",
+        "1h",
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await process.communicate()
+    assert process.returncode == 0, err
+    html = out.read_text()
+    parser = _Tags()
+    parser.feed(html)
+    assert "svg" in parser.tags
+    assert "plc" in html
+    assert "gw-test" in html
