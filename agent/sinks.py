@@ -103,49 +103,67 @@ class FanOut:
 
 
 class OutboxSink:
-    """Telemetry into the durable outbox: each poll's readings become signed telemetry messages.
+    """Telemetry into the durable outbox as signed messages of up to `batch` readings.
 
-    `submit` returns at once; the put runs as a task (the outbox joins concurrent puts into one
-    transaction in a worker thread), so polling never waits on the disk. A batch is split into
-    messages of at most `batch` readings. Puts waiting at once are bounded by `max_pending`;
-    past that (a disk that has stalled) batches are refused, counted and logged, never queued
-    without bound. `on_stored` is called after each durable put (it wakes the uplink).
+    `submit` returns at once. Readings of several polls are gathered into one message — sent
+    when `batch` readings are waiting or `linger` seconds after the first of them — because a
+    message costs a signature, a row and a trip to the writer thread whatever its size. So a
+    reading is durable at most `linger` after it was taken (documented; `flush()` on stop
+    stores the rest). Puts waiting at once are bounded by `max_pending`; past that (a disk that
+    has stalled) readings are refused, counted and logged, never queued without bound.
+    `on_stored` is called after each durable put (it wakes the uplink).
     """
 
     def __init__(
         self,
         outbox: AsyncOutbox,
         batch: int = 200,
+        linger: float = 0.2,
         on_stored: Callable[[], None] | None = None,
-        max_pending: int = 10_000,
+        max_pending: int = 1000,
     ) -> None:
         self.outbox = outbox
         self.batch = batch
+        self.linger = linger
         self.on_stored = on_stored
         self.max_pending = max_pending
         self.stored = 0
         self.lost = 0
+        self._records: list[dict[str, Any]] = []
+        self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def submit(self, readings: Sequence[Reading]) -> None:
         if not readings:
             return
-        if len(self._tasks) >= self.max_pending:
-            self.lost += len(readings)
-            log.error("outbox is not keeping up; readings refused", count=len(readings))
-            return
         stamps: dict[datetime, str] = {}
-        records = []
+        records = self._records
         for r in readings:
             stamp = stamps.get(r.observed_at)
             if stamp is None:
                 stamp = stamps[r.observed_at] = format_timestamp(r.observed_at)
             records.append(r.to_dict(stamp))
+        if len(records) >= self.batch:
+            self._send()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.linger, self._send)
+
+    def _send(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        records, self._records = self._records, []
+        if not records:
+            return
+        if len(self._tasks) >= self.max_pending:
+            self.lost += len(records)
+            log.error("outbox is not keeping up; readings refused", count=len(records))
+            return
         items = [
             ("telemetry", {"readings": records[i : i + self.batch]}, Priority.TELEMETRY)
             for i in range(0, len(records), self.batch)
         ]
-        task = asyncio.create_task(self._put(items, len(readings)))
+        task = asyncio.create_task(self._put(items, len(records)))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -165,6 +183,7 @@ class OutboxSink:
             self.on_stored()
 
     async def flush(self) -> None:
-        """Wait until every submitted batch is stored (or has failed)."""
+        """Store what is gathered now and wait until every put is done (or has failed)."""
+        self._send()
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)

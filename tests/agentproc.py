@@ -17,6 +17,7 @@ def write_config(path: Path, state: Path, terminals: list[dict[str, Any]], **ext
         "gateway": {"id": "gw-test"},
         "state_dir": str(state),
         "log": {"level": "info", "format": "json"},
+        "jsonl": {"enabled": True},  # the tests compare what arrives with the local copy
         "terminals": terminals,
         **extra,
     }

@@ -145,3 +145,29 @@ async def test_run_with_a_broken_config_exits_2_with_the_errors(tmp_path: Path) 
     lines = err.decode().splitlines()
     assert f"{config}: terminals[0].host: required key is missing" in lines
     assert f"{config}: terminals[0].points: required key is missing" in lines
+
+
+async def test_reading_the_config_file_does_not_start_a_reload(
+    tmp_path: Path, device: Device, agent_factory: Any
+) -> None:
+    """The config check reads the file; a reload must follow only a change, never a read."""
+    _sim, port = device
+    config = tmp_path / "config.yaml"
+    write_config(
+        config,
+        tmp_path / "state",
+        [
+            tcp_terminal(port, [{"name": "a", "address": 0}], period="200ms"),
+        ],
+        log={"level": "debug", "format": "json"},
+    )
+    agent = await agent_factory(config)
+    await agent.wait_for("readings", lambda: agent.readings())
+    for _ in range(5):
+        config.read_text()
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)
+    assert agent.events("config reload requested") == []
+    config.write_text(config.read_text() + "\n# a comment\n")  # a write is a change
+    await agent.wait_for("reload", lambda: agent.events("config reload requested"))
+    assert await agent.stop() == 0

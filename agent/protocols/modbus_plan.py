@@ -72,6 +72,13 @@ def decode_point(point: PointConfig, values: Sequence[int] | Sequence[bool]) -> 
     """
     if point.table in BIT_TABLES:
         return bool(values[0])
+    if (
+        point.type == "uint16"
+        and point.word_order in ("ABCD", "CDAB")  # one word: only a byte swap changes it
+        and point.scale == 1.0
+        and point.offset == 0.0
+    ):
+        return int(values[0])  # the commonest point: no struct round trip
     registers = [int(v) for v in values]
     if point.type == "bool":
         return datatypes.decode_register_bit(registers[0], point.bit)
