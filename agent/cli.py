@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(keys_show)
     keys_show.add_argument("--json", action="store_true", help="print JSON (shape in README)")
 
+    sl651 = commands.add_parser("sl651", help="SL651-2014 tools")
+    sl651_commands = sl651.add_subparsers(dest="sl651_command", required=True, metavar="ACTION")
+    decode = sl651_commands.add_parser(
+        "decode", help="decode frames given as hex (arguments, or stdin one per line)"
+    )
+    decode.add_argument("frames", nargs="*", metavar="HEX", help="a frame in hex (spaces allowed)")
+    decode.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     validate = config_commands.add_parser("validate", help="check a config file, print every error")
@@ -212,6 +220,29 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sl651(args: argparse.Namespace) -> int:
+    from agent.protocols.sl651 import describe_hex
+    from agent.protocols.sl651.frame import FUNCTIONS
+    from agent.render import sl651_frame_view
+
+    lines = list(args.frames) or [line for line in sys.stdin.read().splitlines() if line.strip()]
+    if not lines:
+        return _fail("no frames: give hex frames as arguments or on stdin, one per line")
+    described = [describe_hex(line) for line in lines]
+    if args.json:
+        print(
+            json.dumps(
+                described[0] if len(described) == 1 else described, ensure_ascii=False, indent=2
+            )
+        )
+    else:
+        console = _wide_console()
+        for item in described:
+            console.print(sl651_frame_view(item, dict(FUNCTIONS)))
+    bad = any("error" in d or not d.get("crc_ok", True) for d in described)
+    return EXIT_FINDING if bad else EXIT_OK
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from agent.signing import KeyStoreError, init_key, load_key
 
@@ -266,6 +297,7 @@ COMMANDS = {
     "poll": cmd_poll,
     "keys": cmd_keys,
     "check": cmd_check,
+    "sl651": cmd_sl651,
     "report": cmd_report,
 }
 

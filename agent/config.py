@@ -295,7 +295,9 @@ class Sl651Config(_Frozen):
     """The central station: where SL651 stations connect and how the agent answers them."""
 
     center: int = Field(default=1, ge=1, le=255)  # our centre address
-    listen: list[str] = Field(default_factory=list)  # "host:port", e.g. "0.0.0.0:5001"
+    listen: list[str] = Field(
+        default_factory=list
+    )  # "host:port", e.g. "0.0.0.0:5001" (0: any free)
     serial: list[Sl651SerialPort] = Field(default_factory=list)
     # End character of our confirmations: EOT lets the station go offline, ESC keeps it online
     # (for queries).
@@ -311,7 +313,7 @@ class Sl651Config(_Frozen):
     def _listen_addresses(self) -> Sl651Config:
         for item in self.listen:
             host, _, port = item.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise ValueError(f"listen address {item!r} is not host:port")
         return self
 

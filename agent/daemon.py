@@ -14,9 +14,10 @@ import contextlib
 import gc
 import signal
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import structlog
 from watchdog.events import (
@@ -31,11 +32,18 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from agent import sdnotify
-from agent.checks.view import AgentView, LogCounter, record_start, terminal_views
+from agent.checks.view import (
+    AgentView,
+    LogCounter,
+    TerminalClock,
+    TerminalView,
+    record_start,
+    terminal_views,
+)
 from agent.config import Config, ConfigError, ModbusRtuTerminal, Sl651Terminal, load_config
 from agent.inspection import Inspection
 from agent.model import Reading
-from agent.outbox import AsyncOutbox, Outbox
+from agent.outbox import AsyncOutbox, Outbox, Priority
 from agent.polling import ModbusTerminal, Poller
 from agent.protocols.modbus import (
     BusLink,
@@ -45,9 +53,12 @@ from agent.protocols.modbus import (
     TcpLink,
     quiet_undecodable_replies,
 )
+from agent.protocols.sl651.session import Centre
+from agent.protocols.sl651.transport import CentralStation
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
 from agent.sinks import FanOut, JsonlSink, OutboxSink, ReadingSink
+from agent.timesync import clock_synchronised
 from agent.uplink import Uplink
 
 log = structlog.get_logger(__name__)
@@ -181,6 +192,9 @@ class Daemon:
         self.started_at = datetime.now(UTC)
         self.restarts: list[datetime] = []
         self.inspection: Inspection | None = None
+        self.centre: Centre | None = None
+        self.central: CentralStation | None = None
+        self._event_tasks: set[asyncio.Task[list[int]]] = set()
         self._config_bytes: bytes | None = None  # the file's content when the config was read
         self.config_path = config_path.resolve()
         self.stop_requested = asyncio.Event()
@@ -234,8 +248,10 @@ class Daemon:
                 self._jsonl = JsonlSink(self.config.jsonl_path, self.config.jsonl.max_bytes)
                 self._jsonl.open()
                 sinks.append(self._jsonl)
-            self.acquisition = Acquisition(FanOut(sinks))
+            fan_out = FanOut(sinks)
+            self.acquisition = Acquisition(fan_out)
             await self.acquisition.apply(self.config.modbus_terminals)
+            await self._start_central_station(fan_out)
             # What exists now lives as long as the agent: keep the collector from walking it
             # (a full collection of a large site's objects showed as 60 ms of poll lateness).
             gc.freeze()
@@ -261,6 +277,26 @@ class Daemon:
                 observer.join(timeout=1)
             self._remove_signal_handlers(loop)
             log.info("agent stopped")
+
+    async def _start_central_station(self, sink: FanOut) -> None:
+        sl651 = self.config.sl651
+        if not (sl651.listen or sl651.serial or self.config.sl651_terminals):
+            return
+        self.centre = Centre(sl651, self.config.sl651_terminals, clock_synchronised)
+        self.central = CentralStation(sl651, self.centre, sink.submit, self._store_events)
+        await self.central.start()
+
+    def _store_events(self, events: list[dict[str, Any]]) -> None:
+        """Alarms from the field (station status words) into the outbox, at EVENT priority."""
+        if self.outbox is None:
+            return
+        for event in events:
+            log.warning("station alarm", **{k: event[k] for k in ("terminal", "flag", "action")})
+        task = asyncio.create_task(
+            self.outbox.put_many([("event", e, Priority.EVENT) for e in events])
+        )
+        self._event_tasks.add(task)
+        task.add_done_callback(self._event_tasks.discard)
 
     async def _start_outbox(self) -> None:
         state_dir = self.config.state_dir
@@ -289,12 +325,24 @@ class Daemon:
         """What the checks and the health report see of the running agent."""
         acquisition = self.acquisition
         window = self.config.checks.software.log_window
+        terminals = terminal_views(acquisition.pollers) if acquisition else {}
+        clocks: dict[str, TerminalClock] = {}
+        if self.centre is not None:
+            now = datetime.now(UTC)
+            for code, state in self.centre.stations.items():
+                terminal = self.centre.terminals.get(code)
+                if terminal is not None:
+                    terminals[terminal.name] = TerminalView(terminal, state.stats)
+                if state.clock_offset is not None:
+                    station_time = now + timedelta(seconds=state.clock_offset)
+                    clocks[state.terminal] = TerminalClock(station_time, now)
         return AgentView(
             config=self.config,
             config_path=self.config_path,
             started_at=self.started_at,
             restarts=self.restarts,
-            terminals=terminal_views(acquisition.pollers) if acquisition else {},
+            terminals=terminals,
+            terminal_clocks=clocks,
             buses=(
                 {d: bus.utilisation() for d, bus in acquisition.buses.items()}
                 if acquisition
@@ -307,8 +355,12 @@ class Daemon:
 
     async def _stop_parts(self) -> None:
         """Stop taking readings, make the taken ones durable, then leave the broker cleanly."""
+        if self.central is not None:
+            await self.central.stop()
         if self.acquisition is not None:
             await self.acquisition.close()
+        if self._event_tasks:
+            await asyncio.gather(*self._event_tasks, return_exceptions=True)
         if self.outbox_sink is not None:
             await self.outbox_sink.flush()
         if self.inspection is not None:
@@ -364,12 +416,15 @@ class Daemon:
         self._config_bytes = text
         if new == self.config:
             return True
-        for key in ("gateway", "state_dir", "log", "jsonl", "outbox", "uplink", "checks", "health"):
+        restart_keys = ("gateway", "state_dir", "log", "jsonl", "outbox", "uplink", "sl651")
+        for key in (*restart_keys, "checks", "health"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("config change needs a restart to take effect", key=key)
         assert self.acquisition is not None
         await self.acquisition.apply(new.modbus_terminals)
         self.config = self.config.model_copy(update={"terminals": new.terminals})
+        if self.centre is not None:
+            self.centre.configure(self.config.sl651_terminals)
         if self.inspection is not None:
             await self.inspection.reload(self.config)
         self.reloads += 1

@@ -53,18 +53,23 @@ def demo_view(
     acquisition = daemon.acquisition
     pollers = acquisition.pollers if acquisition else {}
     terminals = Table(title="terminals", title_justify="left")
-    for column in ("terminal", "address", "state", "polls", "failed", "p95 poll", "last error"):
+    for column in ("terminal", "address", "state", "polls/reports", "failed", "p95", "last error"):
         terminals.add_column(column)
-    for name, poller in pollers.items():
-        s = poller.stats
+    rows = [(name, p.terminal.address, p.stats) for name, p in pollers.items()]
+    if daemon.centre is not None:
+        rows += [
+            (st.terminal, f"station {st.station}", st.stats)
+            for st in daemon.centre.stations.values()
+        ]
+    for name, address, s in rows:
         state = (
             Text("answering", "green") if s.consecutive_failures == 0 else Text("failing", "red")
         )
         p95 = s.latency_p95()
         terminals.add_row(
             name,
-            poller.terminal.address,
-            state if s.polls else Text("starting", "yellow"),
+            address,
+            state if s.polls else Text("waiting", "yellow"),
             str(s.polls),
             str(s.failed_polls),
             f"{p95 * 1000:.0f} ms" if p95 is not None else "-",

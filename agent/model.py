@@ -6,7 +6,10 @@ Nothing here does IO or knows a protocol; protocols produce these, sinks and the
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import statistics
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -60,3 +63,39 @@ class Reading:
 def format_timestamp(at: datetime) -> str:
     """RFC 3339 UTC with milliseconds and a Z, the form every timestamp leaves the agent in."""
     return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class TerminalStats:
+    """What a poller has seen, for status, checks and benchmarks (bounded windows)."""
+
+    polls: int = 0
+    failed_polls: int = 0
+    consecutive_failures: int = 0
+    missed_slots: int = 0
+    requests: int = 0
+    readings: int = 0
+    last_good_at: datetime | None = None
+    last_error: str | None = None
+    next_poll_at: float | None = None  # monotonic
+    poll_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=512))
+    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=100))
+
+    @property
+    def success_ratio(self) -> float | None:
+        return sum(self.outcomes) / len(self.outcomes) if self.outcomes else None
+
+    def latency_p95(self) -> float | None:
+        return _percentile(self.poll_seconds, 95)
+
+    def lateness_p99(self) -> float | None:
+        return _percentile(self.lateness, 99)
+
+
+def _percentile(samples: Sequence[float], pct: int) -> float | None:
+    if not samples:
+        return None
+    if len(samples) == 1:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]

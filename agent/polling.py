@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import math
-import statistics
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
 
 from agent.config import ModbusRtuTerminal, ModbusTcpTerminal
-from agent.model import Quality, Reading
+from agent.model import Quality, Reading, TerminalStats
 from agent.protocols.modbus import Link, ModbusFailure
 from agent.protocols.modbus_plan import Read, bad_readings, decode_read, plan_reads
 from agent.sinks import ReadingSink
@@ -37,42 +34,6 @@ WallClock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@dataclass
-class TerminalStats:
-    """What a poller has seen, for status, checks and benchmarks (bounded windows)."""
-
-    polls: int = 0
-    failed_polls: int = 0
-    consecutive_failures: int = 0
-    missed_slots: int = 0
-    requests: int = 0
-    readings: int = 0
-    last_good_at: datetime | None = None
-    last_error: str | None = None
-    next_poll_at: float | None = None  # monotonic
-    poll_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=512))
-    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
-    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=100))
-
-    @property
-    def success_ratio(self) -> float | None:
-        return sum(self.outcomes) / len(self.outcomes) if self.outcomes else None
-
-    def latency_p95(self) -> float | None:
-        return _percentile(self.poll_seconds, 95)
-
-    def lateness_p99(self) -> float | None:
-        return _percentile(self.lateness, 99)
-
-
-def _percentile(samples: Sequence[float], pct: int) -> float | None:
-    if not samples:
-        return None
-    if len(samples) == 1:
-        return samples[0]
-    return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
 
 
 class Poller:

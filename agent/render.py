@@ -125,3 +125,54 @@ def checks_table(results: Sequence[CheckResult]) -> Table:
             r.message,
         )
     return table
+
+
+def _sl651_value(element: dict[str, Any]) -> str:
+    value = element.get("value")
+    if value is None:
+        missing = element.get("missing")
+        return f"missing ({missing})" if missing else str(element.get("error") or "-")
+    if isinstance(value, list):
+        return " ".join("·" if v is None else format_value(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={format_value(v)}" for k, v in value.items())
+    return format_value(value)
+
+
+def sl651_frame_view(described: dict[str, Any], function_names: dict[int, str]) -> Table:
+    """`edge-agent sl651 decode`: a frame's header as the title, its elements as rows."""
+    if "error" in described:
+        table = Table(title=f"[bold red]not decoded:[/] {described['error']}", title_justify="left")
+        table.add_column("hex")
+        table.add_row(described["hex"])
+        return table
+    code = int(described["function"], 16)
+    name = function_names.get(code, "")
+    packet = described.get("packet")
+    header = (
+        f"{described['function']} {name} · {described['direction']} · station "
+        f"{described['station']} · centre {described['center']} · password {described['password']}"
+        f"\nserial {described['serial']} · sent {described['sent_at']} · end {described['end']}"
+        + (f" · packet {packet['seq']}/{packet['total']}" if packet else "")
+        + ("" if described["crc_ok"] else " · [bold red]CRC WRONG[/]")
+    )
+    table = Table(title=header, title_justify="left", min_width=72)
+    for column in ("id", "name", "value", "unit", "observed"):
+        table.add_column(column, overflow="fold")
+    for element in described.get("elements", []):
+        table.add_row(
+            element["id"],
+            element.get("name") or "",
+            _sl651_value(element),
+            element.get("unit") or "",
+            element.get("observed_at") or "",
+        )
+    notes = []
+    if any(isinstance(e.get("value"), list) and None in e["value"] for e in described["elements"]):
+        notes.append("· marks a missing slot")
+    if described.get("detail") is not None:
+        notes.append(f"detail: {described['detail']}")
+    if notes:
+        table.caption = " · ".join(notes)
+        table.caption_justify = "left"
+    return table

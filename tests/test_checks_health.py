@@ -17,8 +17,8 @@ from agent.checks import (
     build_checks,
     build_health,
 )
+from agent.model import TerminalStats
 from agent.outbox import Outbox, Priority
-from agent.polling import TerminalStats
 from agent.signing import DeviceKey
 from agent.uplink import UplinkState
 from tests.conftest import make_config, tcp_terminal

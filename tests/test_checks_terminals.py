@@ -13,7 +13,8 @@ from agent.check_settings import ChecksConfig
 from agent.checks import AgentView, Status, TerminalView, build_checks
 from agent.checks.framework import CheckResult, CheckRunner
 from agent.config import Config, ModbusTcpTerminal
-from agent.polling import Poller, TerminalStats
+from agent.model import TerminalStats
+from agent.polling import Poller
 from agent.protocols.modbus import TcpLink
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from tests.conftest import ListSink, make_config, tcp_terminal

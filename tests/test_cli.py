@@ -132,9 +132,9 @@ async def test_version() -> None:
 async def test_demo_runs_simulated_terminals_and_the_agent_without_a_broker() -> None:
     code, out, err = await edge_agent("demo", "--duration", "4", timeout=60)
     assert code == 0, err
-    assert "edge-agent demo: 4 simulated terminals" in out
-    assert "readings from 22 points" in out  # the progress line printed when not on a TTY
-    for terminal in ("dam-plc", "spillway-plc", "rain-rtu", "pump-3"):
+    assert "edge-agent demo: 6 simulated terminals" in out
+    assert "readings from" in out  # the progress line printed when not on a TTY
+    for terminal in ("dam-plc", "spillway-plc", "rain-rtu", "pump-3", "river-gauge-1"):
         assert terminal in out
     assert " bad " not in out  # every point of the simulated site reads good
     assert " good " in out
@@ -164,3 +164,66 @@ async def test_keys_show_without_a_key_says_what_to_run(tmp_path: Path) -> None:
     assert code == 2
     assert out == ""
     assert "no device key: run `edge-agent keys init`" in err
+
+
+def _vector(function: str) -> str:
+    vectors = json.loads((ROOT / "tests" / "data" / "sl651_vectors.json").read_text())
+    return next(v["hex"] for v in vectors if v["function"] == function and v["crc_ok"])
+
+
+async def test_sl651_decode_json_has_the_documented_shape() -> None:
+    code, out, _ = await edge_agent("sl651", "decode", "--json", _vector("0x34"))
+    assert code == 0
+    frame = json.loads(out)
+    assert set(frame) >= {
+        "crc_ok",
+        "direction",
+        "center",
+        "station",
+        "password",
+        "function",
+        "serial",
+        "sent_at",
+        "end",
+        "packet",
+        "elements",
+    }
+    assert frame["function"] == "0x34"
+    assert frame["end"] == "ETX"
+    drp = next(e for e in frame["elements"] if e["id"] == "F4")
+    assert drp["name"] == "DRP"
+    assert drp["unit"] == "mm"
+    assert drp["value"][:5] == [0.5, 0.0, 0.0, 0.0, 2.0]
+    assert drp["value"][5] is None
+
+
+async def test_sl651_decode_reads_stdin_and_exits_1_on_a_bad_frame() -> None:
+    good = _vector("0x2F")
+    bad = good[:-1] + ("0" if good[-1] != "0" else "1")
+    process = await asyncio.create_subprocess_exec(
+        PYTHON,
+        "-m",
+        "agent",
+        "sl651",
+        "decode",
+        "--json",
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate(
+        f"{good}\n{' '.join(bad[i : i + 2] for i in range(0, len(bad), 2))}\nzz\n".encode()
+    )
+    assert process.returncode == 1
+    first, second, third = json.loads(out)
+    assert first["crc_ok"] is True
+    assert second["crc_ok"] is False
+    assert third == {"error": "not hex", "hex": "ZZ"}
+
+
+async def test_sl651_decode_table_is_readable() -> None:
+    code, out, _ = await edge_agent("sl651", "decode", _vector("0x34"))
+    assert code == 0
+    assert "0x34 hourly report" in out
+    assert "DRZ1" in out
+    assert "· marks a missing slot" in out

@@ -24,8 +24,8 @@ from agent.model import format_timestamp
 
 if TYPE_CHECKING:
     from agent.config import Config
+    from agent.model import TerminalStats
     from agent.outbox import OutboxStats
-    from agent.polling import TerminalStats
     from agent.uplink import UplinkState
 
 RESTARTS_FILE = Path("state") / "restarts.json"

@@ -1,0 +1,372 @@
+"""The central station's side of SL651 links: what to answer, what to ask, what to report.
+
+Sans-IO: `Centre.receive(link, frame, now)` and `Centre.tick(link, now)` return an `Outcome`
+(frames to send on that link, readings, alarm events); the transport owns sockets and serial
+ports. The rules are NOTES §6 (link modes and acknowledgements):
+
+- 2F keep-alive: never answered; it only says the station is online on this link.
+- a self report (30-36) or the last frame of a response ending ETX: confirmed with the uplink's
+  serial echoed, the centre clock as send time, and `ack_end` (EOT: the station may go
+  offline; ESC: it stays online) — ESC whenever the centre has something to ask it next;
+  a frame ending ETB (more follows): confirmed with ACK.
+- M3 multi-packet: packets are collected; once all have arrived the joined body is decoded and
+  confirmed once (SYN, total, total); a packet missing when the last one arrives, or when the
+  link has been quiet for `packet_timeout`, is asked for again with NAK (one packet per NAK).
+- M4: real-time data (37) is queried every `query_period` while the station is online;
+  responses are matched to the request by function and station.
+- the station's clock is compared with ours at every report; with `clock_sync`, and only when
+  our own clock is synchronised, a station off by more than `CLOCK_TOLERANCE` is set (4A).
+- the status word (element 45) becomes named readings, and its alarm bits alarm events when
+  they change.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from agent.config import Sl651Config, Sl651Terminal
+from agent.model import Reading, TerminalStats, format_timestamp
+from agent.protocols.sl651 import encode
+from agent.protocols.sl651.body import decode_body, decode_packets, frame_serial
+from agent.protocols.sl651.elements import STATUS_BITS
+from agent.protocols.sl651.frame import Ctrl, Frame, LinkAddress
+from agent.protocols.sl651.message import BodyError, Message, StatusElement
+from agent.protocols.sl651.readings import readings_from
+
+CLOCK_TOLERANCE = 300.0  # seconds a station clock may be off before it is set (NOTES §10, 4A)
+CLOCK_SET_INTERVAL = 3600.0  # at most one clock set per station per this long
+SELF_REPORTS = frozenset({0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36})
+KEEPALIVE = 0x2F
+QUERY_REALTIME = 0x37
+SET_CLOCK = 0x4A
+ALARM_BITS = {b.name: b for b in STATUS_BITS if b.alarm}
+
+
+@dataclass
+class Outcome:
+    """What the transport must do after a frame or a tick."""
+
+    send: list[bytes] = field(default_factory=list)
+    readings: list[Reading] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    close: bool = False
+
+
+@dataclass
+class _Assembly:
+    total: int
+    packets: dict[int, Frame] = field(default_factory=dict)
+    last_at: float = 0.0
+    nak_sent: int | None = None
+
+
+@dataclass
+class StationState:
+    """One station as the centre knows it (for status, checks and the sessions)."""
+
+    station: str
+    terminal: str
+    configured: bool
+    stats: TerminalStats = field(default_factory=TerminalStats)
+    link: object | None = None  # the link it last spoke on
+    last_frame_at: float | None = None  # monotonic
+    last_report_at: datetime | None = None
+    clock_offset: float | None = None  # seconds the station is ahead of us
+    clock_set_at: float | None = None
+    last_query_at: float | None = None
+    pending: dict[int, float] = field(default_factory=dict)  # function -> monotonic sent
+    assemblies: dict[int, _Assembly] = field(default_factory=dict)
+    flags: dict[str, bool] = field(default_factory=dict)
+    password_warned: bool = False
+    frames: int = 0
+    rejected: int = 0
+    last_error: str | None = None
+    query_latency: float | None = None
+
+
+def parse_offset(text: str) -> timezone:
+    sign = -1 if text.startswith("-") else 1
+    hours, minutes = int(text[1:3]), int(text[4:6])
+    return timezone(sign * timedelta(hours=hours, minutes=minutes))
+
+
+class Centre:
+    """Every station's state and the rules of the exchange; one per agent, shared by links."""
+
+    def __init__(
+        self,
+        config: Sl651Config,
+        terminals: Sequence[Sl651Terminal],
+        clock_synchronised: Callable[[], bool | None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.tz = parse_offset(config.utc_offset)
+        self.terminals: dict[str, Sl651Terminal] = {}
+        self.stations: dict[str, StationState] = {}
+        self.configure(terminals)
+        self._synchronised = clock_synchronised
+        self._clock = clock
+        self.refused = 0  # frames from unconfigured stations, refused by config
+
+    def configure(self, terminals: Sequence[Sl651Terminal]) -> None:
+        """Use these configured stations (at start, and after a reload); others are unknown."""
+        self.terminals = {t.station.upper(): t for t in terminals}
+        for code, state in list(self.stations.items()):
+            terminal = self.terminals.get(code)
+            if terminal is None and state.configured:
+                del self.stations[code]
+            elif terminal is not None:
+                state.terminal, state.configured = terminal.name, True
+        for code, t in self.terminals.items():
+            self.stations.setdefault(code, StationState(code, t.name, True))
+
+    # -- inbound ---------------------------------------------------------------------------
+
+    def receive(self, link: object, frame: Frame, now: datetime) -> Outcome:
+        """A frame arrived on `link` at wall-clock `now` (aware)."""
+        out = Outcome()
+        if frame.direction != "up":
+            return out  # a centre only listens to stations
+        state = self._state(frame.station)
+        if state is None:
+            self.refused += 1
+            return out
+        mono = self._clock()
+        state.link, state.last_frame_at, state.frames = link, mono, state.frames + 1
+        terminal = self.terminals.get(state.station)
+        wrong_password = (
+            terminal is not None and frame.password.upper() != terminal.password.upper()
+        )
+        if wrong_password and not state.password_warned:
+            state.password_warned = True
+            state.last_error = f"password {frame.password} differs from the configured one"
+        if frame.function == KEEPALIVE:
+            return out
+        if frame.packet is not None:
+            return self._packet(state, frame, now, mono)
+        try:
+            message = decode_body(frame)
+        except BodyError as exc:
+            state.last_error = f"function 0x{frame.function:02X}: {exc}"
+            state.stats.failed_polls += 1
+            state.stats.outcomes.append(False)
+            # Still confirm a self report: the station would only send the same bytes again.
+            if frame.function in SELF_REPORTS and frame.end == Ctrl.ETX:
+                out.send.append(self._confirm(state, frame, frame_serial(frame), now))
+            return out
+        self._use(state, message, now, out)
+        if frame.end == Ctrl.ETB:
+            out.send.append(self._confirm(state, frame, message.serial, now, end=Ctrl.ACK))
+        elif frame.function in SELF_REPORTS or frame.function in state.pending:
+            state.pending.pop(frame.function, None)
+            out.send.append(self._confirm(state, frame, message.serial, now))
+            out.send.extend(self._requests(state, now, mono))
+        return out
+
+    def _state(self, station: str) -> StationState | None:
+        code = station.upper()
+        state = self.stations.get(code)
+        if state is None:
+            if not self.config.accept_unknown:
+                return None
+            state = self.stations[code] = StationState(code, f"sl651-{code}", False)
+        return state
+
+    def _packet(self, state: StationState, frame: Frame, now: datetime, mono: float) -> Outcome:
+        out = Outcome()
+        assert frame.packet is not None
+        total, seq = frame.packet
+        assembly = state.assemblies.get(frame.function)
+        if assembly is None or assembly.total != total:
+            assembly = state.assemblies[frame.function] = _Assembly(total)
+        assembly.packets[seq] = frame
+        assembly.last_at = mono
+        if seq == assembly.nak_sent:
+            assembly.nak_sent = None
+        missing = self._missing(assembly)
+        if missing:
+            # The last packet came (or a resent one), and some are still missing: ask for one.
+            if (seq == total or frame.end == Ctrl.ETX) and assembly.nak_sent is None:
+                out.send.append(self._nak(state, frame.function, assembly, missing[0], now))
+            return out
+        del state.assemblies[frame.function]
+        ordered = [assembly.packets[i] for i in range(1, total + 1)]
+        try:
+            message = decode_packets(ordered)
+        except BodyError as exc:
+            state.last_error = f"function 0x{frame.function:02X} ({total} packets): {exc}"
+            serial = frame_serial(ordered[0])
+        else:
+            self._use(state, message, now, out)
+            serial = message.serial
+        end = self._end(state, now, mono)
+        out.send.append(
+            encode.confirm_packets(
+                self._link(state, frame), frame.function, serial or 0, self._local(now), total,
+                end=end,
+            )
+        )  # fmt: skip
+        out.send.extend(self._requests(state, now, mono))
+        return out
+
+    @staticmethod
+    def _missing(assembly: _Assembly) -> list[int]:
+        return [i for i in range(1, assembly.total + 1) if i not in assembly.packets]
+
+    def _nak(
+        self, state: StationState, function: int, assembly: _Assembly, seq: int, now: datetime
+    ) -> bytes:
+        assembly.nak_sent = seq
+        first = assembly.packets.get(1)
+        serial = frame_serial(first) if first is not None else 0
+        link = LinkAddress(self.config.center, state.station, self._password(state))
+        return encode.nak_packet(link, function, serial or 0, self._local(now), assembly.total, seq)
+
+    def _use(self, state: StationState, message: Message, now: datetime, out: Outcome) -> None:
+        """Readings, alarms and clock drift of a decoded message."""
+        readings = readings_from(message, state.terminal, now, self.tz)
+        out.readings.extend(readings)
+        s = state.stats
+        s.polls += 1
+        s.readings += len(readings)
+        s.outcomes.append(True)
+        s.last_good_at = now
+        s.consecutive_failures = 0
+        state.last_report_at = now
+        pending_at = state.pending.get(message.function)
+        if pending_at is not None:
+            state.query_latency = self._clock() - pending_at
+            s.poll_seconds.append(state.query_latency)
+        if message.sent_at is not None:
+            station_time = message.sent_at.replace(tzinfo=self.tz)
+            state.clock_offset = (station_time - now).total_seconds()
+        for element in message.elements:
+            if isinstance(element, StatusElement):
+                out.events.extend(self._alarms(state, element, now))
+
+    def _alarms(
+        self, state: StationState, element: StatusElement, now: datetime
+    ) -> list[dict[str, Any]]:
+        events = []
+        for name, spec in ALARM_BITS.items():
+            active = bool(element.flags.get(name, False))
+            before = state.flags.get(name, False)
+            state.flags[name] = active
+            if active == before:
+                continue
+            events.append(
+                {
+                    "type": "station_alarm",
+                    "action": "raised" if active else "cleared",
+                    "terminal": state.terminal,
+                    "station": state.station,
+                    "flag": name,
+                    "meaning": spec.meaning,
+                    "at": format_timestamp(now),
+                }
+            )
+        return events
+
+    # -- outbound --------------------------------------------------------------------------
+
+    def tick(self, link: object, now: datetime) -> Outcome:
+        """Timers of the stations on `link`: M3 NAKs after silence, periodic queries."""
+        out = Outcome()
+        mono = self._clock()
+        for state in self.stations.values():
+            if state.link is not link:
+                continue
+            for function, assembly in state.assemblies.items():
+                missing = self._missing(assembly)
+                quiet = mono - assembly.last_at >= self.config.packet_timeout
+                if missing and quiet and assembly.nak_sent is None:
+                    out.send.append(self._nak(state, function, assembly, missing[0], now))
+                    assembly.last_at = mono
+                elif missing and quiet:
+                    assembly.nak_sent = None  # the NAK went unanswered: ask again next time
+            if state.last_frame_at is not None and self._online(state, mono):
+                out.send.extend(self._requests(state, now, mono))
+        return out
+
+    def link_closed(self, link: object) -> None:
+        for state in self.stations.values():
+            if state.link is link:
+                state.link = None
+                state.pending.clear()
+
+    def _online(self, state: StationState, mono: float) -> bool:
+        """Still listening: it spoke within the 10 minutes an ESC keeps it online."""
+        return state.last_frame_at is not None and mono - state.last_frame_at < 600.0
+
+    def _wants(self, state: StationState, now: datetime, mono: float) -> list[int]:
+        """The functions the centre should send this station now, in order."""
+        terminal = self.terminals.get(state.station)
+        if terminal is None:
+            return []
+        wants = []
+        if (
+            terminal.clock_sync
+            and state.clock_offset is not None
+            and abs(state.clock_offset) > CLOCK_TOLERANCE
+            and self._synchronised() is True
+            and SET_CLOCK not in state.pending
+            and (state.clock_set_at is None or mono - state.clock_set_at >= CLOCK_SET_INTERVAL)
+        ):
+            wants.append(SET_CLOCK)
+        if (
+            terminal.query_period is not None
+            and QUERY_REALTIME not in state.pending
+            and (state.last_query_at is None or mono - state.last_query_at >= terminal.query_period)
+        ):
+            wants.append(QUERY_REALTIME)
+        return wants
+
+    def _requests(self, state: StationState, now: datetime, mono: float) -> list[bytes]:
+        frames = []
+        link = LinkAddress(self.config.center, state.station, self._password(state))
+        for function in self._wants(state, now, mono):
+            state.pending[function] = mono
+            if function == SET_CLOCK:
+                state.clock_set_at = mono
+                frames.append(encode.set_clock(link, self._local(now)))
+            else:
+                state.last_query_at = mono
+                frames.append(encode.query_realtime(link, self._local(now)))
+        return frames
+
+    def _end(self, state: StationState, now: datetime, mono: float) -> int:
+        """ESC when the centre will ask the station something next, else `ack_end`."""
+        if self._wants(state, now, mono):
+            return Ctrl.ESC
+        return Ctrl.ESC if self.config.ack_end == "ESC" else Ctrl.EOT
+
+    def _confirm(
+        self,
+        state: StationState,
+        frame: Frame,
+        serial: int | None,
+        now: datetime,
+        end: int | None = None,
+    ) -> bytes:
+        if end is None:
+            end = self._end(state, now, self._clock())
+        return encode.confirm(
+            self._link(state, frame), frame.function, serial or 0, self._local(now), end=end,
+            encoding=frame.encoding,
+        )  # fmt: skip
+
+    def _link(self, state: StationState, frame: Frame) -> LinkAddress:
+        return LinkAddress(self.config.center, frame.station, frame.password)
+
+    def _password(self, state: StationState) -> str:
+        terminal = self.terminals.get(state.station)
+        return terminal.password if terminal is not None else "0000"
+
+    def _local(self, now: datetime) -> datetime:
+        """Our clock as the station's wall clock (SL651 times carry no zone)."""
+        return now.astimezone(self.tz).replace(tzinfo=None)

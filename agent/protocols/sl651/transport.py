@@ -1,0 +1,267 @@
+"""The central station's IO: a TCP listener for many stations at once, and serial ports.
+
+Each link (a TCP connection or a serial port) has its own StreamDecoder; every frame goes to the
+shared `Centre`, and what it returns is carried out here: frames written back on the same link,
+readings handed to the sink, alarm events to `on_events`. A one-second tick lets the centre
+send what its timers ask for (M3 NAKs, periodic queries). A bad frame is counted and logged,
+never fatal; a link silent for `idle_timeout` is closed; links beyond `max_connections` are
+refused at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import serial
+import structlog
+
+from agent.config import Sl651Config
+from agent.model import Reading
+from agent.protocols.sl651.frame import Frame
+from agent.protocols.sl651.session import Centre, Outcome
+from agent.protocols.sl651.stream import Rejected, StreamDecoder
+
+log = structlog.get_logger(__name__)
+
+TICK = 1.0
+SERIAL_RETRY = 10.0  # an absent serial port is tried again this often
+READ_SIZE = 4096
+REJECT_LOG_INTERVAL = 60.0
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Link:
+    """One way to a station: how to write to it, and its counters."""
+
+    def __init__(
+        self, name: str, write: Callable[[bytes], None], close: Callable[[], None] | None = None
+    ) -> None:
+        self.name = name
+        self.write = write
+        self.close = close or (lambda: None)
+        self.frames = 0
+        self.rejected = 0
+        self.opened_at = time.time()
+
+    def __repr__(self) -> str:
+        return f"<link {self.name}>"
+
+
+class CentralStation:
+    """Owns the listeners and links; `start()` does the IO, `stop()` closes everything."""
+
+    def __init__(
+        self,
+        config: Sl651Config,
+        centre: Centre,
+        sink: Callable[[Sequence[Reading]], None],
+        on_events: Callable[[list[dict[str, Any]]], None],
+        now: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.config = config
+        self.centre = centre
+        self.sink = sink
+        self.on_events = on_events
+        self._now = now
+        self.links: set[_Link] = set()
+        self.addresses: list[tuple[str, int]] = []  # where it listens (ports resolved)
+        self.refused_connections = 0
+        self.rejected = 0
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()  # one per TCP connection
+        self._rejects_logged_at = 0.0
+
+    async def start(self) -> None:
+        for host, port in self.config.listen_addresses:
+            try:
+                server = await asyncio.start_server(self._serve_tcp, host, port)
+            except OSError as exc:
+                raise OSError(
+                    f"SL651 cannot listen on {host}:{port}: {exc.strerror or exc}"
+                ) from exc
+            self._servers.append(server)
+            for sock in server.sockets:
+                address = sock.getsockname()
+                self.addresses.append((str(address[0]), int(address[1])))
+        for line in self.config.serial:
+            self._spawn(self._serve_serial(line.device, line.baudrate), f"sl651 {line.device}")
+        self._spawn(self._tick(), "sl651 timers")
+        if self.addresses or self.config.serial:
+            log.info(
+                "SL651 central station listening",
+                tcp=[f"{h}:{p}" for h, p in self.addresses],
+                serial=[p.device for p in self.config.serial],
+                stations=len(self.centre.terminals),
+            )
+
+    def _spawn(self, coroutine: Any, name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        # Close the connections and let their handlers finish (cancelling a stream handler
+        # makes asyncio log a traceback for it).
+        for link in list(self.links):
+            link.close()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=2.0)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for server in self._servers:
+            with contextlib.suppress(OSError):
+                await server.wait_closed()
+        self._servers.clear()
+
+    # -- links -------------------------------------------------------------------------------
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if len(self.links) >= self.config.max_connections:
+            self.refused_connections += 1
+            log.warning("SL651 connection refused: too many", peer=name)
+            writer.close()
+            return
+        link = _Link(name, writer.write, writer.close)
+        self.links.add(link)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        decoder = StreamDecoder(max_frame_bytes=self.config.max_frame_bytes)
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.config.idle_timeout):
+                        data = await reader.read(READ_SIZE)
+                except TimeoutError:
+                    log.info("SL651 link idle: closed", link=name)
+                    break
+                if not data:
+                    break
+                decoder.feed(data)
+                self._drain(link, decoder)
+        except (ConnectionError, OSError):
+            pass  # the station went away mid-frame: what was whole has been handled
+        finally:
+            decoder.flush()
+            self._drain(link, decoder)
+            self.centre.link_closed(link)
+            self.links.discard(link)
+            if task is not None:
+                self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+    async def _serve_serial(self, device: str, baudrate: int) -> None:
+        """Keep a serial port open (retrying while it is absent) and read it."""
+        while True:
+            try:
+                port = serial.Serial(device, baudrate, timeout=0)
+            except (serial.SerialException, OSError) as exc:
+                log.warning(
+                    "SL651 serial port unavailable; retrying", device=device, error=str(exc)
+                )
+            else:
+                try:
+                    error = await self._read_serial(device, port.fileno())
+                    log.warning(
+                        "SL651 serial port lost; reopening", device=device, error=str(error)
+                    )
+                finally:
+                    port.close()
+            await asyncio.sleep(SERIAL_RETRY)
+
+    async def _read_serial(self, device: str, fd: int) -> OSError:
+        """Read an open serial port until it fails; returns the error."""
+        loop = asyncio.get_running_loop()
+        link = _Link(device, partial(_write_all, fd))
+        decoder = StreamDecoder(max_frame_bytes=self.config.max_frame_bytes)
+        lost: asyncio.Future[OSError] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if not lost.done():
+                    lost.set_result(exc)
+                return
+            decoder.feed(data)
+            self._drain(link, decoder)
+
+        self.links.add(link)
+        loop.add_reader(fd, readable)
+        try:
+            return await lost
+        finally:
+            loop.remove_reader(fd)
+            self.centre.link_closed(link)
+            self.links.discard(link)
+
+    # -- frames ------------------------------------------------------------------------------
+
+    def _drain(self, link: _Link, decoder: StreamDecoder) -> None:
+        for event in decoder.events():
+            if isinstance(event, Frame):
+                link.frames += 1
+                self._apply(link, self.centre.receive(link, event, self._now()))
+            else:
+                self._rejected(link, event)
+
+    def _rejected(self, link: _Link, rejected: Rejected) -> None:
+        link.rejected += 1
+        self.rejected += 1
+        now = time.monotonic()
+        if now - self._rejects_logged_at >= REJECT_LOG_INTERVAL:
+            self._rejects_logged_at = now
+            log.warning(
+                "SL651 bytes rejected",
+                link=link.name,
+                reason=rejected.reason.value,
+                detail=rejected.detail,
+                total=self.rejected,
+            )
+
+    def _apply(self, link: _Link, outcome: Outcome) -> None:
+        for frame in outcome.send:
+            try:
+                link.write(frame)
+            except (ConnectionError, OSError):
+                break
+        if outcome.readings:
+            self.sink(outcome.readings)
+        if outcome.events:
+            self.on_events(outcome.events)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            now = self._now()
+            for link in list(self.links):
+                self._apply(link, self.centre.tick(link, now))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
