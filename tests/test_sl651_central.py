@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,8 @@ from agent.protocols.sl651.session import Centre
 from agent.protocols.sl651.transport import CentralStation
 from agent.sim.serial_line import VirtualSerialLine
 from agent.sim.sl651_station import SimulatedStation, StationSchedule
+from tests.agentproc import write_config
+from tests.broker import free_port
 
 CENTER = 1
 
@@ -391,3 +394,31 @@ async def test_the_confirm_end_character_follows_config(ack_end: str) -> None:
             await raw.close()
     end = Ctrl.EOT if ack_end == "EOT" else Ctrl.ESC
     assert ack.raw == expected_confirm(parse_frame(report), ack, end)
+
+
+async def test_the_agent_process_takes_station_reports_into_its_outbox(
+    tmp_path: Path, agent_factory: Any
+) -> None:
+    port = free_port()
+    config = tmp_path / "config.yaml"
+    write_config(
+        config, tmp_path / "state",
+        [{"name": "gauge", "protocol": "sl651", "station": "0012345678", "password": "1234",
+          "expected_interval": "1m"}],
+        sl651={"center": CENTER, "listen": [f"127.0.0.1:{port}"]},
+    )  # fmt: skip
+    agent = await agent_factory(config)
+    await agent.wait_for("listening", lambda: agent.events("SL651 central station listening"))
+    sim = SimulatedStation(
+        "0012345678", CENTER, schedule=StationSchedule(keepalive=1, timed=0.3, hourly=600),
+        battery_low=True,
+    )  # fmt: skip
+    async with running([sim], port):
+        await agent.wait_for("readings", lambda: len(agent.readings()) >= 20)
+        await until("confirms", lambda: any(f.function == 0x32 for f in sim.received))
+    assert await agent.stop() == 0
+    readings = agent.readings()
+    assert {r["terminal"] for r in readings} == {"gauge"}
+    assert {"Z", "PJ", "VT", "ZT.battery_low"} <= {r["point"] for r in readings}
+    [alarm] = agent.events("station alarm")
+    assert alarm["flag"] == "battery_low"
