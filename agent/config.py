@@ -11,6 +11,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -155,6 +156,26 @@ class UplinkConfig(_Frozen):
         return 8883 if self.tls_enabled else 1883
 
 
+class ControlConfig(_Frozen):
+    """The local control socket (`edge-agent status` and friends)."""
+
+    socket: Path = Path("/run/edge-agent/control.sock")
+    group: str | None = None  # the group that may use it (mode 0660); default: the agent's own
+
+
+class MetricsConfig(_Frozen):
+    """Prometheus metrics over HTTP; off unless `listen` is set."""
+
+    listen: str | None = Field(default=None, pattern=r"^[^:]+:\d{1,5}$")  # e.g. 127.0.0.1:9108
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host, int(port)
+
+
 class PointConfig(_Frozen):
     name: str = Field(min_length=1)
     table: Literal["holding", "input", "coil", "discrete"] = "holding"
@@ -201,9 +222,9 @@ class PointConfig(_Frozen):
             return self.length or 1
         return _REGISTER_WIDTH[self.type]
 
-    @property
+    @cached_property
     def source(self) -> str:
-        """The raw identifier carried by its readings, e.g. ``holding:40``."""
+        """The raw identifier carried by its readings, e.g. ``holding:40`` (once per point)."""
         return f"{self.table}:{self.address}"
 
 
@@ -338,6 +359,8 @@ class Config(_Frozen):
     sl651: Sl651Config = Sl651Config()
     checks: ChecksConfig = ChecksConfig()
     health: HealthConfig = HealthConfig()
+    control: ControlConfig = ControlConfig()
+    metrics: MetricsConfig = MetricsConfig()
     terminals: list[Terminal] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -445,6 +468,9 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     if config.jsonl.path is not None and not config.jsonl.path.is_absolute():
         jsonl = config.jsonl.model_copy(update={"path": (base / config.jsonl.path).resolve()})
         updates["jsonl"] = jsonl
+    if not config.control.socket.is_absolute():
+        socket = (base / config.control.socket).resolve()
+        updates["control"] = config.control.model_copy(update={"socket": socket})
     tls = config.uplink.tls
     resolved = {
         name: (base / path).resolve()

@@ -65,6 +65,9 @@ def format_timestamp(at: datetime) -> str:
     return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
 @dataclass
 class TerminalStats:
     """What a poller has seen, for status, checks and benchmarks (bounded windows)."""
@@ -81,6 +84,19 @@ class TerminalStats:
     poll_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=100))
+    # Cumulative since start, for metrics: count of polls at or under each LATENCY_BUCKETS bound.
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+
+    def record_latency(self, seconds: float) -> None:
+        """One poll's (or query's) duration: the recent window and the cumulative histogram."""
+        self.poll_seconds.append(seconds)
+        self.latency_sum += seconds
+        self.latency_count += 1
+        for i, bound in enumerate(LATENCY_BUCKETS):
+            if seconds <= bound:
+                self.latency_buckets[i] += 1
 
     @property
     def success_ratio(self) -> float | None:

@@ -142,7 +142,7 @@ class Poller:
         s = self.stats
         s.polls += 1
         s.readings += len(readings)
-        s.poll_seconds.append(seconds)
+        s.record_latency(seconds)
         good = any(r.quality is Quality.GOOD for r in readings)
         s.outcomes.append(good)
         errors = [r.error for r in readings if r.error]

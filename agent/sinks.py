@@ -22,6 +22,7 @@ from agent.model import Reading, format_timestamp
 from agent.outbox import AsyncOutbox, OutboxCorruptError, OutboxError, Priority
 
 log = structlog.get_logger(__name__)
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per reading
 
 
 class ReadingSink(Protocol):
@@ -54,7 +55,7 @@ class JsonlSink:
             stamp = stamps.get(r.observed_at)
             if stamp is None:
                 stamp = stamps[r.observed_at] = format_timestamp(r.observed_at)
-            lines.append(json.dumps(r.to_dict(stamp), separators=(",", ":")))
+            lines.append(_encode(r.to_dict(stamp)))
         if not lines:
             return
         text = "\n".join(lines) + "\n"

@@ -289,10 +289,14 @@ class History:
 
     def observe(self, readings: Sequence[Reading]) -> None:
         polls: dict[tuple[str, float], bool] = {}
+        times: dict[datetime, tuple[float, int]] = {}  # a poll's readings share one time
         with self._buf_lock:
             for r in readings:
-                at = _ts(r.observed_at)
-                hour = hour_of(at)
+                known = times.get(r.observed_at)
+                if known is None:
+                    at = _ts(r.observed_at)
+                    known = times[r.observed_at] = (at, hour_of(at))
+                at, hour = known
                 good = r.quality is Quality.GOOD
                 poll = (r.terminal, at)
                 polls[poll] = polls.get(poll, False) or good
