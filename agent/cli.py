@@ -11,8 +11,10 @@ import asyncio
 import json
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
@@ -22,7 +24,7 @@ from agent.config import Config, ConfigError, default_config_path, load_config
 from agent.logs import configure_logging
 from agent.model import Quality
 
-EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +60,17 @@ def build_parser() -> argparse.ArgumentParser:
     poll.add_argument("terminal", help="the terminal's name in the config")
     _config_arg(poll)
     poll.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+
+    status = commands.add_parser("status", help="the running agent at a glance")
+    _config_arg(status)
+    status.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+    status.add_argument("--watch", action="store_true", help="refresh in place every 2 s")
+
+    outbox = commands.add_parser("outbox", help="what is queued for upstream")
+    _config_arg(outbox)
+    outbox.add_argument("action", nargs="?", choices=("stats", "peek"), default="stats")
+    outbox.add_argument("--limit", type=int, default=10, help="messages to show with peek")
+    outbox.add_argument("--json", action="store_true", help="print JSON")
 
     check = commands.add_parser("check", help="run every self-check now and print the results")
     _config_arg(check)
@@ -155,10 +168,18 @@ def cmd_poll(args: argparse.Namespace) -> int:
     return EXIT_FINDING if any(r.quality is not Quality.GOOD for r in readings) else EXIT_OK
 
 
+def _ask_agent(config: Config, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    """The running agent's answer; raises NotRunning, or ControlError."""
+    from agent.control import request
+
+    return asyncio.run(request(config.control.socket, cmd, args))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.checks.framework import Status
+    from agent.checks.framework import CheckResult, Status
     from agent.checks.registry import run_checks_once
     from agent.checks.view import AgentView, load_restarts
+    from agent.control import ControlError, NotRunning
     from agent.render import checks_table
 
     path = args.config or default_config_path()
@@ -166,17 +187,94 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config is None:
         return EXIT_USAGE
     configure_logging("error", "console")
-    view = AgentView(config, path, restarts=load_restarts(config.state_dir))
-    results = asyncio.run(run_checks_once(view, config.checks))
+    through_agent = True
+    try:
+        results = [CheckResult.from_dict(r) for r in _ask_agent(config, "checks", {"run": True})]
+    except NotRunning:
+        through_agent = False
+        view = AgentView(config, path, restarts=load_restarts(config.state_dir))
+        results = asyncio.run(run_checks_once(view, config.checks))
+    except ControlError as exc:
+        return _fail(str(exc))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         console = _wide_console()
         console.print(checks_table(results))
-        console.print(
-            "[dim]run locally: terminal, outbox and uplink figures come from the running agent[/dim]"
-        )
+        if not through_agent:
+            console.print(
+                "[dim]the agent is not running: checked locally; terminal, outbox and uplink "
+                "figures come from the running agent[/dim]"
+            )
     return EXIT_FINDING if any(r.status is Status.FAIL for r in results) else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.live import Live
+
+    from agent.control import ControlError, NotRunning
+    from agent.status import offline_status, status_view
+
+    path = args.config or default_config_path()
+    config = _load_config(path)
+    if config is None:
+        return EXIT_USAGE
+
+    def fetch() -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = _ask_agent(config, "status")
+        except NotRunning:
+            return offline_status(config.state_dir, config.outbox_path, path)
+        return result
+
+    try:
+        status = fetch()
+        if args.watch and not args.json:
+            with Live(status_view(status), console=Console(), auto_refresh=False) as live:
+                while True:
+                    time.sleep(2)
+                    status = fetch()
+                    live.update(status_view(status), refresh=True)
+    except ControlError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+    if args.json:
+        print(json.dumps(status, indent=2))
+    elif not args.watch:
+        _wide_console().print(status_view(status))
+    if not status["running"]:
+        return EXIT_NOT_RUNNING
+    return EXIT_FINDING if status["status"] == "failing" else EXIT_OK
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from agent.control import ControlError, NotRunning
+    from agent.status import outbox_depth, outbox_peek_table, peek_outbox
+
+    config = _load_config(args.config)
+    if config is None:
+        return EXIT_USAGE
+    limit = args.limit if args.action == "peek" else 0
+    try:
+        answer = _ask_agent(config, "outbox", {"limit": limit})
+        stats, messages = answer["stats"], answer["messages"]
+    except NotRunning:
+        stats = outbox_depth(config.outbox_path)
+        messages = peek_outbox(config.outbox_path, limit) if limit else []
+    except ControlError as exc:
+        return _fail(str(exc))
+    if args.json:
+        print(json.dumps({"stats": stats, "messages": messages}, indent=2))
+        return EXIT_OK
+    console = _wide_console()
+    if stats is None:
+        console.print(f"no outbox at {config.outbox_path}")
+        return EXIT_OK
+    console.print(json.dumps(stats, indent=2))
+    if args.action == "peek":
+        console.print(outbox_peek_table(messages))
+    return EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -297,6 +395,8 @@ COMMANDS = {
     "poll": cmd_poll,
     "keys": cmd_keys,
     "check": cmd_check,
+    "status": cmd_status,
+    "outbox": cmd_outbox,
     "sl651": cmd_sl651,
     "report": cmd_report,
 }

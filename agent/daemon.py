@@ -13,7 +13,8 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -32,6 +33,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 
 from agent import sdnotify
+from agent.checks.framework import sort_results
 from agent.checks.view import (
     AgentView,
     LogCounter,
@@ -41,7 +43,9 @@ from agent.checks.view import (
     terminal_views,
 )
 from agent.config import Config, ConfigError, ModbusRtuTerminal, Sl651Terminal, load_config
+from agent.control import ControlError, ControlServer
 from agent.inspection import Inspection
+from agent.metrics import MetricsServer, ReadingCounter, Snapshot
 from agent.model import Reading
 from agent.outbox import AsyncOutbox, Outbox, Priority
 from agent.polling import ModbusTerminal, Poller
@@ -55,9 +59,11 @@ from agent.protocols.modbus import (
 )
 from agent.protocols.sl651.session import Centre
 from agent.protocols.sl651.transport import CentralStation
+from agent.render import poll_json
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
 from agent.sinks import FanOut, JsonlSink, OutboxSink, ReadingSink
+from agent.status import message_summary, status_dict
 from agent.timesync import clock_synchronised
 from agent.uplink import Uplink
 
@@ -193,6 +199,9 @@ class Daemon:
         self.restarts: list[datetime] = []
         self.inspection: Inspection | None = None
         self.centre: Centre | None = None
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+        self.reading_counter = ReadingCounter()
         self.central: CentralStation | None = None
         self._event_tasks: set[asyncio.Task[list[int]]] = set()
         self._config_bytes: bytes | None = None  # the file's content when the config was read
@@ -244,6 +253,8 @@ class Daemon:
                 *self.inspection.sinks,
                 *self._extra_sinks,
             ]
+            if self.config.metrics.address is not None:
+                sinks.append(self.reading_counter)
             if self.config.jsonl.enabled:
                 self._jsonl = JsonlSink(self.config.jsonl_path, self.config.jsonl.max_bytes)
                 self._jsonl.open()
@@ -252,6 +263,7 @@ class Daemon:
             self.acquisition = Acquisition(fan_out)
             await self.acquisition.apply(self.config.modbus_terminals)
             await self._start_central_station(fan_out)
+            await self._start_control()
             # What exists now lives as long as the agent: keep the collector from walking it
             # (a full collection of a large site's objects showed as 60 ms of poll lateness).
             gc.freeze()
@@ -277,6 +289,83 @@ class Daemon:
                 observer.join(timeout=1)
             self._remove_signal_handlers(loop)
             log.info("agent stopped")
+
+    async def _start_control(self) -> None:
+        """The control socket and, when configured, the metrics endpoint."""
+        control = ControlServer(
+            self.config.control.socket,
+            {
+                "status": self._status,
+                "checks": self._checks,
+                "terminals": self._terminals,
+                "outbox": self._outbox,
+                "poll": self._poll,
+                "reload": self._reload_request,
+            },
+            self.config.control.group,
+        )
+        try:
+            await control.start()
+        except (OSError, KeyError) as exc:
+            # Not fatal: the agent's job is the data; `status` then says it cannot reach it.
+            log.error(
+                "control socket unavailable",
+                path=str(self.config.control.socket),
+                error=str(exc),
+            )
+        else:
+            self.control = control
+        address = self.config.metrics.address
+        if address is not None:
+            self.metrics = MetricsServer(address, self._metrics_snapshot)
+            await self.metrics.start()
+
+    async def _status(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        results = self.inspection.results() if self.inspection else []
+        return status_dict(await self.snapshot(), results)
+
+    async def _checks(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        if self.inspection is None:
+            raise ControlError("the checks are not running")
+        if args.get("run"):
+            done = await self.inspection.runner.run_all(await self.snapshot())
+            return [r.to_dict() for r in sort_results(done.results)]
+        return [r.to_dict() for r in self.inspection.results()]
+
+    async def _terminals(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        terminals: list[dict[str, Any]] = (await self._status(args))["terminals"]
+        return terminals
+
+    async def _outbox(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        if self.outbox is None:
+            raise ControlError("the outbox is not open")
+        limit = max(0, min(int(args.get("limit", 0)), 1000))
+        stats = await self.outbox.stats()
+        now = time.time()
+        pending = await self.outbox.pending(limit) if limit else []
+        return {
+            "stats": stats.to_dict(),
+            "messages": [
+                message_summary(m.seq, m.kind, m.priority, m.payload, m.size, m.created_at, now)
+                for m in pending
+            ],
+        }
+
+    async def _poll(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        name = str(args.get("terminal", ""))
+        poller = self.acquisition.pollers.get(name) if self.acquisition else None
+        if poller is None:
+            known = ", ".join(self.acquisition.pollers) if self.acquisition else ""
+            raise ControlError(f"no polled terminal named {name!r} (known: {known or 'none'})")
+        readings = await poller.poll_once()
+        return poll_json(name, poller.terminal.points, readings)
+
+    async def _reload_request(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        return {"reloaded": await self.reload()}
+
+    async def _metrics_snapshot(self) -> Snapshot:
+        results = self.inspection.results() if self.inspection else []
+        return Snapshot(await self.snapshot(), results, self.reading_counter.counts)
 
     async def _start_central_station(self, sink: FanOut) -> None:
         sl651 = self.config.sl651
@@ -355,6 +444,10 @@ class Daemon:
 
     async def _stop_parts(self) -> None:
         """Stop taking readings, make the taken ones durable, then leave the broker cleanly."""
+        if self.control is not None:
+            await self.control.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.central is not None:
             await self.central.stop()
         if self.acquisition is not None:

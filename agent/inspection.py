@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from agent.atomic import write_atomic
 from agent.check_settings import ChecksConfig
 from agent.checks.alarms import AlarmTracker
 from agent.checks.data import DataMonitor
@@ -32,6 +34,7 @@ from agent.config import Config
 from agent.durations import parse_duration
 from agent.outbox import AsyncOutbox, OutboxError, Priority
 from agent.sinks import ReadingSink
+from agent.status import health_path
 from agent.watchdog import BeatSink, Progress, run_watchdog, status_line
 
 log = structlog.get_logger(__name__)
@@ -124,6 +127,12 @@ class Inspection:
             report = build_health(self.runner.results, view)
             if await self._store([("health", report, Priority.HEALTH)]):
                 self.health.sent(now)
+            # Kept on disk too: `edge-agent status` shows it when the agent does not run.
+            text = json.dumps(report, default=str).encode()
+            try:
+                await asyncio.to_thread(write_atomic, health_path(self.config.state_dir), text)
+            except OSError as exc:
+                log.warning("cannot save the health report", error=str(exc))
 
     async def _store(self, items: list[tuple[str, Any, Priority]]) -> bool:
         if not items:

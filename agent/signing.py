@@ -244,3 +244,19 @@ def envelope_payload(gateway_id: str, seq: int, kind: str, ts: datetime, body: A
 def utc_stamp(unix_seconds: float) -> str:
     """RFC 3339 UTC of a POSIX time, as envelopes carry it."""
     return format_timestamp(datetime.fromtimestamp(unix_seconds, UTC))
+
+
+def read_envelope(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The protected header and payload of a compact JWS, NOT verified (for inspection only:
+    `edge-agent outbox peek`). Raises ValueError for text that is not a compact JWS."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a compact JWS (three dot-separated parts)")
+    try:
+        header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
+        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"not a compact JWS: {exc}") from exc
+    if not isinstance(header, dict) or not isinstance(payload, dict):
+        raise ValueError("not a compact JWS: header and payload must be JSON objects")
+    return header, payload

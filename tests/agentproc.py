@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import signal
 import time
@@ -12,8 +13,16 @@ from typing import Any
 import yaml
 
 
+def short_socket_path(config: Path) -> str:
+    """A control socket path for this config file, short enough for AF_UNIX (108 bytes)."""
+    digest = hashlib.sha1(str(config).encode(), usedforsecurity=False).hexdigest()[:12]
+    return f"/tmp/ea-{digest}/control.sock"
+
+
 def write_config(path: Path, state: Path, terminals: list[dict[str, Any]], **extra: Any) -> None:
     data = {
+        # a Unix socket path must stay under 108 bytes: pytest's tmp_path may not
+        "control": {"socket": short_socket_path(path)},
         "gateway": {"id": "gw-test"},
         "state_dir": str(state),
         "log": {"level": "info", "format": "json"},

@@ -18,7 +18,7 @@ import enum
 import inspect
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -122,6 +122,25 @@ class CheckResult:
             "since": format_timestamp(self.since),
             "checked_at": format_timestamp(self.checked_at),
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
+        """The inverse of `to_dict` (the CLI reads results from the control socket)."""
+
+        def when(text: str) -> datetime:
+            return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+        return cls(
+            id=data["id"],
+            family=data["family"],
+            status=Status(data["status"]),
+            value=data.get("value"),
+            unit=data.get("unit", ""),
+            threshold=data.get("threshold"),
+            message=data.get("message", ""),
+            since=when(data["since"]),
+            checked_at=when(data["checked_at"]),
+        )
 
 
 Probe = Callable[["AgentView", datetime], "Outcome | Awaitable[Outcome]"]

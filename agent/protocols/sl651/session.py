@@ -241,7 +241,7 @@ class Centre:
         pending_at = state.pending.get(message.function)
         if pending_at is not None:
             state.query_latency = self._clock() - pending_at
-            s.poll_seconds.append(state.query_latency)
+            s.record_latency(state.query_latency)
         if message.sent_at is not None:
             station_time = message.sent_at.replace(tzinfo=self.tz)
             state.clock_offset = (station_time - now).total_seconds()

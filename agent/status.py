@@ -1,0 +1,355 @@
+"""`edge-agent status`: the running agent at a glance, most important first.
+
+`status_dict` is the stable JSON shape (documented in README.md), built in the daemon from the
+same snapshot the checks read; `offline_status` is what can be read from disk when the agent
+does not run (the last health report it saved, the outbox's depth); `status_view` renders
+either for people. Pure functions over values: no sockets, no printing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from agent.checks.framework import CheckResult, Status
+from agent.checks.health import summarise
+from agent.checks.view import AgentView, TerminalView
+from agent.model import format_timestamp
+from agent.signing import read_envelope
+
+SCHEMA = 1
+HEALTH_FILE = Path("state") / "health.json"
+STALE_INTERVALS = 3.0
+
+
+def _stamp(posix: float | None) -> str | None:
+    return None if posix is None else format_timestamp(datetime.fromtimestamp(posix, UTC))
+
+
+def _age(since: datetime | None, now: datetime) -> float | None:
+    return None if since is None else round(max(0.0, (now - since).total_seconds()), 1)
+
+
+def terminal_state(t: TerminalView, now: datetime) -> str:
+    """waiting (nothing yet) · ok · failing (last attempt failed) · stale (no good reading for
+    3 intervals)."""
+    s = t.stats
+    if s.polls == 0 and s.failed_polls == 0:
+        return "waiting"
+    if s.consecutive_failures:
+        return "failing"
+    interval = t.interval
+    age = None if s.last_good_at is None else (now - s.last_good_at).total_seconds()
+    if age is not None and interval is not None and age > STALE_INTERVALS * interval:
+        return "stale"
+    return "ok"
+
+
+def status_dict(
+    view: AgentView, results: Sequence[CheckResult], now: datetime | None = None
+) -> dict[str, Any]:
+    """The `status --json` shape, schema 1."""
+    now = now or datetime.now(UTC)
+    u = view.uplink
+    uplink = None
+    if view.config.uplink.broker is not None and u is not None:
+        uplink = {
+            "broker": u.broker,
+            "connected": u.connected,
+            "since": _stamp(u.connected_since if u.connected else u.disconnected_since),
+            "last_ack_at": _stamp(u.last_ack_at),
+            "published": u.published,
+            "refused": u.refused,
+            "last_error": u.last_error,
+        }
+    terminals = []
+    for name, t in sorted(view.terminals.items()):
+        s = t.stats
+        p95 = s.latency_p95()
+        terminals.append(
+            {
+                "name": name,
+                "protocol": getattr(t.config, "protocol", ""),
+                "address": t.address,
+                "state": terminal_state(t, now),
+                "last_good_at": format_timestamp(s.last_good_at) if s.last_good_at else None,
+                "last_good_age": _age(s.last_good_at, now),
+                "success_ratio": None if s.success_ratio is None else round(s.success_ratio, 4),
+                "latency_p95": None if p95 is None else round(p95, 4),
+                "polls": s.polls,
+                "failed": s.failed_polls,
+                "last_error": s.last_error,
+            }
+        )
+    summary = summarise(results)
+    checks = {
+        "summary": summary,
+        "failing": [r.to_dict() for r in results if r.status is Status.FAIL],
+        "warning": [r.to_dict() for r in results if r.status is Status.WARN],
+    }
+    failing = bool(checks["failing"]) or any(t["state"] in ("failing", "stale") for t in terminals)
+    return {
+        "schema": SCHEMA,
+        "running": True,
+        "status": "failing" if failing else "ok",
+        "agent": {
+            "version": view.version,
+            "pid": os.getpid(),
+            "started_at": format_timestamp(view.started_at),
+            "uptime": _age(view.started_at, now),
+            "config": str(view.config_path) if view.config_path else None,
+            "gateway": view.config.gateway.id,
+        },
+        "update": None,  # updates arrive with their issue
+        "uplink": uplink,
+        "outbox": view.outbox.to_dict() if view.outbox is not None else None,
+        "terminals": terminals,
+        "checks": checks,
+        "diagnosis": None,  # remote-diagnosis consent arrives with its issue
+    }
+
+
+def health_path(state_dir: Path) -> Path:
+    return state_dir / HEALTH_FILE
+
+
+def outbox_depth(path: Path) -> dict[str, Any] | None:
+    """Messages waiting in an outbox database nobody has open (read-only; None if absent)."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return None
+    try:
+        rows = conn.execute(
+            "SELECT priority, count(*), sum(size), min(created_at) FROM messages GROUP BY priority"
+        ).fetchall()
+    except sqlite3.Error as exc:
+        return {"error": str(exc)}
+    finally:
+        conn.close()
+    names = {0: "events", 1: "health", 2: "telemetry"}
+    counts = {names.get(p, str(p)): n for p, n, _, _ in rows}
+    oldest = min((t for *_, t in rows if t is not None), default=None)
+    return {
+        "messages": {name: counts.get(name, 0) for name in names.values()},
+        "bytes": sum(b or 0 for _, _, b, _ in rows),
+        "oldest_age": None if oldest is None else round(datetime.now(UTC).timestamp() - oldest, 1),
+    }
+
+
+def offline_status(state_dir: Path, outbox_path: Path, config_path: Path) -> dict[str, Any]:
+    """What `status` can still say when the agent does not run."""
+    health: dict[str, Any] | None = None
+    try:
+        health = json.loads(health_path(state_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        health = None
+    return {
+        "schema": SCHEMA,
+        "running": False,
+        "status": "not running",
+        "config": str(config_path),
+        "last_health": health,
+        "outbox": outbox_depth(outbox_path),
+        "update": None,
+    }
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+STATE_STYLE = {"ok": "green", "failing": "bold red", "stale": "yellow", "waiting": "dim"}
+CHECK_STYLE = {"fail": "bold red", "warn": "yellow"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
+def _outbox_line(outbox: dict[str, Any] | None) -> Text:
+    if outbox is None:
+        return Text("outbox     none yet")
+    if "error" in outbox:
+        return Text(f"outbox     unreadable: {outbox['error']}", "red")
+    m = outbox["messages"]
+    total = sum(m.values())
+    line = Text(
+        f"outbox     {total} waiting ({m['events']} events, {m['health']} health, "
+        f"{m['telemetry']} telemetry), {outbox['bytes'] / 1024:.0f} KiB"
+    )
+    if outbox.get("oldest_age") is not None and total:
+        line.append(f", oldest {_duration(outbox['oldest_age'])}")
+    if outbox.get("evicted"):
+        line.append(f", {outbox['evicted']} evicted", "yellow")
+    if outbox.get("recovered_from"):
+        line.append(f", damaged database kept at {outbox['recovered_from']}", "red")
+    return line
+
+
+def status_view(status: dict[str, Any]) -> RenderableType:
+    """The one screen: agent, uplink, outbox, terminals, failing and warning checks."""
+    if not status.get("running"):
+        return _offline_view(status)
+    a = status["agent"]
+    parts: list[RenderableType] = []
+    state = Text("OK", "bold green") if status["status"] == "ok" else Text("FAILING", "bold red")
+    head = Text(f"edge-agent {a['version']} · gateway {a['gateway']} · ")
+    head.append(state)
+    parts.append(head)
+    parts.append(
+        Text(f"agent      running {_duration(a['uptime'])} (pid {a['pid']}) · config {a['config']}")
+    )
+    u = status["uplink"]
+    if u is None:
+        parts.append(Text("uplink     none configured (readings wait in the outbox)"))
+    else:
+        line = Text("uplink     ")
+        if u["connected"]:
+            line.append("connected", "green")
+        else:
+            line.append("down", "bold red")
+        line.append(
+            f" since {u['since'] or '-'} · {u['broker']} · last ack {u['last_ack_at'] or '-'}"
+        )
+        if u["last_error"]:
+            line.append(f" · {u['last_error']}", "red")
+        parts.append(line)
+    parts.append(_outbox_line(status["outbox"]))
+    table = Table(title="terminals", title_justify="left", expand=False)
+    for column in (
+        "name",
+        "protocol",
+        "address",
+        "state",
+        "last good",
+        "success",
+        "p95",
+        "last error",
+    ):
+        table.add_column(column)
+    for t in status["terminals"]:
+        ratio = t["success_ratio"]
+        table.add_row(
+            t["name"],
+            t["protocol"],
+            t["address"],
+            Text(t["state"], STATE_STYLE.get(t["state"], "")),
+            f"{_duration(t['last_good_age'])} ago" if t["last_good_age"] is not None else "never",
+            "-" if ratio is None else f"{ratio:.0%}",
+            "-" if t["latency_p95"] is None else f"{t['latency_p95'] * 1000:.0f} ms",
+            t["last_error"] or "",
+        )
+    parts.append(table)
+    checks = status["checks"]
+    listed = checks["failing"] + checks["warning"]
+    if listed:
+        parts.append(Text("checks"))
+        for r in listed:
+            line = Text(f"  {r['status']:<5} ", CHECK_STYLE.get(r["status"], ""))
+            line.append(f"{r['id']}: {r['message']}")
+            parts.append(line)
+    else:
+        counts = checks["summary"]["counts"]
+        parts.append(Text(f"checks     all {counts.get('ok', 0)} ok", "green"))
+    return Group(*parts)
+
+
+def _offline_view(status: dict[str, Any]) -> RenderableType:
+    parts: list[RenderableType] = [
+        Text("edge-agent is not running.", "bold red"),
+        Text("  see: systemctl status edge-agent · journalctl -u edge-agent -n 50"),
+    ]
+    health = status.get("last_health")
+    if health:
+        summary = health.get("summary", {})
+        line = Text(f"last health report {health.get('generated_at', '?')}: ")
+        line.append(str(summary.get("status", "?")), CHECK_STYLE.get(summary.get("status", ""), ""))
+        failing = summary.get("failing") or []
+        if failing:
+            line.append(f" · failing: {', '.join(failing)}")
+        parts.append(line)
+    else:
+        parts.append(Text("no health report saved yet"))
+    parts.append(_outbox_line(status.get("outbox")))
+    return Group(*parts)
+
+
+def message_summary(
+    seq: int, kind: str, priority: int, payload: str, size: int, created_at: float, now: float
+) -> dict[str, Any]:
+    """One waiting outbox message, decoded for people (`edge-agent outbox peek`)."""
+    out: dict[str, Any] = {
+        "seq": seq,
+        "kind": kind,
+        "priority": {0: "event", 1: "health", 2: "telemetry"}.get(priority, str(priority)),
+        "age": round(max(0.0, now - created_at), 1),
+        "size": size,
+    }
+    try:
+        header, body = read_envelope(payload)
+    except ValueError as exc:
+        out["error"] = str(exc)
+        return out
+    out["header"] = header
+    out["ts"] = body.get("ts")
+    out["gw"] = body.get("gw")
+    content = body.get("body")
+    if isinstance(content, dict) and isinstance(content.get("readings"), list):
+        out["readings"] = len(content["readings"])
+    return out
+
+
+def peek_outbox(path: Path, limit: int) -> list[dict[str, Any]]:
+    """The next `limit` messages of an outbox nobody has open, in sending order (read-only)."""
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    try:
+        rows = conn.execute(
+            "SELECT seq, kind, priority, payload, size, created_at FROM messages "
+            "ORDER BY priority, seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+    finally:
+        conn.close()
+    now = datetime.now(UTC).timestamp()
+    return [
+        message_summary(seq, kind, priority, payload, size, created, now)
+        for seq, kind, priority, payload, size, created in rows
+    ]
+
+
+def outbox_peek_table(messages: Sequence[dict[str, Any]]) -> Table:
+    table = Table(title="next messages to send", title_justify="left")
+    for column in ("seq", "kind", "age", "size", "readings", "kid", "ts"):
+        table.add_column(column)
+    for m in messages:
+        table.add_row(
+            str(m["seq"]),
+            m["kind"],
+            _duration(m["age"]),
+            f"{m['size']} B",
+            str(m.get("readings", "")),
+            str(m.get("header", {}).get("kid", m.get("error", "")))[:16],
+            str(m.get("ts") or ""),
+        )
+    return table

@@ -1,0 +1,257 @@
+"""Local troubleshooting: `edge-agent status`, the control socket, `outbox`, and metrics,
+against the agent as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import stat
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
+
+from agent.control import ControlError, request
+from agent.sim.modbus_device import SimulatedModbusDevice
+from agent.status import status_view
+from tests.agentproc import Agent, short_socket_path, write_config
+from tests.broker import free_port
+from tests.conftest import PYTHON, ROOT, tcp_terminal
+
+Device = tuple[SimulatedModbusDevice, int]
+
+
+async def edge_agent(*args: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        PYTHON, "-m", "agent", *args, cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def site_config(tmp_path: Path, port: int, **extra: Any) -> Path:
+    config = tmp_path / "config.yaml"
+    write_config(
+        config,
+        tmp_path / "state",
+        [
+            tcp_terminal(port, [{"name": "level", "address": 0}], name="live", period="200ms"),
+            tcp_terminal(
+                free_port(),
+                [{"name": "level", "address": 0}],
+                name="dead",
+                period="200ms",
+                timeout="200ms",
+            ),
+        ],
+        uplink={"broker": f"mqtt://127.0.0.1:{free_port()}", "backoff_min": "200ms"},
+        checks={"terminals": {"interval": "500ms"}},
+        **extra,
+    )
+    return config
+
+
+async def status_json(config: Path) -> tuple[int, dict[str, Any]]:
+    code, out, err = await edge_agent("status", "--json", "--config", str(config))
+    assert out, err
+    return code, json.loads(out)
+
+
+async def test_status_json_shows_what_the_agent_is_doing(
+    tmp_path: Path, device: Device, agent_factory: Any
+) -> None:
+    _sim, port = device
+    config = site_config(tmp_path, port)
+    agent: Agent = await agent_factory(config)
+    await agent.wait_for("readings", lambda: len(agent.readings()) >= 10)
+    await asyncio.sleep(1.0)
+    code, first = await status_json(config)
+    await asyncio.sleep(1.0)
+    _, second = await status_json(config)
+    assert await agent.stop() == 0
+
+    assert code == 1  # the dead terminal is failing
+    assert first["running"] is True
+    assert first["status"] == "failing"
+    assert first["agent"]["pid"] == agent.process.pid
+    assert first["agent"]["config"] == str(config)
+    assert first["agent"]["gateway"] == "gw-test"
+    terminals = {t["name"]: t for t in first["terminals"]}
+    assert terminals["live"]["state"] == "ok"
+    assert terminals["live"]["last_good_age"] < 2
+    assert terminals["dead"]["state"] == "failing"
+    assert "connection refused" in terminals["dead"]["last_error"]
+    uplink = first["uplink"]
+    assert uplink["connected"] is False
+    assert "connection refused" in uplink["last_error"]
+    # The broker is down: the backlog grows between two looks.
+    assert second["outbox"]["messages"]["telemetry"] > first["outbox"]["messages"]["telemetry"]
+    assert first["outbox"]["oldest_age"] is not None
+
+
+def test_the_screen_for_a_known_state() -> None:
+    status = {
+        "schema": 1, "running": True, "status": "failing",
+        "agent": {"version": "0.1.0", "pid": 4242, "started_at": "2026-11-22T08:00:00.000Z",
+                  "uptime": 3725.0, "config": "/etc/edge-agent/config.yaml", "gateway": "gw-001"},
+        "update": None, "diagnosis": None,
+        "uplink": {"broker": "mqtts://broker.example:8883", "connected": False,
+                   "since": "2026-11-22T09:00:00.000Z", "last_ack_at": "2026-11-22T08:59:58.000Z",
+                   "published": 12, "refused": 0,
+                   "last_error": "cannot reach broker broker.example:8883: connection refused"},
+        "outbox": {"messages": {"events": 1, "health": 1, "telemetry": 40}, "bytes": 81920,
+                   "oldest_age": 125.0, "evicted": 0, "recovered_from": None},
+        "terminals": [
+            {"name": "dam-plc", "protocol": "modbus-tcp", "address": "10.0.0.5:502#1",
+             "state": "ok", "last_good_age": 1.0, "success_ratio": 1.0, "latency_p95": 0.012,
+             "last_error": None},
+            {"name": "pump-3", "protocol": "modbus-rtu", "address": "/dev/ttyUSB0#3",
+             "state": "failing", "last_good_age": None, "success_ratio": 0.0,
+             "latency_p95": None, "last_error": "no reply within 1s"},
+        ],
+        "checks": {"summary": {"status": "fail", "counts": {"ok": 20, "warn": 0, "fail": 1,
+                                                             "unknown": 0}},
+                   "failing": [{"id": "terminals.freshness:pump-3", "status": "fail",
+                                "message": "stale: no good reading yet"}],
+                   "warning": []},
+    }  # fmt: skip
+    console = Console(width=200, color_system=None, record=True, file=io.StringIO())
+    console.print(status_view(status))
+    text = console.export_text()
+    assert text.splitlines()[:4] == [
+        "edge-agent 0.1.0 · gateway gw-001 · FAILING",
+        "agent      running 1h02m (pid 4242) · config /etc/edge-agent/config.yaml",
+        "uplink     down since 2026-11-22T09:00:00.000Z · mqtts://broker.example:8883 · last ack "
+        "2026-11-22T08:59:58.000Z · cannot reach broker broker.example:8883: connection refused",
+        "outbox     42 waiting (1 events, 1 health, 40 telemetry), 80 KiB, oldest 2m05s",
+    ]
+    assert (
+        "│ dam-plc │ modbus-tcp │ 10.0.0.5:502#1 │ ok      │ 1s ago    │ 100%    │ 12 ms │" in text
+    )
+    assert (
+        "│ pump-3  │ modbus-rtu │ /dev/ttyUSB0#3 │ failing │ never     │ 0%      │ -     │ no reply within 1s │"
+        in text
+    )
+    assert text.splitlines()[-2:] == [
+        "checks",
+        "  fail  terminals.freshness:pump-3: stale: no good reading yet",
+    ]
+
+
+async def test_status_without_an_agent_says_so_and_shows_what_is_on_disk(
+    tmp_path: Path, device: Device, agent_factory: Any
+) -> None:
+    _sim, port = device
+    config = site_config(tmp_path, port, health={"interval": "500ms", "min_gap": "0s"})
+    agent: Agent = await agent_factory(config)
+    health = tmp_path / "state" / "state" / "health.json"
+    await agent.wait_for("a saved health report", health.exists)
+    await agent.wait_for("readings", lambda: len(agent.readings()) >= 5)
+    assert await agent.stop() == 0
+    code, out, _ = await edge_agent("status", "--config", str(config))
+    assert code == 3
+    lines = out.splitlines()
+    assert lines[0] == "edge-agent is not running."
+    assert "systemctl status edge-agent" in lines[1]
+    assert "journalctl -u edge-agent" in lines[1]
+    assert lines[2].startswith("last health report ")
+    assert lines[3].startswith("outbox     ")
+    code, status = await status_json(config)
+    assert code == 3
+    assert status["running"] is False
+    assert status["last_health"]["gateway"] == "gw-test"
+    assert status["outbox"]["messages"]["telemetry"] > 0
+
+
+async def test_the_control_socket_is_0660_and_answers_requests(
+    tmp_path: Path, device: Device, agent_factory: Any
+) -> None:
+    _sim, port = device
+    config = site_config(tmp_path, port)
+    socket = Path(short_socket_path(config))
+    agent: Agent = await agent_factory(config)
+    await agent.wait_for("socket", socket.exists)
+    try:
+        mode = socket.stat().st_mode
+        assert stat.S_ISSOCK(mode)
+        assert stat.S_IMODE(mode) == 0o660
+        poll = await request(socket, "poll", {"terminal": "live"})
+        assert poll["terminal"] == "live"
+        assert poll["readings"][0]["quality"] == "good"
+        with pytest.raises(ControlError, match="no polled terminal named 'nope'"):
+            await request(socket, "poll", {"terminal": "nope"})
+        with pytest.raises(ControlError, match="unknown command 'format-disk'"):
+            await request(socket, "format-disk")
+        assert await request(socket, "reload") == {"reloaded": True}
+        terminals = await request(socket, "terminals")
+        assert {t["name"] for t in terminals} == {"live", "dead"}
+    finally:
+        assert await agent.stop() == 0
+    assert not socket.exists()  # removed on the way out
+
+
+async def test_outbox_peek_decodes_the_waiting_envelopes(
+    tmp_path: Path, device: Device, agent_factory: Any
+) -> None:
+    _sim, port = device
+    config = site_config(tmp_path, port)
+    agent: Agent = await agent_factory(config)
+    await agent.wait_for("readings", lambda: len(agent.readings()) >= 10)
+    await asyncio.sleep(0.5)
+    code, out, _ = await edge_agent(
+        "outbox", "peek", "--limit", "3", "--json", "--config", str(config)
+    )
+    assert await agent.stop() == 0
+    assert code == 0
+    answer = json.loads(out)
+    assert answer["stats"]["messages"]["telemetry"] > 0
+    assert len(answer["messages"]) == 3
+    first = answer["messages"][0]
+    assert first["header"]["alg"] == "EdDSA"
+    assert first["gw"] == "gw-test"
+    assert {"seq", "kind", "age", "size"} <= set(first)
+    # Without the agent, the same from the database file.
+    code, out, _ = await edge_agent(
+        "outbox", "peek", "--limit", "2", "--json", "--config", str(config)
+    )
+    assert code == 0
+    assert len(json.loads(out)["messages"]) == 2
+
+
+async def test_metrics_are_scraped_and_parse_with_prometheus_client(
+    tmp_path: Path, device: Device, agent_factory: Any
+) -> None:
+    _sim, port = device
+    metrics_port = free_port()
+    config = site_config(tmp_path, port, metrics={"listen": f"127.0.0.1:{metrics_port}"})
+    agent: Agent = await agent_factory(config)
+    await agent.wait_for("readings", lambda: len(agent.readings()) >= 10)
+    await asyncio.sleep(1.0)
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    text = await asyncio.to_thread(scrape)
+    assert await agent.stop() == 0
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in families.values()
+        for s in f.samples
+    }
+    assert samples[("edge_agent_readings_total", (("quality", "good"), ("terminal", "live")))] >= 10
+    assert samples[("edge_agent_readings_total", (("quality", "bad"), ("terminal", "dead")))] >= 1
+    assert samples[("edge_agent_terminal_up", (("terminal", "live"),))] == 1
+    assert samples[("edge_agent_terminal_up", (("terminal", "dead"),))] == 0
+    assert samples[("edge_agent_uplink_connected", ())] == 0
+    assert samples[("edge_agent_outbox_messages", (("priority", "telemetry"),))] > 0
+    assert families["edge_agent_poll_duration_seconds"].type == "histogram"
+    assert samples[("edge_agent_poll_duration_seconds_count", (("terminal", "live"),))] >= 10
+    assert any(name == "edge_agent_check_status" for name, _ in samples)
