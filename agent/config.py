@@ -105,7 +105,7 @@ class OutboxConfig(_Frozen):
     # full: every put survives a power cut (fsync per transaction, batched);
     # normal: survives a crash of the agent, a power cut may lose the last transactions.
     synchronous: Literal["full", "normal"] = "full"
-    batch: int = Field(default=200, ge=1, le=10_000)  # readings per telemetry message at most
+    batch: int = Field(default=500, ge=1, le=10_000)  # readings per telemetry message at most
     # Readings of several polls share one message: it is stored when `batch` readings wait or
     # this long after the first of them (so a reading is durable at most this late).
     linger: Duration = 0.2

@@ -3,21 +3,22 @@
 Starts K simulated devices (pymodbus servers from `agent.sim.modbus_device`, R holding
 registers each) in separate child processes on 127.0.0.1, then the real daemon
 (`python -m agent run`) in its own child process on a generated config: K modbus-tcp terminals,
-R consecutive uint16 points each (one coalesced read per poll), period P, the JSON-lines sink
-enabled, everything else at its defaults (so the daemon also signs every poll into its outbox
-in the same temporary state_dir). The config is block YAML with every point written out. After
+R consecutive uint16 points each (one coalesced read per poll), period P, everything else at its
+defaults — readings go, signed, into the durable outbox (its budget raised so that nothing is
+evicted during the run; no broker). `--local-copy` also turns on the JSON-lines copy, to
+measure what it costs. The config is block YAML with every point written out. After
 a warmup it samples both processes at the start and end of a measurement window of S seconds
 and prints:
 
 - points/s: good readings of the polls whose slot falls in the window (see lateness), divided
-  by the window's length (the JSON-lines file is a sink on the same fan-out as the outbox: a
-  line there is a delivered reading);
+  by the window's length, counted from the telemetry messages in the outbox after the run (a
+  reading there was delivered: signed and durable);
 - agent cpu: (utime + stime) from /proc/<pid>/stat over the window, per wall second; the
   simulators' CPU is measured the same way and printed beside it;
 - agent rss: VmRSS at the end of the window and VmHWM (peak, startup included: loading a big
   config is often the peak) from /proc/<pid>/status;
 - lateness p50/p99/max: the agent keeps lateness in-process only, so it is rebuilt from the
-  file. All readings of one poll share one `observed_at`, taken when the poll starts; the
+  readings in the outbox. All readings of one poll share one `observed_at`, taken when the poll starts; the
   schedule is fixed-rate (slot n at t0 + n*P) and polls start at their slot or after it, so
   t0 mod P is taken as the phase (obs mod P) of one of the terminal's polls in the window, the
   one that gives the least mean lateness: in effect the least late poll is taken as on time,
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import ctypes
 import json
@@ -46,12 +48,14 @@ import os
 import select
 import shlex
 import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -162,13 +166,19 @@ def start_simulators(
 
 
 def write_config(
-    path: Path, state_dir: Path, ports: list[int], registers: int, period: float
+    path: Path,
+    state_dir: Path,
+    ports: list[int],
+    registers: int,
+    period: float,
+    local_copy: bool = False,
 ) -> None:
     config = {
         "gateway": {"id": "bench"},
         "state_dir": str(state_dir),
         "log": {"level": "info", "format": "json"},
-        "jsonl": {"enabled": True, "max_bytes": 1 << 40},  # no rotation during the run
+        "jsonl": {"enabled": local_copy, "max_bytes": 1 << 40},  # no rotation during the run
+        "outbox": {"max_bytes": 16 << 30},  # keep every reading of the run for the analysis
         "terminals": [
             {
                 "name": f"t{i:04d}",
@@ -231,19 +241,31 @@ def schedule_phase(times: list[float], period: float) -> float:
     return phases[costs.index(min(costs))]
 
 
-def analyse(jsonl: Path, terminals: int, period: float, begin: float, end: float) -> Polls:
-    """Polls and lateness per terminal from the readings file (see the module docstring)."""
+def outbox_readings(database: Path) -> Iterator[dict[str, object]]:
+    """Every reading in the telemetry messages of an outbox (payloads read, not verified)."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        for (payload,) in conn.execute("SELECT payload FROM messages WHERE kind = 'telemetry'"):
+            middle = payload.split(".")[1]
+            envelope = json.loads(base64.urlsafe_b64decode(middle + "=" * (-len(middle) % 4)))
+            yield from envelope["body"]["readings"]
+    finally:
+        conn.close()
+
+
+def analyse(
+    readings: Iterable[dict[str, object]], terminals: int, period: float, begin: float, end: float
+) -> Polls:
+    """Polls and lateness per terminal from the readings delivered (see the module docstring)."""
     stamps: dict[str, float] = {}
     polls: dict[str, dict[float, list[int]]] = defaultdict(dict)  # terminal -> obs -> [good, bad]
-    with jsonl.open(encoding="utf-8") as f:
-        for line in f:
-            r = json.loads(line)
-            text = r["observed_at"]
-            obs = stamps.get(text)
-            if obs is None:
-                obs = stamps[text] = datetime.fromisoformat(text).timestamp()
-            counts = polls[r["terminal"]].setdefault(obs, [0, 0])
-            counts[0 if r["quality"] == "good" else 1] += 1
+    for r in readings:
+        text = str(r["observed_at"])
+        obs = stamps.get(text)
+        if obs is None:
+            obs = stamps[text] = datetime.fromisoformat(text).timestamp()
+        counts = polls[str(r["terminal"])].setdefault(obs, [0, 0])
+        counts[0 if r["quality"] == "good" else 1] += 1
     result = Polls(0, 0, 0, 0, 0, [], -math.inf)
     for by_time in polls.values():
         result.all_started = max(result.all_started, min(by_time))
@@ -320,7 +342,7 @@ def run(args: argparse.Namespace) -> None:
         sims: list[subprocess.Popen[bytes]] = []
         try:
             sims, ports = start_simulators(k, r, sim_procs)
-            write_config(config, state_dir, ports, r, p)
+            write_config(config, state_dir, ports, r, p, args.local_copy)
             launched = time.time()
             with (Path(tmp) / "agent.log").open("wb") as log:
                 agent = subprocess.Popen(
@@ -348,7 +370,7 @@ def run(args: argparse.Namespace) -> None:
             for proc in sims:
                 stop(proc)
         log_lines = (Path(tmp) / "agent.log").read_text(errors="replace").splitlines()
-        polls = analyse(state_dir / "readings.jsonl", k, p, a.wall, b.wall)
+        polls = analyse(outbox_readings(state_dir / "outbox.db"), k, p, a.wall, b.wall)
 
     window = b.wall - a.wall
     late = polls.lateness
@@ -403,6 +425,9 @@ def main() -> None:
     parser.add_argument("--period", type=float, default=1.0, help="P poll period, seconds")
     parser.add_argument("--duration", type=float, default=30.0, help="S measured seconds")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
+    parser.add_argument(
+        "--local-copy", action="store_true", help="also write the JSON-lines copy (its cost)"
+    )
     parser.add_argument(
         "--sim-processes", type=int, default=0, help="simulator processes (default: 1 per 500)"
     )

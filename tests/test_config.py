@@ -162,7 +162,7 @@ def test_a_missing_file_is_a_config_error(tmp_path: Path) -> None:
 
 def test_shipped_example_and_demo_configs_are_valid() -> None:
     example = load_config(ROOT / "config" / "example.yaml")
-    assert {t.protocol for t in example.terminals} == {"modbus-tcp", "modbus-rtu"}
+    assert {t.protocol for t in example.terminals} == {"modbus-tcp", "modbus-rtu", "sl651"}
     load_config(ROOT / "config" / "demo.yaml")
 
 

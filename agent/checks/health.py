@@ -84,9 +84,13 @@ def build_health(
         if u is not None
         else None
     )
+    by_terminal: dict[str, list[CheckResult]] = {}  # one pass: a site may have 1000 terminals
+    for r in ordered:
+        if r.family == "terminals":
+            by_terminal.setdefault(r.id.rpartition(":")[2], []).append(r)
     terminals = []
     for name, t in sorted(view.terminals.items()):
-        own = [r for r in ordered if r.family == "terminals" and r.id.endswith(f":{name}")]
+        own = by_terminal.get(name, [])
         s = t.stats
         p95 = s.latency_p95()
         terminals.append(

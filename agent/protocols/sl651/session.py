@@ -108,6 +108,7 @@ class Centre:
         self.tz = parse_offset(config.utc_offset)
         self.terminals: dict[str, Sl651Terminal] = {}
         self.stations: dict[str, StationState] = {}
+        self._on_link: dict[object, set[str]] = {}  # link -> stations last heard on it
         self.configure(terminals)
         self._synchronised = clock_synchronised
         self._clock = clock
@@ -137,6 +138,10 @@ class Centre:
             self.refused += 1
             return out
         mono = self._clock()
+        if state.link is not link:
+            if state.link is not None:
+                self._on_link.get(state.link, set()).discard(state.station)
+            self._on_link.setdefault(link, set()).add(state.station)
         state.link, state.last_frame_at, state.frames = link, mono, state.frames + 1
         terminal = self.terminals.get(state.station)
         wrong_password = (
@@ -278,8 +283,9 @@ class Centre:
         """Timers of the stations on `link`: M3 NAKs after silence, periodic queries."""
         out = Outcome()
         mono = self._clock()
-        for state in self.stations.values():
-            if state.link is not link:
+        for code in self._on_link.get(link, ()):
+            state = self.stations.get(code)
+            if state is None or state.link is not link:
                 continue
             for function, assembly in state.assemblies.items():
                 missing = self._missing(assembly)
@@ -294,8 +300,9 @@ class Centre:
         return out
 
     def link_closed(self, link: object) -> None:
-        for state in self.stations.values():
-            if state.link is link:
+        for code in self._on_link.pop(link, ()):
+            state = self.stations.get(code)
+            if state is not None and state.link is link:
                 state.link = None
                 state.pending.clear()
 
