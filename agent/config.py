@@ -30,21 +30,7 @@ from agent.durations import Duration, PositiveDuration
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
 CONFIG_ENV = "EDGE_AGENT_CONFIG"
 
-REGISTER_TYPES = (
-    "uint16",
-    "int16",
-    "uint32",
-    "int32",
-    "uint64",
-    "int64",
-    "float32",
-    "float64",
-    "string",
-    "bool",
-)
-TABLES = ("holding", "input", "coil", "discrete")
 BIT_TABLES = frozenset({"coil", "discrete"})
-WORD_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
 # Protocol limits (Modbus Application Protocol V1.1b3, 6.1-6.4): one read returns at most
 # 125 registers or 2000 bits.
 MAX_REGISTERS_PER_READ = 125

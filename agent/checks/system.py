@@ -9,8 +9,6 @@ not have (no thermal zone) is not checked at all; one that cannot be read is unk
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import os
 import shutil
@@ -24,11 +22,11 @@ from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
 from agent.checks.view import AgentView
 from agent.durations import format_duration
+from agent.timesync import clock_synchronised
 
 FAMILY = "system"
 COMMAND_TIMEOUT = 3.0
 # adjtimex(2) return value when the kernel clock is not synchronised (STA_UNSYNC).
-TIME_ERROR = 5
 # Thermal zone types that measure the CPU/SoC, preferred over the others (battery, wifi...).
 _CPU_ZONES = ("cpu", "soc", "x86_pkg", "core", "arm")
 
@@ -250,22 +248,6 @@ def _run(*command: str) -> subprocess.CompletedProcess[str] | None:
         return None
 
 
-def _kernel_unsynchronised() -> bool | None:
-    """adjtimex(2) in read-only mode: True when the kernel says its clock is not synchronised."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        buffer = ctypes.create_string_buffer(512)  # struct timex (208 bytes on 64-bit), modes=0
-        state = int(libc.adjtimex(buffer))
-    except (OSError, AttributeError):
-        return None
-    if state < 0:
-        return None
-    return state == TIME_ERROR
-
-
 def clock_sync(paths: SystemPaths) -> Outcome:
     """Whether a time service keeps the clock synchronised, asking whoever can tell."""
     if (paths.run / "systemd" / "timesync" / "synchronized").exists():
@@ -285,10 +267,10 @@ def clock_sync(paths: SystemPaths) -> Outcome:
             return Outcome(Status.OK, True, message="synchronised (timedatectl)")
         if answer == "no":
             return Outcome(Status.WARN, False, message="not synchronised (timedatectl)")
-    kernel = _kernel_unsynchronised()
-    if kernel is None:
+    synchronised = clock_synchronised()
+    if synchronised is None:
         return unknown("cannot tell whether the clock is synchronised")
-    if kernel:
+    if not synchronised:
         return Outcome(
             Status.WARN,
             False,
