@@ -301,6 +301,7 @@ class Daemon:
                 "outbox": self._outbox,
                 "poll": self._poll,
                 "reload": self._reload_request,
+                "sl651-query": self._sl651_query,
             },
             self.config.control.group,
         )
@@ -359,6 +360,23 @@ class Daemon:
             raise ControlError(f"no polled terminal named {name!r} (known: {known or 'none'})")
         readings = await poller.poll_once()
         return poll_json(name, poller.terminal.points, readings)
+
+    async def _sl651_query(self, args: Mapping[str, Any]) -> dict[str, Any]:
+        """Ask an SL651 station for specified elements (0x3A) at its next chance."""
+        if self.centre is None:
+            raise ControlError("no SL651 central station is configured")
+        elements = args.get("elements")
+        if not isinstance(elements, list) or not elements:
+            raise ControlError("elements: a list of identifiers, e.g. ['Z', 'PJ']")
+        try:
+            state = self.centre.ask_elements(
+                str(args.get("terminal", "")), [str(e) for e in elements]
+            )
+        except KeyError as exc:
+            raise ControlError(str(exc.args[0])) from None
+        except ValueError as exc:
+            raise ControlError(f"elements: {exc}") from None
+        return {"query": state}
 
     async def _reload_request(self, args: Mapping[str, Any]) -> dict[str, Any]:
         return {"reloaded": await self.reload()}

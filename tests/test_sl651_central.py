@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agent.config import Sl651Config, Sl651Terminal
+from agent.control import request
 from agent.model import Quality, Reading
 from agent.protocols.sl651 import StreamDecoder, encode, parse_frame
 from agent.protocols.sl651.body import decode_body
@@ -23,7 +24,7 @@ from agent.protocols.sl651.session import Centre
 from agent.protocols.sl651.transport import CentralStation
 from agent.sim.serial_line import VirtualSerialLine
 from agent.sim.sl651_station import SimulatedStation, StationSchedule
-from tests.agentproc import write_config
+from tests.agentproc import short_socket_path, write_config
 from tests.broker import free_port
 
 CENTER = 1
@@ -416,9 +417,37 @@ async def test_the_agent_process_takes_station_reports_into_its_outbox(
     async with running([sim], port):
         await agent.wait_for("readings", lambda: len(agent.readings()) >= 20)
         await until("confirms", lambda: any(f.function == 0x32 for f in sim.received))
+        socket = Path(short_socket_path(config))
+        answer = await request(socket, "sl651-query", {"terminal": "gauge", "elements": ["Z"]})
+        assert answer == {"query": "sending"}
+        await until("the 3A query", lambda: any(f.function == 0x3A for f in sim.received))
     assert await agent.stop() == 0
     readings = agent.readings()
     assert {r["terminal"] for r in readings} == {"gauge"}
     assert {"Z", "PJ", "VT", "ZT.battery_low"} <= {r["point"] for r in readings}
     [alarm] = agent.events("station alarm")
     assert alarm["flag"] == "battery_low"
+
+
+async def test_a_query_for_specified_elements_goes_out_and_its_answer_is_matched() -> None:
+    code = "0012345678"
+    async with central([terminal(code, "gauge")]) as site:
+        schedule = StationSchedule(keepalive=0.2, timed=600, hourly=600)
+        sim = SimulatedStation(code, CENTER, schedule=schedule)
+        with pytest.raises(KeyError, match="no SL651 terminal named 'nope'"):
+            site.centre.ask_elements("nope", ["Z"])
+        async with running([sim], site.port):
+            await until("online", lambda: site.centre.stations[code].link is not None)
+            assert site.centre.ask_elements("gauge", ["Z", "PJ"]) == "sending"
+            with pytest.raises(ValueError, match="not an element identifier"):
+                site.centre.ask_elements("gauge", ["NOPE"])
+            await until("answered", lambda: any(
+                f.function == 0x3A and f.end == Ctrl.EOT for f in sim.received
+            ))  # fmt: skip
+    [query] = [f for f in sim.received if f.function == 0x3A and f.end == Ctrl.ENQ]
+    sent_at = decode_body(query).sent_at
+    assert sent_at is not None
+    link = LinkAddress(CENTER, code, "1234")
+    assert query.raw == encode.query_elements(link, sent_at, ["Z", "PJ"])
+    assert site.centre.stations[code].query_latency is not None
+    assert any(r.point == "Z" for r in site.of("gauge"))

@@ -106,8 +106,8 @@ class SimulatedStation:
 
     def answer(self, frame: Frame) -> list[bytes]:
         """The station's reply to a downlink from the centre."""
-        if frame.function == 0x37:
-            return [self.timed_report(0x37)]
+        if frame.function in (0x37, 0x3A):  # 3A: a real station sends only what was asked
+            return [self.timed_report(frame.function)]
         if frame.function == 0x4A:
             try:
                 message = decode_body(frame)

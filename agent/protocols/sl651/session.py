@@ -34,6 +34,7 @@ from agent.protocols.sl651 import encode
 from agent.protocols.sl651.body import decode_body, decode_packets, frame_serial
 from agent.protocols.sl651.elements import STATUS_BITS
 from agent.protocols.sl651.frame import Ctrl, Frame, LinkAddress
+from agent.protocols.sl651.items import spec_for
 from agent.protocols.sl651.message import BodyError, Message, StatusElement
 from agent.protocols.sl651.readings import readings_from
 
@@ -42,6 +43,7 @@ CLOCK_SET_INTERVAL = 3600.0  # at most one clock set per station per this long
 SELF_REPORTS = frozenset({0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36})
 KEEPALIVE = 0x2F
 QUERY_REALTIME = 0x37
+QUERY_ELEMENTS = 0x3A
 SET_CLOCK = 0x4A
 ALARM_BITS = {b.name: b for b in STATUS_BITS if b.alarm}
 
@@ -79,6 +81,7 @@ class StationState:
     clock_set_at: float | None = None
     last_query_at: float | None = None
     pending: dict[int, float] = field(default_factory=dict)  # function -> monotonic sent
+    asked: list[str] = field(default_factory=list)  # elements to ask for (0x3A), when online
     assemblies: dict[int, _Assembly] = field(default_factory=dict)
     flags: dict[str, bool] = field(default_factory=dict)
     password_warned: bool = False
@@ -299,6 +302,20 @@ class Centre:
                 out.send.extend(self._requests(state, now, mono))
         return out
 
+    def ask_elements(self, terminal: str, elements: Sequence[str]) -> str:
+        """Queue a 0x3A query (specified elements) for a configured station; it goes out at the
+        next tick while the station is online, and its answer becomes readings. Raises KeyError
+        for an unknown terminal, ValueError (from the encoder's table) for unknown elements."""
+        for code, t in self.terminals.items():
+            if t.name == terminal:
+                for element in elements:
+                    spec_for(element)  # an unknown identifier raises EncodeError (a ValueError)
+                state = self.stations[code]
+                state.asked = list(elements)
+                return "waiting for the station" if state.link is None else "sending"
+        known = ", ".join(t.name for t in self.terminals.values()) or "none"
+        raise KeyError(f"no SL651 terminal named {terminal!r} (known: {known})")
+
     def link_closed(self, link: object) -> None:
         for code in self._on_link.pop(link, ()):
             state = self.stations.get(code)
@@ -325,6 +342,8 @@ class Centre:
             and (state.clock_set_at is None or mono - state.clock_set_at >= CLOCK_SET_INTERVAL)
         ):
             wants.append(SET_CLOCK)
+        if state.asked and QUERY_ELEMENTS not in state.pending:
+            wants.append(QUERY_ELEMENTS)
         if (
             terminal.query_period is not None
             and QUERY_REALTIME not in state.pending
@@ -341,6 +360,9 @@ class Centre:
             if function == SET_CLOCK:
                 state.clock_set_at = mono
                 frames.append(encode.set_clock(link, self._local(now)))
+            elif function == QUERY_ELEMENTS:
+                frames.append(encode.query_elements(link, self._local(now), state.asked))
+                state.asked = []
             else:
                 state.last_query_at = mono
                 frames.append(encode.query_realtime(link, self._local(now)))
