@@ -24,7 +24,6 @@ from agent.durations import format_duration
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_ALLOWANCE = 120.0
 STATUS_INTERVAL = 10.0  # how often the status line is refreshed without a watchdog
 STATUS_MAX = 200
 
@@ -48,9 +47,11 @@ class Progress:
         self._loops.pop(name, None)
 
     def beat(self, name: str) -> None:
-        """The loop made progress (an unregistered name gets DEFAULT_ALLOWANCE)."""
-        allowance = self._loops.get(name, (DEFAULT_ALLOWANCE, 0.0))[0]
-        self._loops[name] = (allowance, self._clock())
+        """The loop made progress. A loop nobody registered is not watched: a beat from it (SL651
+        readings pass the same sinks as polls) must not make it a loop that can stall."""
+        entry = self._loops.get(name)
+        if entry is not None:
+            self._loops[name] = (entry[0], self._clock())
 
     def ages(self, now: float | None = None) -> dict[str, float]:
         """Seconds since each loop's last beat."""

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import struct
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from agent.config import ModbusRtuTerminal
 from agent.daemon import Acquisition, serial_settings
 from agent.model import Quality
 from agent.polling import Poller
-from agent.protocols.modbus import BusLink, SerialBus
+from agent.protocols.modbus import BusLink, ModbusFailure, SerialBus
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from agent.sim.serial_line import VirtualSerialLine
 from tests.conftest import ListSink, make_config
@@ -242,3 +245,51 @@ async def test_polling_over_a_socat_pty_pair(tmp_path: Path) -> None:
         await socat.wait()
     assert r.quality is Quality.GOOD
     assert r.value == -12.75
+
+
+async def test_a_late_reply_is_never_taken_for_the_next_requests_answer(
+    serial_line: VirtualSerialLine,
+) -> None:
+    """RTU frames carry no transaction id: after a timeout, a late reply must be thrown away,
+    not handed to the next request (same unit, same count: indistinguishable)."""
+    delays = [0.35, 0.0, 0.0]  # the first reply comes after its request's timeout
+    fd = os.open(serial_line.b_path, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    loop = asyncio.get_running_loop()
+    pending = bytearray()
+    busy_until = [0.0]  # a device answers one request after the other
+
+    def reply(request: bytes) -> None:
+        unit, function, address, count = struct.unpack(">BBHH", request[:6])
+        body = bytes([unit, function, 2 * count]) + b"".join(
+            struct.pack(">H", address + i) for i in range(count)
+        )
+        crc = 0xFFFF
+        for byte in body:
+            crc ^= byte
+            for _ in range(8):
+                crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        os.write(fd, body + struct.pack("<H", crc))
+
+    def readable() -> None:
+        pending.extend(os.read(fd, 256))
+        while len(pending) >= 8:
+            request = bytes(pending[:8])
+            del pending[:8]
+            at = max(loop.time(), busy_until[0]) + (delays.pop(0) if delays else 0.0)
+            busy_until[0] = at
+            loop.call_at(at, reply, request)
+
+    loop.add_reader(fd, readable)
+    config = make_config([rtu(serial_line.a_path, 1, [{"name": "x", "address": 0}])])
+    [t] = config.terminals
+    assert isinstance(t, ModbusRtuTerminal)
+    bus = SerialBus(serial_settings(t))
+    try:
+        with pytest.raises(ModbusFailure, match=r"no reply within 0\.2s"):
+            await bus.read(1, "holding", 0, 2, 0.2)
+        assert list(await bus.read(1, "holding", 100, 2, 0.5)) == [100, 101]
+        assert list(await bus.read(1, "holding", 200, 2, 0.5)) == [200, 201]
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+        await bus.close()

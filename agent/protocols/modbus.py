@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import termios
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ EXCEPTION_MEANINGS = {
     11: "gateway target failed to respond (the device behind the gateway did not answer)",
 }
 RETRYABLE_EXCEPTIONS = frozenset({5, 6, 11})
+LATE_REPLY_GUARD = 0.5  # seconds a serial line is given for a late reply after a timeout
 
 # pymodbus logs every failed request itself; the agent reports failures once, at its own level.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
@@ -308,7 +310,30 @@ class SerialBus:
                     client, request.unit, request.table, request.address, request.count
                 )
         except TimeoutError:
+            await self._discard_late_reply(request.timeout)
             raise ModbusFailure("timeout", f"no reply within {request.timeout:g}s") from None
+
+    async def _discard_late_reply(self, timeout: float) -> None:
+        """After a timeout, let a late reply arrive and throw it away.
+
+        RTU frames carry no transaction id and pymodbus matches a reply by unit id only: a late
+        reply to this request would be taken for the next one's (wrong values on another
+        point). So the port is closed, the line given up to LATE_REPLY_GUARD to finish, and the
+        tty's input queue flushed before the bus goes on.
+        """
+        self._reset()
+        await asyncio.sleep(min(timeout, LATE_REPLY_GUARD))
+        with contextlib.suppress(OSError):
+            fd = os.open(self.settings.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+            try:
+                termios.tcflush(fd, termios.TCIFLUSH)
+            finally:
+                os.close(fd)
+
+    def _reset(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     async def _opened(self) -> AsyncModbusSerialClient:
         if self._client is not None and self._client.connected:
@@ -354,9 +379,7 @@ class SerialBus:
                     )
             queue.clear()
         self._turns.clear()
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        self._reset()
 
 
 class BusLink:
