@@ -134,6 +134,8 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.checks.view import LogCounter
     from agent.daemon import Daemon
+    from agent.outbox import OutboxError
+    from agent.signing import KeyStoreError
 
     path = args.config or default_config_path()
     config = _load_config(path)
@@ -141,7 +143,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     counter = LogCounter()
     configure_logging(config.log.level, config.log.format, counter=counter)
-    asyncio.run(Daemon(config, path, log_counter=counter).run())
+    try:
+        asyncio.run(Daemon(config, path, log_counter=counter).run())
+    except (OSError, OutboxError, KeyStoreError) as exc:
+        # The agent cannot start here (a port in use, another agent on this state_dir, a key
+        # others can read): one line saying why; systemd logs it and tries again.
+        return _fail(f"cannot start: {exc}")
     return EXIT_OK
 
 

@@ -469,6 +469,20 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     return config.model_copy(update=updates) if updates else config
 
 
+NAME_HINT = (
+    "a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit)"
+)
+PATTERN_HINTS = {
+    "id": NAME_HINT,
+    "name": NAME_HINT,
+    "broker": "a broker URL: mqtt://host:1883 or mqtts://host:8883",
+    "station": "a station address: 10 hex digits (5 bytes), e.g. 0012345678",
+    "password": "an SL651 password: 4 hex digits, e.g. 1234",
+    "utc_offset": "a UTC offset: +HH:MM or -HH:MM, e.g. +08:00",
+    "listen": "host:port, e.g. 127.0.0.1:9108",
+}
+
+
 def _key_path(loc: Sequence[int | str]) -> str:
     out = ""
     for i, part in enumerate(loc):
@@ -508,7 +522,7 @@ def _describe(err: Any) -> str:
     elif kind == "value_error":
         problem = str(err["ctx"]["error"])
     elif kind == "string_pattern_mismatch":
-        problem = f"{value!r} is not allowed: use letters, digits, '.', '_' or '-' (max 64)"
+        problem = f"{value!r} is not {PATTERN_HINTS.get(field, 'in the expected form')}"
     else:
         problem = f"{err['msg']} (got {value!r})" if value is not None else err["msg"]
     return f"{key}: {problem}" if key else problem

@@ -25,7 +25,7 @@ log = structlog.get_logger(__name__)
 
 VERSION = 1
 MAX_REQUEST = 64 * 1024
-REQUEST_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 30.0  # above checks.timeout: `check` runs every check now through here
 SOCKET_MODE = 0o660
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[Any]]

@@ -47,7 +47,7 @@ from agent.control import ControlError, ControlServer
 from agent.inspection import Inspection
 from agent.metrics import MetricsServer, ReadingCounter, Snapshot
 from agent.model import Reading
-from agent.outbox import AsyncOutbox, Outbox, Priority
+from agent.outbox import AsyncOutbox, Outbox
 from agent.polling import ModbusTerminal, Poller
 from agent.protocols.modbus import (
     BusLink,
@@ -62,7 +62,7 @@ from agent.protocols.sl651.transport import CentralStation
 from agent.render import poll_json
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
-from agent.sinks import FanOut, JsonlSink, OutboxSink, ReadingSink
+from agent.sinks import EventQueue, FanOut, JsonlSink, OutboxSink, ReadingSink
 from agent.status import message_summary, status_dict
 from agent.timesync import clock_synchronised
 from agent.uplink import Uplink
@@ -136,13 +136,15 @@ class Acquisition:
             if name not in self.pollers:
                 poller = Poller(terminal, self.link_for(terminal), self.sink)
                 self.pollers[name] = poller
-                self._tasks[name] = asyncio.create_task(poller.run(), name=f"poll {name}")
+                task = asyncio.create_task(poller.run(), name=f"poll {name}")
+                task.add_done_callback(_report_crash)
+                self._tasks[name] = task
 
     async def _stop(self, name: str) -> None:
         poller = self.pollers.pop(name)
         task = self._tasks.pop(name)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        with contextlib.suppress(BaseException):  # a crash was logged when it happened
             await task
         await poller.link.close()
 
@@ -152,6 +154,12 @@ class Acquisition:
         for bus in self.buses.values():
             await bus.close()
         self.buses.clear()
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    """A poller's loop ends only by cancellation; anything else is a defect worth a loud line."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("poller stopped by an error", task=task.get_name(), error=repr(task.exception()))
 
 
 class _ConfigFileHandler(FileSystemEventHandler):
@@ -203,7 +211,7 @@ class Daemon:
         self.metrics: MetricsServer | None = None
         self.reading_counter = ReadingCounter()
         self.central: CentralStation | None = None
-        self._event_tasks: set[asyncio.Task[list[int]]] = set()
+        self.events: EventQueue | None = None
         self._config_bytes: bytes | None = None  # the file's content when the config was read
         self.config_path = config_path.resolve()
         self.stop_requested = asyncio.Event()
@@ -243,7 +251,8 @@ class Daemon:
                 on_stored=self.uplink.wake if self.uplink else None,
             )
             self.restarts = await asyncio.to_thread(record_start, self.config.state_dir)
-            self.inspection = Inspection(self.config, self.outbox, self.snapshot)
+            self.events = EventQueue(self.outbox)
+            self.inspection = Inspection(self.config, self.outbox, self.events, self.snapshot)
             await self.inspection.start(polling_allowance(self.config.modbus_terminals))
             if self.uplink is not None:
                 self.inspection.progress.register("uplink", uplink_allowance(self.config))
@@ -395,15 +404,10 @@ class Daemon:
 
     def _store_events(self, events: list[dict[str, Any]]) -> None:
         """Alarms from the field (station status words) into the outbox, at EVENT priority."""
-        if self.outbox is None:
-            return
         for event in events:
             log.warning("station alarm", **{k: event[k] for k in ("terminal", "flag", "action")})
-        task = asyncio.create_task(
-            self.outbox.put_many([("event", e, Priority.EVENT) for e in events])
-        )
-        self._event_tasks.add(task)
-        task.add_done_callback(self._event_tasks.discard)
+        if self.events is not None:
+            self.events.submit(events)
 
     async def _start_outbox(self) -> None:
         state_dir = self.config.state_dir
@@ -470,8 +474,8 @@ class Daemon:
             await self.central.stop()
         if self.acquisition is not None:
             await self.acquisition.close()
-        if self._event_tasks:
-            await asyncio.gather(*self._event_tasks, return_exceptions=True)
+        if self.events is not None:
+            await self.events.flush()
         if self.outbox_sink is not None:
             await self.outbox_sink.flush()
         if self.inspection is not None:
@@ -538,6 +542,7 @@ class Daemon:
             self.centre.configure(self.config.sl651_terminals)
         if self.inspection is not None:
             await self.inspection.reload(self.config)
+            self.inspection.set_polling_allowance(polling_allowance(self.config.modbus_terminals))
         self.reloads += 1
         log.info("config reloaded", terminals=len(new.terminals))
         return True

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -33,7 +34,7 @@ from agent.checks.view import AgentView
 from agent.config import Config
 from agent.durations import parse_duration
 from agent.outbox import AsyncOutbox, OutboxError, Priority
-from agent.sinks import ReadingSink
+from agent.sinks import EventQueue, ReadingSink
 from agent.status import health_path
 from agent.watchdog import BeatSink, Progress, run_watchdog, status_line
 
@@ -46,10 +47,13 @@ CHECKS_ALLOWANCE = 600.0  # the check loop beats at least every round; rounds ar
 class Inspection:
     """Owns the check runner, alarm tracker, health schedule and history of a running agent."""
 
-    def __init__(self, config: Config, outbox: AsyncOutbox, view: ViewSource) -> None:
+    def __init__(
+        self, config: Config, outbox: AsyncOutbox, events: EventQueue, view: ViewSource
+    ) -> None:
         self.config = config
         self.settings: ChecksConfig = config.checks
         self.outbox = outbox
+        self.events = events
         self._view = view
         self.monitor: DataMonitor = data_monitor(config, self.settings)
         self.runner = CheckRunner(build_checks(config, self.settings, monitor=self.monitor))
@@ -78,8 +82,7 @@ class Inspection:
             self.history.set_meta("gateway", self.config.gateway.id)
             self.history.set_terminals(terminal_plans(self.config))
             self.history.record_start()
-        if polling_allowance is not None:
-            self.progress.register("polling", polling_allowance)
+        self.set_polling_allowance(polling_allowance)
         self.progress.register("checks", CHECKS_ALLOWANCE)
         self._tasks = [
             asyncio.create_task(
@@ -87,6 +90,15 @@ class Inspection:
             ),
             asyncio.create_task(run_watchdog(self.progress, status=self._status), name="watchdog"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(_report_crash)
+
+    def set_polling_allowance(self, allowance: float | None) -> None:
+        """Watch the pollers with this allowance, or not at all (no polled terminal)."""
+        if allowance is None:
+            self.progress.unregister("polling")
+        else:
+            self.progress.register("polling", allowance)
 
     async def _beating_view(self) -> AgentView:
         self.progress.beat("checks")
@@ -110,10 +122,18 @@ class Inspection:
         )
 
     async def _on_round(self, done: Round) -> None:
-        events = self.alarms.update(done.results)
+        """One round's alarms, history and health; a failure here (a full disk, say) is
+        logged and the next round tries again — the check loop must outlive it."""
+        try:
+            await self._handle(done)
+        except (OSError, OutboxError, sqlite3.Error, ValueError) as exc:
+            log.error("could not record a round of checks", error=f"{type(exc).__name__}: {exc}")
+
+    async def _handle(self, done: Round) -> None:
+        events = await asyncio.to_thread(self.alarms.update, done.results)  # saves its state
         for event in events:
             log.warning("alarm", check=event.get("check"), status=event.get("status"))
-        await self._store([("event", e, Priority.EVENT) for e in events])
+        self.events.submit(events)
         if self.history is not None:
             self.history.record_results(done.results, done.changed)
             self.history.record_alarms(events)
@@ -152,7 +172,7 @@ class Inspection:
         self.config = config
         self.runner.replace(build_checks(config, self.settings, monitor=self.monitor))
         cleared = self.alarms.retire([c.id for c in self.runner.checks])
-        await self._store([("event", e, Priority.EVENT) for e in cleared])
+        self.events.submit(cleared)
         if self.history is not None:
             self.history.set_terminals(terminal_plans(config))
 
@@ -160,12 +180,24 @@ class Inspection:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(BaseException):  # a crash was logged when it happened
                 await task
         self.runner.close()
         if self.history is not None:
-            await asyncio.to_thread(self.history.flush)
+            try:
+                await asyncio.to_thread(self.history.flush)
+            except (OSError, sqlite3.Error) as exc:
+                log.error("history not saved on the way out", error=str(exc))
             await asyncio.to_thread(self.history.close)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "inspection loop stopped by an error",
+            task=task.get_name(),
+            error=repr(task.exception()),
+        )
 
 
 def report_since(text: str, now: datetime | None = None) -> datetime:

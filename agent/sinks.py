@@ -9,8 +9,10 @@ file is an optional local copy, bounded by size, rotating to `<path>.1`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +25,7 @@ from agent.outbox import AsyncOutbox, OutboxCorruptError, OutboxError, Priority
 
 log = structlog.get_logger(__name__)
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per reading
+SINK_LOG_INTERVAL = 60.0
 
 
 class ReadingSink(Protocol):
@@ -93,14 +96,32 @@ class LatestValues:
 
 
 class FanOut:
-    """Hands every batch to several sinks in turn."""
+    """Hands every batch to several sinks in turn.
+
+    The boundary where a sink's failure stops: a local copy on a full disk, say, must not take
+    the pollers or the other sinks down with it. Each failing sink is logged once per minute.
+    """
 
     def __init__(self, sinks: Sequence[ReadingSink]) -> None:
         self.sinks = list(sinks)
+        self.failures = 0
+        self._logged_at: dict[int, float] = {}
 
     def submit(self, readings: Sequence[Reading]) -> None:
         for sink in self.sinks:
-            sink.submit(readings)
+            try:
+                sink.submit(readings)
+            except Exception as exc:  # noqa: BLE001 -- any sink, any failure: see the docstring
+                self.failures += 1
+                now = time.monotonic()
+                if now - self._logged_at.get(id(sink), -SINK_LOG_INTERVAL) >= SINK_LOG_INTERVAL:
+                    self._logged_at[id(sink)] = now
+                    log.error(
+                        "a reading sink failed",
+                        sink=type(sink).__name__,
+                        error=f"{type(exc).__name__}: {exc}",
+                        failures=self.failures,
+                    )
 
 
 class OutboxSink:
@@ -188,3 +209,53 @@ class OutboxSink:
         self._send()
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class EventQueue:
+    """Alarm and station events into the outbox at EVENT priority, never dropped on a failure.
+
+    `submit` returns at once; a writer task stores what waits. A put that fails (a full or
+    failing disk) keeps the events and tries again after `retry` seconds; at most `max_kept`
+    events wait in memory (the oldest go first beyond that, counted and logged).
+    """
+
+    def __init__(self, outbox: AsyncOutbox, retry: float = 5.0, max_kept: int = 10_000) -> None:
+        self.outbox = outbox
+        self.retry = retry
+        self.max_kept = max_kept
+        self.dropped = 0
+        self._waiting: list[dict[str, Any]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    def submit(self, events: Sequence[dict[str, Any]]) -> None:
+        if not events:
+            return
+        self._waiting.extend(events)
+        overflow = len(self._waiting) - self.max_kept
+        if overflow > 0:
+            del self._waiting[:overflow]
+            self.dropped += overflow
+            log.error("events could not be stored and were dropped", count=overflow)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(), name="event writer")
+
+    async def _write(self) -> None:
+        while self._waiting:
+            batch = list(self._waiting)
+            try:
+                await self.outbox.put_many([("event", e, Priority.EVENT) for e in batch])
+            except (OutboxError, OSError, sqlite3.Error, ValueError) as exc:
+                log.error("events not stored yet; retrying", count=len(batch), error=str(exc))
+                await asyncio.sleep(self.retry)
+                continue
+            del self._waiting[: len(batch)]
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def flush(self) -> None:
+        """Give the writer its chance to store what waits (used on the way out)."""
+        if self._writer is not None and not self._writer.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 
 TIME_ERROR = 5
 STA_UNSYNC = 0x0040
@@ -45,18 +46,38 @@ class _Timex(ctypes.Structure):
     )
 
 
-def clock_synchronised() -> bool | None:
-    """True when a time daemon keeps the clock in sync, False when not, None when unknown."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+CACHE_SECONDS = 60.0
+_libc: ctypes.CDLL | None = None
+_cached: tuple[float, bool | None] | None = None
+
+
+def _adjtimex() -> bool | None:
+    global _libc
+    if _libc is None:
+        name = ctypes.util.find_library("c")
+        if name is None:
+            return None
+        try:
+            _libc = ctypes.CDLL(name, use_errno=True)
+        except OSError:
+            return None
     try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        adjtimex = libc.adjtimex
-    except (OSError, AttributeError):
+        adjtimex = _libc.adjtimex
+    except AttributeError:
         return None
     timex = _Timex()  # modes = 0: read only
     state = adjtimex(ctypes.byref(timex))
     if state < 0:
         return None
-    return state != TIME_ERROR and not timex.status & STA_UNSYNC
+    return bool(state != TIME_ERROR and not timex.status & STA_UNSYNC)
+
+
+def clock_synchronised() -> bool | None:
+    """True when a time daemon keeps the clock in sync, False when not, None when unknown.
+
+    Asked at most once a minute (callers may ask on every frame)."""
+    global _cached
+    now = time.monotonic()
+    if _cached is None or now - _cached[0] >= CACHE_SECONDS:
+        _cached = (now, _adjtimex())
+    return _cached[1]

@@ -307,7 +307,11 @@ class Uplink:
                         inflight[task] = message
                 if wakeup.done():
                     wakeup = asyncio.create_task(self._wakeup.wait())
-                waiting: set[asyncio.Task[Any]] = {wakeup, *inflight}
+                waiting: set[asyncio.Task[Any]] = set(inflight)
+                if len(inflight) < self.config.inflight:
+                    # With the window full only a PUBACK can make room: new messages must not
+                    # wake the loop to find none (that spun at 100 % CPU on a slow link).
+                    waiting.add(wakeup)
                 timeout = 1.0 if self._held else self.config.keepalive
                 done, _ = await asyncio.wait(
                     waiting, timeout=timeout, return_when="FIRST_COMPLETED"

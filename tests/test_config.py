@@ -182,3 +182,21 @@ def test_config_validate_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     path.write_text(GOOD)
     assert main(["config", "validate", str(path)]) == 0
     assert "ok (2 terminals, 2 points)" in capsys.readouterr().out
+
+
+def test_each_format_error_says_which_format_is_expected() -> None:
+    errors = errors_of(
+        'gateway: {id: "gw 1"}\n'
+        'uplink: {broker: "tcp://x"}\n'
+        'sl651: {utc_offset: "+8"}\n'
+        'terminals: [{name: g, protocol: sl651, station: "12345678", password: "12"}]\n'
+    )
+    assert sorted(errors) == [
+        "gateway.id: 'gw 1' is not a name of letters, digits, '.', '_' or '-' (at most 64, "
+        "starting with a letter or digit)",
+        "sl651.utc_offset: '+8' is not a UTC offset: +HH:MM or -HH:MM, e.g. +08:00",
+        "terminals[0].password: '12' is not an SL651 password: 4 hex digits, e.g. 1234",
+        "terminals[0].station: '12345678' is not a station address: 10 hex digits (5 bytes), "
+        "e.g. 0012345678",
+        "uplink.broker: 'tcp://x' is not a broker URL: mqtt://host:1883 or mqtts://host:8883",
+    ]

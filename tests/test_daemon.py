@@ -171,3 +171,23 @@ async def test_reading_the_config_file_does_not_start_a_reload(
     config.write_text(config.read_text() + "\n# a comment\n")  # a write is a change
     await agent.wait_for("reload", lambda: agent.events("config reload requested"))
     assert await agent.stop() == 0
+
+
+async def test_an_agent_that_cannot_start_says_why_in_one_line(tmp_path: Path) -> None:
+    import socket as sockets
+
+    with sockets.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.yaml"
+        write_config(config, tmp_path / "state", [], sl651={"listen": [f"127.0.0.1:{port}"]})
+        process = await asyncio.create_subprocess_exec(
+            PYTHON, "-m", "agent", "run", "--config", str(config),
+            cwd=ROOT, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    last = err.decode().strip().splitlines()[-1]
+    assert last.startswith(f"edge-agent: cannot start: SL651 cannot listen on 127.0.0.1:{port}")
+    assert "Traceback" not in err.decode()

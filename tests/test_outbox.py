@@ -550,3 +550,24 @@ def test_recover_while_open_sets_a_damaged_file_aside_and_seq_goes_on(
         assert box.put("event", {"after": "recovery"}, Priority.EVENT) > last
     finally:
         box.close()
+
+
+async def test_events_that_cannot_be_stored_wait_and_are_stored_once_the_outbox_is_back(
+    db: Path, key: DeviceKey
+) -> None:
+    from agent.sinks import EventQueue
+
+    box = Outbox(db, key, "gw-1", synchronous="normal")
+    box.open()
+    box.close()  # the outbox fails every put: "not open"
+    events = EventQueue(AsyncOutbox(box), retry=0.1)
+    events.submit([{"type": "alarm", "n": 1}, {"type": "alarm", "n": 2}])
+    await asyncio.sleep(0.3)
+    assert events.waiting == 2  # kept, not dropped
+    box.open()
+    try:
+        await asyncio.wait_for(events.flush(), 5)
+        assert events.waiting == 0
+        assert [m.kind for m in box.pending(10)] == ["event", "event"]
+    finally:
+        box.close()

@@ -40,6 +40,8 @@ from agent.protocols.sl651.readings import readings_from
 
 CLOCK_TOLERANCE = 300.0  # seconds a station clock may be off before it is set (NOTES §10, 4A)
 CLOCK_SET_INTERVAL = 3600.0  # at most one clock set per station per this long
+MAX_NAKS = 3  # a station resends a packet at most twice (NOTES §6.1); then the transfer is dropped
+RESPONSE_TIMEOUT = 60.0  # a query without an answer this long is given up (and asked again later)
 SELF_REPORTS = frozenset({0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x36})
 KEEPALIVE = 0x2F
 QUERY_REALTIME = 0x37
@@ -64,6 +66,8 @@ class _Assembly:
     packets: dict[int, Frame] = field(default_factory=dict)
     last_at: float = 0.0
     nak_sent: int | None = None
+    naks: int = 0  # NAKs sent without the packet coming (given up after MAX_NAKS)
+    ended: bool = False  # the last packet (ETX) of this transfer has arrived
 
 
 @dataclass
@@ -190,16 +194,19 @@ class Centre:
         assert frame.packet is not None
         total, seq = frame.packet
         assembly = state.assemblies.get(frame.function)
-        if assembly is None or assembly.total != total:
+        if assembly is None or assembly.total != total or seq == 1:
+            # Packet 1 always starts a transfer: packets of an abandoned one must not complete it.
             assembly = state.assemblies[frame.function] = _Assembly(total)
         assembly.packets[seq] = frame
         assembly.last_at = mono
+        if seq == total or frame.end == Ctrl.ETX:
+            assembly.ended = True
         if seq == assembly.nak_sent:
-            assembly.nak_sent = None
+            assembly.nak_sent, assembly.naks = None, 0
         missing = self._missing(assembly)
-        if missing:
+        if missing or not assembly.ended:
             # The last packet came (or a resent one), and some are still missing: ask for one.
-            if (seq == total or frame.end == Ctrl.ETX) and assembly.nak_sent is None:
+            if missing and assembly.ended and assembly.nak_sent is None:
                 out.send.append(self._nak(state, frame.function, assembly, missing[0], now))
             return out
         del state.assemblies[frame.function]
@@ -230,6 +237,7 @@ class Centre:
         self, state: StationState, function: int, assembly: _Assembly, seq: int, now: datetime
     ) -> bytes:
         assembly.nak_sent = seq
+        assembly.naks += 1
         first = assembly.packets.get(1)
         serial = frame_serial(first) if first is not None else 0
         link = LinkAddress(self.config.center, state.station, self._password(state))
@@ -290,17 +298,34 @@ class Centre:
             state = self.stations.get(code)
             if state is None or state.link is not link:
                 continue
-            for function, assembly in state.assemblies.items():
+            self._expire(state, mono)
+            for function, assembly in list(state.assemblies.items()):
                 missing = self._missing(assembly)
                 quiet = mono - assembly.last_at >= self.config.packet_timeout
-                if missing and quiet and assembly.nak_sent is None:
-                    out.send.append(self._nak(state, function, assembly, missing[0], now))
-                    assembly.last_at = mono
-                elif missing and quiet:
-                    assembly.nak_sent = None  # the NAK went unanswered: ask again next time
+                if not (missing and quiet):
+                    continue
+                if assembly.naks >= MAX_NAKS:
+                    del state.assemblies[function]
+                    state.last_error = (
+                        f"function 0x{function:02X}: packet {missing[0]} of {assembly.total} "
+                        f"never came after {assembly.naks} NAKs; transfer dropped"
+                    )
+                    state.stats.failed_polls += 1
+                    continue
+                out.send.append(self._nak(state, function, assembly, missing[0], now))
+                assembly.last_at = mono
             if state.last_frame_at is not None and self._online(state, mono):
                 out.send.extend(self._requests(state, now, mono))
         return out
+
+    def _expire(self, state: StationState, mono: float) -> None:
+        """Queries without an answer for RESPONSE_TIMEOUT are given up (asked again when due)."""
+        for function, sent in list(state.pending.items()):
+            if mono - sent >= RESPONSE_TIMEOUT:
+                del state.pending[function]
+                state.stats.failed_polls += 1
+                state.stats.outcomes.append(False)
+                state.last_error = f"no answer to 0x{function:02X} within {RESPONSE_TIMEOUT:g}s"
 
     def ask_elements(self, terminal: str, elements: Sequence[str]) -> str:
         """Queue a 0x3A query (specified elements) for a configured station; it goes out at the
@@ -319,9 +344,14 @@ class Centre:
     def link_closed(self, link: object) -> None:
         for code in self._on_link.pop(link, ()):
             state = self.stations.get(code)
-            if state is not None and state.link is link:
-                state.link = None
-                state.pending.clear()
+            if state is None or state.link is not link:
+                continue
+            if not state.configured:
+                del self.stations[code]  # an unknown station leaves no state behind
+                continue
+            state.link = None
+            state.pending.clear()
+            state.assemblies.clear()  # a transfer does not survive its link
 
     def _online(self, state: StationState, mono: float) -> bool:
         """Still listening: it spoke within the 10 minutes an ESC keeps it online."""
@@ -337,9 +367,9 @@ class Centre:
             terminal.clock_sync
             and state.clock_offset is not None
             and abs(state.clock_offset) > CLOCK_TOLERANCE
-            and self._synchronised() is True
             and SET_CLOCK not in state.pending
             and (state.clock_set_at is None or mono - state.clock_set_at >= CLOCK_SET_INTERVAL)
+            and self._synchronised() is True  # last: it asks the kernel
         ):
             wants.append(SET_CLOCK)
         if state.asked and QUERY_ELEMENTS not in state.pending:

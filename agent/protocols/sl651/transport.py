@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -204,6 +205,10 @@ class CentralStation:
             except OSError as exc:
                 if not lost.done():
                     lost.set_result(exc)
+                return
+            if not data:  # a hang-up: the adapter was unplugged
+                if not lost.done():
+                    lost.set_result(OSError(errno.EIO, "serial device disconnected"))
                 return
             decoder.feed(data)
             self._drain(link, decoder)
