@@ -41,13 +41,11 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import ctypes
 import json
 import math
 import os
 import select
 import shlex
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -61,10 +59,9 @@ from datetime import datetime
 from pathlib import Path
 
 import yaml
+from procs import cpu_seconds, cpu_times, describe_tree, die_with_parent, memory_kib, stop
 
 ROOT = Path(__file__).resolve().parent.parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 TIMESTAMP_RESOLUTION = 0.001  # observed_at carries milliseconds (truncated)
 LATE = 0.1  # a poll starting later than this is counted as late (the K=200 target)
 
@@ -105,22 +102,6 @@ async def serve_devices(count: int, registers: int) -> None:
 # --- process measurement -----------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(utime, stime) of a process (all its threads), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]) / CLOCK_TICKS, int(fields[12]) / CLOCK_TICKS  # stat(5) fields 14, 15
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])
-    return out
-
-
 @dataclass
 class Sample:
     wall: float
@@ -130,8 +111,8 @@ class Sample:
 
 
 def sample(agent: subprocess.Popen[bytes], sims: list[subprocess.Popen[bytes]]) -> Sample:
-    user, system = cpu_seconds(agent.pid)
-    return Sample(time.time(), user, system, sum(sum(cpu_seconds(p.pid)) for p in sims))
+    user, system = cpu_times(agent.pid)
+    return Sample(time.time(), user, system, sum(cpu_seconds(p.pid) for p in sims))
 
 
 # --- orchestration -----------------------------------------------------------------------
@@ -150,7 +131,7 @@ def start_simulators(
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         )
     ports: list[int] = []
@@ -198,23 +179,6 @@ def write_config(
     }
     # Block-style YAML, as an operator writes it (the loader's cost depends on the style).
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the benchmark process dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 15) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @dataclass
@@ -301,31 +265,6 @@ def percentile(samples: list[float], pct: float) -> float:
     return statistics.quantiles(samples, n=1000, method="inclusive")[round(pct * 10) - 1]
 
 
-def describe_tree() -> str:
-    """Which agent code ran: the commit, and whether agent/ differs from it."""
-    agent_dir = Path(__file__).resolve().parent.parent / "agent"
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=agent_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "."],
-            cwd=agent_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return f"{agent_dir} (not a git checkout)"
-    return f"git {head}" + (
-        f" + {len(changed)} changed or new files in agent/" if changed else ", clean"
-    )
-
-
 def run(args: argparse.Namespace) -> None:
     k, r, p, s = args.devices, args.registers, args.period, args.duration
     sim_procs = args.sim_processes or max(1, math.ceil(k / 500))
@@ -351,7 +290,7 @@ def run(args: argparse.Namespace) -> None:
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=log,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent,
                 )
             time.sleep(args.warmup)
             if agent.poll() is not None:

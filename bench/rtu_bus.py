@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
+
+from procs import describe_tree
 
 from agent.config import Config, ModbusRtuTerminal
 from agent.daemon import Acquisition
@@ -78,31 +78,6 @@ def terminals(
         }
     )
     return [t for t in config.terminals if isinstance(t, ModbusRtuTerminal)]
-
-
-def describe_tree() -> str:
-    """Which agent code ran: the commit, and whether agent/ differs from it."""
-    agent_dir = Path(__file__).resolve().parent.parent / "agent"
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=agent_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "."],
-            cwd=agent_dir,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return f"{agent_dir} (not a git checkout)"
-    return f"git {head}" + (
-        f" + {len(changed)} changed or new files in agent/" if changed else ", clean"
-    )
 
 
 async def run(args: argparse.Namespace) -> None:

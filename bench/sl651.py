@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import math
 import os
@@ -59,11 +58,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from procs import cpu_seconds, describe_tree, die_with_parent, memory_kib, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 DECODE_BENCH = Path(__file__).resolve().parent / "sl651_decode.py"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 HOST = "127.0.0.1"
 GRACE = 5.0  # seconds after the window for its last confirms to arrive
 FDS_SPARE = 256  # descriptors beyond one per connection (logs, database, pipes, the loop)
@@ -263,43 +261,10 @@ async def generate(args: argparse.Namespace) -> None:
 # --- process measurement -----------------------------------------------------------------
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads), in seconds."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # stat(5) fields 14, 15
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])
-    return out
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the benchmark process dies, however it dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def spawn(command: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        command, cwd=ROOT, start_new_session=True, preexec_fn=_die_with_parent, **kwargs
+        command, cwd=ROOT, start_new_session=True, preexec_fn=die_with_parent, **kwargs
     )
-
-
-def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def read_line(proc: subprocess.Popen[bytes], deadline: float, what: str) -> dict[str, Any]:
@@ -310,30 +275,6 @@ def read_line(proc: subprocess.Popen[bytes], deadline: float, what: str) -> dict
     if not line:
         raise RuntimeError(f"{what} (pid {proc.pid}) gave no answer (exit code {proc.poll()})")
     return json.loads(line)
-
-
-def describe_tree() -> str:
-    """Which agent code ran: the commit, and whether agent/ differs from it."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        changed = subprocess.run(
-            ["git", "status", "--porcelain", "agent"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-    except (OSError, subprocess.CalledProcessError):
-        return f"{ROOT} (not a git checkout)"
-    return f"git {head}" + (
-        f" + {len(changed)} changed or new files in agent/" if changed else ", clean"
-    )
 
 
 # --- 1. decode rate ----------------------------------------------------------------------
