@@ -48,8 +48,13 @@ def outbox_line(daemon: Daemon, stats: OutboxStats | None) -> Text:
 
 
 def demo_view(
-    daemon: Daemon, latest: LatestValues, now: datetime, stats: OutboxStats | None = None
+    daemon: Daemon,
+    latest: LatestValues,
+    now: datetime,
+    stats: OutboxStats | None = None,
+    max_points: int | None = None,
 ) -> Group:
+    """The live screen; `max_points` keeps the readings table within a terminal's height."""
     acquisition = daemon.acquisition
     pollers = acquisition.pollers if acquisition else {}
     terminals = Table(title="terminals", title_justify="left")
@@ -78,7 +83,12 @@ def demo_view(
     points = Table(title="latest readings", title_justify="left")
     for column in ("terminal", "point", "value", "unit", "quality", "age"):
         points.add_column(column, justify="right" if column == "value" else "left")
-    for (terminal, point), r in sorted(latest.latest.items()):
+    shown = sorted(latest.latest.items())
+    if max_points is not None and len(shown) > max_points:
+        points.caption = f"… and {len(shown) - max_points} more points (a taller window shows them)"
+        points.caption_justify = "left"
+        shown = shown[:max_points]
+    for (terminal, point), r in shown:
         points.add_row(
             terminal,
             point,
@@ -117,7 +127,9 @@ async def run_demo(
         if console.is_terminal:
             with Live(console=console, refresh_per_second=2) as live:
                 while not agent.done() and (deadline is None or loop.time() < deadline):
-                    live.update(demo_view(daemon, latest, datetime.now(UTC), await _stats(daemon)))
+                    room = max(5, console.height - 24)  # the terminals table, titles, footer
+                    view = demo_view(daemon, latest, datetime.now(UTC), await _stats(daemon), room)
+                    live.update(view)
                     await asyncio.sleep(0.5)
         else:
             while not agent.done() and (deadline is None or loop.time() < deadline):
