@@ -40,6 +40,19 @@ def format_duration(seconds: float) -> str:
     return f"{round(seconds * 1000, 3):g}ms"
 
 
+def approximate_duration(seconds: float) -> str:
+    """A duration for people at a glance, in its two largest units: ``45s``, ``2m05s``,
+    ``1h02m``, ``3d04h``."""
+    whole = int(max(0.0, seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
 def _validate(value: Any) -> float:
     return parse_duration(value)
 

@@ -14,6 +14,7 @@ from rich.text import Text
 
 from agent.checks.framework import CheckResult, Status
 from agent.config import PointConfig
+from agent.durations import approximate_duration
 from agent.model import Quality, Reading, Value
 
 QUALITY_STYLE = {
@@ -86,14 +87,7 @@ def poll_errors(readings: Sequence[Reading]) -> list[str]:
 
 
 def age(since: datetime | None, now: datetime) -> str:
-    if since is None:
-        return "never"
-    seconds = max(0.0, (now - since).total_seconds())
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
+    return "never" if since is None else approximate_duration((now - since).total_seconds())
 
 
 STATUS_STYLE = {

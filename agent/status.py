@@ -23,6 +23,7 @@ from rich.text import Text
 from agent.checks.framework import CheckResult, Status
 from agent.checks.health import summarise
 from agent.checks.view import AgentView, TerminalView
+from agent.durations import approximate_duration
 from agent.model import format_timestamp
 from agent.signing import read_envelope
 
@@ -173,16 +174,7 @@ CHECK_STYLE = {"fail": "bold red", "warn": "yellow"}
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    if seconds < 86400:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+    return "-" if seconds is None else approximate_duration(seconds)
 
 
 def _outbox_line(outbox: dict[str, Any] | None) -> Text:
