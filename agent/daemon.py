@@ -239,7 +239,7 @@ class Daemon:
             if self.config.uplink.broker:
                 self.uplink = Uplink(
                     self.config.uplink,
-                    self.outbox.outbox,
+                    self.outbox,
                     self.config.topic_prefix,
                     self.config.client_id,
                 )
@@ -425,12 +425,7 @@ class Daemon:
             synchronous=self.config.outbox.synchronous,
         )
         self.outbox = AsyncOutbox(outbox)
-        await self.outbox.open()
-        if outbox.recovered_from is not None:
-            log.error(
-                "outbox database was damaged: set aside, started a fresh one",
-                kept_at=str(outbox.recovered_from),
-            )
+        await self.outbox.open()  # a damaged database is set aside (and logged) there
 
     async def snapshot(self) -> AgentView:
         """What the checks and the health report see of the running agent."""

@@ -40,7 +40,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
 
@@ -63,6 +63,7 @@ SCHEMA_VERSION = 1
 _KIND = re.compile(r"^[a-z][a-z0-9_-]*(?:/[a-z][a-z0-9_-]*)*$")
 
 Synchronous = Literal["full", "normal"]
+T = TypeVar("T")
 Item = tuple[str, Any, "Priority"]
 
 _SCHEMA = """
@@ -296,27 +297,28 @@ class Outbox:
 
     def close(self) -> None:
         with self._lock:
-            conn, self._conn = self._conn, None
-            if conn is not None:
-                conn.close()
-                self._warn_leftover()
+            self._close_locked()
             self._release_ownership()
+
+    def _close_locked(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+            self._warn_leftover()
 
     def recover(self) -> Path | None:
         """After an OutboxCorruptError: set the damaged database aside and start a fresh one.
 
-        Returns where the damaged file was kept (None if it turned out sound). Messages that were
+        Close and open happen under one hold of the lock (and ownership is kept), so a put from
+        another thread waits for the fresh database instead of finding none. Returns where the
+        damaged file was kept (None if it turned out sound; `_set_aside` logs it). Messages
         only in the damaged file are lost with it; seq continues past the reservation.
         """
-        self.close()
-        self.recovered_from = None
-        self.open()
-        if self.recovered_from is not None:
-            log.error(
-                "outbox database damaged while running: set aside, started a fresh one",
-                kept_at=str(self.recovered_from),
-            )
-        return self.recovered_from
+        with self._lock:
+            self._close_locked()
+            self.recovered_from = None
+            self._open_locked()
+            return self.recovered_from
 
     def __enter__(self) -> Outbox:
         self.open()
@@ -779,11 +781,20 @@ class AsyncOutbox:
     async def put(self, kind: str, body: Any, priority: Priority) -> int:
         return (await self.put_many([(kind, body, priority)]))[0]
 
+    async def _guarded(self, call: Callable[..., T], *args: Any) -> T:
+        """`call` in a worker thread; a database found damaged is recovered and `call` tried
+        once more — the one place that recovers, whoever hits the damage first."""
+        try:
+            return await asyncio.to_thread(call, *args)
+        except OutboxCorruptError:
+            await asyncio.to_thread(self.outbox.recover)
+            return await asyncio.to_thread(call, *args)
+
     async def pending(self, limit: int, exclude: Collection[int] = ()) -> list[Message]:
-        return await asyncio.to_thread(self.outbox.pending, limit, exclude)
+        return await self._guarded(self.outbox.pending, limit, exclude)
 
     async def ack(self, ids: Iterable[int]) -> int:
-        return await asyncio.to_thread(self.outbox.ack, list(ids))
+        return await self._guarded(self.outbox.ack, list(ids))
 
     async def stats(self) -> OutboxStats:
         return await asyncio.to_thread(self.outbox.stats)
@@ -825,7 +836,7 @@ class AsyncOutbox:
     async def _write_batch(self, batch: list[tuple[list[Item], asyncio.Future[list[int]]]]) -> None:
         all_items = [item for items, _ in batch for item in items]
         try:
-            seqs = await asyncio.to_thread(self.outbox.put_many, all_items)
+            seqs = await self._guarded(self.outbox.put_many, all_items)
         except (ValueError, TypeError) as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc)

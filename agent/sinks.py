@@ -21,7 +21,7 @@ from typing import IO, Any, Protocol
 import structlog
 
 from agent.model import Reading, format_timestamp
-from agent.outbox import AsyncOutbox, OutboxCorruptError, OutboxError, Priority
+from agent.outbox import AsyncOutbox, OutboxError, Priority
 
 log = structlog.get_logger(__name__)
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per reading
@@ -191,11 +191,7 @@ class OutboxSink:
 
     async def _put(self, items: list[tuple[str, Any, Priority]], count: int) -> None:
         try:
-            try:
-                await self.outbox.put_many(items)
-            except OutboxCorruptError:
-                await asyncio.to_thread(self.outbox.outbox.recover)
-                await self.outbox.put_many(items)
+            await self.outbox.put_many(items)
         except (OutboxError, OSError, sqlite3.Error, ValueError) as exc:
             self.lost += count
             log.error("readings not stored in the outbox", count=count, error=str(exc))

@@ -28,7 +28,7 @@ from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
 
 from agent.config import UplinkConfig
-from agent.outbox import Message, Outbox, OutboxCorruptError, OutboxError
+from agent.outbox import AsyncOutbox, Message, OutboxError
 
 log = structlog.get_logger(__name__)
 
@@ -194,7 +194,7 @@ class Uplink:
     def __init__(
         self,
         config: UplinkConfig,
-        outbox: Outbox,
+        outbox: AsyncOutbox,
         topic_prefix: str,
         client_id: str,
         jitter: Callable[[], float] = random.random,
@@ -230,9 +230,6 @@ class Uplink:
                 self._failed(exc.reason)
             except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
                 self._failed(describe_failure(exc, self.config, self._socket_errors.take()))
-            except OutboxCorruptError as exc:
-                self._failed(f"outbox: {exc}")
-                await asyncio.to_thread(self.outbox.recover)
             except OutboxError as exc:  # e.g. disk errors: retry after the backoff
                 self._failed(f"outbox: {exc}")
             # Back off from the first retry after a session that worked; double after each failure.
@@ -297,7 +294,7 @@ class Uplink:
                     now = time.monotonic()
                     self._held = {i: t for i, t in self._held.items() if t > now}
                     busy = [m.id for m in inflight.values()] + list(self._held)
-                    for message in await asyncio.to_thread(self.outbox.pending, room, busy):
+                    for message in await self.outbox.pending(room, busy):
                         topic = topic_for(self.prefix, message.kind)
                         retain = message.kind in RETAINED_KINDS
                         task = asyncio.create_task(
@@ -331,7 +328,7 @@ class Uplink:
                     else:
                         raise exc
                 if acked:
-                    await asyncio.to_thread(self.outbox.ack, acked)
+                    await self.outbox.ack(acked)
                     self.state.published += len(acked)
                     self.state.last_ack_at = time.time()
         finally:

@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from agent.config import UplinkConfig
-from agent.outbox import Outbox, Priority
+from agent.outbox import AsyncOutbox, Outbox, Priority
 from agent.signing import init_key
 from agent.uplink import Uplink
 
@@ -70,7 +70,7 @@ def cpu_seconds() -> float:
 
 async def drain(outbox: Outbox, port: int, inflight: int) -> float:
     config = UplinkConfig(broker=f"mqtt://127.0.0.1:{port}", inflight=inflight)
-    uplink = Uplink(config, outbox, "edge/bench", "bench")
+    uplink = Uplink(config, AsyncOutbox(outbox), "edge/bench", "bench")
     task = asyncio.create_task(uplink.run())
     started = time.perf_counter()
     try:

@@ -229,7 +229,7 @@ async def test_a_corrupted_outbox_is_set_aside_and_the_agent_keeps_running(
         await collector.wait_for("telemetry", lambda: len(collector.on("telemetry")) >= 3)
         assert agent.process.returncode is None
         assert await agent.stop() == 0
-    [reported] = agent.events("outbox database was damaged: set aside, started a fresh one")
-    kept = Path(reported["kept_at"])
+    [reported] = agent.events("outbox database damaged: set aside, starting a fresh outbox")
+    kept = Path(reported["kept_as"])
     assert kept.exists()
     assert kept.read_bytes().startswith(b"this is not a database")

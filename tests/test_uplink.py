@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from agent.config import UplinkConfig
-from agent.outbox import Outbox, Priority
+from agent.outbox import AsyncOutbox, Outbox, Priority
 from agent.signing import DeviceKey, init_key
 from agent.uplink import Uplink, describe_failure
 from tests.broker import Mosquitto, free_port
@@ -59,7 +59,7 @@ def uplink_for(outbox: Outbox, **config: Any) -> Uplink:
     settings = UplinkConfig.model_validate(
         {"backoff_min": "100ms", "backoff_max": "500ms", **config}
     )
-    return Uplink(settings, outbox, PREFIX, "edge-agent-gw-test")
+    return Uplink(settings, AsyncOutbox(outbox), PREFIX, "edge-agent-gw-test")
 
 
 async def wait_until(what: str, predicate: Any, timeout: float = 15) -> None:
@@ -130,14 +130,14 @@ async def test_the_last_will_says_offline_when_the_connection_dies(
     script = (
         "import asyncio, sys\n"
         "from agent.config import UplinkConfig\n"
-        "from agent.outbox import Outbox\n"
+        "from agent.outbox import AsyncOutbox, Outbox\n"
         "from agent.signing import load_key\n"
         "from agent.uplink import Uplink\n"
         "from pathlib import Path\n"
         "async def main():\n"
         f"    box = Outbox(Path({str(tmp_path / 'child.db')!r}), load_key(Path({str(tmp_path / 'state')!r})), 'gw-test')\n"
         "    box.open()\n"
-        f"    up = Uplink(UplinkConfig(broker={broker.url!r}, keepalive=1), box, {PREFIX!r}, 'child')\n"
+        f"    up = Uplink(UplinkConfig(broker={broker.url!r}, keepalive=1), AsyncOutbox(box), {PREFIX!r}, 'child')\n"
         "    await up.run()\n"
         "asyncio.run(main())\n"
     )
@@ -257,7 +257,7 @@ async def test_a_publish_the_acl_denies_stays_in_the_outbox_and_is_reported(
             "tls": {"ca": pki["ca"], "cert": pki["client_cert"], "key": pki["client_key"]},
         }
     )
-    uplink = Uplink(settings, outbox, "edge/someone-else", "edge-agent-gw-test")
+    uplink = Uplink(settings, AsyncOutbox(outbox), "edge/someone-else", "edge-agent-gw-test")
     async with running(uplink):
         await wait_until("a refusal", lambda: uplink.state.last_error is not None)
     assert uplink.state.last_error == (
