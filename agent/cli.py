@@ -349,7 +349,7 @@ def cmd_sl651(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
-    from agent.signing import KeyStoreError, init_key, load_key
+    from agent.signing import KeyStoreError, init_key, key_info
 
     config = _load_config(args.config)
     if config is None:
@@ -359,12 +359,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
             key = init_key(config.state_dir, force=args.force)
             print(f"created device key {key.kid} in {key.path}")
             return EXIT_OK
-        key = load_key(config.state_dir)
+        info = key_info(config.state_dir)
     except KeyStoreError as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"cannot write the device key under {config.state_dir}: {exc.strerror or exc}")
-    info = key.public_info()
     if args.json:
         print(json.dumps(info, indent=2))
     else:

@@ -419,10 +419,19 @@ def load_config(path: Path | str) -> Config:
     """Read and validate a config file; raises ConfigError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
+        raise ConfigError(path, [f"cannot read: {exc}"]) from exc
+    return parse_config_bytes(data, path)
+
+
+def parse_config_bytes(data: bytes, path: Path | str) -> Config:
+    """`parse_config` for the file's bytes as read (UTF-8)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise ConfigError(path, [f"cannot read: {exc}"]) from exc
     return parse_config(text, path)
 

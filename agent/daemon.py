@@ -42,11 +42,18 @@ from agent.checks.view import (
     record_start,
     terminal_views,
 )
-from agent.config import Config, ConfigError, ModbusRtuTerminal, Sl651Terminal, load_config
+from agent.config import (
+    Config,
+    ConfigError,
+    ModbusRtuTerminal,
+    Sl651Terminal,
+    parse_config_bytes,
+)
 from agent.control import ControlError, ControlServer
 from agent.inspection import Inspection
+from agent.logs import log_task_crash
 from agent.metrics import MetricsServer, ReadingCounter, Snapshot
-from agent.model import Reading
+from agent.model import Reading, ReadingSink
 from agent.outbox import AsyncOutbox, Outbox
 from agent.polling import ModbusTerminal, Poller
 from agent.protocols.modbus import (
@@ -62,7 +69,7 @@ from agent.protocols.sl651.transport import CentralStation
 from agent.render import poll_json
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
-from agent.sinks import EventQueue, FanOut, JsonlSink, OutboxSink, ReadingSink
+from agent.sinks import EventQueue, FanOut, JsonlSink, OutboxSink
 from agent.status import message_summary, status_dict
 from agent.timesync import clock_synchronised
 from agent.uplink import Uplink
@@ -137,7 +144,7 @@ class Acquisition:
                 poller = Poller(terminal, self.link_for(terminal), self.sink)
                 self.pollers[name] = poller
                 task = asyncio.create_task(poller.run(), name=f"poll {name}")
-                task.add_done_callback(_report_crash)
+                task.add_done_callback(log_task_crash)
                 self._tasks[name] = task
 
     async def _stop(self, name: str) -> None:
@@ -154,12 +161,6 @@ class Acquisition:
         for bus in self.buses.values():
             await bus.close()
         self.buses.clear()
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    """A poller's loop ends only by cancellation; anything else is a defect worth a loud line."""
-    if not task.cancelled() and task.exception() is not None:
-        log.error("poller stopped by an error", task=task.get_name(), error=repr(task.exception()))
 
 
 class _ConfigFileHandler(FileSystemEventHandler):
@@ -223,7 +224,6 @@ class Daemon:
         self.outbox_sink: OutboxSink | None = None
         self.uplink: Uplink | None = None
         self._uplink_task: asyncio.Task[None] | None = None
-        self.reloads = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -518,7 +518,7 @@ class Daemon:
         if text == self._config_bytes:
             return True
         try:
-            new = await asyncio.to_thread(load_config, self.config_path)
+            new = await asyncio.to_thread(parse_config_bytes, text, self.config_path)
         except ConfigError as exc:
             log.error("new config refused; keeping the running one", errors=exc.lines())
             self._config_bytes = text  # refused once is enough: wait for the next change
@@ -538,7 +538,6 @@ class Daemon:
         if self.inspection is not None:
             await self.inspection.reload(self.config)
             self.inspection.set_polling_allowance(polling_allowance(self.config.modbus_terminals))
-        self.reloads += 1
         log.info("config reloaded", terminals=len(new.terminals))
         return True
 
@@ -580,9 +579,8 @@ async def poll_terminal(config: Config, name: str) -> tuple[ModbusTerminal, list
     acquisition = Acquisition(FanOut([]))
     link = acquisition.link_for(terminal)
     try:
-        readings = await Poller(terminal, link, FanOut([])).poll_once()
+        readings = await Poller(terminal, link, acquisition.sink).poll_once()
     finally:
         await link.close()
-        for bus in acquisition.buses.values():
-            await bus.close()
+        await acquisition.close()
     return terminal, readings

@@ -33,8 +33,10 @@ from agent.checks.registry import build_checks, data_monitor
 from agent.checks.view import AgentView
 from agent.config import Config
 from agent.durations import parse_duration
+from agent.logs import log_task_crash
+from agent.model import ReadingSink
 from agent.outbox import AsyncOutbox, OutboxError, Priority
-from agent.sinks import EventQueue, ReadingSink
+from agent.sinks import EventQueue
 from agent.status import health_path
 from agent.watchdog import BeatSink, Progress, run_watchdog, status_line
 
@@ -77,11 +79,9 @@ class Inspection:
         await asyncio.to_thread(self.alarms.load)
         h = self.settings.history
         if h.enabled:
-            self.history = History(self.config.state_dir / "history.db", h.retention, h.max_events)
-            await asyncio.to_thread(self.history.open)
-            self.history.set_meta("gateway", self.config.gateway.id)
-            self.history.set_terminals(terminal_plans(self.config))
-            self.history.record_start()
+            history = History(history_path(self.config), h.retention, h.max_events)
+            await asyncio.to_thread(self._open_history, history)
+            self.history = history
         self.set_polling_allowance(polling_allowance)
         self.progress.register("checks", CHECKS_ALLOWANCE)
         self._tasks = [
@@ -91,7 +91,14 @@ class Inspection:
             asyncio.create_task(run_watchdog(self.progress, status=self._status), name="watchdog"),
         ]
         for task in self._tasks:
-            task.add_done_callback(_report_crash)
+            task.add_done_callback(log_task_crash)
+
+    def _open_history(self, history: History) -> None:
+        """In a worker thread: open the database and note this start."""
+        history.open()
+        history.set_meta("gateway", self.config.gateway.id)
+        history.set_terminals(terminal_plans(self.config))
+        history.record_start()
 
     def set_polling_allowance(self, allowance: float | None) -> None:
         """Watch the pollers with this allowance, or not at all (no polled terminal)."""
@@ -189,15 +196,6 @@ class Inspection:
             except (OSError, sqlite3.Error) as exc:
                 log.error("history not saved on the way out", error=str(exc))
             await asyncio.to_thread(self.history.close)
-
-
-def _report_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error(
-            "inspection loop stopped by an error",
-            task=task.get_name(),
-            error=repr(task.exception()),
-        )
 
 
 def report_since(text: str, now: datetime | None = None) -> datetime:

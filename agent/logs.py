@@ -6,9 +6,10 @@ terminal (journald keeps them), readable key=value lines on a terminal.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -18,6 +19,14 @@ _LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+def log_task_crash(task: asyncio.Task[Any]) -> None:
+    """Done-callback for a loop that should only end by cancellation: an error is a loud line."""
+    if not task.cancelled() and task.exception() is not None:
+        structlog.get_logger(__name__).error(
+            "a loop stopped by an error", task=task.get_name(), error=repr(task.exception())
+        )
 
 
 def configure_logging(

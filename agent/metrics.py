@@ -29,6 +29,7 @@ from agent import __version__
 from agent.checks.framework import CheckResult, Status
 from agent.checks.view import AgentView
 from agent.model import LATENCY_BUCKETS, Reading
+from agent.outbox import QUEUE_NAMES
 
 log = structlog.get_logger(__name__)
 
@@ -124,7 +125,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
             "edge_agent_outbox_messages", "Messages waiting in the outbox.", labels=["priority"]
         )
-        for priority, n in (("events", o.events), ("health", o.health), ("telemetry", o.telemetry)):
+        for priority, n in zip(QUEUE_NAMES.values(), o.per_priority, strict=True):
             depth.add_metric([priority], n)
         yield depth
         yield GaugeMetricFamily(
@@ -193,7 +194,9 @@ class MetricsServer:
     async def start(self) -> None:
         host, port = self.address
         try:
-            self._server = await asyncio.start_server(self._serve, host, port)
+            self._server = await asyncio.start_server(
+                self._serve, host, port, limit=MAX_REQUEST_HEAD
+            )
         except OSError as exc:
             raise OSError(f"metrics cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         self.port = int(self._server.sockets[0].getsockname()[1])

@@ -11,7 +11,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 Value = float | int | bool | str | None
 
@@ -23,6 +23,14 @@ class Quality(enum.StrEnum):
     BAD = "bad"
     STALE = "stale"
     UNCERTAIN = "uncertain"
+
+
+class ReadingSink(Protocol):
+    """Where readings go: must not block on the network or the disk, nor raise for content."""
+
+    def submit(self, readings: Sequence[Reading]) -> None:
+        """Take a batch of readings (one poll's worth)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,11 +84,8 @@ class TerminalStats:
     failed_polls: int = 0
     consecutive_failures: int = 0
     missed_slots: int = 0
-    requests: int = 0
-    readings: int = 0
     last_good_at: datetime | None = None
     last_error: str | None = None
-    next_poll_at: float | None = None  # monotonic
     poll_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=512))
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
     outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=100))

@@ -90,6 +90,14 @@ class Priority(enum.IntEnum):
     TELEMETRY = 2
 
 
+# The name of each priority's queue where counts are shown (status, health, metrics).
+QUEUE_NAMES: dict[Priority, str] = {
+    Priority.EVENT: "events",
+    Priority.HEALTH: "health",
+    Priority.TELEMETRY: "telemetry",
+}
+
+
 class Signer(Protocol):
     def sign_compact(self, payload: bytes) -> str: ...
 
@@ -140,9 +148,14 @@ class OutboxStats:
     def messages(self) -> int:
         return self.events + self.health + self.telemetry
 
+    @property
+    def per_priority(self) -> tuple[int, int, int]:
+        """Counts in Priority order (events, health, telemetry)."""
+        return (self.events, self.health, self.telemetry)
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "messages": {"events": self.events, "health": self.health, "telemetry": self.telemetry},
+            "messages": dict(zip(QUEUE_NAMES.values(), self.per_priority, strict=True)),
             "bytes": self.bytes,
             "max_bytes": self.max_bytes,
             "oldest_age": self.oldest_age,

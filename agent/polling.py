@@ -21,10 +21,9 @@ from datetime import UTC, datetime
 import structlog
 
 from agent.config import ModbusRtuTerminal, ModbusTcpTerminal
-from agent.model import Quality, Reading, TerminalStats
+from agent.model import Quality, Reading, ReadingSink, TerminalStats
 from agent.protocols.modbus import Link, ModbusFailure
 from agent.protocols.modbus_plan import Read, bad_readings, decode_read, plan_reads
-from agent.sinks import ReadingSink
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +97,6 @@ class Poller:
         t = self.terminal
         attempt = 0
         while True:
-            self.stats.requests += 1
             try:
                 return await self.link.read(t.unit, read.table, read.address, read.count, t.timeout)
             except ModbusFailure as failure:
@@ -115,7 +113,6 @@ class Poller:
         slot = 0
         while True:
             due = t0 + slot * period
-            self.stats.next_poll_at = due
             delay = due - self._clock()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -141,7 +138,6 @@ class Poller:
     def _record(self, readings: Sequence[Reading], seconds: float) -> None:
         s = self.stats
         s.polls += 1
-        s.readings += len(readings)
         s.record_latency(seconds)
         good = any(r.quality is Quality.GOOD for r in readings)
         s.outcomes.append(good)

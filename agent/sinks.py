@@ -16,11 +16,11 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import structlog
 
-from agent.model import Reading, format_timestamp
+from agent.model import Reading, ReadingSink, format_timestamp
 from agent.outbox import AsyncOutbox, OutboxError, Priority
 
 log = structlog.get_logger(__name__)
@@ -28,10 +28,16 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one
 SINK_LOG_INTERVAL = 60.0
 
 
-class ReadingSink(Protocol):
-    def submit(self, readings: Sequence[Reading]) -> None:
-        """Take a batch of readings (one poll's worth); must not block on the network."""
-        ...
+def records(readings: Sequence[Reading]) -> list[dict[str, Any]]:
+    """The JSON shape of each reading; a poll's readings share one timestamp, formatted once."""
+    stamps: dict[datetime, str] = {}
+    out = []
+    for r in readings:
+        stamp = stamps.get(r.observed_at)
+        if stamp is None:
+            stamp = stamps[r.observed_at] = format_timestamp(r.observed_at)
+        out.append(r.to_dict(stamp))
+    return out
 
 
 class JsonlSink:
@@ -42,7 +48,6 @@ class JsonlSink:
         self.max_bytes = max_bytes
         self._file: IO[str] | None = None
         self._size = 0
-        self.written = 0
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,13 +57,7 @@ class JsonlSink:
     def submit(self, readings: Sequence[Reading]) -> None:
         if self._file is None:
             raise RuntimeError("JsonlSink.submit before open()")
-        stamps: dict[datetime, str] = {}  # a poll's readings share one timestamp: format it once
-        lines = []
-        for r in readings:
-            stamp = stamps.get(r.observed_at)
-            if stamp is None:
-                stamp = stamps[r.observed_at] = format_timestamp(r.observed_at)
-            lines.append(_encode(r.to_dict(stamp)))
+        lines = [_encode(record) for record in records(readings)]
         if not lines:
             return
         text = "\n".join(lines) + "\n"
@@ -67,7 +66,6 @@ class JsonlSink:
         self._file.write(text)
         self._file.flush()
         self._size += len(text)
-        self.written += len(readings)
 
     def _rotate(self) -> None:
         assert self._file is not None
@@ -149,7 +147,6 @@ class OutboxSink:
         self.linger = linger
         self.on_stored = on_stored
         self.max_pending = max_pending
-        self.stored = 0
         self.lost = 0
         self._records: list[dict[str, Any]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -158,14 +155,8 @@ class OutboxSink:
     def submit(self, readings: Sequence[Reading]) -> None:
         if not readings:
             return
-        stamps: dict[datetime, str] = {}
-        records = self._records
-        for r in readings:
-            stamp = stamps.get(r.observed_at)
-            if stamp is None:
-                stamp = stamps[r.observed_at] = format_timestamp(r.observed_at)
-            records.append(r.to_dict(stamp))
-        if len(records) >= self.batch:
+        self._records.extend(records(readings))
+        if len(self._records) >= self.batch:
             self._send()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.linger, self._send)
@@ -196,7 +187,6 @@ class OutboxSink:
             self.lost += count
             log.error("readings not stored in the outbox", count=count, error=str(exc))
             return
-        self.stored += count
         if self.on_stored is not None:
             self.on_stored()
 

@@ -25,9 +25,11 @@ from agent.checks.health import summarise
 from agent.checks.view import AgentView, TerminalView
 from agent.durations import approximate_duration
 from agent.model import format_timestamp
+from agent.outbox import QUEUE_NAMES
 from agent.signing import read_envelope
 
 SCHEMA = 1
+QUEUE_BY_NUMBER = {int(p): name for p, name in QUEUE_NAMES.items()}  # as stored in the database
 HEALTH_FILE = Path("state") / "health.json"
 STALE_INTERVALS = 3.0
 
@@ -139,7 +141,7 @@ def outbox_depth(path: Path) -> dict[str, Any] | None:
         return {"error": str(exc)}
     finally:
         conn.close()
-    names = {0: "events", 1: "health", 2: "telemetry"}
+    names = QUEUE_BY_NUMBER
     counts = {names.get(p, str(p)): n for p, n, _, _ in rows}
     oldest = min((t for *_, t in rows if t is not None), default=None)
     return {
@@ -292,7 +294,7 @@ def message_summary(
     out: dict[str, Any] = {
         "seq": seq,
         "kind": kind,
-        "priority": {0: "event", 1: "health", 2: "telemetry"}.get(priority, str(priority)),
+        "priority": QUEUE_BY_NUMBER.get(priority, str(priority)),
         "age": round(max(0.0, now - created_at), 1),
         "size": size,
     }
