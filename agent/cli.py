@@ -327,7 +327,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_sl651(args: argparse.Namespace) -> int:
     from agent.protocols.sl651 import describe_hex
-    from agent.protocols.sl651.frame import FUNCTIONS
     from agent.render import sl651_frame_view
 
     lines = list(args.frames) or [line for line in sys.stdin.read().splitlines() if line.strip()]
@@ -343,7 +342,7 @@ def cmd_sl651(args: argparse.Namespace) -> int:
     else:
         console = _wide_console()
         for item in described:
-            console.print(sl651_frame_view(item, dict(FUNCTIONS)))
+            console.print(sl651_frame_view(item))
     bad = any("error" in d or not d.get("crc_ok", True) for d in described)
     return EXIT_FINDING if bad else EXIT_OK
 

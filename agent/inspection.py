@@ -24,12 +24,12 @@ import structlog
 
 from agent.atomic import write_atomic
 from agent.check_settings import ChecksConfig
-from agent.checks.alarms import AlarmTracker
+from agent.checks.alarms import ALARMS_FILE, AlarmTracker
 from agent.checks.data import DataMonitor
 from agent.checks.framework import CheckResult, CheckRunner, Round
 from agent.checks.health import HealthSchedule, build_health
 from agent.checks.history import History, terminal_plans
-from agent.checks.registry import build_checks, data_monitor
+from agent.checks.registry import build_checks, data_monitor, terminal_intervals
 from agent.checks.view import AgentView
 from agent.config import Config
 from agent.durations import parse_duration
@@ -59,7 +59,7 @@ class Inspection:
         self._view = view
         self.monitor: DataMonitor = data_monitor(config, self.settings)
         self.runner = CheckRunner(build_checks(config, self.settings, monitor=self.monitor))
-        self.alarms = AlarmTracker(self.settings.alarms, config.state_dir / "state" / "alarms.json")
+        self.alarms = AlarmTracker(self.settings.alarms, config.state_dir / ALARMS_FILE)
         self.health = HealthSchedule.from_config(config.health)
         self.history: History | None = None
         self.progress = Progress()
@@ -177,6 +177,7 @@ class Inspection:
     async def reload(self, config: Config) -> None:
         """Use the checks of a reloaded config (terminals changed); results of kept ids stay."""
         self.config = config
+        self.monitor.set_intervals(terminal_intervals(config))  # gap checks of new periods
         self.runner.replace(build_checks(config, self.settings, monitor=self.monitor))
         cleared = self.alarms.retire([c.id for c in self.runner.checks])
         self.events.submit(cleared)

@@ -16,6 +16,7 @@ from agent.checks.framework import CheckResult, Status
 from agent.config import PointConfig
 from agent.durations import approximate_duration
 from agent.model import Quality, Reading, Value
+from agent.protocols.sl651.describe import function_name
 
 QUALITY_STYLE = {
     Quality.GOOD: "green",
@@ -133,7 +134,7 @@ def _sl651_value(element: dict[str, Any]) -> str:
     return format_value(value)
 
 
-def sl651_frame_view(described: dict[str, Any], function_names: dict[int, str]) -> Table:
+def sl651_frame_view(described: dict[str, Any]) -> Table:
     """`edge-agent sl651 decode`: a frame's header as the title, its elements as rows."""
     if "error" in described:
         table = Table(title=f"[bold red]not decoded:[/] {described['error']}", title_justify="left")
@@ -141,7 +142,7 @@ def sl651_frame_view(described: dict[str, Any], function_names: dict[int, str]) 
         table.add_row(described["hex"])
         return table
     code = int(described["function"], 16)
-    name = function_names.get(code, "")
+    name = function_name(code)
     packet = described.get("packet")
     header = (
         f"{described['function']} {name} · {described['direction']} · station "

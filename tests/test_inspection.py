@@ -161,3 +161,27 @@ async def test_report_is_written_from_the_history_the_agent_kept(
     assert "svg" in parser.tags
     assert "plc" in html
     assert "gw-test" in html
+
+
+async def test_a_reload_gives_the_data_checks_the_new_poll_periods(tmp_path: Path) -> None:
+    from agent.inspection import Inspection
+    from agent.outbox import AsyncOutbox, Outbox
+    from agent.signing import init_key
+    from agent.sinks import EventQueue
+    from tests.conftest import make_config
+
+    before = make_config([tcp_terminal(1502, [{"name": "a", "address": 0}], period="1s")])
+    after = make_config([
+        tcp_terminal(1502, [{"name": "a", "address": 0}], period="10s"),
+        tcp_terminal(1503, [{"name": "a", "address": 0}], name="new", period="5s"),
+    ])  # fmt: skip
+    box = Outbox(tmp_path / "outbox.db", init_key(tmp_path), "gw-test")
+    box.open()
+    try:
+        outbox = AsyncOutbox(box)
+        inspection = Inspection(before, outbox, EventQueue(outbox), view=None)  # type: ignore[arg-type]
+        assert inspection.monitor.intervals == {"plc": 1.0}
+        await inspection.reload(after)
+        assert inspection.monitor.intervals == {"plc": 10.0, "new": 5.0}
+    finally:
+        box.close()

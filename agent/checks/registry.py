@@ -6,6 +6,7 @@ from agent.check_settings import ChecksConfig, checks_settings
 from agent.checks import data, network, security, software, system, terminals
 from agent.checks.data import DataMonitor
 from agent.checks.framework import Check, CheckResult, CheckRunner, sort_results
+from agent.checks.history import terminal_plans
 from agent.checks.system import SystemPaths
 from agent.checks.view import AgentView
 from agent.config import Config
@@ -14,12 +15,7 @@ from agent.config import Config
 def terminal_intervals(config: Config) -> dict[str, float]:
     """Each terminal's expected interval between readings: its poll period, or its expected
     report interval for terminals that report on their own (SL651)."""
-    out = {}
-    for t in config.terminals:
-        interval = getattr(t, "period", None) or getattr(t, "expected_interval", None)
-        if interval:
-            out[t.name] = float(interval)
-    return out
+    return {name: plan.interval for name, plan in terminal_plans(config).items()}
 
 
 def data_monitor(config: Config, settings: ChecksConfig | None = None) -> DataMonitor:

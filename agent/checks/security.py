@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography import x509
 
 from agent.check_settings import ChecksConfig
-from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
+from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown, worst
 from agent.checks.view import AgentView
 from agent.signing import key_path
 
@@ -125,9 +125,8 @@ def files(view: AgentView) -> Outcome:
     found = file_findings(view)
     if not found:
         return Outcome(Status.OK, 0, "problems", 0, "keys and config files have safe modes")
-    worst = max(found, key=lambda f: f.status.severity).status
     text = "; ".join(f.text for f in sorted(found, key=lambda f: -f.status.severity))
-    return Outcome(worst, len(found), "problems", 0, text)
+    return Outcome(worst(f.status for f in found), len(found), "problems", 0, text)
 
 
 def root(settings: ChecksConfig) -> Outcome:

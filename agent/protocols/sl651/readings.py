@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Final
 
 from agent.model import Quality, Reading
-from agent.protocols.sl651.elements import STATUS_BITS
 from agent.protocols.sl651.message import (
     BlockElement,
     Message,
@@ -93,10 +92,8 @@ def readings_from(
             else:
                 append(Reading(terminal, point, e.value, unit, good, when, source))
         elif isinstance(e, StatusElement):
-            word = e.word
-            for bit in STATUS_BITS:
-                value = bool((word >> bit.bit) & 1) != bit.inverted
-                append(Reading(terminal, f"ZT.{bit.name}", value, "", good, when, source))
+            for name, value in e.flags.items():  # named, inversions applied (elements.py)
+                append(Reading(terminal, f"ZT.{name}", value, "", good, when, source))
         elif isinstance(e, TextElement):
             append(Reading(terminal, point, e.text, unit, good, when, source))
     return out

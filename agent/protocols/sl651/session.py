@@ -268,8 +268,9 @@ class Centre:
         self, state: StationState, element: StatusElement, now: datetime
     ) -> list[dict[str, Any]]:
         events = []
+        flags = element.flags  # decoded once, not once per bit
         for name, spec in ALARM_BITS.items():
-            active = bool(element.flags.get(name, False))
+            active = bool(flags.get(name, False))
             before = state.flags.get(name, False)
             state.flags[name] = active
             if active == before:
