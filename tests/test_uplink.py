@@ -184,7 +184,9 @@ def pki(tmp_path: Path) -> dict[str, Path]:
 @pytest.fixture
 def tls_broker(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Mosquitto]:
     acl = tmp_path / "acl"
-    acl.write_text(f"user gw-test\ntopic write {PREFIX}/#\n\npattern read $SYS/#\n")
+    # The gateway may write its state, health and telemetry, not events: a denied topic.
+    allowed = "".join(f"topic write {PREFIX}/{t}\n" for t in ("state", "health", "telemetry"))
+    acl.write_text(f"user gw-test\n{allowed}\npattern read $SYS/#\n")
     port, plain = free_port(), free_port()
     mosquitto = Mosquitto(
         tmp_path / "tls-broker",
@@ -213,12 +215,12 @@ def tls_uplink(outbox: Outbox, broker: Mosquitto, pki: dict[str, Path], **tls: A
 async def test_tls_with_a_client_certificate_and_an_acl_delivers(
     outbox: Outbox, tls_broker: Mosquitto, pki: dict[str, Path]
 ) -> None:
-    outbox.put("event", {"over": "tls"}, Priority.EVENT)
+    outbox.put("health", {"over": "tls"}, Priority.HEALTH)
     async with Collector(tls_broker.plain_port, f"{PREFIX}/#") as collector:  # type: ignore[attr-defined]
         async with running(tls_uplink(outbox, tls_broker, pki)) as uplink:
             await wait_until("drained", lambda: outbox.stats().messages == 0)
             assert uplink.state.last_error is None
-        await collector.wait_for("event", lambda: collector.on("events"))
+        await collector.wait_for("health", lambda: collector.on("health"))
 
 
 async def test_a_broker_certificate_from_another_ca_is_not_trusted(
@@ -249,21 +251,22 @@ async def test_an_expired_client_certificate_is_named_as_the_cause(
 async def test_a_publish_the_acl_denies_stays_in_the_outbox_and_is_reported(
     outbox: Outbox, tls_broker: Mosquitto, pki: dict[str, Path]
 ) -> None:
-    outbox.put("event", {"x": 1}, Priority.EVENT)
-    settings = UplinkConfig.model_validate(
-        {
-            "broker": f"mqtts://127.0.0.1:{tls_broker.port}",
-            "backoff_min": "100ms",
-            "tls": {"ca": pki["ca"], "cert": pki["client_cert"], "key": pki["client_key"]},
-        }
-    )
-    uplink = Uplink(settings, AsyncOutbox(outbox), "edge/someone-else", "edge-agent-gw-test")
-    async with running(uplink):
-        await wait_until("a refusal", lambda: uplink.state.last_error is not None)
+    """Only the refused message stays; the session goes on and delivers what is allowed."""
+    outbox.put("event", {"x": 1}, Priority.EVENT)  # events/ is denied by the ACL
+    outbox.put("health", {"ok": True}, Priority.HEALTH)
+    async with (
+        Collector(tls_broker.plain_port, f"{PREFIX}/#") as collector,  # type: ignore[attr-defined]
+        running(tls_uplink(outbox, tls_broker, pki)) as uplink,
+    ):
+        await wait_until("a refusal", lambda: uplink.state.refused >= 1)
+        await collector.wait_for("health", lambda: collector.on("health"))
+        assert uplink.state.connected
     assert uplink.state.last_error == (
-        "broker refused a publish on edge/someone-else/state: Not authorized (check the ACL)"
+        f"broker refused a publish on {PREFIX}/events: Not authorized (check the ACL)"
     )
     assert outbox.stats().events == 1
+    assert outbox.stats().health == 0
+    assert [m.payload for m in collector.on("state")][:1] == [b"online"]
 
 
 def test_connection_refused_by_the_broker_is_explained() -> None:
