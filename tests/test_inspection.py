@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -159,8 +160,14 @@ async def test_report_is_written_from_the_history_the_agent_kept(
     parser = _Tags()
     parser.feed(html)
     assert "svg" in parser.tags
-    assert "plc" in html
     assert "gw-test" in html
+    # What the agent recorded is in it: the point's trend, and polls answered (not 0 of n).
+    assert "plc.level" in html
+    row = re.search(r"<tr><td>plc</td><td>([\d.]+)%</td><td>(\d+) / (\d+)</td>", html)
+    assert row is not None
+    availability, answered, expected = float(row[1]), int(row[2]), int(row[3])
+    assert availability > 50
+    assert 0 < answered <= expected
 
 
 async def test_a_reload_gives_the_data_checks_the_new_poll_periods(tmp_path: Path) -> None:
