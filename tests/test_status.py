@@ -221,7 +221,13 @@ async def test_outbox_peek_decodes_the_waiting_envelopes(
         "outbox", "peek", "--limit", "2", "--json", "--config", str(config)
     )
     assert code == 0
-    assert len(json.loads(out)["messages"]) == 2
+    offline = json.loads(out)["messages"]
+    assert len(offline) == 2
+    for m in offline:  # decoded from the file as the agent decodes them
+        assert m["header"]["alg"] == "EdDSA"
+        assert m["header"]["kid"] == first["header"]["kid"]
+        assert m["gw"] == "gw-test"
+    assert offline[0]["seq"] != offline[1]["seq"]
 
 
 async def test_metrics_are_scraped_and_parse_with_prometheus_client(
