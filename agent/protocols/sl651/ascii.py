@@ -33,7 +33,6 @@ from agent.protocols.sl651.items import (
     spec_for,
 )
 from agent.protocols.sl651.message import (
-    FIVE_MINUTES,
     BlockElement,
     BodyError,
     Continuation,
@@ -47,6 +46,7 @@ from agent.protocols.sl651.message import (
     StatusElement,
     TextElement,
     TimeStep,
+    block_samples,
 )
 
 REPORT_FUNCTIONS: Final = frozenset({0x30, 0x31, 0x32, 0x33, 0x34, 0x35, 0x37})
@@ -212,7 +212,13 @@ def _element(
             raise BodyError(at, f"{spec.ascii_id} block before any observation time (TT)")
         data = _hex_bytes(value, at)
         return BlockElement(
-            key, spec, len(data) << 3, obs, station, raw, _slots(spec, data, obs, at)
+            key,
+            spec,
+            len(data) << 3,
+            obs,
+            station,
+            raw,
+            block_samples(spec.kind, data, obs, at, spec.ascii_id),
         )
     if spec.kind is not Kind.NUMBER and spec.kind is not Kind.DURATION:
         raise BodyError(at, f"{spec.ascii_id} cannot stand in an ASCII report")
@@ -225,21 +231,6 @@ def _hex_bytes(value: str, at: int) -> bytes:
         return bytes.fromhex(value)
     except ValueError as exc:
         raise BodyError(at, f"{value!r} is not hex data") from exc
-
-
-def _slots(spec: ElementSpec, data: bytes, first: datetime, at: int) -> tuple[Sample, ...]:
-    size = 1 if spec.kind is Kind.RAIN_BLOCK else 2
-    if len(data) % size:
-        raise BodyError(at, f"{spec.ascii_id} data of {len(data)} bytes")
-    out = []
-    for k, i in enumerate(range(0, len(data), size)):
-        n = int.from_bytes(data[i : i + size], "big")
-        when = first + FIVE_MINUTES * k
-        invalid = n == (0xFF if size == 1 else 0xFFFF)
-        out.append(
-            Sample(when, None, "FF") if invalid else Sample(when, n / (10 if size == 1 else 100))
-        )
-    return tuple(out)
 
 
 def _series(
@@ -265,7 +256,7 @@ def _series(
         samples: list[Sample] = []
         if spec.kind is Kind.RAIN_BLOCK or spec.kind is Kind.LEVEL_BLOCK:
             data = b"".join(_hex_bytes(v, vat) for vat, v in own)
-            samples += _slots(spec, data, obs, at)
+            samples += block_samples(spec.kind, data, obs, at, spec.ascii_id)
         elif spec.kind is Kind.NUMBER or spec.kind is Kind.DURATION:
             if step.hourly_blocks:
                 raise BodyError(at, f"DRH00 is only for DRP/DRZ blocks, not {spec.ascii_id}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Final, NamedTuple
 
 from agent.protocols.sl651.ascii import decode_ascii_body
@@ -28,7 +28,6 @@ from agent.protocols.sl651.bcd import (
 from agent.protocols.sl651.elements import ELEMENTS, FIXED_DATADEF, ElementSpec, Kind, element_spec
 from agent.protocols.sl651.frame import Direction, Frame
 from agent.protocols.sl651.message import (
-    FIVE_MINUTES,
     BlockElement,
     BodyError,
     BytesElement,
@@ -58,6 +57,7 @@ from agent.protocols.sl651.message import (
     SwitchStates,
     TextElement,
     TimeStep,
+    block_samples,
 )
 from agent.protocols.sl651.params import CHANNEL_TYPES, ParamKind, ParamSpec, param_spec
 
@@ -357,34 +357,10 @@ def _element(
     if kind is Kind.RAIN_BLOCK or kind is Kind.LEVEL_BLOCK:
         if obs is None:
             raise BodyError(at, f"{key} block before any observation time (F0F0)")
-        return BlockElement(key, spec, dd, obs, station, data, _slots(kind, data, obs, at, key))
-    raise BodyError(at, f"{key} ({spec.ascii_id}) cannot stand here")
-
-
-_SLOT_OFFSETS: Final = tuple(FIVE_MINUTES * i for i in range(4096))
-
-
-def _offset(i: int) -> timedelta:
-    return _SLOT_OFFSETS[i] if i < len(_SLOT_OFFSETS) else FIVE_MINUTES * i
-
-
-def _slots(kind: Kind, data: bytes, first: datetime, at: int, key: str) -> tuple[Sample, ...]:
-    """5-minute slots: F4 1 byte HEX in 0.1 mm, F5-FC 2 bytes HEX in cm; all-F invalid."""
-    if kind is Kind.RAIN_BLOCK:
-        return tuple(
-            Sample(first + _offset(i), None, "FF")
-            if b == 0xFF
-            else Sample(first + _offset(i), b / 10)
-            for i, b in enumerate(data)
+        return BlockElement(
+            key, spec, dd, obs, station, data, block_samples(kind, data, obs, at, key)
         )
-    if len(data) % 2:
-        raise BodyError(at, f"{key} block of {len(data)} bytes: slots are 2 bytes")
-    samples = []
-    for i in range(0, len(data), 2):
-        word = (data[i] << 8) | data[i + 1]
-        when = first + _offset(i // 2)
-        samples.append(Sample(when, None, "FF") if word == 0xFFFF else Sample(when, word / 100))
-    return tuple(samples)
+    raise BodyError(at, f"{key} ({spec.ascii_id}) cannot stand here")
 
 
 def _time_step(data: bytes, at: int) -> TimeStep:
@@ -432,7 +408,9 @@ def _series(
         )
     data = data[:cut]
     if kind is Kind.RAIN_BLOCK or kind is Kind.LEVEL_BLOCK:
-        samples = _slots(kind, data, obs, id_at, key)  # slots run on at 5 minutes, hour after hour
+        samples = block_samples(
+            kind, data, obs, id_at, key
+        )  # slots run on at 5 minutes, hour after hour
     else:
         decimals, delta = vdd & 7, step.delta
         values = []

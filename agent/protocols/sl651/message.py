@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Final, NamedTuple
 
 from agent.protocols.sl651.bcd import Fill, Number
-from agent.protocols.sl651.elements import ElementSpec, status_flags
+from agent.protocols.sl651.elements import ElementSpec, Kind, status_flags
 from agent.protocols.sl651.frame import Direction, Encoding
 from agent.protocols.sl651.params import ParamSpec
 
@@ -373,3 +373,33 @@ class Message:
     elements: tuple[Element, ...] = ()
     detail: Detail | None = None
     complete: bool = field(default=True)
+
+
+_SLOT_OFFSETS: Final = tuple(FIVE_MINUTES * i for i in range(4096))
+
+
+def _offset(i: int) -> timedelta:
+    return _SLOT_OFFSETS[i] if i < len(_SLOT_OFFSETS) else FIVE_MINUTES * i
+
+
+def block_samples(
+    kind: Kind, data: bytes, first: datetime, at: int, key: str
+) -> tuple[Sample, ...]:
+    """5-minute slots: F4 1 byte HEX in 0.1 mm, F5-FC 2 bytes HEX in cm; all-F invalid.
+
+    Shared by the HEX and ASCII bodies (ASCII carries the same bytes as hex text)."""
+    if kind is Kind.RAIN_BLOCK:
+        return tuple(
+            Sample(first + _offset(i), None, "FF")
+            if b == 0xFF
+            else Sample(first + _offset(i), b / 10)
+            for i, b in enumerate(data)
+        )
+    if len(data) % 2:
+        raise BodyError(at, f"{key} block of {len(data)} bytes: slots are 2 bytes")
+    samples = []
+    for i in range(0, len(data), 2):
+        word = (data[i] << 8) | data[i + 1]
+        when = first + _offset(i // 2)
+        samples.append(Sample(when, None, "FF") if word == 0xFFFF else Sample(when, word / 100))
+    return tuple(samples)
