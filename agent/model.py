@@ -10,7 +10,7 @@ import statistics
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 Value = float | int | bool | str | None
@@ -66,6 +66,13 @@ class Reading:
             "source": self.source,
             "error": self.error,
         }
+
+
+def parse_timestamp(text: str) -> datetime:
+    """The inverse of format_timestamp (any RFC 3339 time; no zone is taken as UTC).
+    Raises ValueError."""
+    at = datetime.fromisoformat(text)
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def format_timestamp(at: datetime) -> str:

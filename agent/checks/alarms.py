@@ -32,7 +32,7 @@ from typing import Any
 from agent.atomic import write_atomic
 from agent.check_settings import AlarmSettings
 from agent.checks.framework import CheckResult, Status, utc_now
-from agent.model import format_timestamp
+from agent.model import format_timestamp, parse_timestamp
 
 ALARMS_FILE = Path("state") / "alarms.json"
 
@@ -155,9 +155,7 @@ class AlarmTracker:
                 check_id: _Track(
                     str(entry["family"]),
                     Status(entry["announced"]),
-                    last_alarm_at=datetime.fromisoformat(
-                        entry["last_alarm_at"].replace("Z", "+00:00")
-                    )
+                    last_alarm_at=parse_timestamp(entry["last_alarm_at"])
                     if entry.get("last_alarm_at")
                     else None,
                 )

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agent.model import format_timestamp
+from agent.model import format_timestamp, parse_timestamp
 
 if TYPE_CHECKING:
     from agent.checks.view import AgentView
@@ -127,9 +127,6 @@ class CheckResult:
     def from_dict(cls, data: Mapping[str, Any]) -> CheckResult:
         """The inverse of `to_dict` (the CLI reads results from the control socket)."""
 
-        def when(text: str) -> datetime:
-            return datetime.fromisoformat(text.replace("Z", "+00:00"))
-
         return cls(
             id=data["id"],
             family=data["family"],
@@ -138,8 +135,8 @@ class CheckResult:
             unit=data.get("unit", ""),
             threshold=data.get("threshold"),
             message=data.get("message", ""),
-            since=when(data["since"]),
-            checked_at=when(data["checked_at"]),
+            since=parse_timestamp(data["since"]),
+            checked_at=parse_timestamp(data["checked_at"]),
         )
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from agent.atomic import move_durably
 from agent.checks.data import Anomaly, numeric
 from agent.checks.framework import CheckResult, Status
-from agent.model import Quality, Reading
+from agent.model import Quality, Reading, parse_timestamp
 
 HOUR = 3600
 DAY = 86400.0
@@ -347,7 +347,7 @@ class History:
         """Alarm events as AlarmTracker made them."""
         with self._buf_lock:
             for e in events:
-                at = datetime.fromisoformat(str(e["at"]).replace("Z", "+00:00"))
+                at = parse_timestamp(str(e["at"]))
                 self._events["alarms"].append(
                     (
                         _ts(at),

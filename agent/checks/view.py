@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__
 from agent.atomic import write_atomic
-from agent.model import format_timestamp
+from agent.model import format_timestamp, parse_timestamp
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -157,10 +157,9 @@ def _parse_time(text: Any) -> datetime | None:
     if not isinstance(text, str):
         return None
     try:
-        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_timestamp(text)
     except ValueError:
         return None
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _read_starts(path: Path) -> tuple[datetime | None, list[datetime]]:
