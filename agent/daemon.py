@@ -248,7 +248,6 @@ class Daemon:
                 self.outbox,
                 self.config.outbox.batch,
                 self.config.outbox.linger,
-                on_stored=self.uplink.wake if self.uplink else None,
             )
             self.restarts = await asyncio.to_thread(record_start, self.config.state_dir)
             self.events = EventQueue(self.outbox)

@@ -766,6 +766,10 @@ class AsyncOutbox:
     batch is being made durable, the next ones gather, so many pollers pay one fsync. Each
     caller gets its own seqs once its messages are durable. A caller cancelled before its turn
     stores nothing; one cancelled while its batch is being written may still have stored it.
+
+    `changed` is set after every commit that stored messages, whatever their kind: the one
+    consumer (the uplink) clears it before it reads `pending` and waits on it when idle, so
+    anything stored is published at once, never on a timer.
     """
 
     def __init__(self, outbox: Outbox, max_batch: int = 512) -> None:
@@ -775,6 +779,7 @@ class AsyncOutbox:
         self._writer: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self.changed = asyncio.Event()
 
     async def open(self) -> None:
         await asyncio.to_thread(self.outbox.open)
@@ -861,12 +866,14 @@ class AsyncOutbox:
                 except (ValueError, TypeError, OutboxError, sqlite3.Error, OSError) as exc:
                     _settle(future, exc)
                 else:
+                    self.changed.set()
                     _settle(future, result)
             return
         except (OutboxError, sqlite3.Error, OSError) as exc:
             for _, future in batch:
                 _settle(future, exc)
             return
+        self.changed.set()
         start = 0
         for items, future in batch:
             _settle(future, seqs[start : start + len(items)])

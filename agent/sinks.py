@@ -13,7 +13,7 @@ import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
@@ -131,7 +131,6 @@ class OutboxSink:
     reading is durable at most `linger` after it was taken (documented; `flush()` on stop
     stores the rest). Puts waiting at once are bounded by `max_pending`; past that (a disk that
     has stalled) readings are refused, counted and logged, never queued without bound.
-    `on_stored` is called after each durable put (it wakes the uplink).
     """
 
     def __init__(
@@ -139,13 +138,11 @@ class OutboxSink:
         outbox: AsyncOutbox,
         batch: int = 200,
         linger: float = 0.2,
-        on_stored: Callable[[], None] | None = None,
         max_pending: int = 1000,
     ) -> None:
         self.outbox = outbox
         self.batch = batch
         self.linger = linger
-        self.on_stored = on_stored
         self.max_pending = max_pending
         self.lost = 0
         self._records: list[dict[str, Any]] = []
@@ -187,8 +184,6 @@ class OutboxSink:
             self.lost += count
             log.error("readings not stored in the outbox", count=count, error=str(exc))
             return
-        if self.on_stored is not None:
-            self.on_stored()
 
     async def flush(self) -> None:
         """Store what is gathered now and wait until every put is done (or has failed)."""

@@ -189,7 +189,7 @@ class _PubackCodes:
 
 
 class Uplink:
-    """Runs the MQTT session until cancelled; `wake()` says the outbox has something new."""
+    """Runs the MQTT session until cancelled; publishes whenever the outbox says it changed."""
 
     def __init__(
         self,
@@ -205,7 +205,6 @@ class Uplink:
         self.client_id = client_id
         self.state = UplinkState(broker=config.broker)
         self._jitter = jitter
-        self._wakeup = asyncio.Event()
         self._held: dict[int, float] = {}  # refused message id -> monotonic time to retry
         self._logged: tuple[str, float] | None = None
         self._socket_errors = _SocketErrors()
@@ -215,9 +214,6 @@ class Uplink:
     def _beat(self) -> None:
         if self.on_progress is not None:
             self.on_progress()
-
-    def wake(self) -> None:
-        self._wakeup.set()
 
     async def run(self) -> None:
         failures = 0
@@ -284,13 +280,13 @@ class Uplink:
 
     async def _pump(self, client: aiomqtt.Client, codes: _PubackCodes) -> None:
         inflight: dict[asyncio.Task[None], Message] = {}
-        wakeup = asyncio.create_task(self._wakeup.wait())
+        wakeup = asyncio.create_task(self.outbox.changed.wait())
         try:
             while True:
                 self._beat()
                 room = self.config.inflight - len(inflight)
                 if room > 0:
-                    self._wakeup.clear()
+                    self.outbox.changed.clear()
                     now = time.monotonic()
                     self._held = {i: t for i, t in self._held.items() if t > now}
                     busy = [m.id for m in inflight.values()] + list(self._held)
@@ -303,7 +299,7 @@ class Uplink:
                         )
                         inflight[task] = message
                 if wakeup.done():
-                    wakeup = asyncio.create_task(self._wakeup.wait())
+                    wakeup = asyncio.create_task(self.outbox.changed.wait())
                 waiting: set[asyncio.Task[Any]] = set(inflight)
                 if len(inflight) < self.config.inflight:
                     # With the window full only a PUBACK can make room: new messages must not
