@@ -22,7 +22,6 @@ from agent import __version__
 from agent.atomic import write_atomic
 from agent.config import Config, ConfigError, default_config_path, load_config
 from agent.logs import configure_logging
-from agent.model import Quality
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -126,7 +125,7 @@ def cmd_config_validate(args: argparse.Namespace) -> int:
     config = _load_config(path)
     if config is None:
         return EXIT_USAGE
-    points = sum(len(t.points) for t in config.modbus_terminals)
+    points = sum(len(t.info.points or ()) for t in config.terminals)
     print(f"{path}: ok ({len(config.terminals)} terminals, {points} points)")
     return EXIT_OK
 
@@ -153,8 +152,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_poll(args: argparse.Namespace) -> int:
-    from agent.daemon import poll_terminal
-    from agent.render import poll_errors, poll_json, poll_table
+    from agent.protocols.driver import DriverError
+    from agent.protocols.registry import poll_once
 
     path = args.config or default_config_path()
     config = _load_config(path)
@@ -162,17 +161,19 @@ def cmd_poll(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     configure_logging("error", "console")
     try:
-        terminal, readings = asyncio.run(poll_terminal(config, args.terminal))
-    except (KeyError, ValueError) as exc:
+        answer = asyncio.run(poll_once(config, args.terminal))
+    except DriverError as exc:
+        return _fail(str(exc))
+    except KeyError as exc:
         return _fail(str(exc.args[0]))
     if args.json:
-        print(json.dumps(poll_json(terminal.name, terminal.points, readings), indent=2))
+        print(json.dumps(answer.json, indent=2))
     else:
         console = Console()
-        console.print(poll_table(terminal.name, terminal.address, terminal.points, readings))
-        for line in poll_errors(readings):
+        console.print(answer.table)
+        for line in answer.errors:
             console.print(f"[red]error[/red] {line}", highlight=False, soft_wrap=True)
-    return EXIT_FINDING if any(r.quality is not Quality.GOOD for r in readings) else EXIT_OK
+    return EXIT_OK if answer.all_good else EXIT_FINDING
 
 
 def _ask_agent(config: Config, cmd: str, args: dict[str, Any] | None = None) -> Any:

@@ -11,41 +11,50 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
-from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     model_validator,
 )
 
 from agent.check_settings import ChecksConfig, HealthConfig
+from agent.config_base import Frozen, TerminalModel
 from agent.durations import Duration, PositiveDuration
+from agent.protocols.modbus.config import (
+    BIT_TABLES,
+    MAX_BITS_PER_READ,
+    MAX_REGISTERS_PER_READ,
+    ModbusRtuTerminal,
+    ModbusTcpTerminal,
+    ModbusTerminal,
+    PointConfig,
+)
+from agent.protocols.registry import DRIVERS
+from agent.protocols.sl651.config import Sl651Config, Sl651SerialPort, Sl651Terminal
+
+T = TypeVar("T", bound=TerminalModel)
+
+__all__ = [  # the protocols' models, for callers that read a whole config
+    "BIT_TABLES",
+    "MAX_BITS_PER_READ",
+    "MAX_REGISTERS_PER_READ",
+    "Config",
+    "ConfigError",
+    "ModbusRtuTerminal",
+    "ModbusTcpTerminal",
+    "ModbusTerminal",
+    "PointConfig",
+    "Sl651Config",
+    "Sl651SerialPort",
+    "Sl651Terminal",
+]
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
 CONFIG_ENV = "EDGE_AGENT_CONFIG"
-
-BIT_TABLES = frozenset({"coil", "discrete"})
-# Protocol limits (Modbus Application Protocol V1.1b3, 6.1-6.4): one read returns at most
-# 125 registers or 2000 bits.
-MAX_REGISTERS_PER_READ = 125
-MAX_BITS_PER_READ = 2000
-_REGISTER_WIDTH = {
-    "uint16": 1,
-    "int16": 1,
-    "bool": 1,
-    "uint32": 2,
-    "int32": 2,
-    "float32": 2,
-    "uint64": 4,
-    "int64": 4,
-    "float64": 4,
-}
 
 
 class ConfigError(Exception):
@@ -61,8 +70,7 @@ class ConfigError(Exception):
         return [f"{self.path}: {e}" for e in self.errors]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+_Frozen = Frozen
 
 
 class GatewayConfig(_Frozen):
@@ -162,177 +170,16 @@ class MetricsConfig(_Frozen):
         return host, int(port)
 
 
-class PointConfig(_Frozen):
-    name: str = Field(min_length=1)
-    table: Literal["holding", "input", "coil", "discrete"] = "holding"
-    address: int = Field(ge=0, le=65535)
-    type: Literal[
-        "uint16",
-        "int16",
-        "uint32",
-        "int32",
-        "uint64",
-        "int64",
-        "float32",
-        "float64",
-        "string",
-        "bool",
-    ] = "uint16"
-    word_order: Literal["ABCD", "CDAB", "BADC", "DCBA"] = "ABCD"
-    scale: float = 1.0
-    offset: float = 0.0
-    unit: str = ""
-    length: int | None = Field(default=None, ge=1, le=MAX_REGISTERS_PER_READ)
-    bit: int | None = Field(default=None, ge=0, le=15)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> PointConfig:
-        if self.table in BIT_TABLES and self.type != "bool":
-            raise ValueError(f"a {self.table} is a single bit: type must be bool, not {self.type}")
-        if self.type == "string" and self.length is None:
-            raise ValueError("type string needs length (in registers, 2 characters each)")
-        if self.type != "string" and self.length is not None:
-            raise ValueError("length applies only to type string")
-        if self.bit is not None and (self.type != "bool" or self.table in BIT_TABLES):
-            raise ValueError("bit applies only to type bool read from a holding or input register")
-        if self.address + self.width > 65536:
-            raise ValueError(f"address {self.address} + {self.width} runs past the last address")
-        return self
-
-    @property
-    def width(self) -> int:
-        """How many registers (or bits, for coil/discrete) the point occupies."""
-        if self.table in BIT_TABLES:
-            return 1
-        if self.type == "string":
-            return self.length or 1
-        return _REGISTER_WIDTH[self.type]
-
-    @cached_property
-    def source(self) -> str:
-        """The raw identifier carried by its readings, e.g. ``holding:40`` (once per point)."""
-        return f"{self.table}:{self.address}"
-
-
-class _ModbusTerminal(_Frozen):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    unit: int = Field(default=1, ge=0, le=247)
-    period: PositiveDuration = 5.0
-    timeout: PositiveDuration = 1.0
-    retries: int = Field(default=2, ge=0, le=10)
-    # A dead terminal is retried at period * 2^n, at most this far apart.
-    backoff_max: PositiveDuration = 300.0
-    # Points of one table closer than this many registers (x16 for bits) are read together.
-    max_gap: int = Field(default=8, ge=0, le=MAX_REGISTERS_PER_READ)
-    points: list[PointConfig] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _unique_points(self) -> _ModbusTerminal:
-        dupes = [n for n, c in Counter(p.name for p in self.points).items() if c > 1]
-        if dupes:
-            raise ValueError(f"point names must be unique; repeated: {', '.join(dupes)}")
-        return self
-
-
-class ModbusTcpTerminal(_ModbusTerminal):
-    protocol: Literal["modbus-tcp"]
-    host: str = Field(min_length=1)
-    port: int = Field(default=502, ge=1, le=65535)
-
-    @property
-    def address(self) -> str:
-        """Where the terminal is, for people: ``host:port#unit``."""
-        return f"{self.host}:{self.port}#{self.unit}"
-
-
-class ModbusRtuTerminal(_ModbusTerminal):
-    protocol: Literal["modbus-rtu"]
-    device: str = Field(min_length=1)
-    baudrate: int = Field(default=9600, gt=0)
-    parity: Literal["N", "E", "O"] = "N"
-    stopbits: Literal[1, 2] = 1
-    bytesize: Literal[7, 8] = 8
-    # Silence between frames; default 3.5 character times (at least 1.75 ms), as the
-    # Modbus over serial line spec 2.5.1.1 asks.
-    frame_gap: Duration | None = None
-
-    @property
-    def address(self) -> str:
-        return f"{self.device}#{self.unit}"
-
-    @property
-    def line_settings(self) -> tuple[int, str, int, int]:
-        return (self.baudrate, self.parity, self.stopbits, self.bytesize)
-
-    @property
-    def char_time(self) -> float:
-        """Seconds one character takes on the line (start + data + parity + stop bits)."""
-        bits = 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
-        return bits / self.baudrate
-
-    @property
-    def effective_frame_gap(self) -> float:
-        if self.frame_gap is not None:
-            return self.frame_gap
-        return max(3.5 * self.char_time, 0.00175)
-
-
-class Sl651Terminal(_Frozen):
-    """A hydrology station that reports to the agent (the agent is its central station)."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    protocol: Literal["sl651"]
-    station: str = Field(pattern=r"^[0-9A-Fa-f]{10}$")  # the 5-byte address as 10 hex digits
-    password: str = Field(default="0000", pattern=r"^[0-9A-Fa-f]{4}$")
-    expected_interval: PositiveDuration = 3600.0  # a report at least this often, else stale
-    query_period: PositiveDuration | None = None  # ask for real-time data (0x37) this often
-    clock_sync: bool = True  # set the station clock (0x4A) when off by more than 5 minutes
-
-    @property
-    def address(self) -> str:
-        return f"station {self.station.upper()}"
-
-
-class Sl651SerialPort(_Frozen):
-    device: str = Field(min_length=1)
-    baudrate: int = Field(default=9600, gt=0)
-
-
-class Sl651Config(_Frozen):
-    """The central station: where SL651 stations connect and how the agent answers them."""
-
-    center: int = Field(default=1, ge=1, le=255)  # our centre address
-    listen: list[str] = Field(
-        default_factory=list
-    )  # "host:port", e.g. "0.0.0.0:5001" (0: any free)
-    serial: list[Sl651SerialPort] = Field(default_factory=list)
-    # End character of our confirmations: EOT lets the station go offline, ESC keeps it online
-    # (for queries).
-    ack_end: Literal["EOT", "ESC"] = "EOT"
-    accept_unknown: bool = True  # frames from stations not configured: report them, or refuse
-    utc_offset: str = Field(default="+08:00", pattern=r"^[+-]\d\d:\d\d$")  # station clocks
-    packet_timeout: PositiveDuration = 30.0  # M3: NAK a missing packet after this silence
-    idle_timeout: PositiveDuration = 900.0  # close a station connection silent this long
-    max_connections: int = Field(default=2000, ge=1)
-    max_frame_bytes: int = Field(default=8192, ge=256, le=65536)
-
-    @model_validator(mode="after")
-    def _listen_addresses(self) -> Sl651Config:
-        for item in self.listen:
-            host, _, port = item.rpartition(":")
-            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise ValueError(f"listen address {item!r} is not host:port")
-        return self
-
-    @property
-    def listen_addresses(self) -> list[tuple[str, int]]:
-        return [(h.strip("[]"), int(p)) for h, _, p in (a.rpartition(":") for a in self.listen)]
-
-
-Terminal = Annotated[
-    ModbusTcpTerminal | ModbusRtuTerminal | Sl651Terminal, Field(discriminator="protocol")
-]
-PROTOCOLS = ("modbus-tcp", "modbus-rtu", "sl651")
+# Every protocol's terminal models, told apart by `protocol` (agent/protocols/registry.py).
+TERMINAL_MODELS = tuple(model for spec in DRIVERS for model in spec.terminal_models)
+PROTOCOLS = tuple(protocol for spec in DRIVERS for protocol in spec.protocols)
+if TYPE_CHECKING:
+    Terminal = TerminalModel
+else:
+    Terminal = Annotated[
+        TERMINAL_MODELS[0] if len(TERMINAL_MODELS) == 1 else Union[TERMINAL_MODELS],  # noqa: UP007
+        Field(discriminator="protocol"),
+    ]
 
 
 class Config(_Frozen):
@@ -354,37 +201,16 @@ class Config(_Frozen):
         dupes = [n for n, c in Counter(t.name for t in self.terminals).items() if c > 1]
         if dupes:
             raise ValueError(f"terminal names must be unique; repeated: {', '.join(dupes)}")
-        stations = [t.station.upper() for t in self.terminals if isinstance(t, Sl651Terminal)]
-        dupes = [s for s, c in Counter(stations).items() if c > 1]
-        if dupes:
-            raise ValueError(f"two SL651 terminals use station {', '.join(dupes)}")
-        buses: dict[str, ModbusRtuTerminal] = {}
-        for t in self.terminals:
-            if not isinstance(t, ModbusRtuTerminal):
-                continue
-            first = buses.setdefault(t.device, t)
-            if first is t:
-                continue
-            if first.line_settings != t.line_settings:
-                raise ValueError(
-                    f"terminals {first.name} and {t.name} share {t.device} but not its line "
-                    "settings (baudrate, parity, stopbits, bytesize must match on one bus)"
-                )
-            if first.unit == t.unit:
-                raise ValueError(
-                    f"terminals {first.name} and {t.name} both use unit {t.unit} on {t.device}"
-                )
+        for spec in DRIVERS:
+            if spec.check is not None:
+                spec.check(spec.terminals(self.terminals))
         return self
 
-    @property
-    def modbus_terminals(self) -> list[ModbusTcpTerminal | ModbusRtuTerminal]:
-        return [t for t in self.terminals if not isinstance(t, Sl651Terminal)]
+    def terminals_of(self, *models: type[T]) -> list[T]:
+        """The terminals of these config models (a driver's own), in config order."""
+        return [t for t in self.terminals if isinstance(t, models)]
 
-    @property
-    def sl651_terminals(self) -> list[Sl651Terminal]:
-        return [t for t in self.terminals if isinstance(t, Sl651Terminal)]
-
-    def terminal(self, name: str) -> ModbusTcpTerminal | ModbusRtuTerminal | Sl651Terminal:
+    def terminal(self, name: str) -> TerminalModel:
         for t in self.terminals:
             if t.name == name:
                 return t

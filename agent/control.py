@@ -2,8 +2,8 @@
 
 Protocol (version 1): one JSON object per line each way. A request is
 `{"v": 1, "cmd": "status", "args": {...}}`; the answer `{"v": 1, "ok": true, "result": ...}` or
-`{"v": 1, "ok": false, "error": "one line"}`. Commands: status, checks, terminals, outbox,
-poll (args: terminal), reload. The socket is mode 0660, owned by the agent's user and the
+`{"v": 1, "ok": false, "error": "one line"}`. Commands: the operations of agent/operations.py
+(status, checks, terminals, outbox, poll, query/sl651-query, reload, history-flush). The socket is mode 0660, owned by the agent's user and the
 configured group, so only local users in that group can use it. Requests are bounded in size
 and time; nothing is ever unpickled or executed.
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
+from agent.operations import OperationError
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +59,13 @@ class ControlServer:
         os.chmod(self.path, SOCKET_MODE)  # noqa: PTH101 -- on the path the server bound
         if self.group is not None:
             os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
+
+    async def __aenter__(self) -> ControlServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -110,7 +119,7 @@ class ControlServer:
                 result = await handler(args)
         except (ValueError, TypeError) as exc:
             return {"v": VERSION, "ok": False, "error": f"bad request: {exc}"}
-        except ControlError as exc:
+        except (ControlError, OperationError) as exc:
             return {"v": VERSION, "ok": False, "error": str(exc)}
         except TimeoutError:
             return {"v": VERSION, "ok": False, "error": f"no answer within {REQUEST_TIMEOUT:g}s"}

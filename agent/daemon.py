@@ -1,10 +1,14 @@
-"""The composition root: builds the parts from config, runs them, and stops them in time.
+"""The composition root: builds the parts from config, enters them in order, runs, leaves them.
 
-Lifecycle: start (device key, outbox, uplink, sinks, one poller per terminal) -> run until
-SIGTERM/SIGINT -> graceful stop within `STOP_DEADLINE` seconds (pollers stop, taken readings are
-made durable, the uplink says `offline`) -> cancel what is left. SIGHUP and a change of the
-config file reload the terminals without a restart; a new config with errors is refused, its
-errors logged, and the running config kept. Signal handlers only set events.
+Every long-running part is an async context manager, entered in one `AsyncExitStack` in
+dependency order and left in reverse: outbox → writer → uplink → inspection (checks, history,
+watchdog) → local copy → protocol drivers → control socket → metrics → config watcher. So on
+the way out the drivers stop taking readings first, the history is saved, the writer stores
+what was taken, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE`; what is left
+then is cancelled. SIGHUP and a change of the config file reload the terminals without a
+restart; a new config with errors is refused, its errors logged, and the running config kept.
+Signal handlers only set events. This module names no protocol: the drivers come from
+agent/protocols/registry.py.
 """
 
 from __future__ import annotations
@@ -13,85 +17,43 @@ import asyncio
 import contextlib
 import gc
 import signal
-import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import structlog
-from watchdog.events import (
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
 
 from agent import sdnotify
-from agent.checks.framework import sort_results
-from agent.checks.view import (
-    AgentView,
-    LogCounter,
-    TerminalClock,
-    TerminalView,
-    record_start,
-    terminal_views,
-)
-from agent.config import (
-    Config,
-    ConfigError,
-    ModbusRtuTerminal,
-    Sl651Terminal,
-    parse_config_bytes,
-)
-from agent.control import ControlError, ControlServer
+from agent.checks.framework import CheckResult
+from agent.checks.view import AgentView, LogCounter, record_start
+from agent.config import Config, ConfigError, parse_config_bytes
+from agent.config_watch import ConfigWatcher
+from agent.control import ControlServer
 from agent.inspection import Inspection
-from agent.logs import log_task_crash
+from agent.intake import SiteIntake
 from agent.metrics import MetricsServer, ReadingCounter, Snapshot
-from agent.model import Reading, ReadingSink
-from agent.outbox import AsyncOutbox, Outbox
-from agent.polling import ModbusTerminal, Poller
-from agent.protocols.modbus import (
-    BusLink,
-    Link,
-    SerialBus,
-    SerialSettings,
-    TcpLink,
-    quiet_undecodable_replies,
-)
-from agent.protocols.sl651.session import Centre
-from agent.protocols.sl651.transport import CentralStation
-from agent.render import poll_json
+from agent.model import ReadingSink, TerminalClock, TerminalView
+from agent.operations import OPERATIONS, OperationError, Operations
+from agent.outbox import AsyncOutbox, Message, Outbox
+from agent.protocols.driver import Driver, DriverContext, DriverSpec
+from agent.protocols.registry import DRIVERS
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
-from agent.sinks import EventQueue, FanOut, JsonlSink, OutboxSink
-from agent.status import message_summary, status_dict
+from agent.sinks import FanOut, JsonlSink
 from agent.timesync import clock_synchronised
 from agent.uplink import Uplink
+from agent.writer import OutboxWriter
 
 log = structlog.get_logger(__name__)
 
 STOP_DEADLINE = 5.0
 RELOAD_SETTLE = 0.3  # editors write a file in several steps; reload once it is quiet
-
-
-def polling_allowance(terminals: Sequence[ModbusTerminal]) -> float | None:
-    """The longest the pollers may go without handing readings over (for the watchdog).
-
-    A dead terminal still gives bad readings at every attempt, at least every `backoff_max`.
-    """
-    if not terminals:
-        return None
-    longest = max(
-        max(t.period, t.backoff_max) + t.timeout * (t.retries + 1) * len(t.points)
-        for t in terminals
-    )
-    return longest + 60.0
+# Changes to these sections take effect at the next start (logged when a reload sees one).
+RESTART_KEYS = ("gateway", "state_dir", "log", "jsonl", "outbox", "uplink", "sl651", "control")
 
 
 def uplink_allowance(config: Config) -> float:
@@ -100,96 +62,15 @@ def uplink_allowance(config: Config) -> float:
     return u.backoff_max + u.connect_timeout + u.keepalive + 60.0
 
 
-def serial_settings(t: ModbusRtuTerminal) -> SerialSettings:
-    return SerialSettings(
-        t.device, t.baudrate, t.parity, t.stopbits, t.bytesize, t.effective_frame_gap
-    )
+@dataclass(frozen=True)
+class Parts:
+    """The running agent's parts, each entered in the daemon's exit stack."""
 
-
-class Acquisition:
-    """The running pollers, their links and serial buses; changed by difference on reload."""
-
-    def __init__(self, sink: ReadingSink) -> None:
-        self.sink = sink
-        self.pollers: dict[str, Poller] = {}
-        self.buses: dict[str, SerialBus] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-
-    def link_for(self, terminal: ModbusTerminal) -> Link:
-        if isinstance(terminal, ModbusRtuTerminal):
-            bus = self.buses.get(terminal.device)
-            if bus is None:
-                bus = self.buses[terminal.device] = SerialBus(serial_settings(terminal))
-            return BusLink(bus)
-        return TcpLink(terminal.host, terminal.port)
-
-    async def apply(self, terminals: Sequence[ModbusTerminal]) -> None:
-        wanted = {t.name: t for t in terminals}
-        for name in list(self.pollers):
-            if wanted.get(name) != self.pollers[name].terminal:
-                await self._stop(name)
-        # A bus whose line settings changed, or that no terminal uses any more, is reopened.
-        for device, bus in list(self.buses.items()):
-            users = [
-                t for t in terminals if isinstance(t, ModbusRtuTerminal) and t.device == device
-            ]
-            if not users or serial_settings(users[0]) != bus.settings:
-                for t in users:
-                    if t.name in self.pollers:
-                        await self._stop(t.name)
-                await bus.close()
-                del self.buses[device]
-        for name, terminal in wanted.items():
-            if name not in self.pollers:
-                poller = Poller(terminal, self.link_for(terminal), self.sink)
-                self.pollers[name] = poller
-                task = asyncio.create_task(poller.run(), name=f"poll {name}")
-                task.add_done_callback(log_task_crash)
-                self._tasks[name] = task
-
-    async def _stop(self, name: str) -> None:
-        poller = self.pollers.pop(name)
-        task = self._tasks.pop(name)
-        task.cancel()
-        with contextlib.suppress(BaseException):  # a crash was logged when it happened
-            await task
-        await poller.link.close()
-
-    async def close(self) -> None:
-        for name in list(self.pollers):
-            await self._stop(name)
-        for bus in self.buses.values():
-            await bus.close()
-        self.buses.clear()
-
-
-class _ConfigFileHandler(FileSystemEventHandler):
-    """Watchdog runs this on its own thread: it only pokes the event loop.
-
-    Only events that can change the file count: a write closed, a create, a rename onto it, a
-    delete. Reading the file (the config check does, and so does the reload itself) raises
-    'opened' and 'closed without writing' events, which must not start a reload.
-    """
-
-    CHANGES = (
-        FileClosedEvent,
-        FileCreatedEvent,
-        FileMovedEvent,
-        FileDeletedEvent,
-        FileModifiedEvent,
-    )
-
-    def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, changed: asyncio.Event):
-        self.path = path
-        self.loop = loop
-        self.changed = changed
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if not isinstance(event, self.CHANGES):
-            return
-        paths = {event.src_path, getattr(event, "dest_path", "")}
-        if any(p and Path(str(p)) == self.path for p in paths):
-            self.loop.call_soon_threadsafe(self.changed.set)
+    outbox: AsyncOutbox
+    writer: OutboxWriter
+    uplink: Uplink | None
+    inspection: Inspection
+    drivers: Sequence[Driver]
 
 
 class Daemon:
@@ -201,81 +82,36 @@ class Daemon:
         config_path: Path,
         extra_sinks: Sequence[ReadingSink] = (),
         log_counter: LogCounter | None = None,
+        drivers: Sequence[DriverSpec] = DRIVERS,
     ) -> None:
         self.config = config
+        self.config_path = config_path.resolve()
         self.log_counter = log_counter
         self.started_at = datetime.now(UTC)
         self.restarts: list[datetime] = []
-        self.inspection: Inspection | None = None
-        self.centre: Centre | None = None
-        self.control: ControlServer | None = None
-        self.metrics: MetricsServer | None = None
         self.reading_counter = ReadingCounter()
-        self.central: CentralStation | None = None
-        self.events: EventQueue | None = None
-        self._config_bytes: bytes | None = None  # the file's content when the config was read
-        self.config_path = config_path.resolve()
         self.stop_requested = asyncio.Event()
-        self._reload_requested = asyncio.Event()
+        self.operations = Operations(self)
+        # Set once every part has started (for the demo's screen); cleared on the way out.
+        self.parts: Parts | None = None
+        self._driver_specs = tuple(drivers)
         self._extra_sinks = list(extra_sinks)
-        self._jsonl: JsonlSink | None = None
-        self.acquisition: Acquisition | None = None
-        self.outbox: AsyncOutbox | None = None
-        self.outbox_sink: OutboxSink | None = None
-        self.uplink: Uplink | None = None
-        self._uplink_task: asyncio.Task[None] | None = None
+        self._reload_requested = asyncio.Event()
+        self._config_bytes: bytes | None = None  # the file's content when the config was read
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         sdnotify.claim()
         with contextlib.suppress(OSError):
             self._config_bytes = self.config_path.read_bytes()
-        quiet_undecodable_replies(loop)
         self._install_signal_handlers(loop)
-        observer = self._watch_config(loop)
+        stack = AsyncExitStack()
         try:
-            await self._start_outbox()
-            assert self.outbox is not None
-            if self.config.uplink.broker:
-                self.uplink = Uplink(
-                    self.config.uplink,
-                    self.outbox,
-                    self.config.topic_prefix,
-                    self.config.client_id,
-                )
-                self._uplink_task = asyncio.create_task(self.uplink.run(), name="uplink")
-            self.outbox_sink = OutboxSink(
-                self.outbox,
-                self.config.outbox.batch,
-                self.config.outbox.linger,
-            )
-            self.restarts = await asyncio.to_thread(record_start, self.config.state_dir)
-            self.events = EventQueue(self.outbox)
-            self.inspection = Inspection(self.config, self.outbox, self.events, self.snapshot)
-            await self.inspection.start(polling_allowance(self.config.modbus_terminals))
-            if self.uplink is not None:
-                self.inspection.progress.register("uplink", uplink_allowance(self.config))
-                self.uplink.on_progress = partial(self.inspection.progress.beat, "uplink")
-            sinks: list[ReadingSink] = [
-                self.outbox_sink,
-                *self.inspection.sinks,
-                *self._extra_sinks,
-            ]
-            if self.config.metrics.address is not None:
-                sinks.append(self.reading_counter)
-            if self.config.jsonl.enabled:
-                self._jsonl = JsonlSink(self.config.jsonl_path, self.config.jsonl.max_bytes)
-                self._jsonl.open()
-                sinks.append(self._jsonl)
-            fan_out = FanOut(sinks)
-            self.acquisition = Acquisition(fan_out)
-            await self.acquisition.apply(self.config.modbus_terminals)
-            await self._start_central_station(fan_out)
-            await self._start_control()
+            self.parts = await self._start(stack)
             # What exists now lives as long as the agent: keep the collector from walking it
             # (a full collection of a large site's objects showed as 60 ms of poll lateness).
             gc.freeze()
-            notify("READY=1", f"STATUS=polling {len(self.config.terminals)} terminals")
+            notify("READY=1", f"STATUS=serving {len(self.config.terminals)} terminals")
             log.info(
                 "agent started",
                 gateway=self.config.gateway.id,
@@ -289,32 +125,67 @@ class Daemon:
             log.info("agent stopping")
             try:
                 async with asyncio.timeout(STOP_DEADLINE):
-                    await self._stop_parts()
+                    await stack.aclose()
             except TimeoutError:
-                log.error("stop deadline passed; leaving the rest to cancellation")
-            if observer is not None:
-                observer.stop()
-                observer.join(timeout=1)
+                log.error("stop deadline passed; the rest was cancelled")
+            self.parts = None
             self._remove_signal_handlers(loop)
             log.info("agent stopped")
 
-    async def _start_control(self) -> None:
-        """The control socket and, when configured, the metrics endpoint."""
-        control = ControlServer(
-            self.config.control.socket,
-            {
-                "status": self._status,
-                "checks": self._checks,
-                "terminals": self._terminals,
-                "outbox": self._outbox,
-                "poll": self._poll,
-                "reload": self._reload_request,
-                "sl651-query": self._sl651_query,
-            },
-            self.config.control.group,
+    async def _start(self, stack: AsyncExitStack) -> Parts:
+        """Enter every part in dependency order; the stack leaves them in reverse."""
+        config = self.config
+        outbox = await stack.enter_async_context(AsyncOutbox(self._open_outbox()))
+        writer = await stack.enter_async_context(
+            OutboxWriter(outbox, batch=config.outbox.batch, linger=config.outbox.linger)
         )
+        uplink = None
+        if config.uplink.broker:
+            uplink = Uplink(config.uplink, outbox, config.topic_prefix, config.client_id)
+            await stack.enter_async_context(uplink)
+        self.restarts = await asyncio.to_thread(record_start, config.state_dir)
+        inspection = await stack.enter_async_context(Inspection(config, writer, self.snapshot))
+        if uplink is not None:
+            inspection.progress.register("uplink", uplink_allowance(config))
+            uplink.on_progress = partial(inspection.progress.beat, "uplink")
+        local: list[ReadingSink] = [*inspection.sinks, *self._extra_sinks]
+        if config.metrics.address is not None:
+            local.append(self.reading_counter)
+        if config.jsonl.enabled:
+            local.append(stack.enter_context(JsonlSink(config.jsonl_path, config.jsonl.max_bytes)))
+        context = DriverContext(config, SiteIntake(FanOut(local), writer), clock_synchronised)
+        drivers: list[Driver] = []
+        for spec in self._driver_specs:
+            drivers.append(await stack.enter_async_context(spec.create(context)))
+        self.parts = parts = Parts(outbox, writer, uplink, inspection, drivers)
+        inspection.set_polling_allowance(self._polling_allowance(drivers))
+        await self._start_control(stack)
+        stack.enter_context(ConfigWatcher(self.config_path, self._reload_requested))
+        return parts
+
+    def _open_outbox(self) -> Outbox:
+        state_dir = self.config.state_dir
         try:
-            await control.start()
+            key = load_key(state_dir)
+        except KeyNotFoundError:
+            key = init_key(state_dir)
+            log.info("created the device identity", kid=key.kid, path=str(key_path(state_dir)))
+        o = self.config.outbox
+        return Outbox(
+            self.config.outbox_path,
+            key,
+            self.config.gateway.id,
+            max_bytes=o.max_bytes,
+            max_age=o.max_age,
+            synchronous=o.synchronous,
+        )
+
+    async def _start_control(self, stack: AsyncExitStack) -> None:
+        """The control socket and, when configured, the metrics endpoint."""
+        handlers = {name: partial(op.call, self.operations) for name, op in OPERATIONS.items()}
+        control = ControlServer(self.config.control.socket, handlers, self.config.control.group)
+        try:
+            await stack.enter_async_context(control)
         except (OSError, KeyError) as exc:
             # Not fatal: the agent's job is the data; `status` then says it cannot reach it.
             log.error(
@@ -322,125 +193,34 @@ class Daemon:
                 path=str(self.config.control.socket),
                 error=str(exc),
             )
-        else:
-            self.control = control
         address = self.config.metrics.address
         if address is not None:
-            self.metrics = MetricsServer(address, self._metrics_snapshot)
-            await self.metrics.start()
+            await stack.enter_async_context(MetricsServer(address, self._metrics_snapshot))
 
-    async def _status(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        results = self.inspection.results() if self.inspection else []
-        return status_dict(await self.snapshot(), results)
+    @staticmethod
+    def _polling_allowance(drivers: Sequence[Driver]) -> float | None:
+        allowances = [a for d in drivers if (a := d.watch_allowance()) is not None]
+        return max(allowances) if allowances else None
 
-    async def _checks(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
-        if self.inspection is None:
-            raise ControlError("the checks are not running")
-        if args.get("run"):
-            done = await self.inspection.runner.run_all(await self.snapshot())
-            return [r.to_dict() for r in sort_results(done.results)]
-        return [r.to_dict() for r in self.inspection.results()]
+    # -- what the operations ask of the running agent ----------------------------------------
 
-    async def _terminals(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
-        terminals: list[dict[str, Any]] = (await self._status(args))["terminals"]
-        return terminals
-
-    async def _outbox(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        if self.outbox is None:
-            raise ControlError("the outbox is not open")
-        limit = max(0, min(int(args.get("limit", 0)), 1000))
-        stats = await self.outbox.stats()
-        now = time.time()
-        pending = await self.outbox.pending(limit) if limit else []
-        return {
-            "stats": stats.to_dict(),
-            "messages": [
-                message_summary(m.seq, m.kind, m.priority, m.payload, m.size, m.created_at, now)
-                for m in pending
-            ],
-        }
-
-    async def _poll(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        name = str(args.get("terminal", ""))
-        poller = self.acquisition.pollers.get(name) if self.acquisition else None
-        if poller is None:
-            known = ", ".join(self.acquisition.pollers) if self.acquisition else ""
-            raise ControlError(f"no polled terminal named {name!r} (known: {known or 'none'})")
-        readings = await poller.poll_once()
-        return poll_json(name, poller.terminal.points, readings)
-
-    async def _sl651_query(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        """Ask an SL651 station for specified elements (0x3A) at its next chance."""
-        if self.centre is None:
-            raise ControlError("no SL651 central station is configured")
-        elements = args.get("elements")
-        if not isinstance(elements, list) or not elements:
-            raise ControlError("elements: a list of identifiers, e.g. ['Z', 'PJ']")
-        try:
-            state = self.centre.ask_elements(
-                str(args.get("terminal", "")), [str(e) for e in elements]
-            )
-        except KeyError as exc:
-            raise ControlError(str(exc.args[0])) from None
-        except ValueError as exc:
-            raise ControlError(f"elements: {exc}") from None
-        return {"query": state}
-
-    async def _reload_request(self, args: Mapping[str, Any]) -> dict[str, Any]:
-        return {"reloaded": await self.reload()}
-
-    async def _metrics_snapshot(self) -> Snapshot:
-        results = self.inspection.results() if self.inspection else []
-        return Snapshot(await self.snapshot(), results, self.reading_counter.counts)
-
-    async def _start_central_station(self, sink: FanOut) -> None:
-        sl651 = self.config.sl651
-        if not (sl651.listen or sl651.serial or self.config.sl651_terminals):
-            return
-        self.centre = Centre(sl651, self.config.sl651_terminals, clock_synchronised)
-        self.central = CentralStation(sl651, self.centre, sink.submit, self._store_events)
-        await self.central.start()
-
-    def _store_events(self, events: list[dict[str, Any]]) -> None:
-        """Alarms from the field (station status words) into the outbox, at EVENT priority."""
-        for event in events:
-            log.warning("station alarm", **{k: event[k] for k in ("terminal", "flag", "action")})
-        if self.events is not None:
-            self.events.submit(events)
-
-    async def _start_outbox(self) -> None:
-        state_dir = self.config.state_dir
-        try:
-            key = load_key(state_dir)
-        except KeyNotFoundError:
-            key = init_key(state_dir)
-            log.info("created the device identity", kid=key.kid, path=str(key_path(state_dir)))
-        outbox = Outbox(
-            self.config.outbox_path,
-            key,
-            self.config.gateway.id,
-            max_bytes=self.config.outbox.max_bytes,
-            max_age=self.config.outbox.max_age,
-            synchronous=self.config.outbox.synchronous,
-        )
-        self.outbox = AsyncOutbox(outbox)
-        await self.outbox.open()  # a damaged database is set aside (and logged) there
+    def _running(self) -> Parts:
+        if self.parts is None:
+            raise OperationError("the agent is starting or stopping")
+        return self.parts
 
     async def snapshot(self) -> AgentView:
-        """What the checks and the health report see of the running agent."""
-        acquisition = self.acquisition
-        window = self.config.checks.software.log_window
-        terminals = terminal_views(acquisition.pollers) if acquisition else {}
+        """What the checks, the health report and status see of the running agent."""
+        parts = self.parts
+        drivers = parts.drivers if parts is not None else ()
+        terminals: dict[str, TerminalView] = {}
         clocks: dict[str, TerminalClock] = {}
-        if self.centre is not None:
-            now = datetime.now(UTC)
-            for code, state in self.centre.stations.items():
-                terminal = self.centre.terminals.get(code)
-                if terminal is not None:
-                    terminals[terminal.name] = TerminalView(terminal, state.stats)
-                if state.clock_offset is not None:
-                    station_time = now + timedelta(seconds=state.clock_offset)
-                    clocks[state.terminal] = TerminalClock(station_time, now)
+        buses: dict[str, float] = {}
+        for driver in drivers:
+            terminals.update(driver.views())
+            clocks.update(driver.clocks())
+            buses.update(driver.buses())
+        window = self.config.checks.software.log_window
         return AgentView(
             config=self.config,
             config_path=self.config_path,
@@ -448,40 +228,44 @@ class Daemon:
             restarts=self.restarts,
             terminals=terminals,
             terminal_clocks=clocks,
-            buses=(
-                {d: bus.utilisation() for d, bus in acquisition.buses.items()}
-                if acquisition
-                else {}
-            ),
-            outbox=await self.outbox.stats() if self.outbox is not None else None,
-            uplink=self.uplink.state if self.uplink is not None else None,
+            buses=buses,
+            outbox=await parts.outbox.stats() if parts is not None else None,
+            uplink=parts.uplink.state if parts is not None and parts.uplink else None,
             logs=self.log_counter.snapshot(window) if self.log_counter is not None else None,
         )
 
-    async def _stop_parts(self) -> None:
-        """Stop taking readings, make the taken ones durable, then leave the broker cleanly."""
-        if self.control is not None:
-            await self.control.stop()
-        if self.metrics is not None:
-            await self.metrics.stop()
-        if self.central is not None:
-            await self.central.stop()
-        if self.acquisition is not None:
-            await self.acquisition.close()
-        if self.events is not None:
-            await self.events.flush()
-        if self.outbox_sink is not None:
-            await self.outbox_sink.flush()
-        if self.inspection is not None:
-            await self.inspection.stop()
-        if self._uplink_task is not None:
-            self._uplink_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._uplink_task
-        if self._jsonl is not None:
-            self._jsonl.close()
-        if self.outbox is not None:
-            await self.outbox.close()
+    def check_results(self) -> list[CheckResult]:
+        return self.parts.inspection.results() if self.parts is not None else []
+
+    async def run_checks(self) -> list[CheckResult]:
+        done = await self._running().inspection.runner.run_all(await self.snapshot())
+        return done.results
+
+    async def outbox_summary(self, limit: int) -> tuple[dict[str, Any], list[Message]]:
+        outbox = self._running().outbox
+        stats = await outbox.stats()
+        return stats.to_dict(), (await outbox.pending(limit) if limit else [])
+
+    def _driver_for(self, terminal: str) -> Driver:
+        for driver in self._running().drivers:
+            if terminal in driver.views():
+                return driver
+        known = ", ".join(t.name for t in self.config.terminals) or "none"
+        raise OperationError(f"no running terminal named {terminal!r} (known: {known})")
+
+    async def poll(self, terminal: str) -> dict[str, Any]:
+        return (await self._driver_for(terminal).poll(terminal)).json
+
+    async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._driver_for(terminal).ask(terminal, request)
+
+    async def flush_history(self) -> Path | None:
+        return await self._running().inspection.flush_history()
+
+    async def _metrics_snapshot(self) -> Snapshot:
+        return Snapshot(await self.snapshot(), self.check_results(), self.reading_counter.counts)
+
+    # -- serving and reloading ---------------------------------------------------------------
 
     async def _serve(self) -> None:
         stop = asyncio.create_task(self.stop_requested.wait())
@@ -525,18 +309,15 @@ class Daemon:
         self._config_bytes = text
         if new == self.config:
             return True
-        restart_keys = ("gateway", "state_dir", "log", "jsonl", "outbox", "uplink", "sl651")
-        for key in (*restart_keys, "checks", "health"):
+        for key in (*RESTART_KEYS, "checks", "health"):
             if getattr(new, key) != getattr(self.config, key):
                 log.warning("config change needs a restart to take effect", key=key)
-        assert self.acquisition is not None
-        await self.acquisition.apply(new.modbus_terminals)
+        parts = self._running()
         self.config = self.config.model_copy(update={"terminals": new.terminals})
-        if self.centre is not None:
-            self.centre.configure(self.config.sl651_terminals)
-        if self.inspection is not None:
-            await self.inspection.reload(self.config)
-            self.inspection.set_polling_allowance(polling_allowance(self.config.modbus_terminals))
+        for driver in parts.drivers:
+            await driver.apply(self.config)
+        await parts.inspection.reload(self.config)
+        parts.inspection.set_polling_allowance(self._polling_allowance(parts.drivers))
         log.info("config reloaded", terminals=len(new.terminals))
         return True
 
@@ -549,37 +330,3 @@ class Daemon:
     def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
-
-    def _watch_config(self, loop: asyncio.AbstractEventLoop) -> Observer | None:  # type: ignore[valid-type]
-        handler = _ConfigFileHandler(self.config_path, loop, self._reload_requested)
-        observer = Observer()
-        try:
-            observer.schedule(handler, str(self.config_path.parent), recursive=False)
-            observer.start()
-        except OSError as exc:  # e.g. inotify limits: SIGHUP still works
-            log.warning("cannot watch the config file; reload with SIGHUP", error=str(exc))
-            return None
-        return observer
-
-
-async def poll_terminal(config: Config, name: str) -> tuple[ModbusTerminal, list[Reading]]:
-    """Read every point of one terminal once (`edge-agent poll`).
-
-    KeyError for an unknown name, ValueError for a terminal that is not polled (SL651 stations
-    report by themselves).
-    """
-    terminal = config.terminal(name)
-    if isinstance(terminal, Sl651Terminal):
-        raise ValueError(
-            f"{name} is an SL651 station: it reports by itself; see its readings with "
-            "'edge-agent status' or decode its frames with 'edge-agent sl651 decode'"
-        )
-    quiet_undecodable_replies(asyncio.get_running_loop())
-    acquisition = Acquisition(FanOut([]))
-    link = acquisition.link_for(terminal)
-    try:
-        readings = await Poller(terminal, link, acquisition.sink).poll_once()
-    finally:
-        await link.close()
-        await acquisition.close()
-    return terminal, readings

@@ -8,7 +8,6 @@ reading of every point and the outbox depth until the duration ends or Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,9 +16,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from agent.checks.view import AgentView
 from agent.config import UplinkConfig, load_config
 from agent.daemon import Daemon
-from agent.outbox import OutboxStats
 from agent.render import QUALITY_STYLE, age, format_value
 from agent.sim.site import SimulatedSite
 from agent.sinks import LatestValues
@@ -27,7 +26,8 @@ from agent.sinks import LatestValues
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
 
-def outbox_line(daemon: Daemon, stats: OutboxStats | None) -> Text:
+def outbox_line(view: AgentView) -> Text:
+    stats = view.outbox
     if stats is None:
         return Text("outbox: opening", style="dim")
     age_text = f", oldest {stats.oldest_age:.0f}s" if stats.oldest_age is not None else ""
@@ -35,37 +35,27 @@ def outbox_line(daemon: Daemon, stats: OutboxStats | None) -> Text:
         f"outbox: {stats.messages} messages, {stats.bytes / 1024:.0f} KiB waiting{age_text}, "
         f"evicted {stats.evicted}"
     )
-    uplink = daemon.uplink
+    uplink = view.uplink
     if uplink is None:
         text += " · uplink: none configured (readings wait in the outbox)"
-    elif uplink.state.connected:
-        text += (
-            f" · uplink: connected to {uplink.state.broker}, {uplink.state.published} acknowledged"
-        )
+    elif uplink.connected:
+        text += f" · uplink: connected to {uplink.broker}, {uplink.published} acknowledged"
     else:
-        text += f" · uplink: down ({uplink.state.last_error or 'connecting'})"
+        text += f" · uplink: down ({uplink.last_error or 'connecting'})"
     return Text(text)
 
 
 def demo_view(
-    daemon: Daemon,
+    view: AgentView,
     latest: LatestValues,
     now: datetime,
-    stats: OutboxStats | None = None,
     max_points: int | None = None,
 ) -> Group:
     """The live screen; `max_points` keeps the readings table within a terminal's height."""
-    acquisition = daemon.acquisition
-    pollers = acquisition.pollers if acquisition else {}
     terminals = Table(title="terminals", title_justify="left")
     for column in ("terminal", "address", "state", "polls/reports", "failed", "p95", "last error"):
         terminals.add_column(column)
-    rows = [(name, p.terminal.address, p.stats) for name, p in pollers.items()]
-    if daemon.centre is not None:
-        rows += [
-            (st.terminal, f"station {st.station}", st.stats)
-            for st in daemon.centre.stations.values()
-        ]
+    rows = [(t.name, t.address, t.stats) for t in view.terminals.values()]
     for name, address, s in rows:
         state = (
             Text("answering", "green") if s.consecutive_failures == 0 else Text("failing", "red")
@@ -98,11 +88,7 @@ def demo_view(
             age(r.observed_at, now),
         )
     footer = Text(f"{latest.count} readings so far · Ctrl-C to stop", style="dim")
-    return Group(terminals, points, outbox_line(daemon, stats), footer)
-
-
-async def _stats(daemon: Daemon) -> OutboxStats | None:
-    return await daemon.outbox.stats() if daemon.outbox is not None else None
+    return Group(terminals, points, outbox_line(view), footer)
 
 
 async def run_demo(
@@ -128,27 +114,24 @@ async def run_demo(
             with Live(console=console, refresh_per_second=2) as live:
                 while not agent.done() and (deadline is None or loop.time() < deadline):
                     room = max(5, console.height - 24)  # the terminals table, titles, footer
-                    view = demo_view(daemon, latest, datetime.now(UTC), await _stats(daemon), room)
-                    live.update(view)
+                    view = await daemon.snapshot()
+                    live.update(demo_view(view, latest, datetime.now(UTC), room))
                     await asyncio.sleep(0.5)
         else:
             while not agent.done() and (deadline is None or loop.time() < deadline):
                 await asyncio.sleep(min(5.0, deadline - loop.time()) if deadline else 5.0)
-                failing = [
-                    n
-                    for n, p in (daemon.acquisition.pollers.items() if daemon.acquisition else [])
-                    if p.stats.consecutive_failures
-                ]
+                view = await daemon.snapshot()
+                failing = [n for n, t in view.terminals.items() if t.stats.consecutive_failures]
                 console.print(
                     f"{latest.count} readings from {len(latest.latest)} points; "
                     f"failing terminals: {', '.join(failing) or 'none'}"
                 )
-                console.print(outbox_line(daemon, await _stats(daemon)))
+                console.print(outbox_line(view))
         if not agent.done():
-            console.print(demo_view(daemon, latest, datetime.now(UTC), await _stats(daemon)))
+            console.print(demo_view(await daemon.snapshot(), latest, datetime.now(UTC)))
     finally:
         daemon.stop_requested.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await agent
+        await asyncio.wait({agent})  # ours is not swallowed: wait raises it
         await site.stop()
+    agent.result()  # the agent's own failure (a port in use, say) is the demo's
     return 0

@@ -1,24 +1,24 @@
 """The daemon's continuous self-inspection: checks on their intervals, alarms, health, history.
 
 Part of the composition root (only daemon.py uses it): it connects the check framework
-(agent/checks) to the outbox. Each round of due checks becomes alarm events (hysteresis in
-AlarmTracker) stored at EVENT priority, a health report stored at HEALTH priority when its
+(agent/checks) to the outbox writer. Each round of due checks becomes alarm events (hysteresis
+in AlarmTracker) stored at EVENT priority, a health report stored at HEALTH priority when its
 schedule says so (every `health.interval`, and at once on a change), and rows in the bounded
 history behind `edge-agent report`. The watchdog pings systemd only while polling, checks and
-the uplink keep moving.
+the uplink keep moving. An async context manager: entering opens the history and starts the
+check loop and the watchdog; leaving stops them and saves the history.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Self
 
 import structlog
 
@@ -35,10 +35,10 @@ from agent.config import Config
 from agent.durations import parse_duration
 from agent.logs import log_task_crash
 from agent.model import ReadingSink
-from agent.outbox import AsyncOutbox, OutboxError, Priority
-from agent.sinks import EventQueue
+from agent.outbox import OutboxError, Priority
 from agent.status import health_path
 from agent.watchdog import BeatSink, Progress, run_watchdog, status_line
+from agent.writer import OutboxWriter
 
 log = structlog.get_logger(__name__)
 
@@ -49,13 +49,10 @@ CHECKS_ALLOWANCE = 600.0  # the check loop beats at least every round; rounds ar
 class Inspection:
     """Owns the check runner, alarm tracker, health schedule and history of a running agent."""
 
-    def __init__(
-        self, config: Config, outbox: AsyncOutbox, events: EventQueue, view: ViewSource
-    ) -> None:
+    def __init__(self, config: Config, writer: OutboxWriter, view: ViewSource) -> None:
         self.config = config
         self.settings: ChecksConfig = config.checks
-        self.outbox = outbox
-        self.events = events
+        self.writer = writer
         self._view = view
         self.monitor: DataMonitor = data_monitor(config, self.settings)
         self.runner = CheckRunner(build_checks(config, self.settings, monitor=self.monitor))
@@ -75,14 +72,13 @@ class Inspection:
             sinks.append(self.history)
         return sinks
 
-    async def start(self, polling_allowance: float | None) -> None:
+    async def __aenter__(self) -> Self:
         await asyncio.to_thread(self.alarms.load)
         h = self.settings.history
         if h.enabled:
             history = History(history_path(self.config), h.retention, h.max_events)
             await asyncio.to_thread(self._open_history, history)
             self.history = history
-        self.set_polling_allowance(polling_allowance)
         self.progress.register("checks", CHECKS_ALLOWANCE)
         self._tasks = [
             asyncio.create_task(
@@ -92,6 +88,7 @@ class Inspection:
         ]
         for task in self._tasks:
             task.add_done_callback(log_task_crash)
+        return self
 
     def _open_history(self, history: History) -> None:
         """In a worker thread: open the database and note this start."""
@@ -140,7 +137,7 @@ class Inspection:
         events = await asyncio.to_thread(self.alarms.update, done.results)  # saves its state
         for event in events:
             log.warning("alarm", check=event.get("check"), status=event.get("status"))
-        self.events.submit(events)
+        self._store_events(events)
         if self.history is not None:
             self.history.record_results(done.results, done.changed)
             self.history.record_alarms(events)
@@ -152,8 +149,9 @@ class Inspection:
         if self.health.due(now, bool(done.changed)):
             view = self._latest_view or await self._view()
             report = build_health(self.runner.results, view)
-            if await self._store([("health", report, Priority.HEALTH)]):
-                self.health.sent(now)
+            # Taken by the writer: stored now, or kept and tried again if the disk fails.
+            self.writer.put("health", report, Priority.HEALTH)
+            self.health.sent(now)
             # Kept on disk too: `edge-agent status` shows it when the agent does not run.
             text = json.dumps(report, default=str).encode()
             try:
@@ -161,15 +159,9 @@ class Inspection:
             except OSError as exc:
                 log.warning("cannot save the health report", error=str(exc))
 
-    async def _store(self, items: list[tuple[str, Any, Priority]]) -> bool:
-        if not items:
-            return True
-        try:
-            await self.outbox.put_many(items)
-        except (OutboxError, OSError, ValueError) as exc:
-            log.error("could not store alarm/health messages", error=str(exc), count=len(items))
-            return False
-        return True
+    def _store_events(self, events: list[dict[str, object]]) -> None:
+        for event in events:
+            self.writer.put("event", event, Priority.EVENT)
 
     def results(self) -> list[CheckResult]:
         return self.runner.results
@@ -180,16 +172,25 @@ class Inspection:
         self.monitor.set_intervals(terminal_intervals(config))  # gap checks of new periods
         self.runner.replace(build_checks(config, self.settings, monitor=self.monitor))
         cleared = self.alarms.retire([c.id for c in self.runner.checks])
-        self.events.submit(cleared)
+        self._store_events(cleared)
         if self.history is not None:
             self.history.set_terminals(terminal_plans(config))
 
-    async def stop(self) -> None:
+    async def flush_history(self) -> Path | None:
+        """Write the buffered history now (for a report up to now); its path, if kept."""
+        if self.history is None:
+            return None
+        await asyncio.to_thread(self.history.flush)
+        self._last_flush = time.monotonic()
+        return history_path(self.config)
+
+    async def __aexit__(self, *exc_info: object) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):  # a crash was logged when it happened
-                await task
+        if self._tasks:
+            # A crash of either task was logged when it happened; a cancellation of this
+            # coroutine is not swallowed (wait returns on their end, and raises for ours).
+            await asyncio.wait(self._tasks)
         self.runner.close()
         if self.history is not None:
             try:

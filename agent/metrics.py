@@ -202,6 +202,13 @@ class MetricsServer:
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("metrics listening", address=f"{host}:{self.port}")
 
+    async def __aenter__(self) -> MetricsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()

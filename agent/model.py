@@ -1,6 +1,8 @@
 """The shared vocabulary of the agent: plain, immutable values that every part may import.
 
 Nothing here does IO or knows a protocol; protocols produce these, sinks and the uplink consume them.
+`TerminalInfo` and `TerminalView` are how protocol-neutral parts (checks, history, status,
+metrics) see a terminal of any protocol.
 """
 
 from __future__ import annotations
@@ -31,6 +33,24 @@ class ReadingSink(Protocol):
     def submit(self, readings: Sequence[Reading]) -> None:
         """Take a batch of readings (one poll's worth)."""
         ...
+
+
+class Intake(ReadingSink, Protocol):
+    """Where a protocol driver hands what it observed.
+
+    `submit` takes polled readings at once (they become durable within `outbox.linger`);
+    `commit` takes a report's readings and events and returns only once all of them are
+    durable in the outbox — what a driver awaits before it confirms the report to a terminal.
+    It raises `NotStored` if they could not be stored.
+    """
+
+    async def commit(
+        self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]
+    ) -> None: ...
+
+
+class NotStored(Exception):
+    """Messages that were not made durable (given up on): nothing may be confirmed for them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +86,84 @@ class Reading:
             "source": self.source,
             "error": self.error,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalInfo:
+    """A terminal as every protocol-neutral part sees it, whatever its protocol.
+
+    `interval` is how often a reading is expected: the poll period of a polled terminal, the
+    expected report interval of one that reports by itself. `points` names the configured
+    points (None where the terminal decides what it sends); `bus` a line it shares with
+    other terminals (a serial device), if any.
+    """
+
+    name: str
+    protocol: str
+    address: str  # where it is, for people
+    interval: float
+    polled: bool
+    points: tuple[str, ...] | None = None
+    bus: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalClock:
+    """A terminal's own clock as last seen: its time, and ours when we received it."""
+
+    terminal_time: datetime
+    local_time: datetime
+
+    @property
+    def offset(self) -> float:
+        """Seconds the terminal is ahead of us (negative: behind)."""
+        return (self.terminal_time - self.local_time).total_seconds()
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalView:
+    """One running terminal: what it is, and what has been seen of it.
+
+    `expected_interval` overrides how often a report is expected from a terminal that reports
+    by itself (default: its configured interval).
+    """
+
+    info: TerminalInfo
+    stats: TerminalStats
+    expected_interval: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def protocol(self) -> str:
+        return self.info.protocol
+
+    @property
+    def period(self) -> float | None:
+        """The poll period of a polled terminal."""
+        return self.info.interval if self.info.polled else None
+
+    @property
+    def report_interval(self) -> float | None:
+        """The expected report interval of a terminal that reports by itself (or overridden)."""
+        if self.expected_interval:
+            return self.expected_interval
+        return None if self.info.polled else self.info.interval
+
+    @property
+    def interval(self) -> float:
+        """How often a reading is expected."""
+        return self.report_interval or self.info.interval
+
+    @property
+    def bus(self) -> str | None:
+        return self.info.bus
+
+    @property
+    def address(self) -> str:
+        return self.info.address
 
 
 def parse_timestamp(text: str) -> datetime:

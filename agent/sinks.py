@@ -2,16 +2,14 @@
 
 A sink's `submit` never blocks on the network or the disk's fsync and never raises for a
 reading's content: the pollers call it from the event loop and must keep their schedule.
-`OutboxSink` makes readings durable and signed in the outbox (the way upstream); the JSON-lines
-file is an optional local copy, bounded by size, rotating to `<path>.1`.
+The way upstream is the outbox writer (agent/writer.py); the sinks here are the local parts:
+`FanOut` hands readings to several of them, the JSON-lines file is an optional local copy,
+bounded by size, rotating to `<path>.1`, and `LatestValues` keeps the newest of each point.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -21,7 +19,6 @@ from typing import IO, Any
 import structlog
 
 from agent.model import Reading, ReadingSink, format_timestamp
-from agent.outbox import AsyncOutbox, OutboxError, Priority
 
 log = structlog.get_logger(__name__)
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per reading
@@ -48,6 +45,13 @@ class JsonlSink:
         self.max_bytes = max_bytes
         self._file: IO[str] | None = None
         self._size = 0
+
+    def __enter__(self) -> JsonlSink:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,123 +124,3 @@ class FanOut:
                         error=f"{type(exc).__name__}: {exc}",
                         failures=self.failures,
                     )
-
-
-class OutboxSink:
-    """Telemetry into the durable outbox as signed messages of up to `batch` readings.
-
-    `submit` returns at once. Readings of several polls are gathered into one message — sent
-    when `batch` readings are waiting or `linger` seconds after the first of them — because a
-    message costs a signature, a row and a trip to the writer thread whatever its size. So a
-    reading is durable at most `linger` after it was taken (documented; `flush()` on stop
-    stores the rest). Puts waiting at once are bounded by `max_pending`; past that (a disk that
-    has stalled) readings are refused, counted and logged, never queued without bound.
-    """
-
-    def __init__(
-        self,
-        outbox: AsyncOutbox,
-        batch: int = 200,
-        linger: float = 0.2,
-        max_pending: int = 1000,
-    ) -> None:
-        self.outbox = outbox
-        self.batch = batch
-        self.linger = linger
-        self.max_pending = max_pending
-        self.lost = 0
-        self._records: list[dict[str, Any]] = []
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def submit(self, readings: Sequence[Reading]) -> None:
-        if not readings:
-            return
-        self._records.extend(records(readings))
-        if len(self._records) >= self.batch:
-            self._send()
-        elif self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self.linger, self._send)
-
-    def _send(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        records, self._records = self._records, []
-        if not records:
-            return
-        if len(self._tasks) >= self.max_pending:
-            self.lost += len(records)
-            log.error("outbox is not keeping up; readings refused", count=len(records))
-            return
-        items = [
-            ("telemetry", {"readings": records[i : i + self.batch]}, Priority.TELEMETRY)
-            for i in range(0, len(records), self.batch)
-        ]
-        task = asyncio.create_task(self._put(items, len(records)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _put(self, items: list[tuple[str, Any, Priority]], count: int) -> None:
-        try:
-            await self.outbox.put_many(items)
-        except (OutboxError, OSError, sqlite3.Error, ValueError) as exc:
-            self.lost += count
-            log.error("readings not stored in the outbox", count=count, error=str(exc))
-            return
-
-    async def flush(self) -> None:
-        """Store what is gathered now and wait until every put is done (or has failed)."""
-        self._send()
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-class EventQueue:
-    """Alarm and station events into the outbox at EVENT priority, never dropped on a failure.
-
-    `submit` returns at once; a writer task stores what waits. A put that fails (a full or
-    failing disk) keeps the events and tries again after `retry` seconds; at most `max_kept`
-    events wait in memory (the oldest go first beyond that, counted and logged).
-    """
-
-    def __init__(self, outbox: AsyncOutbox, retry: float = 5.0, max_kept: int = 10_000) -> None:
-        self.outbox = outbox
-        self.retry = retry
-        self.max_kept = max_kept
-        self.dropped = 0
-        self._waiting: list[dict[str, Any]] = []
-        self._writer: asyncio.Task[None] | None = None
-
-    def submit(self, events: Sequence[dict[str, Any]]) -> None:
-        if not events:
-            return
-        self._waiting.extend(events)
-        overflow = len(self._waiting) - self.max_kept
-        if overflow > 0:
-            del self._waiting[:overflow]
-            self.dropped += overflow
-            log.error("events could not be stored and were dropped", count=overflow)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(), name="event writer")
-
-    async def _write(self) -> None:
-        while self._waiting:
-            batch = list(self._waiting)
-            try:
-                await self.outbox.put_many([("event", e, Priority.EVENT) for e in batch])
-            except (OutboxError, OSError, sqlite3.Error, ValueError) as exc:
-                log.error("events not stored yet; retrying", count=len(batch), error=str(exc))
-                await asyncio.sleep(self.retry)
-                continue
-            del self._waiting[: len(batch)]
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
-    async def flush(self) -> None:
-        """Give the writer its chance to store what waits (used on the way out)."""
-        if self._writer is not None and not self._writer.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer

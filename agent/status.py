@@ -22,9 +22,9 @@ from rich.text import Text
 
 from agent.checks.framework import CheckResult, Status
 from agent.checks.health import summarise
-from agent.checks.view import AgentView, TerminalView
+from agent.checks.view import AgentView
 from agent.durations import approximate_duration
-from agent.model import format_timestamp
+from agent.model import TerminalView, format_timestamp
 from agent.outbox import QUEUE_NAMES
 from agent.signing import read_envelope
 
@@ -81,7 +81,7 @@ def status_dict(
         terminals.append(
             {
                 "name": name,
-                "protocol": getattr(t.config, "protocol", ""),
+                "protocol": t.protocol,
                 "address": t.address,
                 "state": terminal_state(t, now),
                 "last_good_at": format_timestamp(s.last_good_at) if s.last_good_at else None,

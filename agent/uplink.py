@@ -208,8 +208,20 @@ class Uplink:
         self._held: dict[int, float] = {}  # refused message id -> monotonic time to retry
         self._logged: tuple[str, float] | None = None
         self._socket_errors = _SocketErrors()
+        self._task: asyncio.Task[None] | None = None
         # Called at every connection attempt and every turn of the publish loop (the watchdog).
         self.on_progress: Callable[[], None] | None = None
+
+    async def __aenter__(self) -> Uplink:
+        self._task = asyncio.create_task(self.run(), name="uplink")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Stop the session: `offline` is said (within 2 s) before it disconnects."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
 
     def _beat(self) -> None:
         if self.on_progress is not None:

@@ -2,7 +2,7 @@
 
 A `VirtualSerialLine` (a pseudo-terminal pair that holds every byte for its wire time, 10 bits a
 character, in both directions) joins the agent's `SerialBus` to one simulated device answering
-U unit ids. The agent's own `Acquisition` runs one `Poller` per unit id, each reading N
+U unit ids. The agent's own `ModbusDriver` runs one `Poller` per unit id, each reading N
 consecutive holding registers (one request per poll) with a period far below a transaction's
 time, so the bus is always the bottleneck. The device runs in this process; its replies are
 held by the line emulation, not by CPU.
@@ -29,8 +29,8 @@ from collections.abc import Sequence
 from procs import describe_tree
 
 from agent.config import Config, ModbusRtuTerminal
-from agent.daemon import Acquisition
 from agent.model import Quality, Reading
+from agent.protocols.modbus.driver import ModbusDriver
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from agent.sim.serial_line import VirtualSerialLine
 
@@ -95,12 +95,12 @@ async def run(args: argparse.Namespace) -> None:
         memory.set_registers("holding", 0, [(u * 1000 + j) & 0xFFFF for j in range(n)])
     device = SimulatedModbusDevice(units)
     sink = CountingSink()
-    acquisition = Acquisition(sink)
+    acquisition = ModbusDriver(terminals(line.a_path, args.units, n, baud, args.period), sink)
     try:
         await device.serve_serial(line.b_path, baud)
-        await acquisition.apply(terminals(line.a_path, args.units, n, baud, args.period))
+        await acquisition.start()
         await asyncio.sleep(args.warmup)
-        bus = acquisition.buses[line.a_path]
+        bus = acquisition.serial_buses[line.a_path]
         start, requests0, good0 = loop.time(), bus.requests, sink.good
         seen0 = len(device.requests)
         await asyncio.sleep(args.duration)
@@ -111,7 +111,7 @@ async def run(args: argparse.Namespace) -> None:
         per_unit = Counter(r.unit for r in device.requests[seen0:])
         frame_gap = bus.settings.frame_gap
     finally:
-        await acquisition.close()
+        await acquisition.stop()
         await device.stop()
         line.close()
 

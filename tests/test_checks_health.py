@@ -13,11 +13,10 @@ from agent.checks import (
     HealthSchedule,
     LogCounter,
     Status,
-    TerminalView,
     build_checks,
     build_health,
 )
-from agent.model import TerminalStats
+from agent.model import TerminalStats, TerminalView
 from agent.outbox import Outbox, Priority
 from agent.signing import DeviceKey
 from agent.uplink import UplinkState
@@ -44,7 +43,7 @@ async def test_the_health_report_summarises_every_result_and_the_agent(tmp_path:
             tmp_path / "config.yaml",
             started_at=now - timedelta(hours=2),
             restarts=[now - timedelta(hours=2), now - timedelta(days=3)],
-            terminals={"plc": TerminalView(terminal, stats)},
+            terminals={"plc": TerminalView(terminal.info, stats)},
             outbox=outbox.stats(),
             uplink=UplinkState(broker=config.uplink.broker, last_error="refused"),
             logs=LogCounter().snapshot(),

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from agent.check_settings import ChecksConfig
-from agent.checks import AgentView, Status, TerminalClock, build_checks
+from agent.checks import AgentView, Status, build_checks
 from agent.checks.framework import CheckResult, CheckRunner
 from agent.checks.system import SystemPaths
+from agent.model import TerminalClock
 from tests.conftest import make_config
 
 NOW = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)

@@ -10,12 +10,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from agent.check_settings import ChecksConfig
-from agent.checks import AgentView, Status, TerminalView, build_checks
+from agent.checks import AgentView, Status, build_checks
 from agent.checks.framework import CheckResult, CheckRunner
 from agent.config import Config, ModbusTcpTerminal
-from agent.model import TerminalStats
-from agent.polling import Poller
-from agent.protocols.modbus import TcpLink
+from agent.model import TerminalStats, TerminalView
+from agent.protocols.modbus.links import TcpLink
+from agent.protocols.modbus.poller import Poller
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from tests.conftest import ListSink, make_config, tcp_terminal
 
@@ -66,7 +66,9 @@ async def test_a_terminal_that_stops_answering_goes_stale_and_its_success_ratio_
 
         def view() -> AgentView:
             return AgentView(
-                config, started_at=started, terminals={"plc": TerminalView(terminal, poller.stats)}
+                config,
+                started_at=started,
+                terminals={"plc": TerminalView(terminal.info, poller.stats)},
             )
 
         healthy = await results(view())
@@ -112,7 +114,7 @@ async def test_a_slow_terminal_warns_on_its_p95_poll_time() -> None:
     task = asyncio.create_task(poller.run())
     try:
         await wait_until("three polls", lambda: poller.stats.polls >= 3)
-        view = AgentView(config, terminals={"plc": TerminalView(terminal, poller.stats)})
+        view = AgentView(config, terminals={"plc": TerminalView(terminal.info, poller.stats)})
         latency = (await results(view))["terminals.latency:plc"]
         assert latency.status is Status.WARN
         assert latency.threshold == 0.1
@@ -131,12 +133,12 @@ async def test_a_terminal_never_heard_from_fails_once_it_had_time_to_answer() ->
     view = AgentView(
         config,
         started_at=datetime.now(UTC) - timedelta(minutes=5),
-        terminals={"plc": TerminalView(terminal, stats)},
+        terminals={"plc": TerminalView(terminal.info, stats)},
     )
     fresh = (await results(view))["terminals.freshness:plc"]
     assert fresh.status is Status.FAIL
     assert fresh.message.startswith("no good reading from plc since the agent started 5m ago")
-    just_started = AgentView(config, terminals={"plc": TerminalView(terminal, stats)})
+    just_started = AgentView(config, terminals={"plc": TerminalView(terminal.info, stats)})
     assert (await results(just_started))["terminals.freshness:plc"].status is Status.UNKNOWN
     gone = AgentView(config)
     assert (await results(gone))["terminals.freshness:plc"].message == "terminal plc is not running"
@@ -147,7 +149,7 @@ async def test_a_reporting_terminal_is_stale_after_its_expected_interval() -> No
     stats = TerminalStats()
     stats.last_good_at = datetime.now(UTC) - timedelta(minutes=100)
     view = AgentView(
-        config, terminals={"plc": TerminalView(terminal, stats, expected_interval=3600)}
+        config, terminals={"plc": TerminalView(terminal.info, stats, expected_interval=3600)}
     )
     fresh = (await results(view))["terminals.freshness:plc"]
     assert (fresh.status, fresh.threshold) == (Status.FAIL, 5400.0)  # 1.5 report intervals

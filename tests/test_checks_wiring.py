@@ -19,7 +19,6 @@ from agent.checks import (
     HealthSchedule,
     History,
     Status,
-    TerminalView,
     build_checks,
     build_health,
     data_monitor,
@@ -27,8 +26,9 @@ from agent.checks import (
     terminal_plans,
 )
 from agent.config import ModbusTcpTerminal
-from agent.polling import Poller
-from agent.protocols.modbus import TcpLink
+from agent.model import TerminalView
+from agent.protocols.modbus.links import TcpLink
+from agent.protocols.modbus.poller import Poller
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from agent.sinks import FanOut
 from agent.watchdog import BeatSink, Progress
@@ -74,7 +74,7 @@ async def test_a_device_going_out_of_range_then_away_raises_alarms_and_lands_in_
 
     async def one_round() -> None:
         view = AgentView(
-            config, started_at=started, terminals={"plc": TerminalView(terminal, poller.stats)}
+            config, started_at=started, terminals={"plc": TerminalView(terminal.info, poller.stats)}
         )
         done = await runner.run_due(view)
         new = tracker.update(done.results)

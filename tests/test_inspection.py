@@ -174,7 +174,7 @@ async def test_a_reload_gives_the_data_checks_the_new_poll_periods(tmp_path: Pat
     from agent.inspection import Inspection
     from agent.outbox import AsyncOutbox, Outbox
     from agent.signing import init_key
-    from agent.sinks import EventQueue
+    from agent.writer import OutboxWriter
     from tests.conftest import make_config
 
     before = make_config([tcp_terminal(1502, [{"name": "a", "address": 0}], period="1s")])
@@ -186,7 +186,7 @@ async def test_a_reload_gives_the_data_checks_the_new_poll_periods(tmp_path: Pat
     box.open()
     try:
         outbox = AsyncOutbox(box)
-        inspection = Inspection(before, outbox, EventQueue(outbox), view=None)  # type: ignore[arg-type]
+        inspection = Inspection(before, OutboxWriter(outbox), view=None)  # type: ignore[arg-type]
         assert inspection.monitor.intervals == {"plc": 1.0}
         await inspection.reload(after)
         assert inspection.monitor.intervals == {"plc": 10.0, "new": 5.0}

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from agent.config import PointConfig
 from agent.model import Quality
-from agent.protocols import datatypes
-from agent.protocols.modbus_plan import decode_read, plan_reads
+from agent.protocols.modbus import codec
+from agent.protocols.modbus.planner import decode_read, plan_reads
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -96,7 +96,7 @@ def test_decode_applies_scale_and_offset_and_keeps_raw_integers() -> None:
 
 def test_nan_from_the_device_is_a_bad_reading_with_a_reason() -> None:
     [read] = plan_reads([point("level", 0, type="float32")], 0)
-    [reading] = decode_read("t", read, datatypes.encode_number(float("nan"), "float32"), NOW)
+    [reading] = decode_read("t", read, codec.encode_number(float("nan"), "float32"), NOW)
     assert reading.quality is Quality.BAD
     assert reading.value is None
     assert reading.error is not None and "nan" in reading.error

@@ -555,19 +555,20 @@ def test_recover_while_open_sets_a_damaged_file_aside_and_seq_goes_on(
 async def test_events_that_cannot_be_stored_wait_and_are_stored_once_the_outbox_is_back(
     db: Path, key: DeviceKey
 ) -> None:
-    from agent.sinks import EventQueue
+    from agent.writer import OutboxWriter
 
     box = Outbox(db, key, "gw-1", synchronous="normal")
     box.open()
     box.close()  # the outbox fails every put: "not open"
-    events = EventQueue(AsyncOutbox(box), retry=0.1)
-    events.submit([{"type": "alarm", "n": 1}, {"type": "alarm", "n": 2}])
-    await asyncio.sleep(0.3)
-    assert events.waiting == 2  # kept, not dropped
-    box.open()
-    try:
-        await asyncio.wait_for(events.flush(), 5)
-        assert events.waiting == 0
-        assert [m.kind for m in box.pending(10)] == ["event", "event"]
-    finally:
-        box.close()
+    async with OutboxWriter(AsyncOutbox(box), retry=0.1) as writer:
+        first = writer.put("event", {"type": "alarm", "n": 1}, Priority.EVENT)
+        second = writer.put("event", {"type": "alarm", "n": 2}, Priority.EVENT)
+        await asyncio.sleep(0.3)
+        assert writer.waiting == 2 and not first.done()  # kept, not dropped, not acknowledged
+        box.open()
+        try:
+            seqs = await asyncio.wait_for(asyncio.gather(first, second), 5)
+            assert writer.waiting == 0 and seqs[0] < seqs[1]
+            assert [m.kind for m in box.pending(10)] == ["event", "event"]
+        finally:
+            box.close()

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from agent.config import ModbusRtuTerminal
-from agent.daemon import Acquisition, serial_settings
+from agent.config import ModbusRtuTerminal, ModbusTcpTerminal
 from agent.model import Quality
-from agent.polling import Poller
-from agent.protocols.modbus import BusLink, ModbusFailure, SerialBus
+from agent.protocols.modbus.driver import ModbusDriver, serial_settings
+from agent.protocols.modbus.links import BusLink, ModbusFailure, SerialBus
+from agent.protocols.modbus.poller import Poller
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from agent.sim.serial_line import VirtualSerialLine
 from tests.conftest import ListSink, make_config
@@ -54,15 +54,15 @@ async def test_two_unit_ids_share_one_bus_and_both_are_read(serial_line: Virtual
         ]
     )
     sink = ListSink()
-    acquisition = Acquisition(sink)
+    acquisition = ModbusDriver(config.terminals_of(ModbusRtuTerminal, ModbusTcpTerminal), sink)
     try:
-        await acquisition.apply(config.terminals)
+        await acquisition.start()
         await asyncio.sleep(1.2)
-        assert len(acquisition.buses) == 1  # one owner for the device path
-        bus = acquisition.buses[serial_line.a_path]
+        assert len(acquisition.serial_buses) == 1  # one owner for the device path
+        bus = acquisition.serial_buses[serial_line.a_path]
         utilisation = bus.utilisation()
     finally:
-        await acquisition.close()
+        await acquisition.stop()
         await sim.stop()
     latest = {(r.terminal, r.point): r for r in sink.readings}
     assert latest[("unit3", "a")].value == 300
@@ -142,15 +142,15 @@ async def test_a_silent_unit_times_out_without_stalling_the_bus(
         ]
     )
     sink = ListSink()
-    acquisition = Acquisition(sink)
+    acquisition = ModbusDriver(config.terminals_of(ModbusRtuTerminal, ModbusTcpTerminal), sink)
     try:
-        await acquisition.apply(config.terminals)
+        await acquisition.start()
         # Each attempt at the silent unit holds the line for its timeout and the late-reply
         # guard; backoff spaces the attempts out, and the live unit keeps its turns.
         await asyncio.sleep(3.0)
         live = acquisition.pollers["unit3"].stats
     finally:
-        await acquisition.close()
+        await acquisition.stop()
         await sim.stop()
     silent = [r for r in sink.readings if r.terminal == "unit9"]
     assert silent and all(r.error == "no reply within 0.3s" for r in silent)

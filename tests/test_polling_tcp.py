@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from agent.config import ModbusTcpTerminal
-from agent.daemon import Acquisition
+from agent.config import ModbusRtuTerminal, ModbusTcpTerminal
 from agent.model import Quality
-from agent.polling import Poller
-from agent.protocols import datatypes
-from agent.protocols.modbus import TcpLink
+from agent.protocols.modbus import codec
+from agent.protocols.modbus.driver import ModbusDriver
+from agent.protocols.modbus.links import TcpLink
+from agent.protocols.modbus.poller import Poller
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from tests.conftest import ListSink, make_config, tcp_terminal
 
@@ -65,8 +65,8 @@ async def test_every_type_and_word_order_reads_back_what_the_device_holds(device
             points.append(
                 {"name": f"{type_}_{order}", "address": address, "type": type_, "word_order": order}
             )
-            address += datatypes.WIDTH[type_]
-    memory.set_registers("holding", 200, datatypes.encode_string("GAUGE-7", 5))
+            address += codec.WIDTH[type_]
+    memory.set_registers("holding", 200, codec.encode_string("GAUGE-7", 5))
     memory.set_registers("holding", 210, [0b0100])
     memory.coil[3] = True
     memory.discrete[4] = True
@@ -210,13 +210,13 @@ async def test_a_dead_terminal_never_delays_a_live_one(device: Device) -> None:
         ]
     )
     sink = ListSink()
-    acquisition = Acquisition(sink)
+    acquisition = ModbusDriver(config.terminals_of(ModbusRtuTerminal, ModbusTcpTerminal), sink)
     try:
-        await acquisition.apply(config.terminals)
+        await acquisition.start()
         await asyncio.sleep(2.0)
         live = acquisition.pollers["live"].stats
     finally:
-        await acquisition.close()
+        await acquisition.stop()
         await slow.stop()
     assert live.polls >= 17  # 20 slots in 2 s, minus the start phase
     assert live.failed_polls == 0 and live.missed_slots == 0

@@ -52,6 +52,21 @@ def terminal(station: str, name: str, **extra: Any) -> Sl651Terminal:
     )
 
 
+class RecordingIntake:
+    """An intake that keeps what it is given (commits at once)."""
+
+    def __init__(self, readings: list[Reading], events: list[dict[str, Any]]) -> None:
+        self.readings = readings
+        self.events = events
+
+    def submit(self, readings: Sequence[Reading]) -> None:
+        self.readings.extend(readings)
+
+    async def commit(self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]) -> None:
+        self.readings.extend(readings)
+        self.events.extend(events)
+
+
 @contextlib.asynccontextmanager
 async def central(terminals: Sequence[Sl651Terminal], **config: Any) -> AsyncIterator[Site]:
     settings = Sl651Config.model_validate(
@@ -59,10 +74,11 @@ async def central(terminals: Sequence[Sl651Terminal], **config: Any) -> AsyncIte
     )
     site_box: list[Site] = []
     centre = Centre(settings, terminals, lambda: site_box[0].synced[-1])
-    station = CentralStation(
-        settings, centre, lambda rs: site.readings.extend(rs), lambda es: site.events.extend(es)
-    )
+    readings: list[Reading] = []
+    events: list[dict[str, Any]] = []
+    station = CentralStation(settings, centre, RecordingIntake(readings, events))
     site = Site(centre, station)
+    site.readings, site.events = readings, events
     site_box.append(site)
     await station.start()
     try:
@@ -362,7 +378,7 @@ async def test_serial_end_to_end_over_a_pty_pair() -> None:
         )
         readings: list[Reading] = []
         centre = Centre(settings, [terminal(code, "gauge")], lambda: True)
-        station = CentralStation(settings, centre, readings.extend, lambda events: None)
+        station = CentralStation(settings, centre, RecordingIntake(readings, []))
         await station.start()
         try:
             sim = SimulatedStation(code, CENTER)

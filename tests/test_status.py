@@ -184,7 +184,7 @@ async def test_the_control_socket_is_0660_and_answers_requests(
         poll = await request(socket, "poll", {"terminal": "live"})
         assert poll["terminal"] == "live"
         assert poll["readings"][0]["quality"] == "good"
-        with pytest.raises(ControlError, match="no polled terminal named 'nope'"):
+        with pytest.raises(ControlError, match="no running terminal named 'nope'"):
             await request(socket, "poll", {"terminal": "nope"})
         with pytest.raises(ControlError, match="unknown command 'format-disk'"):
             await request(socket, "format-disk")

@@ -31,11 +31,8 @@ from agent.checks.view import (
     AgentView,
     LogCounter,
     LogCounts,
-    TerminalClock,
-    TerminalView,
     load_restarts,
     record_start,
-    terminal_views,
 )
 
 __all__ = [
@@ -56,9 +53,7 @@ __all__ = [
     "Round",
     "Status",
     "SystemPaths",
-    "TerminalClock",
     "TerminalPlan",
-    "TerminalView",
     "build_checks",
     "build_health",
     "checks_settings",
@@ -72,6 +67,5 @@ __all__ = [
     "summarise",
     "terminal_intervals",
     "terminal_plans",
-    "terminal_views",
     "worst",
 ]

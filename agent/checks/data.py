@@ -219,8 +219,8 @@ def judge(monitor: DataMonitor, view: AgentView, now: datetime, key: str, kind: 
     where = split_key(key, names)
     if s is None:
         return unknown(f"{key} has no data checks configured")
-    points = getattr(view.config.terminal(where[0]), "points", None) if where else None
-    if where is None or (points is not None and not any(p.name == where[1] for p in points)):
+    points = view.config.terminal(where[0]).info.points if where else None
+    if where is None or (points is not None and where[1] not in points):
         return unknown(f"no point {key} in the config (checks.data keys are <terminal>.<point>)")
     if s.last_at is None:
         return unknown(f"no good numeric reading of {key} yet")

@@ -629,10 +629,7 @@ def terminal_plans(config: Any) -> dict[str, TerminalPlan]:
     report interval (points unknown) for terminals that report on their own."""
     plans = {}
     for t in config.terminals:
-        points = getattr(t, "points", None)
-        interval = getattr(t, "period", None) or getattr(t, "expected_interval", None)
-        if interval:
-            plans[t.name] = TerminalPlan(
-                float(interval), len(points) if points is not None else None
-            )
+        info = t.info
+        points = len(info.points) if info.points is not None else None
+        plans[t.name] = TerminalPlan(float(info.interval), points)
     return plans

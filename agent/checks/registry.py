@@ -39,7 +39,7 @@ def build_checks(
         *system.checks(settings, paths),
         *software.checks(settings, paths),
         *network.checks(settings, config.uplink.broker),
-        *terminals.checks(settings, config.terminals),
+        *terminals.checks(settings, [t.info for t in config.terminals]),
         *data.checks(settings, monitor),
         *security.checks(settings, config.uplink.tls.cert),
     ]

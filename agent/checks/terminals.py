@@ -8,19 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
 from agent.checks.view import AgentView
 from agent.durations import format_duration
+from agent.model import TerminalInfo
 
 FAMILY = "terminals"
 
 
-def checks(settings: ChecksConfig, terminals: Sequence[Any]) -> list[Check]:
-    """Checks for these terminal configs: all get freshness; polled ones (with a `period`)
-    success ratio and latency; serial buses (RTU terminals' `device`) utilisation."""
+def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Check]:
+    """Checks for these terminals: all get freshness; polled ones success ratio and latency;
+    shared lines (serial buses) utilisation."""
     s = settings.terminals
 
     def make(check_id: str, probe: Probe) -> Check:
@@ -28,12 +28,12 @@ def checks(settings: ChecksConfig, terminals: Sequence[Any]) -> list[Check]:
 
     out: list[Check] = []
     for t in terminals:
-        name: str = t.name
-        if getattr(t, "period", None):
+        name = t.name
+        if t.polled:
             out.append(make(f"terminals.success:{name}", _success(name, settings)))
             out.append(make(f"terminals.latency:{name}", _latency(name, settings)))
         out.append(make(f"terminals.freshness:{name}", _freshness(name, settings)))
-    devices = sorted({d for t in terminals if (d := getattr(t, "device", None))})
+    devices = sorted({t.bus for t in terminals if t.bus})
     for device in devices:
         out.append(make(f"terminals.bus:{device}", _bus(device, settings)))
     return out

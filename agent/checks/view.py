@@ -16,82 +16,20 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.atomic import write_atomic
-from agent.model import format_timestamp, parse_timestamp
+from agent.model import TerminalClock, TerminalView, format_timestamp, parse_timestamp
 
 if TYPE_CHECKING:
     from agent.config import Config
-    from agent.model import TerminalStats
     from agent.outbox import OutboxStats
     from agent.uplink import UplinkState
 
 RESTARTS_FILE = Path("state") / "restarts.json"
 RESTARTS_KEEP = timedelta(days=7)
 RESTARTS_MAX = 500
-
-
-class TerminalConfig(Protocol):
-    """A terminal's config as the checks use it: a name; `period` for polled terminals,
-    `expected_interval` for those that report on their own, `device` for serial ones."""
-
-    @property
-    def name(self) -> str: ...
-
-
-@dataclass(frozen=True, slots=True)
-class TerminalClock:
-    """A terminal's own clock as last seen: its time, and ours when we received it."""
-
-    terminal_time: datetime
-    local_time: datetime
-
-    @property
-    def offset(self) -> float:
-        """Seconds the terminal is ahead of us (negative: behind)."""
-        return (self.terminal_time - self.local_time).total_seconds()
-
-
-@dataclass(frozen=True, slots=True)
-class TerminalView:
-    """One terminal: its config, its statistics, and its expected report interval.
-
-    `expected_interval` is for terminals that report on their own (SL651; default: the config's
-    `expected_interval`); polled terminals are expected every `period`.
-    """
-
-    config: TerminalConfig
-    stats: TerminalStats
-    expected_interval: float | None = None
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def period(self) -> float | None:
-        return getattr(self.config, "period", None)
-
-    @property
-    def report_interval(self) -> float | None:
-        """The expected report interval: given here, else from the config (SL651)."""
-        return self.expected_interval or getattr(self.config, "expected_interval", None)
-
-    @property
-    def interval(self) -> float | None:
-        """How often a reading is expected: the report interval where known, else the period."""
-        return self.report_interval or self.period
-
-    @property
-    def bus(self) -> str | None:
-        """The serial device it shares with others, for RTU terminals."""
-        return getattr(self.config, "device", None)
-
-    @property
-    def address(self) -> str:
-        return str(getattr(self.config, "address", ""))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,16 +72,6 @@ class AgentView:
             if t.stats.last_good_at is not None and not t.stats.consecutive_failures
         )
         return ok, len(self.terminals)
-
-
-def terminal_views(
-    pollers: Mapping[str, Any], expected: Mapping[str, float] | None = None
-) -> dict[str, TerminalView]:
-    """Views of running pollers (anything with `.terminal` and `.stats`), by name."""
-    expected = expected or {}
-    return {
-        name: TerminalView(p.terminal, p.stats, expected.get(name)) for name, p in pollers.items()
-    }
 
 
 # -- restarts --------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from agent.protocols import datatypes
+from agent.protocols.modbus import codec
 
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
@@ -54,7 +54,7 @@ class RegisterMap:
     def set_number(
         self, table: str, address: int, value: float, type_: str, word_order: str = "ABCD"
     ) -> None:
-        self.set_registers(table, address, datatypes.encode_number(value, type_, word_order))
+        self.set_registers(table, address, codec.encode_number(value, type_, word_order))
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class HydrologyProfile:
         memory.set_number("holding", 0, level, "float32")
         memory.set_number("holding", 2, inflow, "float32")
         memory.set_registers("holding", 4, [120 + int(30 * math.sin(2 * math.pi * t / 900))])
-        memory.set_registers("holding", 10, datatypes.encode_string(self.name, 8))
+        memory.set_registers("holding", 10, codec.encode_string(self.name, 8))
         memory.set_number("input", 0, self._rain, "uint32")
         memory.set_registers("input", 2, [int(12600 + 900 * (0.5 + 0.5 * math.sin(t / 200)))])
         memory.set_number("input", 3, int(148 + 10 * math.sin(t / 400)), "int16")

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from agent.config import Sl651Config, Sl651Terminal
 from agent.model import Reading, TerminalStats, format_timestamp
 from agent.protocols.sl651 import encode
 from agent.protocols.sl651.body import decode_body, decode_packets, frame_serial
+from agent.protocols.sl651.config import Sl651Config, Sl651Terminal
 from agent.protocols.sl651.elements import STATUS_BITS
 from agent.protocols.sl651.frame import Ctrl, Frame, LinkAddress
 from agent.protocols.sl651.items import spec_for

@@ -2,8 +2,11 @@
 
 Each link (a TCP connection or a serial port) has its own StreamDecoder; every frame goes to the
 shared `Centre`, and what it returns is carried out here: frames written back on the same link,
-readings handed to the sink, alarm events to `on_events`. A one-second tick lets the centre
-send what its timers ask for (M3 NAKs, periodic queries). A bad frame is counted and logged,
+readings and alarm events committed through the intake. A confirm is a promise: the frames of
+an outcome that carries readings or events are written only once the intake has made them
+durable (a station deletes a report once it is confirmed), and in order on each link. If they
+cannot be stored, nothing is confirmed and the station sends the report again. A one-second
+tick lets the centre send what its timers ask for (M3 NAKs, periodic queries). A bad frame is counted and logged,
 never fatal; a link silent for `idle_timeout` is closed; links beyond `max_connections` are
 refused at once.
 """
@@ -23,8 +26,8 @@ from typing import Any
 import serial
 import structlog
 
-from agent.config import Sl651Config
-from agent.model import Reading
+from agent.model import Intake, NotStored
+from agent.protocols.sl651.config import Sl651Config
 from agent.protocols.sl651.frame import Frame
 from agent.protocols.sl651.session import Centre, Outcome
 from agent.protocols.sl651.stream import Rejected, StreamDecoder
@@ -35,6 +38,7 @@ TICK = 1.0
 SERIAL_RETRY = 10.0  # an absent serial port is tried again this often
 READ_SIZE = 4096
 REJECT_LOG_INTERVAL = 60.0
+STOP_GRACE = 2.0  # on stop, confirms waiting for their commit get this long to go out
 
 
 def utc_now() -> datetime:
@@ -53,6 +57,8 @@ class _Link:
         self.frames = 0
         self.rejected = 0
         self.opened_at = time.time()
+        # The last outcome on this link whose frames wait for a commit: later frames go after.
+        self.waiting: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"<link {self.name}>"
@@ -65,22 +71,22 @@ class CentralStation:
         self,
         config: Sl651Config,
         centre: Centre,
-        sink: Callable[[Sequence[Reading]], None],
-        on_events: Callable[[list[dict[str, Any]]], None],
+        intake: Intake,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.config = config
         self.centre = centre
-        self.sink = sink
-        self.on_events = on_events
+        self.intake = intake
         self._now = now
         self.links: set[_Link] = set()
         self.addresses: list[tuple[str, int]] = []  # where it listens (ports resolved)
         self.refused_connections = 0
         self.rejected = 0
+        self.unconfirmed = 0  # reports not confirmed because they could not be stored
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: set[asyncio.Task[Any]] = set()  # one per TCP connection
+        self._confirms: set[asyncio.Task[None]] = set()  # frames waiting for their commit
         self._rejects_logged_at = 0.0
 
     async def start(self) -> None:
@@ -114,6 +120,11 @@ class CentralStation:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
+        # Confirms whose commit is under way still go out; none is sent for what is not stored.
+        if self._confirms:
+            _, late = await asyncio.wait(set(self._confirms), timeout=STOP_GRACE)
+            for task in late:
+                task.cancel()
         # Close the connections and let their handlers finish (cancelling a stream handler
         # makes asyncio log a traceback for it).
         for link in list(self.links):
@@ -247,15 +258,61 @@ class CentralStation:
             )
 
     def _apply(self, link: _Link, outcome: Outcome) -> None:
-        for frame in outcome.send:
+        for event in outcome.events:
+            log.warning("station alarm", **{k: event[k] for k in ("terminal", "flag", "action")})
+        durable = bool(outcome.readings or outcome.events)
+        if not durable and link.waiting is None:
+            self._send(link, outcome.send)
+            return
+        commit = (
+            asyncio.ensure_future(self.intake.commit(outcome.readings, outcome.events))
+            if durable
+            else None
+        )
+        task = asyncio.create_task(
+            self._send_after(link, link.waiting, commit, outcome.send),
+            name=f"sl651 confirm {link.name}",
+        )
+        link.waiting = task
+        self._confirms.add(task)
+        task.add_done_callback(partial(self._confirm_done, link))
+
+    async def _send_after(
+        self,
+        link: _Link,
+        earlier: asyncio.Task[None] | None,
+        commit: asyncio.Future[None] | None,
+        frames: Sequence[bytes],
+    ) -> None:
+        """Write `frames` once `commit` is durable and the link's earlier frames are out."""
+        if earlier is not None:
+            await asyncio.wait({earlier})
+        if commit is not None:
+            try:
+                await commit
+            except NotStored as exc:
+                self.unconfirmed += 1
+                log.error(
+                    "SL651 report not stored: not confirmed, the station will send it again",
+                    link=link.name,
+                    error=str(exc),
+                    unconfirmed=self.unconfirmed,
+                )
+                return
+        self._send(link, frames)
+
+    def _confirm_done(self, link: _Link, task: asyncio.Task[None]) -> None:
+        self._confirms.discard(task)
+        if link.waiting is task:
+            link.waiting = None
+
+    @staticmethod
+    def _send(link: _Link, frames: Sequence[bytes]) -> None:
+        for frame in frames:
             try:
                 link.write(frame)
             except (ConnectionError, OSError):
                 break
-        if outcome.readings:
-            self.sink(outcome.readings)
-        if outcome.events:
-            self.on_events(outcome.events)
 
     async def _tick(self) -> None:
         while True:

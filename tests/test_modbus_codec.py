@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.protocols import datatypes as dt
+from agent.protocols.modbus import codec as dt
 
 WORD_ORDERS = ["ABCD", "CDAB", "BADC", "DCBA"]
 

@@ -1,33 +1,29 @@
-"""Polled terminals: one fixed-rate schedule per terminal, readings into the sink.
+"""Polled Modbus terminals: one fixed-rate schedule per terminal, readings into the sink.
 
 A poller reads every point of its terminal through a `Link` (its own TCP connection or its
 turn on a shared serial bus) with retries, and hands the readings to the sink. Its schedule is
-fixed-rate (slot n starts at t0 + n*period: no drift); a slot missed because a poll overran is
-skipped and counted, and lateness (actual start - slot) is measured. A terminal that stops
-answering is retried at exponentially wider intervals up to `backoff_max`, and every attempt
-gives readings of quality `bad` with the reason. Pollers share nothing, so a dead or slow
+`agent.protocols.schedule.FixedRateSchedule` (no drift; overruns skipped and counted; lateness
+measured; a terminal that stops answering retried at exponentially wider intervals up to
+`backoff_max`), and every attempt gives readings of quality `bad` with the reason. Pollers share nothing, so a dead or slow
 terminal never delays another.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 import structlog
 
-from agent.config import ModbusRtuTerminal, ModbusTcpTerminal
 from agent.model import Quality, Reading, ReadingSink, TerminalStats
-from agent.protocols.modbus import Link, ModbusFailure
-from agent.protocols.modbus_plan import Read, bad_readings, decode_read, plan_reads
+from agent.protocols.modbus.config import ModbusTerminal
+from agent.protocols.modbus.links import Link, ModbusFailure
+from agent.protocols.modbus.planner import Read, bad_readings, decode_read, plan_reads
+from agent.protocols.schedule import FixedRateSchedule
 
 log = structlog.get_logger(__name__)
 
-ModbusTerminal = ModbusTcpTerminal | ModbusRtuTerminal
 WallClock = Callable[[], datetime]
 
 
@@ -106,34 +102,15 @@ class Poller:
 
     async def run(self) -> None:
         """The fixed-rate loop; returns only by cancellation."""
-        period = self.terminal.period
-        # Spread terminals over the period (stable per name) so they do not all fire at once.
-        phase = (zlib.crc32(self.terminal.name.encode()) % 1000) / 1000 * period
-        t0 = self._clock() + phase
-        slot = 0
+        t = self.terminal
+        schedule = FixedRateSchedule(t.period, t.name, t.backoff_max, self._clock)
         while True:
-            due = t0 + slot * period
-            delay = due - self._clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
+            self.stats.lateness.append(await schedule.wait())
             started = self._clock()
-            self.stats.lateness.append(max(0.0, started - due))
             readings = await self.poll_once()
-            finished = self._clock()
-            self._record(readings, finished - started)
+            self._record(readings, self._clock() - started)
             self.sink.submit(readings)
-            slot = self._next_slot(slot, t0, period, finished)
-
-    def _next_slot(self, slot: int, t0: float, period: float, now: float) -> int:
-        # First slot that has not started yet; slots skipped by an overrun are counted.
-        upcoming = max(slot + 1, math.floor((now - t0) / period) + 1)
-        self.stats.missed_slots += upcoming - slot - 1
-        failures = self.stats.consecutive_failures
-        if failures:
-            max_skip = max(1, int(self.terminal.backoff_max // period))
-            wait_slots = min(2 ** (failures - 1), max_skip)
-            upcoming = max(upcoming, slot + wait_slots)
-        return upcoming
+            self.stats.missed_slots += schedule.advance(self.stats.consecutive_failures)
 
     def _record(self, readings: Sequence[Reading], seconds: float) -> None:
         s = self.stats

@@ -13,14 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from agent.config import (
+from agent.model import Quality, Reading, Value
+from agent.protocols.modbus import codec
+from agent.protocols.modbus.config import (
     BIT_TABLES,
     MAX_BITS_PER_READ,
     MAX_REGISTERS_PER_READ,
     PointConfig,
 )
-from agent.model import Quality, Reading, Value
-from agent.protocols import datatypes
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ def plan_reads(points: Iterable[PointConfig], max_gap: int) -> list[Read]:
 def decode_point(point: PointConfig, values: Sequence[int] | Sequence[bool]) -> Value:
     """The engineering value of one point from exactly its own registers or bit.
 
-    Raises datatypes.CodecError for values that are not a measurement (NaN, infinity).
+    Raises codec.CodecError for values that are not a measurement (NaN, infinity).
     """
     if point.table in BIT_TABLES:
         return bool(values[0])
@@ -81,12 +81,12 @@ def decode_point(point: PointConfig, values: Sequence[int] | Sequence[bool]) -> 
         return int(values[0])  # the commonest point: no struct round trip
     registers = [int(v) for v in values]
     if point.type == "bool":
-        return datatypes.decode_register_bit(registers[0], point.bit)
+        return codec.decode_register_bit(registers[0], point.bit)
     if point.type == "string":
-        return datatypes.decode_string(registers, point.word_order)
-    raw = datatypes.decode_number(registers, point.type, point.word_order)
+        return codec.decode_string(registers, point.word_order)
+    raw = codec.decode_number(registers, point.type, point.word_order)
     if isinstance(raw, float) and not math.isfinite(raw):
-        raise datatypes.CodecError(f"device sent {raw} (sensor fault or unmapped register)")
+        raise codec.CodecError(f"device sent {raw} (sensor fault or unmapped register)")
     if point.scale == 1.0 and point.offset == 0.0:
         return raw
     return raw * point.scale + point.offset
@@ -105,11 +105,11 @@ def decode_read(
         chunk = values[offset : offset + p.width]
         try:
             if len(chunk) < p.width:
-                raise datatypes.CodecError(
+                raise codec.CodecError(
                     f"short reply: {len(values)} of {read.count} values returned"
                 )
             value = decode_point(p, chunk)
-        except datatypes.CodecError as exc:
+        except codec.CodecError as exc:
             readings.append(bad_reading(terminal, p, observed_at, str(exc)))
             continue
         readings.append(

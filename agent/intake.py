@@ -1,0 +1,40 @@
+"""What drivers hand over: readings to the local parts at once and into the outbox.
+
+The daemon builds one `SiteIntake` and gives it to every driver (it is the `Intake` of
+agent/model.py). Polled readings (`submit`) go to the local sinks (data checks, history,
+counters, the optional local copy) and are gathered into telemetry by the outbox writer. A
+report (`commit`) goes the same way but is stored at once with its events, and `commit`
+returns only once all of it is durable: what a driver awaits before it confirms the report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from agent.model import Reading, ReadingSink
+from agent.outbox import Priority
+from agent.writer import OutboxWriter
+
+
+class SiteIntake:
+    """The local sinks and the outbox writer, behind the drivers' one interface."""
+
+    def __init__(self, local: ReadingSink, writer: OutboxWriter) -> None:
+        self.local = local
+        self.writer = writer
+
+    def submit(self, readings: Sequence[Reading]) -> None:
+        self.local.submit(readings)
+        self.writer.submit(readings)
+
+    async def commit(self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]) -> None:
+        """Store these readings and events now; returns once all are durable (or NotStored)."""
+        pending: list[asyncio.Future[Any]] = []
+        if readings:
+            self.local.submit(readings)
+            self.writer.submit(readings)
+            pending.append(self.writer.cut())
+        pending.extend(self.writer.put("event", e, Priority.EVENT) for e in events)
+        await asyncio.gather(*pending)

@@ -1,0 +1,128 @@
+"""The one interface every protocol driver offers the composition root, and what it is given.
+
+A driver owns one protocol's runtime (pollers and serial buses, a central station's listeners)
+for the terminals of its protocols. The daemon treats every driver alike: it enters it (start),
+hands it a new set of terminals on reload (`apply`), asks it for views (status, checks,
+metrics), for one poll of a terminal, or for a protocol's own request (`ask`), and leaves it
+(stop: no reading is taken after `__aexit__` returns). A driver reaches the rest of the agent
+only through its `DriverContext`; it never imports the uplink, the outbox or another driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, Self
+
+from agent.config_base import TerminalModel
+from agent.model import Intake, TerminalClock, TerminalView
+
+if TYPE_CHECKING:
+    from agent.config import Config
+
+
+class DriverError(Exception):
+    """A request a driver cannot serve; the message says why in words for the caller."""
+
+
+class NotPolled(DriverError):
+    """The terminal reports by itself: there is nothing to poll."""
+
+
+@dataclass(frozen=True)
+class PollAnswer:
+    """One poll of one terminal, ready for a face: JSON (documented shape), a table, errors."""
+
+    terminal: str
+    json: dict[str, Any]
+    table: Any  # a rich renderable for the terminal
+    errors: list[str] = field(default_factory=list)
+    all_good: bool = True
+
+
+@dataclass(frozen=True)
+class DriverContext:
+    """What a driver is given: the config, where its readings and events go, the clock state.
+
+    `intake.submit` takes polled readings (batched into the outbox); `intake.commit` makes a
+    report's readings and events durable and returns once they are (or raises).
+    """
+
+    config: Config
+    intake: Intake
+    clock_synchronised: Callable[[], bool | None]
+
+
+class Driver(Protocol):
+    """One protocol's runtime, as the composition root sees every protocol alike."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def apply(self, config: Config) -> None:
+        """Run the terminals of this new config (reload); unchanged ones keep running."""
+        ...
+
+    def views(self) -> dict[str, TerminalView]:
+        """Every terminal it runs, protocol-neutral, by name."""
+        ...
+
+    def clocks(self) -> dict[str, TerminalClock]:
+        """The terminals' own clocks, where the protocol tells them."""
+        ...
+
+    def buses(self) -> dict[str, float]:
+        """Shared lines (serial devices) and how busy each is, 0..1."""
+        ...
+
+    def watch_allowance(self) -> float | None:
+        """The longest it may go without handing readings over (watchdog), None: not watched."""
+        ...
+
+    async def poll(self, terminal: str) -> PollAnswer:
+        """Read every point of one of its terminals now; NotPolled, or KeyError if unknown."""
+        ...
+
+    async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """A protocol's own request to a terminal (e.g. SL651: ask for elements); DriverError."""
+        ...
+
+
+@dataclass(frozen=True)
+class DriverSpec:
+    """A registry entry: the protocols a driver serves, their config models, how to make it.
+
+    `create` and `poll_once` import the driver's runtime only when called, so reading the
+    config (which needs the models) does not load every protocol's IO stack.
+    """
+
+    name: str
+    terminal_models: tuple[type[TerminalModel], ...]
+    create: Callable[[DriverContext], Driver]
+    # One poll without a running agent (`edge-agent poll`); None: its terminals report.
+    poll_once: Callable[[Config, str], Awaitable[PollAnswer]] | None = None
+    # Rules across its terminals (raises ValueError, reported as a config error).
+    check: Callable[[Sequence[TerminalModel]], None] | None = None
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        return tuple(_protocol_of(m) for m in self.terminal_models)
+
+    def terminals(self, terminals: Sequence[TerminalModel]) -> list[TerminalModel]:
+        return [t for t in terminals if t.protocol in self.protocols]
+
+
+def _protocol_of(model: type[TerminalModel]) -> str:
+    """The `Literal` value a terminal model's `protocol` field is narrowed to."""
+    annotation = model.model_fields["protocol"].annotation
+    args: tuple[Any, ...] = getattr(annotation, "__args__", ())
+    if len(args) != 1 or not isinstance(args[0], str):
+        raise TypeError(f"{model.__name__}.protocol must be a Literal of one name")
+    return args[0]

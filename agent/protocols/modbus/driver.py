@@ -1,0 +1,205 @@
+"""The Modbus driver: one poller per terminal, their TCP links and shared serial buses.
+
+Behind the `Driver` interface: entering starts a poller for every Modbus terminal of the
+config; `apply` changes the running set by difference on reload (a changed terminal is
+restarted, a serial bus whose line settings changed or that nobody uses any more is reopened);
+leaving stops every poller and closes every link, after which no reading is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+from agent.logs import log_task_crash
+from agent.model import Quality, Reading, ReadingSink, TerminalClock, TerminalView
+from agent.protocols.driver import DriverContext, DriverError, PollAnswer
+from agent.protocols.modbus.config import (
+    ModbusRtuTerminal,
+    ModbusTcpTerminal,
+    ModbusTerminal,
+)
+from agent.protocols.modbus.links import (
+    BusLink,
+    Link,
+    SerialBus,
+    SerialSettings,
+    TcpLink,
+    quiet_undecodable_replies,
+)
+from agent.protocols.modbus.poller import Poller
+from agent.render import poll_errors, poll_json, poll_table
+
+if TYPE_CHECKING:
+    from agent.config import Config
+
+
+def serial_settings(t: ModbusRtuTerminal) -> SerialSettings:
+    return SerialSettings(
+        t.device, t.baudrate, t.parity, t.stopbits, t.bytesize, t.effective_frame_gap
+    )
+
+
+def polling_allowance(terminals: Sequence[ModbusTerminal]) -> float | None:
+    """The longest the pollers may go without handing readings over (for the watchdog).
+
+    A dead terminal still gives bad readings at every attempt, at least every `backoff_max`.
+    """
+    if not terminals:
+        return None
+    longest = max(
+        max(t.period, t.backoff_max) + t.timeout * (t.retries + 1) * len(t.points)
+        for t in terminals
+    )
+    return longest + 60.0
+
+
+def modbus_terminals(config: Config) -> list[ModbusTerminal]:
+    return config.terminals_of(ModbusTcpTerminal, ModbusRtuTerminal)
+
+
+class ModbusDriver:
+    """The running pollers, their links and serial buses."""
+
+    def __init__(self, terminals: Sequence[ModbusTerminal], sink: ReadingSink) -> None:
+        self.sink = sink
+        self.terminals = list(terminals)
+        self.pollers: dict[str, Poller] = {}
+        self.serial_buses: dict[str, SerialBus] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    @classmethod
+    def from_context(cls, context: DriverContext) -> ModbusDriver:
+        return cls(modbus_terminals(context.config), context.intake)
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start a poller for every terminal."""
+        quiet_undecodable_replies(asyncio.get_running_loop())
+        await self._run(self.terminals)
+
+    async def stop(self) -> None:
+        """Stop every poller and close every link: no reading is taken after this."""
+        for name in list(self.pollers):
+            await self._stop(name)
+        for bus in self.serial_buses.values():
+            await bus.close()
+        self.serial_buses.clear()
+
+    def link_for(self, terminal: ModbusTerminal) -> Link:
+        if isinstance(terminal, ModbusRtuTerminal):
+            bus = self.serial_buses.get(terminal.device)
+            if bus is None:
+                bus = self.serial_buses[terminal.device] = SerialBus(serial_settings(terminal))
+            return BusLink(bus)
+        return TcpLink(terminal.host, terminal.port)
+
+    async def apply(self, config: Config) -> None:
+        self.terminals = modbus_terminals(config)
+        await self._run(self.terminals)
+
+    async def _run(self, terminals: Sequence[ModbusTerminal]) -> None:
+        wanted = {t.name: t for t in terminals}
+        for name in list(self.pollers):
+            if wanted.get(name) != self.pollers[name].terminal:
+                await self._stop(name)
+        # A bus whose line settings changed, or that no terminal uses any more, is reopened.
+        for device, bus in list(self.serial_buses.items()):
+            users = [
+                t for t in terminals if isinstance(t, ModbusRtuTerminal) and t.device == device
+            ]
+            if not users or serial_settings(users[0]) != bus.settings:
+                for t in users:
+                    if t.name in self.pollers:
+                        await self._stop(t.name)
+                await bus.close()
+                del self.serial_buses[device]
+        for name, terminal in wanted.items():
+            if name not in self.pollers:
+                poller = Poller(terminal, self.link_for(terminal), self.sink)
+                self.pollers[name] = poller
+                task = asyncio.create_task(poller.run(), name=f"poll {name}")
+                task.add_done_callback(log_task_crash)
+                self._tasks[name] = task
+
+    async def _stop(self, name: str) -> None:
+        poller = self.pollers.pop(name)
+        task = self._tasks.pop(name)
+        task.cancel()
+        # Wait for the poller to end; its own crash was logged when it happened. Our caller's
+        # cancellation is not swallowed: `wait` returns on the task's end, and a cancellation
+        # of this coroutine propagates from it.
+        await asyncio.wait({task})
+        await poller.link.close()
+
+    def views(self) -> dict[str, TerminalView]:
+        return {name: TerminalView(p.terminal.info, p.stats) for name, p in self.pollers.items()}
+
+    def clocks(self) -> dict[str, TerminalClock]:
+        return {}  # Modbus has no standard notion of a device clock
+
+    def buses(self) -> dict[str, float]:
+        return {device: bus.utilisation() for device, bus in self.serial_buses.items()}
+
+    def watch_allowance(self) -> float | None:
+        return polling_allowance(self.terminals)
+
+    async def poll(self, terminal: str) -> PollAnswer:
+        poller = self.pollers.get(terminal)
+        if poller is None:
+            raise KeyError(terminal)
+        return answer(poller.terminal, await poller.poll_once())
+
+    async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        raise DriverError(f"{terminal} is a Modbus terminal: it takes no requests but polls")
+
+
+def answer(terminal: ModbusTerminal, readings: Sequence[Reading]) -> PollAnswer:
+    """One poll's readings for the faces: JSON, table, errors (shapes in README.md)."""
+    return PollAnswer(
+        terminal=terminal.name,
+        json=poll_json(terminal.name, terminal.points, readings),
+        table=poll_table(terminal.name, terminal.address, terminal.points, readings),
+        errors=poll_errors(readings),
+        all_good=all(r.quality is Quality.GOOD for r in readings),
+    )
+
+
+async def poll_once(config: Config, name: str) -> PollAnswer:
+    """Read every point of one terminal once, without a running agent (`edge-agent poll`)."""
+    terminal = config.terminal(name)
+    quiet_undecodable_replies(asyncio.get_running_loop())
+    bus = None
+    link: Link
+    if isinstance(terminal, ModbusRtuTerminal):
+        bus = SerialBus(serial_settings(terminal))
+        link = BusLink(bus)
+    elif isinstance(terminal, ModbusTcpTerminal):
+        link = TcpLink(terminal.host, terminal.port)
+    else:
+        raise DriverError(f"{name} is not a Modbus terminal")
+    try:
+        readings = await Poller(terminal, link, _Discard()).poll_once()
+    finally:
+        await link.close()
+        if bus is not None:
+            await bus.close()
+    return answer(terminal, readings)
+
+
+class _Discard:
+    def submit(self, readings: Sequence[Reading]) -> None:
+        """A one-off poll's readings are printed, not kept."""

@@ -1,0 +1,87 @@
+"""The SL651 driver's config: the stations (terminals) and the central station's own section.
+
+`agent/config.py` takes the terminal model through the protocol registry and the `sl651:`
+section as a field of the whole config.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from agent.config_base import Frozen, TerminalModel
+from agent.durations import PositiveDuration
+from agent.model import TerminalInfo
+
+
+class Sl651Terminal(TerminalModel):
+    """A hydrology station that reports to the agent (the agent is its central station)."""
+
+    protocol: Literal["sl651"]
+    station: str = Field(pattern=r"^[0-9A-Fa-f]{10}$")  # the 5-byte address as 10 hex digits
+    password: str = Field(default="0000", pattern=r"^[0-9A-Fa-f]{4}$")
+    expected_interval: PositiveDuration = 3600.0  # a report at least this often, else stale
+    query_period: PositiveDuration | None = None  # ask for real-time data (0x37) this often
+    clock_sync: bool = True  # set the station clock (0x4A) when off by more than 5 minutes
+
+    @property
+    def address(self) -> str:
+        return f"station {self.station.upper()}"
+
+    @property
+    def info(self) -> TerminalInfo:
+        # The station decides what it reports: no configured point list.
+        return TerminalInfo(
+            name=self.name,
+            protocol=self.protocol,
+            address=self.address,
+            interval=self.expected_interval,
+            polled=False,
+        )
+
+
+class Sl651SerialPort(Frozen):
+    device: str = Field(min_length=1)
+    baudrate: int = Field(default=9600, gt=0)
+
+
+class Sl651Config(Frozen):
+    """The central station: where SL651 stations connect and how the agent answers them."""
+
+    center: int = Field(default=1, ge=1, le=255)  # our centre address
+    listen: list[str] = Field(
+        default_factory=list
+    )  # "host:port", e.g. "0.0.0.0:5001" (0: any free)
+    serial: list[Sl651SerialPort] = Field(default_factory=list)
+    # End character of our confirmations: EOT lets the station go offline, ESC keeps it online
+    # (for queries).
+    ack_end: Literal["EOT", "ESC"] = "EOT"
+    accept_unknown: bool = True  # frames from stations not configured: report them, or refuse
+    utc_offset: str = Field(default="+08:00", pattern=r"^[+-]\d\d:\d\d$")  # station clocks
+    packet_timeout: PositiveDuration = 30.0  # M3: NAK a missing packet after this silence
+    idle_timeout: PositiveDuration = 900.0  # close a station connection silent this long
+    max_connections: int = Field(default=2000, ge=1)
+    max_frame_bytes: int = Field(default=8192, ge=256, le=65536)
+
+    @model_validator(mode="after")
+    def _listen_addresses(self) -> Sl651Config:
+        for item in self.listen:
+            host, _, port = item.rpartition(":")
+            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+                raise ValueError(f"listen address {item!r} is not host:port")
+        return self
+
+    @property
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [(h.strip("[]"), int(p)) for h, _, p in (a.rpartition(":") for a in self.listen)]
+
+
+def check_terminals(terminals: Sequence[TerminalModel]) -> None:
+    """No two stations share an address."""
+    stations = [t.station.upper() for t in terminals if isinstance(t, Sl651Terminal)]
+    dupes = [s for s, c in Counter(stations).items() if c > 1]
+    if dupes:
+        raise ValueError(f"two SL651 terminals use station {', '.join(dupes)}")

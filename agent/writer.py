@@ -1,0 +1,293 @@
+"""The one way into the outbox: every kind of message, one error policy, awaitable commits.
+
+Telemetry, events, health reports and (later) diagnosis answers all enter the outbox here.
+`put` queues one message and returns a future that completes once it is committed (with its
+seq); `submit` gathers polled readings into telemetry messages of up to `batch` readings, cut
+when that many wait or `linger` seconds after the first (so a polled reading is durable at
+most `linger` late — documented); `cut` stores what is gathered now and returns the future of
+its commit, for a report that must be durable before it is confirmed.
+
+One writer task stores everything waiting in one transaction (group commit: while one batch is
+being made durable, the next gathers). The error policy, for every kind alike:
+- the outbox cannot take them now (a full or failing disk): the messages stay queued, in order,
+  and are tried again every `retry` seconds; nothing is lost and nothing is acknowledged;
+- a message that can never be stored (its content: too large, not JSON): that message alone
+  fails with `NotStored`, counted and logged; the others are stored;
+- more than `max_waiting` messages queued: the oldest telemetry is given up first (events and
+  health only when no telemetry is left), each counted by kind, logged, its future failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from agent.model import NotStored, Reading
+from agent.outbox import AsyncOutbox, OutboxError, Priority
+from agent.sinks import records
+
+log = structlog.get_logger(__name__)
+
+LOG_INTERVAL = 60.0  # a persisting failure is logged at most this often
+
+
+@dataclass(eq=False)
+class _Waiting:
+    kind: str
+    body: Any
+    priority: Priority
+    future: asyncio.Future[int]
+
+
+@dataclass
+class WriterStats:
+    """What the writer has done; `lost` counts messages given up, by kind."""
+
+    stored: int = 0
+    failures: int = 0  # batches the outbox could not take (tried again)
+    lost: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def lost_total(self) -> int:
+        return sum(self.lost.values())
+
+
+class OutboxWriter:
+    """Queues messages for the outbox and stores them in group commits; an async context."""
+
+    def __init__(
+        self,
+        outbox: AsyncOutbox,
+        *,
+        batch: int = 500,
+        linger: float = 0.2,
+        retry: float = 5.0,
+        max_waiting: int = 10_000,
+        max_batch: int = 512,
+    ) -> None:
+        self.outbox = outbox
+        self.batch = batch
+        self.linger = linger
+        self.retry = retry
+        self.max_waiting = max_waiting
+        self.max_batch = max_batch
+        self.stats = WriterStats()
+        self._queue: list[_Waiting] = []
+        self._in_flight = 0  # the head of the queue being stored now
+        self._records: list[dict[str, Any]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._ready = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self._task: asyncio.Task[None] | None = None
+        self._logged_at: dict[str, float] = {}
+
+    @property
+    def waiting(self) -> int:
+        """Messages queued and not committed yet."""
+        return len(self._queue)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._run(), name="outbox writer")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Store everything queued, then stop. Cancelled meanwhile: what is left is counted."""
+        try:
+            self.cut()
+            await self._drained.wait()
+        finally:
+            if self._queue:
+                for item in self._queue[self._in_flight :]:
+                    self._count_lost(item.kind)
+                log.error(
+                    "stopped before these messages were stored; they are lost",
+                    count=len(self._queue),
+                    lost=dict(self.stats.lost),
+                )
+            assert self._task is not None
+            self._task.cancel()
+            await asyncio.wait({self._task})
+
+    # -- putting -----------------------------------------------------------------------------
+
+    def put(self, kind: str, body: Any, priority: Priority) -> asyncio.Future[int]:
+        """Queue one message; the future gives its seq once committed, or raises NotStored."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._make_room()
+        self._queue.append(_Waiting(kind, body, priority, future))
+        self._ready.set()
+        self._drained.clear()
+        return future
+
+    def submit(self, readings: Sequence[Reading]) -> None:
+        """Polled readings: gathered into telemetry messages (a `ReadingSink`)."""
+        if not readings:
+            return
+        self._records.extend(records(readings))
+        if len(self._records) >= self.batch:
+            self.cut()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.linger, self.cut)
+
+    def cut(self) -> asyncio.Future[None]:
+        """Store the gathered readings now; the future completes when all are committed."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        gathered, self._records = self._records, []
+        futures = [
+            self.put("telemetry", {"readings": gathered[i : i + self.batch]}, Priority.TELEMETRY)
+            for i in range(0, len(gathered), self.batch)
+        ]
+        return _all_of(futures)
+
+    def _make_room(self) -> None:
+        if len(self._queue) < self.max_waiting:
+            return
+        # Never the batch being written; the oldest telemetry first, else the oldest message.
+        candidates = range(self._in_flight, len(self._queue))
+        victim = next(
+            (i for i in candidates if self._queue[i].priority is Priority.TELEMETRY),
+            self._in_flight if self._in_flight < len(self._queue) else None,
+        )
+        if victim is None:
+            return  # everything queued is being written: the queue may grow by one
+        item = self._queue.pop(victim)
+        self._count_lost(item.kind)
+        _fail(item.future, NotStored(f"{item.kind}: given up, more than {self.max_waiting} wait"))
+        if self._may_log("overflow"):
+            log.error(
+                "outbox is not keeping up: oldest messages given up",
+                waiting=len(self._queue),
+                lost=dict(self.stats.lost),
+            )
+
+    def _count_lost(self, kind: str) -> None:
+        self.stats.lost[kind] = self.stats.lost.get(kind, 0) + 1
+
+    # -- storing -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            await self._ready.wait()
+            batch = self._queue[: self.max_batch]
+            self._in_flight = len(batch)
+            try:
+                stored = await self._store(batch)
+            finally:
+                self._in_flight = 0
+            if stored:
+                del self._queue[:stored]
+                self.stats.stored += stored
+            if not self._queue:
+                self._ready.clear()
+                self._drained.set()
+            elif not stored:
+                await asyncio.sleep(self.retry)
+
+    async def _store(self, batch: list[_Waiting]) -> int:
+        """Store the head of the queue; returns how many left it (stored or failed for good)."""
+        try:
+            seqs = await self.outbox.put_many([(w.kind, w.body, w.priority) for w in batch])
+        except (ValueError, TypeError) as exc:
+            if len(batch) == 1:
+                self._refuse(batch[0], exc)
+                return 1
+            return await self._store_singly(batch)
+        except (OutboxError, OSError, sqlite3.Error) as exc:
+            self._failed(exc, len(batch))
+            return 0
+        for item, seq in zip(batch, seqs, strict=True):
+            _settle(item.future, seq)
+        return len(batch)
+
+    async def _store_singly(self, batch: list[_Waiting]) -> int:
+        """One message of the batch cannot be stored: find it, store the others."""
+        done = 0
+        for item in batch:
+            try:
+                [seq] = await self.outbox.put_many([(item.kind, item.body, item.priority)])
+            except (ValueError, TypeError) as exc:
+                self._refuse(item, exc)
+            except (OutboxError, OSError, sqlite3.Error) as exc:
+                self._failed(exc, len(batch) - done)
+                return done
+            else:
+                _settle(item.future, seq)
+            done += 1
+        return done
+
+    def _refuse(self, item: _Waiting, exc: ValueError | TypeError) -> None:
+        self._count_lost(item.kind)
+        log.error("a message cannot be stored and is dropped", kind=item.kind, error=str(exc))
+        _fail(item.future, NotStored(f"{item.kind}: {exc}"))
+
+    def _failed(self, exc: BaseException, count: int) -> None:
+        self.stats.failures += 1
+        if self._may_log("failed"):
+            log.error(
+                "outbox cannot take messages now; keeping them and trying again",
+                error=f"{type(exc).__name__}: {exc}",
+                waiting=count,
+                retry=self.retry,
+            )
+
+    def _may_log(self, what: str) -> bool:
+        now = time.monotonic()
+        if now - self._logged_at.get(what, -LOG_INTERVAL) < LOG_INTERVAL:
+            return False
+        self._logged_at[what] = now
+        return True
+
+
+def _settle(future: asyncio.Future[int], seq: int) -> None:
+    if not future.done():  # its caller may have given up waiting; the message is stored anyway
+        future.set_result(seq)
+
+
+def _fail(future: asyncio.Future[int], exc: NotStored) -> None:
+    if not future.done():
+        future.set_exception(exc)
+        future.exception()  # retrieved: fire-and-forget callers must not log it as unhandled
+
+
+def _all_of(futures: Sequence[asyncio.Future[int]]) -> asyncio.Future[None]:
+    """A future that completes when every one of `futures` has, failing as the first fails."""
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    remaining = len(futures)
+    if not remaining:
+        done.set_result(None)
+        return done
+
+    def one_done(future: asyncio.Future[int]) -> None:
+        nonlocal remaining
+        remaining -= 1
+        if done.done():
+            return
+        if future.cancelled():
+            done.set_exception(NotStored("cancelled"))
+            done.exception()
+        elif (error := future.exception()) is not None:
+            done.set_exception(error)
+            done.exception()
+        elif remaining == 0:
+            done.set_result(None)
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    return done
