@@ -22,7 +22,6 @@ from typing import Any
 
 import structlog
 
-from agent.atomic import write_atomic
 from agent.check_settings import ChecksConfig
 from agent.checks.alarms import ALARMS_FILE, AlarmTracker
 from agent.checks.data import DataMonitor
@@ -38,6 +37,7 @@ from agent.model import ReadingSink
 from agent.outbox import AsyncOutbox, OutboxError, Priority
 from agent.sinks import EventQueue
 from agent.status import health_path
+from agent.storage.atomic import write_atomic
 from agent.watchdog import BeatSink, Progress, run_watchdog, status_line
 
 log = structlog.get_logger(__name__)

@@ -25,8 +25,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.atomic import fsync_dir, remove_stale_temps, write_atomic
 from agent.model import format_timestamp
+from agent.storage.atomic import fsync_dir, remove_stale_temps, write_atomic
 
 KEYS_DIR = "keys"
 PRIVATE_KEY_FILE = "device-ed25519.pem"

@@ -29,10 +29,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.atomic import write_atomic
 from agent.check_settings import AlarmSettings
 from agent.checks.framework import CheckResult, Status, utc_now
 from agent.model import format_timestamp, parse_timestamp
+from agent.storage.atomic import write_atomic
 
 ALARMS_FILE = Path("state") / "alarms.json"
 

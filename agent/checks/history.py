@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.atomic import move_durably
 from agent.checks.data import Anomaly, numeric
 from agent.checks.framework import CheckResult, Status
 from agent.model import Quality, Reading, parse_timestamp
+from agent.storage.atomic import move_durably
 
 HOUR = 3600
 DAY = 86400.0

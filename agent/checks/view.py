@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import __version__
-from agent.atomic import write_atomic
 from agent.model import format_timestamp, parse_timestamp
+from agent.storage.atomic import write_atomic
 
 if TYPE_CHECKING:
     from agent.config import Config

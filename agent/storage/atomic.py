@@ -1,0 +1,125 @@
+"""Durable file writes: the one helper for state files (DESIGN.md, rules of the house).
+
+A file written here is either the old one or the new one after a power cut, never a mix:
+temp file in the same folder, fsync, rename over the target, fsync of the folder. Files are
+private by default (mode 0600, applied exactly, whatever the umask).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+PRIVATE_FILE_MODE = 0o600  # read and written by the agent's user only
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the folder's entries (a rename, a new or removed file) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: Path, data: bytes, *, mode: int = PRIVATE_FILE_MODE, overwrite: bool = True
+) -> None:
+    """Write `data` to `path` so that a crash leaves either the old file or the new one.
+
+    `mode` is applied exactly (not filtered by the umask), before any byte is written. With
+    `overwrite=False` an existing file is never replaced: FileExistsError is raised instead,
+    also when another process creates it at the same time (the new file is hard-linked into
+    place, which fails if the name exists).
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if overwrite:
+            tmp.replace(path)
+        else:
+            os.link(tmp, path)
+            tmp.unlink()
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def remove_stale_temps(path: Path) -> int:
+    """Remove temp files a crash left behind by `write_atomic(path, ...)`; how many."""
+    path = Path(path)
+    removed = 0
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        with contextlib.suppress(FileNotFoundError):
+            stale.unlink()
+            removed += 1
+    return removed
+
+
+def move_durably(source: Path, target: Path) -> None:
+    """Rename `source` to `target` (same file system) and make the rename durable."""
+    source.replace(target)
+    fsync_dir(target.parent)
+    if source.parent != target.parent:
+        fsync_dir(source.parent)
+
+
+# Bits a private file must not have: group write or execute, and anything for other users.
+# Group read (0640) is allowed where an operator chose it; the agent itself creates 0600.
+TOO_OPEN = 0o037
+PRIVATE_DIR_MODE = 0o700  # folders the agent creates under state_dir (keys/, state/, ...)
+STATE_DIR_MODE = 0o750  # state_dir itself, as the package lays it out (systemd StateDirectoryMode)
+
+
+def open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
+    """`os.open(path, flags | O_CREAT | O_CLOEXEC)` creating `mode`; an existing file that is
+    too open (group-writable, or anything for others) is narrowed to `mode`. A file descriptor.
+
+    The creation mode is filtered by the umask, which only ever removes bits: a permissive umask
+    cannot widen it. SQLite creates a database's -wal and -shm with the database's mode, so a
+    database file created here gives private journals too.
+    """
+    fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, mode)
+    try:
+        if os.fstat(fd).st_mode & TOO_OPEN:
+            os.fchmod(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def make_private(path: Path, mode: int = PRIVATE_FILE_MODE) -> None:
+    """Create `path` empty with `mode` if missing, or narrow it to `mode` if too open."""
+    os.close(open_private(path, os.O_RDONLY, mode))
+
+
+def ensure_dir(path: Path, mode: int = PRIVATE_DIR_MODE, *, tighten: bool = True) -> None:
+    """Create folder `path` (and missing parents) and give it exactly `mode`.
+
+    An existing folder is narrowed to `mode` when `tighten` and it has bits outside `mode`: for
+    the agent's own folders (state/, keys/). Pass `tighten=False` for a folder that may be
+    someone else's (the parent of a file a caller named): it then keeps its mode.
+    """
+    path = Path(path)
+    try:
+        path.mkdir(mode=mode, parents=True)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+        if not tighten or not path.stat().st_mode & 0o777 & ~mode:
+            return
+    path.chmod(mode)  # mkdir's mode is filtered by the umask; an existing folder may be wider
