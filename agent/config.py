@@ -26,6 +26,7 @@ from pydantic import (
 
 from agent.check_settings import ChecksConfig, HealthConfig
 from agent.durations import Duration, PositiveDuration
+from agent.storage.layout import StateLayout
 
 DEFAULT_CONFIG_PATH = Path("/etc/edge-agent/config.yaml")
 CONFIG_ENV = "EDGE_AGENT_CONFIG"
@@ -392,12 +393,17 @@ class Config(_Frozen):
         raise KeyError(f"no terminal named {name!r} (known: {known})")
 
     @property
+    def layout(self) -> StateLayout:
+        """Every file under state_dir and the runtime folder (agent.storage.layout)."""
+        return StateLayout(self.state_dir, self.control.socket.parent, self.control.socket)
+
+    @property
     def jsonl_path(self) -> Path:
-        return self.jsonl.path or self.state_dir / "readings.jsonl"
+        return self.jsonl.path or self.layout.readings_jsonl
 
     @property
     def outbox_path(self) -> Path:
-        return self.state_dir / "outbox.db"
+        return self.layout.outbox_db
 
     @property
     def topic_prefix(self) -> str:

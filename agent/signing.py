@@ -27,9 +27,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.model import format_timestamp
 from agent.storage.atomic import fsync_dir, remove_stale_temps, write_atomic
+from agent.storage.layout import StateLayout
 
-KEYS_DIR = "keys"
-PRIVATE_KEY_FILE = "device-ed25519.pem"
 ALG = "EdDSA"
 KEY_FILE_MODE = 0o600
 KEY_DIR_MODE = 0o700
@@ -151,7 +150,7 @@ class DeviceKey:
 
 
 def key_path(state_dir: Path) -> Path:
-    return Path(state_dir) / KEYS_DIR / PRIVATE_KEY_FILE
+    return StateLayout(Path(state_dir)).device_key
 
 
 def init_key(state_dir: Path, force: bool = False) -> DeviceKey:

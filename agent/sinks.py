@@ -22,6 +22,7 @@ import structlog
 
 from agent.model import Reading, ReadingSink, format_timestamp
 from agent.outbox import AsyncOutbox, OutboxError, Priority
+from agent.storage.atomic import open_private_append
 
 log = structlog.get_logger(__name__)
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per reading
@@ -51,7 +52,7 @@ class JsonlSink:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = open_private_append(self.path)
         self._size = self._file.tell()
 
     def submit(self, readings: Sequence[Reading]) -> None:
@@ -71,7 +72,7 @@ class JsonlSink:
         assert self._file is not None
         self._file.close()
         self.path.replace(self.path.with_name(self.path.name + ".1"))
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = open_private_append(self.path)
         self._size = 0
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
+from typing import IO
 
 PRIVATE_FILE_MODE = 0o600  # read and written by the agent's user only
 
@@ -94,7 +95,9 @@ def open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
     """
     fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, mode)
     try:
-        if os.fstat(fd).st_mode & TOO_OPEN:
+        st = os.fstat(fd)
+        # Another user's file (an operator reading the agent's) is left as it is.
+        if st.st_mode & TOO_OPEN and st.st_uid == os.geteuid():
             os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)
@@ -120,6 +123,17 @@ def ensure_dir(path: Path, mode: int = PRIVATE_DIR_MODE, *, tighten: bool = True
     except FileExistsError:
         if not path.is_dir():
             raise
-        if not tighten or not path.stat().st_mode & 0o777 & ~mode:
+        st = path.stat()
+        if not tighten or not st.st_mode & 0o777 & ~mode or st.st_uid != os.geteuid():
             return
     path.chmod(mode)  # mkdir's mode is filtered by the umask; an existing folder may be wider
+
+
+def open_private_append(path: Path) -> IO[str]:
+    """`path` opened for appending text (UTF-8), created 0600 (see `open_private`)."""
+    fd = open_private(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        return os.fdopen(fd, "a", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise

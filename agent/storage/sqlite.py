@@ -13,13 +13,14 @@ touches it, so its -wal and -shm are private too; an existing file that is too o
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.storage.atomic import PRIVATE_FILE_MODE, make_private, move_durably
+from agent.storage.atomic import PRIVATE_FILE_MODE, TOO_OPEN, make_private, move_durably
 
 Synchronous = Literal["full", "normal"]
 # One step of a schema: SQL (one script, may hold several statements) or a callable that gets
@@ -28,8 +29,11 @@ Migration = str | Callable[[sqlite3.Connection], None]
 SIDE_FILES = ("-wal", "-shm")
 
 
-class StorageError(Exception):
-    """The database cannot be opened or used for a reason other than damage (disk, rights)."""
+class StorageError(sqlite3.DatabaseError):
+    """The database cannot be opened or used for a reason other than damage (disk, rights).
+
+    A sqlite3.DatabaseError, so that callers that handled SQLite's own errors still do.
+    """
 
 
 class UnusableDatabase(Exception):
@@ -61,7 +65,8 @@ def make_private_files(path: Path) -> None:
     for suffix in SIDE_FILES:
         side = side_file(path, suffix)
         with contextlib.suppress(FileNotFoundError):
-            if side.stat().st_mode & 0o037:
+            st = side.stat()
+            if st.st_mode & TOO_OPEN and st.st_uid == os.geteuid():
                 side.chmod(PRIVATE_FILE_MODE)
 
 
@@ -119,6 +124,9 @@ def connect(
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         if journal_size_limit is not None:
             conn.execute(f"PRAGMA journal_size_limit={int(journal_size_limit)}")
+    except StorageError:
+        conn.close()
+        raise
     except sqlite3.DatabaseError as exc:
         conn.close()
         if is_corruption(exc):
