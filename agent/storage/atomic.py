@@ -85,6 +85,12 @@ PRIVATE_DIR_MODE = 0o700  # folders the agent creates under state_dir (keys/, st
 STATE_DIR_MODE = 0o750  # state_dir itself, as the package lays it out (systemd StateDirectoryMode)
 
 
+def is_ours(st: os.stat_result) -> bool:
+    """Whether we may narrow the mode of a file: ours, or we are root. Another user's file (an
+    operator's command reading the agent's) is left as it is."""
+    return st.st_uid == os.geteuid() or os.geteuid() == 0
+
+
 def open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
     """`os.open(path, flags | O_CREAT | O_CLOEXEC)` creating `mode`; an existing file that is
     too open (group-writable, or anything for others) is narrowed to `mode`. A file descriptor.
@@ -96,8 +102,7 @@ def open_private(path: Path, flags: int, mode: int = PRIVATE_FILE_MODE) -> int:
     fd = os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, mode)
     try:
         st = os.fstat(fd)
-        # Another user's file (an operator reading the agent's) is left as it is.
-        if st.st_mode & TOO_OPEN and st.st_uid == os.geteuid():
+        if st.st_mode & TOO_OPEN and is_ours(st):
             os.fchmod(fd, mode)
     except BaseException:
         os.close(fd)
@@ -110,21 +115,31 @@ def make_private(path: Path, mode: int = PRIVATE_FILE_MODE) -> None:
     os.close(open_private(path, os.O_RDONLY, mode))
 
 
-def ensure_dir(path: Path, mode: int = PRIVATE_DIR_MODE, *, tighten: bool = True) -> None:
-    """Create folder `path` (and missing parents) and give it exactly `mode`.
+def ensure_dir(
+    path: Path,
+    mode: int = PRIVATE_DIR_MODE,
+    *,
+    tighten: bool = True,
+    parent_mode: int = STATE_DIR_MODE,
+) -> None:
+    """Create folder `path` with exactly `mode`; missing parents get `parent_mode`.
 
-    An existing folder is narrowed to `mode` when `tighten` and it has bits outside `mode`: for
-    the agent's own folders (state/, keys/). Pass `tighten=False` for a folder that may be
-    someone else's (the parent of a file a caller named): it then keeps its mode.
+    Parents are made here, not by `mkdir(parents=True)`, whose parents follow the umask: the
+    first folder the agent makes is usually state_dir itself. An existing folder is narrowed to
+    `mode` when `tighten` and it has bits outside `mode`: for the agent's own folders (state/,
+    keys/). Pass `tighten=False` for a folder that may be someone else's (the parent of a file a
+    caller named): it keeps its mode. A folder of another user is never changed.
     """
     path = Path(path)
+    if not path.parent.exists():
+        ensure_dir(path.parent, parent_mode, tighten=False, parent_mode=parent_mode)
     try:
-        path.mkdir(mode=mode, parents=True)
+        path.mkdir(mode=mode)
     except FileExistsError:
         if not path.is_dir():
             raise
         st = path.stat()
-        if not tighten or not st.st_mode & 0o777 & ~mode or st.st_uid != os.geteuid():
+        if not tighten or not st.st_mode & 0o777 & ~mode or not is_ours(st):
             return
     path.chmod(mode)  # mkdir's mode is filtered by the umask; an existing folder may be wider
 

@@ -13,14 +13,19 @@ touches it, so its -wal and -shm are private too; an existing file that is too o
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from agent.storage.atomic import PRIVATE_FILE_MODE, TOO_OPEN, make_private, move_durably
+from agent.storage.atomic import (
+    PRIVATE_FILE_MODE,
+    TOO_OPEN,
+    is_ours,
+    make_private,
+    move_durably,
+)
 
 Synchronous = Literal["full", "normal"]
 # One step of a schema: SQL (one script, may hold several statements) or a callable that gets
@@ -66,7 +71,7 @@ def make_private_files(path: Path) -> None:
         side = side_file(path, suffix)
         with contextlib.suppress(FileNotFoundError):
             st = side.stat()
-            if st.st_mode & TOO_OPEN and st.st_uid == os.geteuid():
+            if st.st_mode & TOO_OPEN and is_ours(st):
                 side.chmod(PRIVATE_FILE_MODE)
 
 
