@@ -19,9 +19,9 @@ from typing import Any
 from rich.console import Console
 
 from agent import __version__
-from agent.atomic import write_atomic
 from agent.config import Config, ConfigError, default_config_path, load_config
 from agent.logs import configure_logging
+from agent.storage.atomic import write_atomic
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 

@@ -35,6 +35,7 @@ from agent.protocols.modbus.config import (
 )
 from agent.protocols.registry import DRIVERS
 from agent.protocols.sl651.config import Sl651Config, Sl651SerialPort, Sl651Terminal
+from agent.storage.layout import StateLayout
 
 T = TypeVar("T", bound=TerminalModel)
 
@@ -218,12 +219,17 @@ class Config(_Frozen):
         raise KeyError(f"no terminal named {name!r} (known: {known})")
 
     @property
+    def layout(self) -> StateLayout:
+        """Every file under state_dir and the runtime folder (agent.storage.layout)."""
+        return StateLayout(self.state_dir, self.control.socket.parent, self.control.socket)
+
+    @property
     def jsonl_path(self) -> Path:
-        return self.jsonl.path or self.state_dir / "readings.jsonl"
+        return self.jsonl.path or self.layout.readings_jsonl
 
     @property
     def outbox_path(self) -> Path:
-        return self.state_dir / "outbox.db"
+        return self.layout.outbox_db
 
     @property
     def topic_prefix(self) -> str:

@@ -22,9 +22,8 @@ from typing import Self
 
 import structlog
 
-from agent.atomic import write_atomic
 from agent.check_settings import ChecksConfig
-from agent.checks.alarms import ALARMS_FILE, AlarmTracker
+from agent.checks.alarms import AlarmTracker
 from agent.checks.data import DataMonitor
 from agent.checks.framework import CheckResult, CheckRunner, Round
 from agent.checks.health import HealthSchedule, build_health
@@ -36,7 +35,7 @@ from agent.durations import parse_duration
 from agent.logs import log_task_crash
 from agent.model import ReadingSink
 from agent.outbox import OutboxError, Priority
-from agent.status import health_path
+from agent.storage.atomic import write_atomic
 from agent.watchdog import BeatSink, Progress, run_watchdog, status_line
 from agent.writer import OutboxWriter
 
@@ -56,7 +55,7 @@ class Inspection:
         self._view = view
         self.monitor: DataMonitor = data_monitor(config, self.settings)
         self.runner = CheckRunner(build_checks(config, self.settings, monitor=self.monitor))
-        self.alarms = AlarmTracker(self.settings.alarms, config.state_dir / ALARMS_FILE)
+        self.alarms = AlarmTracker(self.settings.alarms, config.layout.alarms)
         self.health = HealthSchedule.from_config(config.health)
         self.history: History | None = None
         self.progress = Progress()
@@ -155,7 +154,7 @@ class Inspection:
             # Kept on disk too: `edge-agent status` shows it when the agent does not run.
             text = json.dumps(report, default=str).encode()
             try:
-                await asyncio.to_thread(write_atomic, health_path(self.config.state_dir), text)
+                await asyncio.to_thread(write_atomic, self.config.layout.health, text)
             except OSError as exc:
                 log.warning("cannot save the health report", error=str(exc))
 
@@ -207,4 +206,5 @@ def report_since(text: str, now: datetime | None = None) -> datetime:
 
 
 def history_path(config: Config) -> Path:
-    return config.state_dir / "history.db"
+    """`config.layout.history_db` (kept for the command line)."""
+    return config.layout.history_db

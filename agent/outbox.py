@@ -44,9 +44,16 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
 
-from agent.atomic import move_durably, remove_stale_temps, write_atomic
 from agent.model import format_timestamp
 from agent.signing import encode_body, envelope_from_encoded, utc_stamp
+from agent.storage import sqlite as db
+from agent.storage.atomic import (
+    STATE_DIR_MODE,
+    ensure_dir,
+    open_private,
+    remove_stale_temps,
+    write_atomic,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +66,6 @@ WARN_INTERVAL = 60.0  # at most one eviction warning per this many seconds
 # Messages stamped before this are not aged out: the gateway's clock was not set yet (no RTC),
 # and an NTP step would otherwise make them all look ancient at once.
 CLOCK_SANE_AFTER = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
-SCHEMA_VERSION = 1
 _KIND = re.compile(r"^[a-z][a-z0-9_-]*(?:/[a-z][a-z0-9_-]*)*$")
 
 Synchronous = Literal["full", "normal"]
@@ -79,7 +85,12 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_by_priority ON messages (priority);
 CREATE INDEX IF NOT EXISTS messages_by_age ON messages (priority, created_at);
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+INSERT OR IGNORE INTO counters (name, value)
+    VALUES ('seq', 0), ('evicted', 0), ('evicted_bytes', 0), ('last_evicted_at', NULL);
 """
+# The schema's history, oldest first (agent.storage.sqlite.migrate): append, never edit.
+MIGRATIONS: list[db.Migration] = [_SCHEMA]
+SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class Priority(enum.IntEnum):
@@ -108,10 +119,6 @@ class OutboxError(Exception):
 
 class OutboxCorruptError(OutboxError):
     """The database turned out damaged while open: `close()` and `open()` set it aside."""
-
-
-class _Unusable(Exception):
-    """The database file must be set aside (not SQLite, corrupt, or a newer schema)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,13 +183,6 @@ class _Eviction:
     bytes: int = 0
 
 
-def _is_corruption(exc: sqlite3.DatabaseError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is None:
-        return False
-    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
-
-
 class Outbox:
     """Durable, bounded, prioritized queue of signed messages. `open()` before use."""
 
@@ -236,7 +236,9 @@ class Outbox:
         with self._lock:
             if self._conn is not None:
                 raise OutboxError(f"{self.path}: already open")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The folder may be state_dir (created 0750 as the package does) or one a caller
+            # named: an existing one keeps its mode.
+            ensure_dir(self.path.parent, STATE_DIR_MODE, tighten=False)
             self._take_ownership()
             try:
                 remove_stale_temps(self.seq_path)
@@ -247,14 +249,27 @@ class Outbox:
 
     def _open_locked(self) -> None:
         reserved, had_reservation = self._read_reservation()
+        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
         try:
-            self._check()
-            conn, fresh = self._connect()
-            recovered = False
-        except _Unusable as exc:
-            self.recovered_from = self._set_aside(str(exc))
-            conn, fresh = self._connect()
-            recovered = True
+            opened = db.open_database(
+                self.path,
+                MIGRATIONS,
+                aside_label=f"corrupt-{stamp}",
+                synchronous=self.synchronous,
+                journal_size_limit=64 * 1024 * 1024,  # truncate the WAL after use
+            )
+        except db.StorageError as exc:
+            raise OutboxError(str(exc)) from exc
+        conn, fresh = opened.conn, opened.previous_version == 0
+        recovered = opened.set_aside is not None
+        if opened.set_aside is not None:
+            self.recovered_from = opened.set_aside
+            log.error(
+                "outbox database damaged: set aside, starting a fresh outbox",
+                path=str(self.path),
+                kept_as=str(opened.set_aside),
+                reason=opened.reason,
+            )
         self._conn = conn
         try:
             with self._sqlite_errors():
@@ -324,7 +339,7 @@ class Outbox:
 
         Close and open happen under one hold of the lock (and ownership is kept), so a put from
         another thread waits for the fresh database instead of finding none. Returns where the
-        damaged file was kept (None if it turned out sound; `_set_aside` logs it). Messages
+        damaged file was kept (None if it turned out sound; opening logs it). Messages
         only in the damaged file are lost with it; seq continues past the reservation.
         """
         with self._lock:
@@ -341,7 +356,10 @@ class Outbox:
         self.close()
 
     def _take_ownership(self) -> None:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = open_private(self.lock_path, os.O_RDWR)
+        except OSError as exc:
+            raise OutboxError(f"{self.lock_path}: cannot open: {exc.strerror or exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -353,91 +371,6 @@ class Outbox:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
-
-    def _check(self) -> None:
-        """`PRAGMA quick_check` through a read-only connection.
-
-        Read-only, so that looking at a damaged database changes nothing: a read-write
-        connection would checkpoint the WAL into it, and delete the WAL, when it closes.
-        """
-        if not self.path.exists():
-            return
-        try:
-            conn = sqlite3.connect(self.path.resolve().as_uri() + "?mode=ro", uri=True)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"{self.path}: cannot open: {exc}") from exc
-        try:
-            problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
-            if problems != ["ok"]:
-                raise _Unusable("quick_check: " + "; ".join(problems))
-            (version,) = conn.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise _Unusable(f"schema version {version} is newer than this agent's")
-        except sqlite3.DatabaseError as exc:
-            if _is_corruption(exc):
-                raise _Unusable(str(exc)) from exc
-            raise OutboxError(f"{self.path}: {exc}") from exc
-        finally:
-            conn.close()
-
-    def _connect(self) -> tuple[sqlite3.Connection, bool]:
-        try:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"{self.path}: cannot open: {exc}") from exc
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise OutboxError(f"{self.path}: cannot use WAL mode (got {mode})")
-            conn.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
-            conn.execute("PRAGMA journal_size_limit=67108864")  # truncate the WAL after use
-            (tables,) = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'messages'"
-            ).fetchone()
-            fresh = tables == 0
-            conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-            conn.executemany(
-                "INSERT OR IGNORE INTO counters (name, value) VALUES (?, ?)",
-                [("seq", 0), ("evicted", 0), ("evicted_bytes", 0)],
-            )
-            conn.execute(
-                "INSERT OR IGNORE INTO counters (name, value) VALUES ('last_evicted_at', NULL)"
-            )
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            if _is_corruption(exc):
-                raise _Unusable(str(exc)) from exc
-            raise OutboxError(f"{self.path}: {exc}") from exc
-        except BaseException:
-            conn.close()
-            raise
-        return conn, fresh
-
-    def _set_aside(self, reason: str) -> Path:
-        stamp = datetime.fromtimestamp(self.clock(), UTC).strftime("%Y%m%dT%H%M%SZ")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        n = 1
-        while target.exists():
-            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}.{n}")
-            n += 1
-        # The -wal and -shm files go with it, renamed so that SQLite would find them.
-        for suffix in ("-wal", "-shm"):
-            side = self.path.with_name(self.path.name + suffix)
-            if side.exists():
-                move_durably(side, target.with_name(target.name + suffix))
-        move_durably(self.path, target)
-        log.error(
-            "outbox database damaged: set aside, starting a fresh outbox",
-            path=str(self.path),
-            kept_as=str(target),
-            reason=reason,
-        )
-        return target
 
     # -- seq reservation -------------------------------------------------------------------
 
@@ -746,7 +679,7 @@ class Outbox:
         try:
             yield
         except sqlite3.DatabaseError as exc:
-            if _is_corruption(exc):
+            if db.is_corruption(exc):
                 raise OutboxCorruptError(
                     f"{self.path}: database damaged ({exc}); close and open the outbox to set "
                     "it aside and start a fresh one"

@@ -25,11 +25,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.atomic import fsync_dir, remove_stale_temps, write_atomic
 from agent.model import format_timestamp
+from agent.storage.atomic import ensure_dir, fsync_dir, remove_stale_temps, write_atomic
+from agent.storage.layout import StateLayout
 
-KEYS_DIR = "keys"
-PRIVATE_KEY_FILE = "device-ed25519.pem"
 ALG = "EdDSA"
 KEY_FILE_MODE = 0o600
 KEY_DIR_MODE = 0o700
@@ -151,7 +150,7 @@ class DeviceKey:
 
 
 def key_path(state_dir: Path) -> Path:
-    return Path(state_dir) / KEYS_DIR / PRIVATE_KEY_FILE
+    return StateLayout(Path(state_dir)).device_key
 
 
 def init_key(state_dir: Path, force: bool = False) -> DeviceKey:
@@ -163,9 +162,8 @@ def init_key(state_dir: Path, force: bool = False) -> DeviceKey:
     directory = path.parent
     key = DeviceKey.generate()
     try:
-        directory.mkdir(mode=KEY_DIR_MODE, parents=True, exist_ok=True)
-        # mkdir's mode is filtered by the umask, and an existing folder may be wider.
-        directory.chmod(KEY_DIR_MODE)
+        # Exactly 0700 whatever the umask, also when it existed wider; state_dir 0750 if new.
+        ensure_dir(directory, KEY_DIR_MODE)
         remove_stale_temps(path)  # a crash during an earlier init may have left a copy of a key
         if path.exists() and not force:
             raise KeyExistsError(path, _EXISTS)

@@ -19,6 +19,7 @@ from typing import IO, Any
 import structlog
 
 from agent.model import Reading, ReadingSink, format_timestamp
+from agent.storage.atomic import open_private_append
 
 log = structlog.get_logger(__name__)
 _encode = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per reading
@@ -55,7 +56,7 @@ class JsonlSink:
 
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = open_private_append(self.path)
         self._size = self._file.tell()
 
     def submit(self, readings: Sequence[Reading]) -> None:
@@ -75,7 +76,7 @@ class JsonlSink:
         assert self._file is not None
         self._file.close()
         self.path.replace(self.path.with_name(self.path.name + ".1"))
-        self._file = self.path.open("a", encoding="utf-8")
+        self._file = open_private_append(self.path)
         self._size = 0
 
     def close(self) -> None:

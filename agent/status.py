@@ -27,10 +27,10 @@ from agent.durations import approximate_duration
 from agent.model import TerminalView, format_timestamp
 from agent.outbox import QUEUE_NAMES
 from agent.signing import read_envelope
+from agent.storage.layout import StateLayout
 
 SCHEMA = 1
 QUEUE_BY_NUMBER = {int(p): name for p, name in QUEUE_NAMES.items()}  # as stored in the database
-HEALTH_FILE = Path("state") / "health.json"
 STALE_INTERVALS = 3.0
 
 
@@ -122,7 +122,8 @@ def status_dict(
 
 
 def health_path(state_dir: Path) -> Path:
-    return state_dir / HEALTH_FILE
+    """The last health report kept on disk (`StateLayout.health`)."""
+    return StateLayout(state_dir).health
 
 
 def outbox_depth(path: Path) -> dict[str, Any] | None:

@@ -29,12 +29,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from agent.atomic import write_atomic
 from agent.check_settings import AlarmSettings
 from agent.checks.framework import CheckResult, Status, utc_now
 from agent.model import format_timestamp, parse_timestamp
-
-ALARMS_FILE = Path("state") / "alarms.json"
+from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, write_atomic
 
 
 @dataclass
@@ -180,5 +178,7 @@ class AlarmTracker:
                 if t.announced is not Status.OK
             }
         }
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.state_path, json.dumps(body, indent=1).encode(), mode=0o644)
+        # Normally state/ (StateLayout.alarms), made 0700 at start by record_start; a folder a
+        # caller named keeps its mode.
+        ensure_dir(self.state_path.parent, PRIVATE_DIR_MODE, tighten=False)
+        write_atomic(self.state_path, json.dumps(body, indent=1).encode())

@@ -26,17 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent.atomic import move_durably
 from agent.checks.data import Anomaly, numeric
 from agent.checks.framework import CheckResult, Status
 from agent.model import Quality, Reading, parse_timestamp
+from agent.storage import sqlite as db
+from agent.storage.atomic import STATE_DIR_MODE, ensure_dir
 
 HOUR = 3600
 DAY = 86400.0
 PRUNE_EVERY = 3600.0
 DEFAULT_RETENTION = 90 * DAY
 DEFAULT_MAX_EVENTS = 100_000
-SCHEMA_VERSION = 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
@@ -80,6 +80,9 @@ CREATE INDEX IF NOT EXISTS starts_at ON starts (at);
 CREATE INDEX IF NOT EXISTS point_hours_hour ON point_hours (hour);
 CREATE INDEX IF NOT EXISTS check_hours_hour ON check_hours (hour);
 """
+# The schema's history, oldest first (agent.storage.sqlite.migrate): append, never edit.
+MIGRATIONS: list[db.Migration] = [_SCHEMA]
+SCHEMA_VERSION = len(MIGRATIONS)
 EVENT_TABLES = ("changes", "alarms", "anomalies", "starts")
 _SEVERITY_STATUS = {s.severity: s for s in Status}
 
@@ -226,37 +229,21 @@ class History:
         with self._db_lock:
             if self._conn is not None:
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                self._conn = self._connect()
-            except sqlite3.DatabaseError as exc:
-                aside = self.path.with_name(f"{self.path.name}.damaged-{int(self.clock())}")
-                for suffix in ("", "-wal", "-shm"):
-                    source = Path(f"{self.path}{suffix}")
-                    if source.exists():
-                        move_durably(source, Path(f"{aside}{suffix}"))
-                self.recovered_from = aside
-                self._conn = self._connect()
+            # state_dir as the package lays it out; an existing folder keeps its mode.
+            ensure_dir(self.path.parent, STATE_DIR_MODE, tighten=False)
+            opened = db.open_database(
+                self.path,
+                MIGRATIONS,
+                aside_label=f"damaged-{int(self.clock())}",
+                synchronous="normal",  # history is not the data path
+            )
+            self._conn = opened.conn
+            if opened.set_aside is not None:
+                self.recovered_from = opened.set_aside
                 self._conn.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('recovered', ?)", (f"{aside}: {exc}",)
+                    "INSERT OR REPLACE INTO meta VALUES ('recovered', ?)",
+                    (f"{opened.set_aside}: {opened.reason}",),
                 )
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")  # history is not the data path
-            conn.executescript(_SCHEMA)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(f"schema {version} is newer than this agent's")
-            conn.execute("SELECT count(*) FROM plans").fetchone()
-        except BaseException:
-            conn.close()
-            raise
-        return conn
 
     def close(self) -> None:
         if self._conn is None:

@@ -21,7 +21,6 @@ from cryptography import x509
 from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown, worst
 from agent.checks.view import AgentView
-from agent.signing import key_path
 
 FAMILY = "security"
 
@@ -97,7 +96,7 @@ def _not_writable(path: Path, what: str) -> list[Finding]:
 def file_findings(view: AgentView) -> list[Finding]:
     config = view.config
     found: list[Finding] = []
-    key = key_path(config.state_dir)
+    key = config.layout.device_key
     found += _private(key, "the device key", Status.WARN)
     found += _closed_dir(key.parent, "the keys folder")
     found += _not_writable(config.state_dir, "state_dir")

@@ -19,15 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.atomic import write_atomic
 from agent.model import TerminalClock, TerminalView, format_timestamp, parse_timestamp
+from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, write_atomic
+from agent.storage.layout import StateLayout
 
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.outbox import OutboxStats
     from agent.uplink import UplinkState
 
-RESTARTS_FILE = Path("state") / "restarts.json"
 RESTARTS_KEEP = timedelta(days=7)
 RESTARTS_MAX = 500
 
@@ -78,7 +78,8 @@ class AgentView:
 
 
 def restarts_path(state_dir: Path) -> Path:
-    return state_dir / RESTARTS_FILE
+    """`StateLayout.restarts` of `state_dir`."""
+    return StateLayout(state_dir).restarts
 
 
 def _parse_time(text: Any) -> datetime | None:
@@ -122,8 +123,8 @@ def record_start(state_dir: Path, at: datetime | None = None) -> list[datetime]:
     starts.append(at)
     starts = sorted(starts)[-RESTARTS_MAX:]
     body = {"first_start": format_timestamp(first), "starts": [format_timestamp(s) for s in starts]}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(body, indent=1).encode(), mode=0o644)
+    ensure_dir(path.parent, PRIVATE_DIR_MODE)  # state/: the agent's own, narrowed if wider
+    write_atomic(path, json.dumps(body, indent=1).encode())
     return [s for s in starts if s > first]
 
 
