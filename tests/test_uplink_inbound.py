@@ -275,3 +275,16 @@ async def test_a_cancellation_that_comes_while_leaving_is_not_swallowed(
         assert task.cancelled()
     finally:
         broker.process.send_signal(signal.SIGCONT)
+
+
+async def test_a_filter_registered_while_connected_is_subscribed_without_a_reconnect(
+    outbox: Outbox, broker: Mosquitto
+) -> None:
+    requests = Recorder()
+    async with uplink_for(outbox, broker=broker.url) as uplink:
+        await wait_until("connected", lambda: uplink.state.connected)
+        uplink.router.register("diag/req", requests)
+        await asyncio.sleep(0.3)  # the session subscribes on its own
+        await publish(broker.port, f"{PREFIX}/diag/req", b"late")
+        await wait_until("the request", lambda: requests.payloads == [b"late"])
+        assert uplink.state.connects == 1
