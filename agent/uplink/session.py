@@ -10,8 +10,9 @@ readings whatever the uplink does.
 
 Messages that come down: each session subscribes at QoS 1 to every filter registered on
 `Uplink.router` (agent.uplink.router) and hands what it receives to the router, which runs the
-handlers in their own tasks. The receive loop and the publish pump run side by side in one task
-group: a failure of either ends the session (and the loop reconnects), a handler never does.
+handlers in their own tasks. The publish pump, the subscriber and the receive loop run side by
+side as named tasks: a failure of any ends the session (and the loop reconnects); a handler's
+never does.
 Every connection starts clean (`clean_start`): the subscriptions are made anew on each connect,
 so the broker sends the retained message of each registered topic every time; a non-retained
 message sent while the gateway was away is not kept for it.
@@ -181,8 +182,8 @@ async def _first_failure(*parts: tuple[Coroutine[Any, Any, None], str]) -> None:
     finally:
         for task in tasks:
             task.cancel()
-        # Our own cancellation must not be lost while the parts wind down: wait without being
-        # interruptible by it only as long as they take to handle theirs.
+        # Let them wind down. A cancellation of ours that ended the first wait is already on its
+        # way out (this is `finally`); one more would interrupt this wait and go out instead.
         await asyncio.wait(tasks)
     for task in done:
         error = None if task.cancelled() else task.exception()
@@ -247,7 +248,9 @@ class Uplink:
         self.outbox = outbox
         self.prefix = topic_prefix
         self.client_id = client_id
-        self.router = router or InboundRouter(topic_prefix, config.max_inbound_bytes)
+        if router is None:  # one of our own makes filters relative to `topic_prefix`
+            router = InboundRouter(topic_prefix, config.max_inbound_bytes)
+        self.router = router
         self.state = UplinkState(broker=config.broker, inbound=self.router.counters)
         self._jitter = jitter
         self._held: dict[int, float] = {}  # refused message id -> monotonic time to retry
