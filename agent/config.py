@@ -132,6 +132,8 @@ class UplinkConfig(_Frozen):
     connect_timeout: PositiveDuration = 10.0
     backoff_min: PositiveDuration = 1.0  # reconnect delay: doubles from this, with jitter ...
     backoff_max: PositiveDuration = 120.0  # ... up to this
+    # Messages that come down (diag requests, update announcements) larger than this are refused.
+    max_inbound_bytes: int = Field(default=256 * 1024, ge=1)
 
     @property
     def tls_enabled(self) -> bool:

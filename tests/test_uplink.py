@@ -46,13 +46,9 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
 
 @contextlib.asynccontextmanager
 async def running(uplink: Uplink) -> AsyncIterator[Uplink]:
-    task = asyncio.create_task(uplink.run())
-    try:
+    """The uplink as the daemon runs it (`async with`); the child process below calls `run()`."""
+    async with uplink:
         yield uplink
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def uplink_for(outbox: Outbox, **config: Any) -> Uplink:

@@ -7,6 +7,19 @@ its PUBACK arrived with a success reason code; one the broker refuses (an ACL, s
 outbox, is retried later, and the refusal is reported. Failures are logged once per distinct
 reason, in words, never as a traceback per retry, and never reach acquisition: the outbox takes
 readings whatever the uplink does.
+
+Messages that come down: each session subscribes at QoS 1 to every filter registered on
+`Uplink.router` (agent.uplink.router) and hands what it receives to the router, which runs the
+handlers in their own tasks. The publish pump, the subscriber and the receive loop run side by
+side as named tasks: a failure of any ends the session (and the loop reconnects); a handler's
+never does.
+Every connection starts clean (`clean_start`): the subscriptions are made anew on each connect,
+so the broker sends the retained message of each registered topic every time; a non-retained
+message sent while the gateway was away is not kept for it.
+
+Rules: aiomqtt, paho and ssl errors are translated here into `UplinkError` reasons; the session
+is an async context manager (`async with Uplink(...)` runs the loop as a named task, leaving it
+says `offline` within 2 s and disconnects); the caller's cancellation is never swallowed.
 """
 
 from __future__ import annotations
@@ -18,17 +31,20 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import aiomqtt
 import structlog
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from agent.config import UplinkConfig
 from agent.outbox import AsyncOutbox, Message, OutboxError
+from agent.uplink.router import InboundCounters, InboundRouter
 
 log = structlog.get_logger(__name__)
 
@@ -62,6 +78,7 @@ class UplinkState:
     last_error: str | None = None
     connected_seconds: float = 0.0  # total, for the connected-time ratio
     started_at: float = field(default_factory=time.time)
+    inbound: InboundCounters = field(default_factory=InboundCounters)  # the router's counters
 
 
 def topic_for(prefix: str, kind: str) -> str:
@@ -153,6 +170,28 @@ class _SocketErrors(logging.Handler):
         return last
 
 
+async def _first_failure(*parts: tuple[Coroutine[Any, Any, None], str]) -> None:
+    """Run the parts of a session as named tasks until one of them fails; raise its error.
+
+    A TaskGroup would wrap the error in an ExceptionGroup; the reconnect loop wants the error
+    itself to describe it. The others are cancelled and awaited. Cancelling this cancels them all.
+    """
+    tasks = [asyncio.create_task(coroutine, name=name) for coroutine, name in parts]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        # Let them wind down. A cancellation of ours that ended the first wait is already on its
+        # way out (this is `finally`); one more would interrupt this wait and go out instead.
+        await asyncio.wait(tasks)
+    for task in done:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            raise error
+    raise UplinkError("the session ended by itself")
+
+
 _last_mid: contextvars.ContextVar[int] = contextvars.ContextVar("last_mid")
 
 
@@ -189,7 +228,12 @@ class _PubackCodes:
 
 
 class Uplink:
-    """Runs the MQTT session until cancelled; publishes whenever the outbox says it changed."""
+    """Runs the MQTT session until cancelled; publishes whenever the outbox says it changed.
+
+    `async with Uplink(...) as uplink:` runs it as the task `uplink`; `await uplink.run()` is
+    the same loop for a caller that owns the task. Register inbound handlers on `uplink.router`
+    before or after entering.
+    """
 
     def __init__(
         self,
@@ -198,12 +242,16 @@ class Uplink:
         topic_prefix: str,
         client_id: str,
         jitter: Callable[[], float] = random.random,
+        router: InboundRouter | None = None,
     ) -> None:
         self.config = config
         self.outbox = outbox
         self.prefix = topic_prefix
         self.client_id = client_id
-        self.state = UplinkState(broker=config.broker)
+        if router is None:  # one of our own makes filters relative to `topic_prefix`
+            router = InboundRouter(topic_prefix, config.max_inbound_bytes)
+        self.router = router
+        self.state = UplinkState(broker=config.broker, inbound=self.router.counters)
         self._jitter = jitter
         self._held: dict[int, float] = {}  # refused message id -> monotonic time to retry
         self._logged: tuple[str, float] | None = None
@@ -212,22 +260,44 @@ class Uplink:
         # Called at every connection attempt and every turn of the publish loop (the watchdog).
         self.on_progress: Callable[[], None] | None = None
 
-    async def __aenter__(self) -> Uplink:
+    async def __aenter__(self) -> Self:
+        if self._task is not None:
+            raise RuntimeError("the uplink is already running")
         self._task = asyncio.create_task(self.run(), name="uplink")
+        self._task.add_done_callback(self._ended)
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        """Stop the session: `offline` is said (within 2 s) before it disconnects."""
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
+        if task is None:
+            return
+        task.cancel()  # the session says `offline` (2 s at most), then disconnects
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # our caller is being cancelled too: that is theirs to see
+            # else: the run task ended because we cancelled it, as intended
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("uplink stopped", error=repr(task.exception()))
 
     def _beat(self) -> None:
         if self.on_progress is not None:
             self.on_progress()
 
     async def run(self) -> None:
+        async with self.router:
+            await self._reconnect()
+
+    async def _reconnect(self) -> None:
         failures = 0
         while True:
             connects = self.state.connects
@@ -259,6 +329,9 @@ class Uplink:
             will=aiomqtt.Will(state_topic, b"offline", qos=1, retain=True),
             tls_context=tls_context(self.config),
             max_inflight_messages=self.config.inflight,
+            # A clean session each time: the subscriptions are made anew on every connect, and so
+            # the broker sends each registered topic's retained message again (see the docstring).
+            clean_start=True,
             logger=self._socket_errors.logger,
         )
         codes = _PubackCodes(client)
@@ -266,7 +339,11 @@ class Uplink:
             self._connected()
             try:
                 await self._publish(client, codes, state_topic, b"online", retain=True)
-                await self._pump(client, codes)
+                await _first_failure(
+                    (self._pump(client, codes), "uplink publish"),
+                    (self._subscribe(client), "uplink subscribe"),
+                    (self._receive(client), "uplink receive"),
+                )
             except asyncio.CancelledError:
                 # Stopping: say so before leaving (a clean disconnect does not send the will).
                 with contextlib.suppress(aiomqtt.MqttError, UplinkError):
@@ -275,6 +352,35 @@ class Uplink:
                 raise
             finally:
                 self._disconnected()
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        """Subscribe to every registered filter now, and to each one registered later."""
+        subscribed: set[str] = set()
+        while True:
+            self.router.changed.clear()
+            new = [f for f in self.router.filters() if f not in subscribed]
+            if new:
+                # no_local: a filter under our own prefix must not bring back what we publish.
+                options = SubscribeOptions(qos=1, noLocal=True)
+                codes = await client.subscribe([(f, options) for f in new])
+                for topic_filter, code in zip(new, codes, strict=True):
+                    if isinstance(code, ReasonCode) and code.is_failure:
+                        self._failed(
+                            f"broker refused the subscription to {topic_filter}: {code} "
+                            "(check the ACL)"
+                        )
+                    else:
+                        log.debug("uplink subscribed", topic=topic_filter)
+                subscribed.update(new)
+            await self.router.changed.wait()
+
+    async def _receive(self, client: aiomqtt.Client) -> None:
+        """Hand every message received to the router (which never waits)."""
+        async for message in client.messages:
+            payload = message.payload
+            if not isinstance(payload, bytes):  # paho gives bytes; the type says more
+                payload = str(payload).encode() if payload is not None else b""
+            self.router.deliver(message.topic.value, payload, retain=bool(message.retain))
 
     async def _publish(
         self,
