@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+import sqlite3
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -310,6 +311,7 @@ class Daemon:
                 "poll": self._poll,
                 "reload": self._reload_request,
                 "sl651-query": self._sl651_query,
+                "history-flush": self._history_flush,
             },
             self.config.control.group,
         )
@@ -385,6 +387,17 @@ class Daemon:
         except ValueError as exc:
             raise ControlError(f"elements: {exc}") from None
         return {"query": state}
+
+    async def _history_flush(self, args: Mapping[str, Any]) -> dict[str, str]:
+        """Write the buffered history now, so that `edge-agent report` covers up to now."""
+        history = self.inspection.history if self.inspection else None
+        if history is None:
+            raise ControlError("no history is kept (checks.history.enabled is false)")
+        try:
+            await asyncio.to_thread(history.flush)
+        except (OSError, sqlite3.Error) as exc:  # unanswered, the client would see a closed socket
+            raise ControlError(f"cannot write the history to {history.path}: {exc}") from exc
+        return {"path": str(history.path.absolute())}
 
     async def _reload_request(self, args: Mapping[str, Any]) -> dict[str, Any]:
         return {"reloaded": await self.reload()}
