@@ -224,9 +224,14 @@ def ask(target: Reach, cmd: str, args: dict[str, Any] | None = None) -> Any:
     Once the agent has answered, the config file's errors are only a warning: the agent runs on
     the config it read before (it refuses a broken one), so its answer is still the truth.
     """
-    from agent.control import request
+    from agent.control import ControlError, NotRunning, request
 
-    answer = asyncio.run(request(target.socket, cmd, args))
+    try:
+        answer = asyncio.run(request(target.socket, cmd, args))
+    except (NotRunning, ControlError):
+        raise
+    except OSError as exc:  # a path no Unix socket can have (over 107 bytes, say)
+        raise ControlError(f"cannot use {target.socket}: {exc.strerror or exc}") from exc
     if target.errors and not target.warned:
         target.warned = True
         for line in target.errors:
