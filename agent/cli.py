@@ -1,7 +1,12 @@
 """The `edge-agent` command line: parses arguments, calls into the parts, renders.
 
 Exit codes (DESIGN.md): 0 ok, 1 a finding (a bad point, a failed check), 2 bad usage or bad
-input, each with a one-line reason on stderr.
+input, 3 (`status`) the agent is not running, each with a one-line reason on stderr.
+
+`status`, `check`, `outbox` and `report` are what an engineer reaches for when something is wrong,
+which includes a config file broken halfway through an edit: they ask the running agent over its
+control socket first and treat the file's errors as a warning (`Reach`); the config matters only
+when no agent answers and they must read the state on disk themselves.
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from agent import __version__
-from agent.config import Config, ConfigError, default_config_path, load_config
+from agent.config import Config, ConfigError, ControlConfig, default_config_path, load_config
 from agent.logs import configure_logging
 from agent.storage.atomic import write_atomic
 
@@ -32,6 +38,16 @@ def _config_arg(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="config file (default: $EDGE_AGENT_CONFIG or /etc/edge-agent/config.yaml)",
+    )
+
+
+def _socket_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socket",
+        type=Path,
+        default=None,
+        help="the running agent's control socket (default: the config's control.socket, or "
+        f"{ControlConfig().socket} when the config is invalid)",
     )
 
 
@@ -62,21 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="the running agent at a glance")
     _config_arg(status)
+    _socket_arg(status)
     status.add_argument("--json", action="store_true", help="print JSON (shape in README)")
     status.add_argument("--watch", action="store_true", help="refresh in place every 2 s")
 
     outbox = commands.add_parser("outbox", help="what is queued for upstream")
     _config_arg(outbox)
+    _socket_arg(outbox)
     outbox.add_argument("action", nargs="?", choices=("stats", "peek"), default="stats")
     outbox.add_argument("--limit", type=int, default=10, help="messages to show with peek")
     outbox.add_argument("--json", action="store_true", help="print JSON")
 
     check = commands.add_parser("check", help="run every self-check now and print the results")
     _config_arg(check)
+    _socket_arg(check)
     check.add_argument("--json", action="store_true", help="print JSON (shape in README)")
 
     report = commands.add_parser("report", help="write the inspection report from the history")
     _config_arg(report)
+    _socket_arg(report)
     report.add_argument("--since", default="7d", help="the period: 7d, 24h ... (default 7d)")
     report.add_argument("--format", choices=("html", "md"), default="html")
     report.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
@@ -176,11 +196,63 @@ def cmd_poll(args: argparse.Namespace) -> int:
     return EXIT_OK if answer.all_good else EXIT_FINDING
 
 
-def _ask_agent(config: Config, cmd: str, args: dict[str, Any] | None = None) -> Any:
-    """The running agent's answer; raises NotRunning, or ControlError."""
-    from agent.control import request
+@dataclass
+class Reach:
+    """How a troubleshooting command reaches the agent: the config file as it is on disk (None
+    when it has errors, kept in `errors`) and the control socket to ask."""
 
-    return asyncio.run(request(config.control.socket, cmd, args))
+    config_path: Path
+    config: Config | None
+    errors: list[str]
+    socket: Path
+    warned: bool = False
+
+
+def reach(config_path: Path | None, socket: Path | None) -> Reach:
+    """The config at `config_path` (or the default one) and the socket: `socket` if given, else
+    the config's, else the default (an invalid config cannot say where the agent listens)."""
+    path = config_path or default_config_path()
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        return Reach(path, None, exc.lines(), socket or ControlConfig().socket)
+    return Reach(path, config, [], socket or config.control.socket)
+
+
+def ask(target: Reach, cmd: str, args: dict[str, Any] | None = None) -> Any:
+    """The running agent's answer; raises NotRunning, or ControlError.
+
+    Once the agent has answered, the config file's errors are only a warning: the agent runs on
+    the config it read before (it refuses a broken one), so its answer is still the truth.
+    """
+    from agent.control import ControlError, NotRunning, request
+
+    try:
+        answer = asyncio.run(request(target.socket, cmd, args))
+    except (NotRunning, ControlError):
+        raise
+    except OSError as exc:  # a path no Unix socket can have (over 107 bytes, say)
+        raise ControlError(f"cannot use {target.socket}: {exc.strerror or exc}") from exc
+    if target.errors and not target.warned:
+        target.warned = True
+        for line in target.errors:
+            print(
+                f"edge-agent: warning: {line} (using the running agent at {target.socket})",
+                file=sys.stderr,
+            )
+    return answer
+
+
+def _unreached(target: Reach, why: str | None = None) -> int:
+    """Exit 2: the config is invalid and the agent could not be asked (`why`, or nothing
+    answers); the file's errors first, then the one-line reason."""
+    for line in target.errors:
+        print(line, file=sys.stderr)
+    reason = why or f"no agent answers on {target.socket}"
+    return _fail(
+        f"{reason}, and {target.config_path} is invalid (above): fix it, "
+        "or give the running agent's socket with --socket"
+    )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -190,20 +262,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     from agent.control import ControlError, NotRunning
     from agent.render import checks_table
 
-    path = args.config or default_config_path()
-    config = _load_config(path)
-    if config is None:
-        return EXIT_USAGE
+    target = reach(args.config, args.socket)
     configure_logging("error", "console")
     through_agent = True
     try:
-        results = [CheckResult.from_dict(r) for r in _ask_agent(config, "checks", {"run": True})]
+        results = [CheckResult.from_dict(r) for r in ask(target, "checks", {"run": True})]
     except NotRunning:
+        if (config := target.config) is None:
+            return _unreached(target)
         through_agent = False
-        view = AgentView(config, path, restarts=load_restarts(config.state_dir))
+        view = AgentView(config, target.config_path, restarts=load_restarts(config.state_dir))
         results = asyncio.run(run_checks_once(view, config.checks))
     except ControlError as exc:
-        return _fail(str(exc))
+        return _unreached(target, str(exc)) if target.config is None else _fail(str(exc))
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
@@ -221,18 +292,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.live import Live
 
     from agent.control import ControlError, NotRunning
-    from agent.status import offline_status, status_view
+    from agent.status import offline_status, status_view, unconfigured_status
 
-    path = args.config or default_config_path()
-    config = _load_config(path)
-    if config is None:
-        return EXIT_USAGE
+    target = reach(args.config, args.socket)
 
     def fetch() -> dict[str, Any]:
         try:
-            result: dict[str, Any] = _ask_agent(config, "status")
+            result: dict[str, Any] = ask(target, "status")
         except NotRunning:
-            return offline_status(config.state_dir, config.outbox_path, path)
+            if (config := target.config) is None:
+                return unconfigured_status(target.config_path, target.errors)
+            return offline_status(config.state_dir, config.outbox_path, target.config_path)
         return result
 
     try:
@@ -244,7 +314,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     status = fetch()
                     live.update(status_view(status), refresh=True)
     except ControlError as exc:
-        return _fail(str(exc))
+        return _unreached(target, str(exc)) if target.config is None else _fail(str(exc))
     except KeyboardInterrupt:
         pass
     if args.json:
@@ -252,6 +322,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     elif not args.watch:
         _wide_console().print(status_view(status))
     if not status["running"]:
+        if target.config is None:  # not running stays exit 3; the reason names the config too
+            for line in target.errors:
+                print(line, file=sys.stderr)
+            _fail(
+                f"not running (nothing answers on {target.socket}), and {target.config_path} "
+                "is invalid (above)"
+            )
         return EXIT_NOT_RUNNING
     return EXIT_FINDING if status["status"] == "failing" else EXIT_OK
 
@@ -260,24 +337,24 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     from agent.control import ControlError, NotRunning
     from agent.status import outbox_depth, outbox_peek_table, peek_outbox
 
-    config = _load_config(args.config)
-    if config is None:
-        return EXIT_USAGE
+    target = reach(args.config, args.socket)
     limit = args.limit if args.action == "peek" else 0
     try:
-        answer = _ask_agent(config, "outbox", {"limit": limit})
+        answer = ask(target, "outbox", {"limit": limit})
         stats, messages = answer["stats"], answer["messages"]
     except NotRunning:
+        if (config := target.config) is None:
+            return _unreached(target)
         stats = outbox_depth(config.outbox_path)
         messages = peek_outbox(config.outbox_path, limit) if limit else []
     except ControlError as exc:
-        return _fail(str(exc))
+        return _unreached(target, str(exc)) if target.config is None else _fail(str(exc))
     if args.json:
         print(json.dumps({"stats": stats, "messages": messages}, indent=2))
         return EXIT_OK
     console = _wide_console()
-    if stats is None:
-        console.print(f"no outbox at {config.outbox_path}")
+    if stats is None and target.config is not None:  # read from disk: the agent had none open
+        console.print(f"no outbox at {target.config.outbox_path}")
         return EXIT_OK
     console.print(json.dumps(stats, indent=2))
     if args.action == "peek":
@@ -286,19 +363,37 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from agent.check_settings import ReportSettings
     from agent.checks.history import History
     from agent.checks.report import render_report
+    from agent.control import ControlError, NotRunning
     from agent.durations import parse_duration
     from agent.inspection import history_path, report_since
 
-    config = _load_config(args.config)
-    if config is None:
-        return EXIT_USAGE
     try:
         parse_duration(args.since)
     except ValueError as exc:
         return _fail(f"--since: {exc}")
-    path = history_path(config)
+    target = reach(args.config, args.socket)
+    try:
+        # The agent buffers its history for `checks.history.flush_interval`: have it written
+        # now, so that the report covers the period up to now.
+        path = Path(str(ask(target, "history-flush")["path"]))
+    except NotRunning:
+        if target.config is None:
+            return _unreached(target)
+        path = history_path(target.config)
+    except ControlError as exc:
+        if target.config is None:
+            return _unreached(target, str(exc))
+        # An agent of an older version, say: what it has written so far still makes a report.
+        print(
+            f"edge-agent: warning: the running agent did not write its history now ({exc}): "
+            "the report ends where it last did",
+            file=sys.stderr,
+        )
+        path = history_path(target.config)
+    settings = target.config.checks.report if target.config else ReportSettings()
     if not path.exists():
         return _fail(f"no history yet at {path}: the agent writes it while it runs")
     history = History(path)
@@ -308,8 +403,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             history,
             report_since(args.since),
             format=args.format,
-            key_points=config.checks.report.key_points,
-            max_trends=config.checks.report.max_trends,
+            key_points=settings.key_points,
+            max_trends=settings.max_trends,
         )
     except (OSError, sqlite3.Error, ValueError) as exc:
         return _fail(f"cannot write the report from {path}: {exc}")

@@ -2,10 +2,13 @@
 
 Protocol (version 1): one JSON object per line each way. A request is
 `{"v": 1, "cmd": "status", "args": {...}}`; the answer `{"v": 1, "ok": true, "result": ...}` or
-`{"v": 1, "ok": false, "error": "one line"}`. Commands: the operations of agent/operations.py
-(status, checks, terminals, outbox, poll, query/sl651-query, reload, history-flush). The socket is mode 0660, owned by the agent's user and the
-configured group, so only local users in that group can use it. Requests are bounded in size
-and time; nothing is ever unpickled or executed.
+`{"v": 1, "ok": false, "error": "one line"}`. Commands are the operations of agent/operations.py:
+status, checks (args: run), terminals, outbox (args: limit), poll (args: terminal), reload,
+query and sl651-query (args: terminal, elements), history-flush (writes the buffered history
+now; result `{"path": "<absolute path of history.db>"}`, which `edge-agent report` then reads).
+The socket is mode 0660, owned by the agent's user and the configured group, so only local
+users in that group can use it. Requests are bounded in size and time; nothing is ever
+unpickled or executed.
 """
 
 from __future__ import annotations

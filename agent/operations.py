@@ -9,6 +9,7 @@ with a one-line reason for the person who asked.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -98,9 +99,12 @@ class Operations:
 
     async def history_flush(self) -> dict[str, Any]:
         """Write the buffered history now, so a report covers the period up to now."""
-        path = await self.agent.flush_history()
+        try:
+            path = await self.agent.flush_history()
+        except (OSError, sqlite3.Error) as exc:
+            raise OperationError(f"cannot write the history now: {exc}") from None
         if path is None:
-            raise OperationError("the history is off (checks.history.enabled: false)")
+            raise OperationError("no history is kept (checks.history.enabled is false)")
         return {"path": str(path)}
 
 

@@ -2,8 +2,9 @@
 
 `status_dict` is the stable JSON shape (documented in README.md), built in the daemon from the
 same snapshot the checks read; `offline_status` is what can be read from disk when the agent
-does not run (the last health report it saved, the outbox's depth); `status_view` renders
-either for people. Pure functions over values: no sockets, no printing.
+does not run (the last health report it saved, the outbox's depth; `unconfigured_status` when
+the config's errors hide where those are); `status_view` renders either for people. Pure
+functions over values: no sockets, no printing.
 """
 
 from __future__ import annotations
@@ -170,6 +171,20 @@ def offline_status(state_dir: Path, outbox_path: Path, config_path: Path) -> dic
     }
 
 
+def unconfigured_status(config_path: Path, errors: Sequence[str]) -> dict[str, Any]:
+    """`offline_status` when the config has errors: nothing says where the state is kept."""
+    return {
+        "schema": SCHEMA,
+        "running": False,
+        "status": "not running",
+        "config": str(config_path),
+        "config_errors": list(errors),
+        "last_health": None,
+        "outbox": None,
+        "update": None,
+    }
+
+
 # -- rendering ---------------------------------------------------------------------------------
 
 STATE_STYLE = {"ok": "green", "failing": "bold red", "stale": "yellow", "waiting": "dim"}
@@ -273,6 +288,16 @@ def _offline_view(status: dict[str, Any]) -> RenderableType:
         Text("edge-agent is not running.", "bold red"),
         Text("  see: systemctl status edge-agent · journalctl -u edge-agent -n 50"),
     ]
+    errors = status.get("config_errors")
+    if errors:
+        parts.append(
+            Text(
+                f"config     {status['config']} is invalid ({len(errors)} "
+                f"error{'s' if len(errors) > 1 else ''}): no saved health report or outbox to show",
+                "red",
+            )
+        )
+        return Group(*parts)
     health = status.get("last_health")
     if health:
         summary = health.get("summary", {})
