@@ -1,10 +1,11 @@
 """The composition root: builds the parts from config, enters them in order, runs, leaves them.
 
 Every long-running part is an async context manager, entered in one `AsyncExitStack` in
-dependency order and left in reverse: outbox → writer → uplink → inspection (checks, history,
+dependency order and left in reverse: outbox → uplink → writer → inspection (checks, history,
 watchdog) → local copy → protocol drivers → control socket → metrics → config watcher. So on
 the way out the drivers stop taking readings first, the history is saved, the writer stores
-what was taken, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE`; what is left
+what was taken, the uplink publishes it while the broker is there (briefly) and says
+`offline`, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE`; what is left
 then is cancelled. SIGHUP and a change of the config file reload the terminals without a
 restart; a new config with errors is refused, its errors logged, and the running config kept.
 Signal handlers only set events. This module names no protocol: the drivers come from
@@ -136,13 +137,14 @@ class Daemon:
         """Enter every part in dependency order; the stack leaves them in reverse."""
         config = self.config
         outbox = await stack.enter_async_context(AsyncOutbox(self._open_outbox()))
-        writer = await stack.enter_async_context(
-            OutboxWriter(outbox, batch=config.outbox.batch, linger=config.outbox.linger)
-        )
         uplink = None
         if config.uplink.broker:
             uplink = Uplink(config.uplink, outbox, config.topic_prefix, config.client_id)
             await stack.enter_async_context(uplink)
+        # After the uplink, so that on the way out what the writer stores last is published.
+        writer = await stack.enter_async_context(
+            OutboxWriter(outbox, batch=config.outbox.batch, linger=config.outbox.linger)
+        )
         self.restarts = await asyncio.to_thread(record_start, config.state_dir)
         inspection = await stack.enter_async_context(Inspection(config, writer, self.snapshot))
         if uplink is not None:

@@ -53,6 +53,8 @@ TOPICS = {"telemetry": "telemetry", "health": "health", "event": "events", "diag
 RETAINED_KINDS = frozenset({"health"})
 REPEAT_SAME_ERROR_AFTER = 600.0  # a persisting failure is logged again this often
 REFUSED_RETRY_AFTER = 30.0  # a message the broker refused is offered again after this
+# On the way out, a connected session gets this long to publish what waits before `offline`.
+DRAIN_ON_STOP = 1.5
 
 
 class UplinkError(Exception):
@@ -276,6 +278,8 @@ class Uplink:
         task, self._task = self._task, None
         if task is None:
             return
+        if self.state.connected and not task.done():
+            await self._drain(DRAIN_ON_STOP)
         task.cancel()  # the session says `offline` (2 s at most), then disconnects
         try:
             await task
@@ -284,6 +288,16 @@ class Uplink:
             if current is not None and current.cancelling():
                 raise  # our caller is being cancelled too: that is theirs to see
             # else: the run task ended because we cancelled it, as intended
+
+    async def _drain(self, limit: float) -> None:
+        """Give the session up to `limit` seconds to publish what the outbox holds (a graceful
+        stop sends the last readings taken, when the broker is there to take them)."""
+        deadline = time.monotonic() + limit
+        with contextlib.suppress(OutboxError):
+            while self.state.connected and time.monotonic() < deadline:
+                if (await self.outbox.stats()).messages == 0:
+                    return
+                await asyncio.sleep(0.05)
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
