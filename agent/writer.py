@@ -29,6 +29,7 @@ from typing import Any, Self
 
 import structlog
 
+from agent.logs import log_task_crash
 from agent.model import NotStored, Reading
 from agent.outbox import AsyncOutbox, OutboxError, Priority
 from agent.sinks import records
@@ -98,6 +99,7 @@ class OutboxWriter:
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name="outbox writer")
+        self._task.add_done_callback(log_task_crash)
         return self
 
     async def __aexit__(
@@ -107,9 +109,15 @@ class OutboxWriter:
         tb: TracebackType | None,
     ) -> None:
         """Store everything queued, then stop. Cancelled meanwhile: what is left is counted."""
+        assert self._task is not None
         try:
             self.cut()
-            await self._drained.wait()
+            drained = asyncio.create_task(self._drained.wait())
+            try:
+                # Also done if the writer itself died (its crash was logged): never hang here.
+                await asyncio.wait({drained, self._task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                drained.cancel()
         finally:
             if self._queue:
                 for item in self._queue[self._in_flight :]:
@@ -119,7 +127,6 @@ class OutboxWriter:
                     count=len(self._queue),
                     lost=dict(self.stats.lost),
                 )
-            assert self._task is not None
             self._task.cancel()
             await asyncio.wait({self._task})
 

@@ -463,9 +463,12 @@ class Uplink:
             wakeup.cancel()
             for task in inflight:
                 task.cancel()
-            for task in inflight:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if inflight:
+                # Their end (errors and all: the session is over); ours is not swallowed.
+                await asyncio.wait(set(inflight))
+                for task in inflight:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: no "never retrieved" noise
 
     def _connected(self) -> None:
         s = self.state

@@ -368,8 +368,7 @@ class SerialBus:
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
+            await asyncio.wait({self._worker})  # its end; a cancellation of ours still comes
             self._worker = None
         for queue in self._queues.values():
             for request in queue:

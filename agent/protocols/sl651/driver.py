@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
+import structlog
+
 from agent.model import TerminalClock, TerminalView
 from agent.protocols.driver import DriverContext, DriverError, NotPolled, PollAnswer
 from agent.protocols.sl651.config import Sl651Terminal
@@ -22,6 +24,8 @@ from agent.protocols.sl651.transport import CentralStation
 
 if TYPE_CHECKING:
     from agent.config import Config
+
+log = structlog.get_logger(__name__)
 
 
 class Sl651Driver:
@@ -50,7 +54,14 @@ class Sl651Driver:
             await self.station.stop()
 
     async def apply(self, config: Config) -> None:
-        self.centre.configure(config.terminals_of(Sl651Terminal))
+        stations = config.terminals_of(Sl651Terminal)
+        if stations and not self.active:
+            log.warning(
+                "SL651 stations added while no central station runs: restart the agent to "
+                "start one",
+                stations=[t.name for t in stations],
+            )
+        self.centre.configure(stations)
 
     def views(self) -> dict[str, TerminalView]:
         views = {}

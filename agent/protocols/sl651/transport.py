@@ -133,9 +133,8 @@ class CentralStation:
             await asyncio.wait(set(self._handlers), timeout=2.0)
         for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))  # their end; a cancellation of ours still comes
         for server in self._servers:
             with contextlib.suppress(OSError):
                 await server.wait_closed()
