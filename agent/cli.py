@@ -1,7 +1,8 @@
 """The `edge-agent` command line: parses arguments, calls into the parts, renders.
 
-Exit codes (DESIGN.md): 0 ok, 1 a finding (a bad point, a failed check), 2 bad usage or bad
-input, 3 (`status`) the agent is not running, each with a one-line reason on stderr.
+Exit codes (docs/architecture.md, Contracts): 0 ok, 1 a finding (a bad point, a failed check),
+2 bad usage or bad input, 3 (`status`) the agent is not running, each with a one-line reason on
+stderr.
 
 `status`, `check`, `outbox` and `report` are what an engineer reaches for when something is wrong,
 which includes a config file broken halfway through an edit: they ask the running agent over its

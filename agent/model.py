@@ -19,7 +19,7 @@ Value = float | int | bool | str | None
 
 
 class Quality(enum.StrEnum):
-    """How far a reading can be trusted (DESIGN.md, Reading)."""
+    """How far a reading can be trusted (docs/architecture.md, Reading)."""
 
     GOOD = "good"
     BAD = "bad"

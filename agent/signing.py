@@ -1,4 +1,4 @@
-"""Device identity and signed envelopes (DESIGN.md, "Signed envelope").
+"""Device identity and signed envelopes (docs/architecture.md, "Signed envelope").
 
 The device key is one Ed25519 key in ``<state_dir>/keys/device-ed25519.pem`` (PKCS#8 PEM,
 file mode 0600, folder 0700). Its key id is the RFC 7638 JWK thumbprint of the public key, so

@@ -1,4 +1,4 @@
-"""Durable file writes: the one helper for state files (DESIGN.md, rules of the house).
+"""Durable file writes: the one helper for state files (docs/architecture.md, rules of the house).
 
 A file written here is either the old one or the new one after a power cut, never a mix:
 temp file in the same folder, fsync, rename over the target, fsync of the folder. Files are

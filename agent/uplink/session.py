@@ -48,7 +48,7 @@ from agent.uplink.router import InboundCounters, InboundRouter
 
 log = structlog.get_logger(__name__)
 
-# The topic suffix of each message kind (DESIGN.md, MQTT topics); health is retained.
+# The topic suffix of each message kind (docs/architecture.md, MQTT topics); health is retained.
 TOPICS = {"telemetry": "telemetry", "health": "health", "event": "events", "diag/resp": "diag/resp"}
 RETAINED_KINDS = frozenset({"health"})
 REPEAT_SAME_ERROR_AFTER = 600.0  # a persisting failure is logged again this often

@@ -14,8 +14,8 @@ Modules, one job each:
     readings  Message → agent.model.Reading
     describe  the JSON of `edge-agent sl651 decode --json`
 
-The authority is ../shared/sl651/NOTES.md (our reading of the standard); clause numbers in
-docstrings are the standard's.
+The authority is docs/sl651-notes.md (our reading of the standard; "NOTES §n" in these modules
+is its section n); clause numbers in docstrings are the standard's.
 """
 
 from agent.protocols.sl651 import encode

@@ -2,8 +2,9 @@
 
 Numbers: the decimal point is dropped, the data-definition byte gives width and decimals; a
 leading `FF` byte means negative and is counted in the width ("FF0d…" for odd digit counts,
-NOTES §8 and §14.3). All-`FF` and all-`AA` data is missing (the standard's fill and a vendor's);
-any other non-BCD nibble is invalid. Times are station-local wall clock, years 2000-2099.
+docs/sl651-notes.md §8 and §14.3). All-`FF` and all-`AA` data is missing (the standard's fill
+and a vendor's); any other non-BCD nibble is invalid. Times are station-local wall clock, years
+2000-2099. NOTES §n below means section n of docs/sl651-notes.md.
 """
 
 from __future__ import annotations

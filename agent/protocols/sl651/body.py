@@ -6,7 +6,7 @@ any bytes — never another exception. A value that is not BCD does not fail the
 element keeps value None and an `error` (the layout is intact, the rest still decodes). Packet
 1 of a multi-packet (M3) message decodes leniently: what a cut ends is kept as `Continuation`,
 and `Message.complete` is False; packets 2..n are `Continuation` bytes only. Join the packets
-with `decode_packets` to decode the whole message.
+with `decode_packets` to decode the whole message. NOTES §n: docs/sl651-notes.md, section n.
 """
 
 from __future__ import annotations

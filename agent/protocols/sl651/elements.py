@@ -2,7 +2,8 @@
 status/alarm word of Table 58. Data only, no decoding.
 
 `ElementSpec.digits`/`decimals` are the nominal N(D,d) of the table; decoders never use them for
-widths (a frame's data-definition byte rules, NOTES §8), encoders use them as defaults.
+widths (a frame's data-definition byte rules, docs/sl651-notes.md §8), encoders use them as
+defaults. NOTES §n below means section n of docs/sl651-notes.md.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from `frame.build_frame`) when a value cannot be carried. Times are station-loca
 naive datetimes, or aware ones written as their own wall-clock fields. Downlinks take the
 station's `LinkAddress` (`Frame.link` of what it sent, or the configured one). Serial rules
 [§6.6.2.4]: a confirm repeats the uplink serial, a centre-initiated query or command uses 0.
+NOTES §n: docs/sl651-notes.md, section n.
 """
 
 from __future__ import annotations

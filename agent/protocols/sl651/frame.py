@@ -4,7 +4,8 @@ Sans-IO and pure: bytes in, a `Frame` out (and the reverse). Both encodings shar
 [STD §6.2.3 Tables 11/12]; HEX/BCD writes the header as binary (`7E 7E` start, §6.5), ASCII as
 hex characters (`SOH` start, §6.4). Downlink frames swap the station and centre fields. The body
 length counts every byte after STX/SYN and before the end character, the M3 packet field
-included (NOTES §3.2). The CRC is CRC-16/MODBUS written high byte first (NOTES §3.4).
+included (docs/sl651-notes.md §3.2). The CRC is CRC-16/MODBUS written high byte first
+(docs/sl651-notes.md §3.4; NOTES §n below means its section n).
 """
 
 from __future__ import annotations

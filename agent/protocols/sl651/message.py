@@ -2,7 +2,8 @@
 
 Plain frozen values. Times are naive station-local wall clock as sent (SL651 carries no zone;
 `readings.py` attaches one). Elements keep their identifier key ("39", "F4", "FF11"), the table
-row, the data-definition byte as sent and the raw data bytes for traceability.
+row, the data-definition byte as sent and the raw data bytes for traceability. NOTES §n:
+docs/sl651-notes.md, section n.
 """
 
 from __future__ import annotations

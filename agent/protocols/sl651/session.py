@@ -2,7 +2,8 @@
 
 Sans-IO: `Centre.receive(link, frame, now)` and `Centre.tick(link, now)` return an `Outcome`
 (frames to send on that link, readings, alarm events); the transport owns sockets and serial
-ports. The rules are NOTES §6 (link modes and acknowledgements):
+ports. The rules are docs/sl651-notes.md §6 (link modes and acknowledgements; NOTES §n below
+means its section n):
 
 - 2F keep-alive: never answered; it only says the station is online on this link.
 - a self report (30-36) or the last frame of a response ending ETX: confirmed with the uplink's
