@@ -175,6 +175,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_poll(args: argparse.Namespace) -> int:
     from agent.protocols.driver import DriverError
     from agent.protocols.registry import poll_once
+    from agent.render import poll_errors, poll_json, poll_table
 
     path = args.config or default_config_path()
     config = _load_config(path)
@@ -188,11 +189,11 @@ def cmd_poll(args: argparse.Namespace) -> int:
     except KeyError as exc:
         return _fail(str(exc.args[0]))
     if args.json:
-        print(json.dumps(answer.json, indent=2))
+        print(json.dumps(poll_json(answer), indent=2))
     else:
         console = Console()
-        console.print(answer.table)
-        for line in answer.errors:
+        console.print(poll_table(answer))
+        for line in poll_errors(answer.readings):
             console.print(f"[red]error[/red] {line}", highlight=False, soft_wrap=True)
     return EXIT_OK if answer.all_good else EXIT_FINDING
 

@@ -85,7 +85,7 @@ class LogConfig(_Frozen):
 
 
 class JsonlConfig(_Frozen):
-    """The local JSON-lines copy of every reading (the sink until the outbox exists)."""
+    """The local JSON-lines copy of every reading (off by default; the outbox is the way upstream)."""
 
     enabled: bool = False
     path: Path | None = None  # default: <state_dir>/readings.jsonl

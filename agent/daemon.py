@@ -40,7 +40,7 @@ from agent.metrics import MetricsServer, ReadingCounter, Snapshot
 from agent.model import ReadingSink, TerminalClock, TerminalView
 from agent.operations import OPERATIONS, OperationError, Operations
 from agent.outbox import AsyncOutbox, Message, Outbox
-from agent.protocols.driver import Driver, DriverContext, DriverSpec
+from agent.protocols.driver import Driver, DriverContext, DriverSpec, PollAnswer
 from agent.protocols.registry import DRIVERS
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
@@ -53,8 +53,6 @@ log = structlog.get_logger(__name__)
 
 STOP_DEADLINE = 5.0
 RELOAD_SETTLE = 0.3  # editors write a file in several steps; reload once it is quiet
-# Changes to these sections take effect at the next start (logged when a reload sees one).
-RESTART_KEYS = ("gateway", "state_dir", "log", "jsonl", "outbox", "uplink", "sl651", "control")
 
 
 def uplink_allowance(config: Config) -> float:
@@ -255,8 +253,8 @@ class Daemon:
         known = ", ".join(t.name for t in self.config.terminals) or "none"
         raise OperationError(f"no running terminal named {terminal!r} (known: {known})")
 
-    async def poll(self, terminal: str) -> dict[str, Any]:
-        return (await self._driver_for(terminal).poll(terminal)).json
+    async def poll(self, terminal: str) -> PollAnswer:
+        return await self._driver_for(terminal).poll(terminal)
 
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
         return await self._driver_for(terminal).ask(terminal, request)
@@ -311,8 +309,9 @@ class Daemon:
         self._config_bytes = text
         if new == self.config:
             return True
-        for key in (*RESTART_KEYS, "checks", "health"):
-            if getattr(new, key) != getattr(self.config, key):
+        # A reload applies the terminals; every other section takes effect at the next start.
+        for key in type(new).model_fields:
+            if key != "terminals" and getattr(new, key) != getattr(self.config, key):
                 log.warning("config change needs a restart to take effect", key=key)
         parts = self._running()
         self.config = self.config.model_copy(update={"terminals": new.terminals})

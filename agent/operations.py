@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 from agent.checks.framework import CheckResult, sort_results
 from agent.checks.view import AgentView
-from agent.protocols.driver import DriverError
+from agent.protocols.driver import DriverError, PollAnswer
+from agent.render import poll_json
 from agent.status import message_summary, status_dict
 
 MAX_PEEK = 1000
@@ -39,7 +40,7 @@ class RunningAgent(Protocol):
 
     async def outbox_summary(self, limit: int) -> tuple[dict[str, Any], list[Any]]: ...
 
-    async def poll(self, terminal: str) -> dict[str, Any]: ...
+    async def poll(self, terminal: str) -> PollAnswer: ...
 
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]: ...
 
@@ -82,7 +83,7 @@ class Operations:
     async def poll(self, terminal: str) -> dict[str, Any]:
         """Read every point of one polled terminal now."""
         try:
-            return await self.agent.poll(terminal)
+            return poll_json(await self.agent.poll(terminal))
         except DriverError as exc:
             raise OperationError(str(exc)) from None
 

@@ -13,9 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.checks.framework import CheckResult, Status
-from agent.config import PointConfig
 from agent.durations import approximate_duration
 from agent.model import Quality, Reading, Value
+from agent.protocols.driver import PollAnswer
 from agent.protocols.sl651.describe import function_name
 
 QUALITY_STYLE = {
@@ -36,44 +36,36 @@ def format_value(value: Value) -> str:
     return str(value)
 
 
-def poll_json(
-    terminal: str, points: Sequence[PointConfig], readings: Sequence[Reading]
-) -> dict[str, Any]:
+def poll_json(answer: PollAnswer) -> dict[str, Any]:
     """`edge-agent poll --json` (documented in README.md)."""
-    by_name = {p.name: p for p in points}
     return {
-        "terminal": terminal,
+        "terminal": answer.terminal,
         "readings": [
             {
                 "point": r.point,
                 "value": r.value,
                 "unit": r.unit,
                 "quality": r.quality.value,
-                "table": by_name[r.point].table,
-                "address": by_name[r.point].address,
+                **answer.fields.get(r.point, {}),
                 "error": r.error,
             }
-            for r in readings
+            for r in answer.readings
         ],
     }
 
 
-def poll_table(
-    terminal: str, where: str, points: Sequence[PointConfig], readings: Sequence[Reading]
-) -> Table:
-    by_name = {p.name: p for p in points}
-    table = Table(title=f"{terminal} ({where})", title_justify="left", expand=False)
-    for column in ("point", "value", "unit", "quality", "register", "type"):
+def poll_table(answer: PollAnswer) -> Table:
+    table = Table(title=f"{answer.terminal} ({answer.where})", title_justify="left", expand=False)
+    for column in ("point", "value", "unit", "quality", "source", "type"):
         table.add_column(column, justify="right" if column == "value" else "left")
-    for r in readings:
-        p = by_name[r.point]
+    for r in answer.readings:
         table.add_row(
             r.point,
             format_value(r.value),
             r.unit,
             Text(r.quality.value, style=QUALITY_STYLE[r.quality]),
-            p.source,
-            p.type if p.word_order == "ABCD" else f"{p.type} {p.word_order}",
+            r.source,
+            answer.kinds.get(r.point, ""),
         )
     return table
 

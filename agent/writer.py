@@ -119,12 +119,13 @@ class OutboxWriter:
             finally:
                 drained.cancel()
         finally:
-            if self._queue:
-                for item in self._queue[self._in_flight :]:
+            unstored = self._queue[self._in_flight :]  # the batch in flight may have been stored
+            if unstored:
+                for item in unstored:
                     self._count_lost(item.kind)
                 log.error(
                     "stopped before these messages were stored; they are lost",
-                    count=len(self._queue),
+                    count=len(unstored),
                     lost=dict(self.stats.lost),
                 )
             self._task.cancel()

@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
 from agent.config_base import TerminalModel
-from agent.model import Intake, TerminalClock, TerminalView
+from agent.model import Intake, Quality, Reading, TerminalClock, TerminalView
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -32,13 +32,21 @@ class NotPolled(DriverError):
 
 @dataclass(frozen=True)
 class PollAnswer:
-    """One poll of one terminal, ready for a face: JSON (documented shape), a table, errors."""
+    """One poll of one terminal: its readings, and what the faces show of each point.
+
+    `fields` are the protocol's own identifiers of each point in the poll's JSON (Modbus:
+    table and address); `kinds` the data type shown beside it on screen.
+    """
 
     terminal: str
-    json: dict[str, Any]
-    table: Any  # a rich renderable for the terminal
-    errors: list[str] = field(default_factory=list)
-    all_good: bool = True
+    where: str
+    readings: list[Reading]
+    fields: dict[str, dict[str, Any]] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_good(self) -> bool:
+        return all(r.quality is Quality.GOOD for r in self.readings)
 
 
 @dataclass(frozen=True)

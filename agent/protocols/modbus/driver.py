@@ -14,7 +14,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from agent.logs import log_task_crash
-from agent.model import Quality, Reading, ReadingSink, TerminalClock, TerminalView
+from agent.model import Reading, ReadingSink, TerminalClock, TerminalView
 from agent.protocols.driver import DriverContext, DriverError, PollAnswer
 from agent.protocols.modbus.config import (
     ModbusRtuTerminal,
@@ -30,7 +30,6 @@ from agent.protocols.modbus.links import (
     quiet_undecodable_replies,
 )
 from agent.protocols.modbus.poller import Poller
-from agent.render import poll_errors, poll_json, poll_table
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -168,13 +167,16 @@ class ModbusDriver:
 
 
 def answer(terminal: ModbusTerminal, readings: Sequence[Reading]) -> PollAnswer:
-    """One poll's readings for the faces: JSON, table, errors (shapes in README.md)."""
+    """One poll's readings with each point's table, address and type."""
     return PollAnswer(
         terminal=terminal.name,
-        json=poll_json(terminal.name, terminal.points, readings),
-        table=poll_table(terminal.name, terminal.address, terminal.points, readings),
-        errors=poll_errors(readings),
-        all_good=all(r.quality is Quality.GOOD for r in readings),
+        where=terminal.address,
+        readings=list(readings),
+        fields={p.name: {"table": p.table, "address": p.address} for p in terminal.points},
+        kinds={
+            p.name: p.type if p.word_order == "ABCD" else f"{p.type} {p.word_order}"
+            for p in terminal.points
+        },
     )
 
 
