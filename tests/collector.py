@@ -82,7 +82,7 @@ def verify(token: bytes, jwk: dict[str, Any]) -> dict[str, Any]:
     """Verify a JWS with joserfc (not the agent's code) and return its JSON payload."""
     key = OKPKey.import_key(jwk)
     with warnings.catch_warnings():
-        # joserfc flags the name EdDSA as superseded by RFC 9864's Ed25519; DESIGN.md names EdDSA.
+        # joserfc flags the name EdDSA as superseded by RFC 9864's Ed25519; docs/architecture.md names EdDSA.
         warnings.simplefilter("ignore", SecurityWarning)
         obj = jws.deserialize_compact(token.decode(), key, algorithms=["EdDSA"])
     assert obj.protected["alg"] == "EdDSA"

@@ -40,7 +40,7 @@ def _b64decode(text: str) -> bytes:
 
 def verify(token: str, public_key: dict[str, Any] | str) -> jws.CompactSignature:
     """Verify with joserfc only. It flags ``EdDSA`` as deprecated by RFC 9864 (fully-specified
-    algorithms, which name it ``Ed25519``); our contract (DESIGN.md) still says EdDSA."""
+    algorithms, which name it ``Ed25519``); our contract (docs/architecture.md) still says EdDSA."""
     key = OKPKey.import_key(public_key)
     with pytest.warns(SecurityWarning, match="RFC 9864"):
         return jws.deserialize_compact(token, key, algorithms=["EdDSA"])

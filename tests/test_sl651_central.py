@@ -1,5 +1,5 @@
 """The agent as SL651 central station: real TCP connections and a real pty pair, simulated
-stations, the acknowledgement rules of NOTES §6 checked byte for byte."""
+stations, the acknowledgement rules of docs/sl651-notes.md §6 checked byte for byte."""
 
 from __future__ import annotations
 

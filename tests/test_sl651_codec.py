@@ -80,7 +80,7 @@ def test_crc_is_modbus_with_the_standard_check_value() -> None:
 
 
 def test_crc_of_the_worked_frame_is_written_high_byte_first() -> None:
-    """NOTES §3.4: the blog/NOV/YU worked keep-alive frame ends 6B CA."""
+    """docs/sl651-notes.md §3.4: the blog/NOV/YU worked keep-alive frame ends 6B CA."""
     frame = bytes.fromhex("7E7E01001234567812342F0008020003591011155111036BCA")
     assert crc16(frame[:-2]) == 0x6BCA
     assert encode.keepalive(LINK, 3, datetime(2059, 10, 11, 15, 51, 11)) == frame
@@ -102,7 +102,11 @@ def test_control_characters_are_a_table_with_their_clause() -> None:
     [
         ("000005", 1, 0.5),
         ("00010490", 3, 10.49),
-        ("FF00000172", 2, -1.72),  # SHI real frame: 76 2A, sign byte counted (NOTES §8)
+        (
+            "FF00000172",
+            2,
+            -1.72,
+        ),  # SHI real frame: 76 2A, sign byte counted (docs/sl651-notes.md §8)
         ("FF00000021", 2, -0.21),
         ("FF0172", 2, -1.72),  # even digit count N(4,2): one FF byte
         ("FF000172", 2, -1.72),  # odd digit count N(5,2): "FF0" prefix
@@ -205,7 +209,7 @@ def test_status_bits_7_and_10_are_inverted() -> None:
     assert status_flags(0x400) == {
         **dict.fromkeys(quiet, False),
         "door_open": True,
-    }  # NOTES §12 example
+    }  # docs/sl651-notes.md §12 example
 
 
 @pytest.mark.parametrize("bit", STATUS_BITS, ids=lambda b: b.name)
@@ -297,7 +301,7 @@ def test_status_word_element_and_text_and_extension() -> None:
 
 
 def test_f0_before_f1_is_accepted() -> None:
-    """DOOM's picture devices put the observation time before the station group (NOTES §3.3)."""
+    """DOOM's picture devices put the observation time before the station group (docs/sl651-notes.md §3.3)."""
     body = (
         encode.head(5, SENT)
         + bytes.fromhex("F0F02405060700F1F1001234567848")
@@ -311,7 +315,7 @@ def test_f0_before_f1_is_accepted() -> None:
 
 
 def test_duration_written_as_characters_is_read() -> None:
-    """NOV writes DT as five ASCII characters (NOTES §8)."""
+    """NOV writes DT as five ASCII characters (docs/sl651-notes.md §8)."""
     message = decode(report_frame(RawElement("DT", 0x28, b"11.01")))
     (dt,) = message.elements
     assert isinstance(dt, NumberElement) and dt.value == 11.01

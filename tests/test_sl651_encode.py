@@ -1,5 +1,5 @@
 """The encoders rebuild the vectors' frames byte for byte: every downlink the centre sends and
-the uplinks the simulator sends (known answers from vectors.json, NOTES §15)."""
+the uplinks the simulator sends (known answers from tests/data/sl651_vectors.json, docs/sl651-notes.md §15)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Known answers: every frame of tests/data/sl651_vectors.json, fed whole, byte by byte and with
 junk around it, decodes to the frame and values the file states (`expected`).
 
-Provenance: vectors.json (NOTES §15) holds frames from public implementations' tests and
+Provenance: vectors.json (docs/sl651-notes.md §15) holds frames from public implementations' tests and
 documents, each checked to appear verbatim in its source. Where our decode departs from
 `expected`, the decision is recorded in DECISIONS below and asserted by a test of its own.
 """
@@ -58,15 +58,15 @@ VECTORS: list[dict[str, Any]] = (
 GOOD = [v for v in VECTORS if not v.get("negative_test")]
 NEGATIVE = [v for v in VECTORS if v.get("negative_test")]
 
-# Where our decode is shaped differently from `expected`, and why (checked against NOTES/STD):
+# Where our decode is shaped differently from `expected`, and why (checked against docs/sl651-notes.md and the standard):
 DECISIONS = {
-    "F128/F028": "F1 28 and F0 28 (real 'nanshui' devices, NOTES §8/§14.5) are accepted exactly "
+    "F128/F028": "F1 28 and F0 28 (real 'nanshui' devices, docs/sl651-notes.md §8/§14.5) are accepted exactly "
     "like F1F1/F0F0; the model keeps the station group and the time, not which "
     "data-definition byte carried them, so the comparison maps F128->F1F1, F028->F0F0.",
     "integers": "a value with 0 decimals decodes to an int (42H `20 08 01` -> 1, the file says "
     "1.0): equal as numbers, and JSON shows what the station meant.",
     "sentinel": "Z = 09999999 (vector 9) decodes literally to 9999.999 as the file says, and is "
-    "flagged (NumberElement.sentinel) so readings mark it uncertain (NOTES §8).",
+    "flagged (NumberElement.sentinel) so readings mark it uncertain (docs/sl651-notes.md §8).",
 }
 
 
