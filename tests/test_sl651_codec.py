@@ -102,11 +102,8 @@ def test_control_characters_are_a_table_with_their_clause() -> None:
     [
         ("000005", 1, 0.5),
         ("00010490", 3, 10.49),
-        (
-            "FF00000172",
-            2,
-            -1.72,
-        ),  # SHI real frame: 76 2A, sign byte counted (docs/sl651-notes.md §8)
+        # SHI real frame: 76 2A, sign byte counted (docs/sl651-notes.md §8)
+        ("FF00000172", 2, -1.72),
         ("FF00000021", 2, -0.21),
         ("FF0172", 2, -1.72),  # even digit count N(4,2): one FF byte
         ("FF000172", 2, -1.72),  # odd digit count N(5,2): "FF0" prefix
