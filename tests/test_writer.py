@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from agent.model import NotStored, Quality, Reading
-from agent.outbox import AsyncOutbox, Outbox, Priority
+from agent.outbox import AsyncOutbox, Outbox, OutboxError, Priority
 from agent.signing import DeviceKey, init_key
 from agent.writer import OutboxWriter
 
@@ -63,6 +64,17 @@ def body(payload: str) -> Any:
 def stored(box: Outbox) -> list[tuple[int, str, Any]]:
     """Every message waiting in the outbox, by seq: (seq, kind, body)."""
     return sorted((m.seq, m.kind, body(m.payload)) for m in box.pending(10_000))
+
+
+@contextmanager
+def reopened_at_the_end(box: Outbox) -> Iterator[None]:
+    """Reopen a closed outbox when the block ends, also on a failed assertion: the writer only
+    leaves once everything is stored, so a test that fails with it closed would hang."""
+    try:
+        yield
+    finally:
+        with suppress(OutboxError):  # already open
+            box.open()
 
 
 async def until(predicate: Any, timeout: float = 3.0) -> None:
@@ -178,16 +190,17 @@ async def test_a_failing_outbox_keeps_the_order_across_retries_counts_failures_a
     box.close()  # every put fails: "outbox is not open"
     with capture_logs() as logs:
         async with OutboxWriter(AsyncOutbox(box), retry=0.05, linger=30) as writer:
-            first = writer.put("event", {"n": 1}, EVENT)
-            writer.submit([reading(2)])
-            cut = writer.cut()
-            third = writer.put("health", {"n": 3}, HEALTH)
-            await until(lambda: writer.stats.failures >= 3)
-            assert writer.waiting == 3
-            assert not first.done() and not cut.done() and not third.done()
-            assert writer.stats.stored == 0 and writer.stats.lost == {}
-            box.open()
-            one, _, three = await asyncio.wait_for(asyncio.gather(first, cut, third), 3)
+            with reopened_at_the_end(box):
+                first = writer.put("event", {"n": 1}, EVENT)
+                writer.submit([reading(2)])
+                cut = writer.cut()
+                third = writer.put("health", {"n": 3}, HEALTH)
+                await until(lambda: writer.stats.failures >= 3)
+                assert writer.waiting == 3
+                assert not first.done() and not cut.done() and not third.done()
+                assert writer.stats.stored == 0 and writer.stats.lost == {}
+                box.open()
+                one, _, three = await asyncio.wait_for(asyncio.gather(first, cut, third), 3)
 
     failing = [e for e in logs if e["event"] == FAILING_LOG]
     assert len(failing) == 1  # logged once, not once per retry
@@ -235,21 +248,22 @@ async def test_over_max_waiting_the_oldest_telemetry_is_given_up_first_and_event
 ) -> None:
     box.close()
     async with OutboxWriter(AsyncOutbox(box), max_waiting=3, retry=0.05) as writer:
-        e1 = writer.put("event", {"n": "e1"}, EVENT)
-        t1 = writer.put("telemetry", {"n": "t1"}, TELEMETRY)
-        t2 = writer.put("telemetry", {"n": "t2"}, TELEMETRY)
-        e2 = writer.put("event", {"n": "e2"}, EVENT)  # 4th: t1 goes
-        assert t1.done() and not t2.done() and not e1.done()
-        e3 = writer.put("event", {"n": "e3"}, EVENT)  # 5th: t2 goes
-        assert t2.done() and writer.waiting == 3
-        with pytest.raises(NotStored, match="given up"):
-            t1.result()
-        with pytest.raises(NotStored):
-            t2.result()
-        assert writer.stats.lost == {"telemetry": 2}
-        await until(lambda: writer.stats.failures >= 1)
-        box.open()
-        await asyncio.wait_for(asyncio.gather(e1, e2, e3), 3)
+        with reopened_at_the_end(box):
+            e1 = writer.put("event", {"n": "e1"}, EVENT)
+            t1 = writer.put("telemetry", {"n": "t1"}, TELEMETRY)
+            t2 = writer.put("telemetry", {"n": "t2"}, TELEMETRY)
+            e2 = writer.put("event", {"n": "e2"}, EVENT)  # 4th: t1 goes
+            assert t1.done() and not t2.done() and not e1.done()
+            e3 = writer.put("event", {"n": "e3"}, EVENT)  # 5th: t2 goes
+            assert t2.done() and writer.waiting == 3
+            with pytest.raises(NotStored, match="given up"):
+                t1.result()
+            with pytest.raises(NotStored):
+                t2.result()
+            assert writer.stats.lost == {"telemetry": 2}
+            await until(lambda: writer.stats.failures >= 1)
+            box.open()
+            await asyncio.wait_for(asyncio.gather(e1, e2, e3), 3)
 
     assert [b["n"] for _, _, b in stored(box)] == ["e1", "e2", "e3"]
 
@@ -259,15 +273,16 @@ async def test_over_max_waiting_with_no_telemetry_left_the_oldest_event_is_given
 ) -> None:
     box.close()
     async with OutboxWriter(AsyncOutbox(box), max_waiting=2, retry=0.05) as writer:
-        e1 = writer.put("event", {"n": "e1"}, EVENT)
-        h1 = writer.put("health", {"n": "h1"}, HEALTH)
-        e2 = writer.put("event", {"n": "e2"}, EVENT)
-        assert e1.done() and not h1.done() and not e2.done()
-        with pytest.raises(NotStored):
-            e1.result()
-        assert writer.stats.lost == {"event": 1}
-        box.open()
-        await asyncio.wait_for(asyncio.gather(h1, e2), 3)
+        with reopened_at_the_end(box):
+            e1 = writer.put("event", {"n": "e1"}, EVENT)
+            h1 = writer.put("health", {"n": "h1"}, HEALTH)
+            e2 = writer.put("event", {"n": "e2"}, EVENT)
+            assert e1.done() and not h1.done() and not e2.done()
+            with pytest.raises(NotStored):
+                e1.result()
+            assert writer.stats.lost == {"event": 1}
+            box.open()
+            await asyncio.wait_for(asyncio.gather(h1, e2), 3)
 
     assert [b["n"] for _, _, b in stored(box)] == ["h1", "e2"]
 
@@ -288,15 +303,33 @@ async def test_leaving_the_context_stores_readings_still_gathering(box: Outbox) 
 async def test_a_caller_that_stops_waiting_does_not_stop_its_message_from_being_stored(
     box: Outbox,
 ) -> None:
-    async with OutboxWriter(AsyncOutbox(box)) as writer:
-        future = writer.put("event", {"type": "alarm"}, EVENT)
-        waiter = asyncio.create_task(asyncio.wait_for(future, 10))
-        await asyncio.sleep(0)
-        waiter.cancel()  # the caller gives up: awaiting a future and cancelled cancels it
-        await asyncio.wait({waiter})
-        assert future.cancelled()
-        after = writer.put("event", {"type": "after"}, EVENT)
-        await asyncio.wait_for(after, 3)
+    async with asyncio.timeout(5):  # a writer that died would never let its context end
+        async with OutboxWriter(AsyncOutbox(box)) as writer:
+            future = writer.put("event", {"type": "alarm"}, EVENT)
+            waiter = asyncio.create_task(asyncio.wait_for(future, 10))
+            await asyncio.sleep(0)
+            waiter.cancel()  # the caller gives up: awaiting a future and cancelled cancels it
+            await asyncio.wait({waiter})
+            assert future.cancelled()
+            after = writer.put("event", {"type": "after"}, EVENT)
+            await asyncio.wait_for(after, 3)
 
     assert [b["type"] for _, _, b in stored(box)] == ["alarm", "after"]
     assert writer.stats.lost == {} and writer.stats.stored == 2
+
+
+async def test_a_message_whose_caller_timed_out_while_the_outbox_failed_is_stored_once_it_is_back(
+    box: Outbox,
+) -> None:
+    box.close()
+    async with OutboxWriter(AsyncOutbox(box), retry=0.05) as writer:
+        with reopened_at_the_end(box):
+            future = writer.put("event", {"type": "alarm"}, EVENT)
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(future, 0.1)  # the caller gives up: the future is cancelled
+            assert future.cancelled() and writer.waiting == 1
+            box.open()
+            await until(lambda: writer.waiting == 0)
+
+    assert [b["type"] for _, _, b in stored(box)] == ["alarm"]
+    assert writer.stats.lost == {}
