@@ -123,14 +123,14 @@ async def test_many_puts_at_once_are_stored_in_few_transactions_in_put_order(box
 async def test_submitted_readings_are_stored_as_one_telemetry_message_after_linger_not_before(
     box: Outbox,
 ) -> None:
-    async with OutboxWriter(AsyncOutbox(box), batch=100, linger=0.3) as writer:
+    async with OutboxWriter(AsyncOutbox(box), batch=100, linger=0.5) as writer:
         writer.submit([reading(1), reading(2)])
         await asyncio.sleep(0.05)
         writer.submit([reading(3)])
         await asyncio.sleep(0.15)
         assert box.pending(10) == [] and writer.waiting == 0  # still gathering
         await until(lambda: box.pending(10))
-        await asyncio.sleep(0.35)  # no second message: one cut, one message
+        await asyncio.sleep(0.55)  # no second message: one cut, one message
 
     [(_, kind, telemetry)] = stored(box)
     assert kind == "telemetry"
