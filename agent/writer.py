@@ -201,7 +201,6 @@ class OutboxWriter:
                 self._in_flight = 0
             if stored:
                 del self._queue[:stored]
-                self.stats.stored += stored
             if not self._queue:
                 self._ready.clear()
                 self._drained.set()
@@ -222,6 +221,7 @@ class OutboxWriter:
             return 0
         for item, seq in zip(batch, seqs, strict=True):
             _settle(item.future, seq)
+        self.stats.stored += len(batch)
         return len(batch)
 
     async def _store_singly(self, batch: list[_Waiting]) -> int:
@@ -237,6 +237,7 @@ class OutboxWriter:
                 return done
             else:
                 _settle(item.future, seq)
+                self.stats.stored += 1
             done += 1
         return done
 
