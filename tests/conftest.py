@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from agent import sdnotify
 from agent.config import Config, parse_config
 from agent.model import Reading
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
@@ -55,6 +56,12 @@ def tcp_terminal(port: int, points: list[dict[str, Any]], **extra: Any) -> dict[
     }
     terminal.update(extra)
     return terminal
+
+
+@pytest.fixture(autouse=True)
+def _unclaimed_notify_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon run in-process claims $NOTIFY_SOCKET for the process; each test starts fresh."""
+    monkeypatch.setattr(sdnotify, "_claimed", None)
 
 
 @pytest.fixture

@@ -164,7 +164,7 @@ class CounterDriver:
     async def poll(self, terminal: str) -> PollAnswer:
         TRACE.polls.append(terminal)
         r = self._next(terminal)
-        return PollAnswer(terminal, {"terminal": terminal, "count": r.value}, table=None)
+        return PollAnswer(terminal, f"counter:{terminal}", [r], fields={r.point: {"n": r.value}})
 
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
         raise DriverError("counter terminals answer no requests")
@@ -220,7 +220,8 @@ async def test_a_protocol_registered_through_a_driver_spec_runs_in_the_daemon_en
             assert snapshot.terminals["c1"].info == counter.info
 
             answer = await daemon.operations.poll("c1")
-            assert TRACE.polls == ["c1"] and answer["terminal"] == "c1" and answer["count"] >= 4
+            [polled] = answer["readings"]
+            assert TRACE.polls == ["c1"] and answer["terminal"] == "c1" and polled["n"] >= 4
 
             while_running = await daemon.operations.outbox(limit=100)
             assert {m["kind"] for m in while_running["messages"]} >= {"event", "telemetry"}
@@ -238,7 +239,7 @@ async def test_a_protocol_registered_through_a_driver_spec_runs_in_the_daemon_en
     counted = [r["value"] for r in telemetry if r["terminal"] == "c1" and r["value"] > 0]
     assert len(counted) >= 4 and counted == sorted(counted)  # every reading stored, in order
     assert counted[-1] == TRACE.last_submitted  # the last ones too, gathered when it stopped
-    assert set(counted) >= set(range(1, max(counted) + 1)) - {answer["count"]}
+    assert set(counted) >= set(range(1, max(counted) + 1)) - {polled["n"]}
     assert [r["value"] for r in telemetry if r["value"] == -1] == [-1]  # the report's reading
     assert {"type": "report", "terminal": "c1"} in events
 
