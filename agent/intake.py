@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.model import Reading, ReadingSink
 from agent.outbox import Priority
-from agent.writer import OutboxWriter
+from agent.writer import OutboxWriter, all_of
 
 
 class SiteIntake:
@@ -29,12 +29,15 @@ class SiteIntake:
         self.local.submit(readings)
         self.writer.submit(readings)
 
-    async def commit(self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]) -> None:
-        """Store these readings and events now; returns once all are durable (or NotStored)."""
+    def commit(
+        self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]
+    ) -> asyncio.Future[None]:
+        """Store these readings and events at the writer's next turn; the future completes once
+        all are durable (or fails with NotStored)."""
         pending: list[asyncio.Future[Any]] = []
         if readings:
             self.local.submit(readings)
-            self.writer.submit(readings)
-            pending.append(self.writer.cut())
+            pending.append(self.writer.commit_readings(readings))
         pending.extend(self.writer.put("event", e, Priority.EVENT) for e in events)
-        await asyncio.gather(*pending)
+        # The usual report has no event: its readings' future is the answer (one step less).
+        return pending[0] if len(pending) == 1 else all_of(pending)

@@ -7,6 +7,7 @@ metrics) see a terminal of any protocol.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import statistics
 from collections import deque
@@ -39,14 +40,14 @@ class Intake(ReadingSink, Protocol):
     """Where a protocol driver hands what it observed.
 
     `submit` takes polled readings at once (they become durable within `outbox.linger`);
-    `commit` takes a report's readings and events and returns only once all of them are
-    durable in the outbox — what a driver awaits before it confirms the report to a terminal.
-    It raises `NotStored` if they could not be stored.
+    `commit` takes a report's readings and events and returns a future that completes only
+    once all of them are durable in the outbox — what a driver waits for before it confirms
+    the report to a terminal. It fails with `NotStored` if they could not be stored.
     """
 
-    async def commit(
+    def commit(
         self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]
-    ) -> None: ...
+    ) -> asyncio.Future[None]: ...
 
 
 class NotStored(Exception):

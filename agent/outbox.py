@@ -753,6 +753,13 @@ class AsyncOutbox:
     async def expire(self) -> None:
         await asyncio.to_thread(self.outbox.expire)
 
+    async def put_batch(self, items: Sequence[Item]) -> list[int]:
+        """Store `items` in one transaction, now (for a caller that batches itself: the
+        writer); sets `changed`. Raises as `Outbox.put_many` does."""
+        seqs = await self._guarded(self.outbox.put_many, list(items))
+        self.changed.set()
+        return seqs
+
     async def put_many(self, items: Sequence[Item]) -> list[int]:
         if not items:
             return []

@@ -215,8 +215,16 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
+class EncodedJSON(str):
+    """A body already encoded as compact JSON (by whoever built it); signed as it is."""
+
+    __slots__ = ()
+
+
 def encode_body(body: Any) -> str:
     """The body as it goes into an envelope (compact JSON); ValueError/TypeError if not JSON."""
+    if isinstance(body, EncodedJSON):
+        return body
     return _dumps(body)
 
 

@@ -4,11 +4,13 @@ Telemetry, events, health reports and (later) diagnosis answers all enter the ou
 `put` queues one message and returns a future that completes once it is committed (with its
 seq); `submit` gathers polled readings into telemetry messages of up to `batch` readings, cut
 when that many wait or `linger` seconds after the first (so a polled reading is durable at
-most `linger` late — documented); `cut` stores what is gathered now and returns the future of
-its commit, for a report that must be durable before it is confirmed.
+most `linger` late — documented); `commit_readings` is for a report that must be durable before
+it is confirmed: its readings join the gathered ones, which are cut at the writer's next turn,
+and the future completes once they are committed.
 
 One writer task stores everything waiting in one transaction (group commit: while one batch is
-being made durable, the next gathers). The error policy, for every kind alike:
+being made durable, the next gathers). Reports that arrive while a transaction runs share one
+telemetry message in the next: one signature and one row for many reports, not one each. The error policy, for every kind alike:
 - the outbox cannot take them now (a full or failing disk): the messages stay queued, in order,
   and are tried again every `retry` seconds; nothing is lost and nothing is acknowledged;
 - a message that can never be stored (its content: too large, not JSON): that message alone
@@ -20,6 +22,8 @@ being made durable, the next gathers). The error policy, for every kind alike:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -32,11 +36,32 @@ import structlog
 from agent.logs import log_task_crash
 from agent.model import NotStored, Reading
 from agent.outbox import AsyncOutbox, OutboxError, Priority
+from agent.signing import EncodedJSON
 from agent.sinks import records
 
 log = structlog.get_logger(__name__)
+# One encoder for every reading: compact, and NaN refused as the envelope's own encoder does.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 LOG_INTERVAL = 60.0  # a persisting failure is logged at most this often
+
+
+class _Join:
+    """Completes `future` once all of `remaining` messages are stored; fails as one fails."""
+
+    def __init__(self, future: asyncio.Future[None], remaining: int) -> None:
+        self.future = future
+        self.remaining = remaining
+
+    def stored(self) -> None:
+        self.remaining -= 1
+        if self.remaining == 0 and not self.future.done():
+            self.future.set_result(None)
+
+    def failed(self, exc: NotStored) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+            self.future.exception()  # retrieved: fire-and-forget callers must not log it
 
 
 @dataclass(eq=False)
@@ -45,6 +70,18 @@ class _Waiting:
     body: Any
     priority: Priority
     future: asyncio.Future[int]
+    # Settled with this message, in the same step (no extra turn of the loop per waiter).
+    joins: list[_Join] = field(default_factory=list)
+
+    def settle(self, seq: int) -> None:
+        _settle(self.future, seq)
+        for join in self.joins:
+            join.stored()
+
+    def fail(self, exc: NotStored) -> None:
+        _fail(self.future, exc)
+        for join in self.joins:
+            join.failed(exc)
 
 
 @dataclass
@@ -82,8 +119,12 @@ class OutboxWriter:
         self.stats = WriterStats()
         self._queue: list[_Waiting] = []
         self._in_flight = 0  # the head of the queue being stored now
-        self._records: list[dict[str, Any]] = []
+        # Gathered readings, encoded as JSON once per poll or report: (array items, how many).
+        self._gathered: list[tuple[str, int]] = []
+        self._gathered_count = 0
         self._timer: asyncio.TimerHandle | None = None
+        # Completes when the gathered readings some caller needs durable now are committed.
+        self._urgent: asyncio.Future[None] | None = None
         self._ready = asyncio.Event()
         self._drained = asyncio.Event()
         self._drained.set()
@@ -146,23 +187,81 @@ class OutboxWriter:
         """Polled readings: gathered into telemetry messages (a `ReadingSink`)."""
         if not readings:
             return
-        self._records.extend(records(readings))
-        if len(self._records) >= self.batch:
+        with contextlib.suppress(NotStored):  # counted and logged; the poller goes on
+            self._gather(readings)
+        if self._gathered_count >= self.batch:
             self.cut()
         elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.linger, self.cut)
+
+    def commit_readings(self, readings: Sequence[Reading]) -> asyncio.Future[None]:
+        """Readings that must be durable as soon as possible (a report to confirm): gathered
+        with the others and cut at the writer's next turn; completes once they are committed."""
+        if not readings:
+            return _done()
+        try:
+            self._gather(readings)
+        except NotStored as exc:
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(exc)
+            return failed
+        if self._urgent is None:
+            self._urgent = asyncio.get_running_loop().create_future()
+            self._ready.set()
+            self._drained.clear()
+        return self._urgent
 
     def cut(self) -> asyncio.Future[None]:
         """Store the gathered readings now; the future completes when all are committed."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        gathered, self._records = self._records, []
-        futures = [
-            self.put("telemetry", {"readings": gathered[i : i + self.batch]}, Priority.TELEMETRY)
-            for i in range(0, len(gathered), self.batch)
-        ]
-        return _all_of(futures)
+        bodies = self._telemetry_bodies()
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        joins = [_Join(committed, len(bodies))]
+        urgent, self._urgent = self._urgent, None
+        if urgent is not None:
+            joins.append(_Join(urgent, len(bodies)))
+        for body in bodies:
+            self.put("telemetry", body, Priority.TELEMETRY)
+            self._queue[-1].joins.extend(joins)
+        if not bodies:
+            for join in joins:
+                join.future.set_result(None)
+        return committed
+
+    def _gather(self, readings: Sequence[Reading]) -> None:
+        """Encode readings once, on their way in (not in the writer's turn, which the reports
+        waiting for their confirm are waiting for), in pieces of at most `batch` readings."""
+        recs = records(readings)
+        for i in range(0, len(recs), self.batch):
+            piece = recs[i : i + self.batch]
+            try:
+                text = _encode(piece)[1:-1]
+            except (ValueError, TypeError) as exc:  # NaN, say: not JSON, so not sent
+                self._count_lost("telemetry")
+                log.error(
+                    "readings cannot be stored and are dropped", count=len(piece), error=str(exc)
+                )
+                raise NotStored(f"telemetry: {exc}") from None
+            self._gathered.append((text, len(piece)))
+            self._gathered_count += len(piece)
+
+    def _telemetry_bodies(self) -> list[EncodedJSON]:
+        """The gathered readings as telemetry bodies of at most `batch` readings each."""
+        bodies: list[EncodedJSON] = []
+        items: list[str] = []
+        count = 0
+        for text, n in self._gathered:
+            if items and count + n > self.batch:
+                bodies.append(_telemetry_body(items))
+                items, count = [], 0
+            items.append(text)
+            count += n
+        if items:
+            bodies.append(_telemetry_body(items))
+        self._gathered, self._gathered_count = [], 0
+        return bodies
 
     def _make_room(self) -> None:
         if len(self._queue) < self.max_waiting:
@@ -177,7 +276,7 @@ class OutboxWriter:
             return  # everything queued is being written: the queue may grow by one
         item = self._queue.pop(victim)
         self._count_lost(item.kind)
-        _fail(item.future, NotStored(f"{item.kind}: given up, more than {self.max_waiting} wait"))
+        item.fail(NotStored(f"{item.kind}: given up, more than {self.max_waiting} wait"))
         if self._may_log("overflow"):
             log.error(
                 "outbox is not keeping up: oldest messages given up",
@@ -193,6 +292,12 @@ class OutboxWriter:
     async def _run(self) -> None:
         while True:
             await self._ready.wait()
+            if self._urgent is not None:
+                self.cut()  # what reports gathered since the last turn: one message
+            if not self._queue:
+                self._ready.clear()
+                self._drained.set()
+                continue
             batch = self._queue[: self.max_batch]
             self._in_flight = len(batch)
             try:
@@ -201,16 +306,13 @@ class OutboxWriter:
                 self._in_flight = 0
             if stored:
                 del self._queue[:stored]
-            if not self._queue:
-                self._ready.clear()
-                self._drained.set()
-            elif not stored:
+            elif self._queue:
                 await asyncio.sleep(self.retry)
 
     async def _store(self, batch: list[_Waiting]) -> int:
         """Store the head of the queue; returns how many left it (stored or failed for good)."""
         try:
-            seqs = await self.outbox.put_many([(w.kind, w.body, w.priority) for w in batch])
+            seqs = await self.outbox.put_batch([(w.kind, w.body, w.priority) for w in batch])
         except (ValueError, TypeError) as exc:
             if len(batch) == 1:
                 self._refuse(batch[0], exc)
@@ -220,7 +322,7 @@ class OutboxWriter:
             self._failed(exc, len(batch))
             return 0
         for item, seq in zip(batch, seqs, strict=True):
-            _settle(item.future, seq)
+            item.settle(seq)
         self.stats.stored += len(batch)
         return len(batch)
 
@@ -229,14 +331,14 @@ class OutboxWriter:
         done = 0
         for item in batch:
             try:
-                [seq] = await self.outbox.put_many([(item.kind, item.body, item.priority)])
+                [seq] = await self.outbox.put_batch([(item.kind, item.body, item.priority)])
             except (ValueError, TypeError) as exc:
                 self._refuse(item, exc)
             except (OutboxError, OSError, sqlite3.Error) as exc:
                 self._failed(exc, len(batch) - done)
                 return done
             else:
-                _settle(item.future, seq)
+                item.settle(seq)
                 self.stats.stored += 1
             done += 1
         return done
@@ -244,7 +346,7 @@ class OutboxWriter:
     def _refuse(self, item: _Waiting, exc: ValueError | TypeError) -> None:
         self._count_lost(item.kind)
         log.error("a message cannot be stored and is dropped", kind=item.kind, error=str(exc))
-        _fail(item.future, NotStored(f"{item.kind}: {exc}"))
+        item.fail(NotStored(f"{item.kind}: {exc}"))
 
     def _failed(self, exc: BaseException, count: int) -> None:
         self.stats.failures += 1
@@ -275,7 +377,18 @@ def _fail(future: asyncio.Future[int], exc: NotStored) -> None:
         future.exception()  # retrieved: fire-and-forget callers must not log it as unhandled
 
 
-def _all_of(futures: Sequence[asyncio.Future[int]]) -> asyncio.Future[None]:
+def _telemetry_body(items: list[str]) -> EncodedJSON:
+    """`{"readings": [...]}` from readings already encoded (the shape in README.md)."""
+    return EncodedJSON('{"readings":[' + ",".join(items) + "]}")
+
+
+def _done() -> asyncio.Future[None]:
+    future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    future.set_result(None)
+    return future
+
+
+def all_of(futures: Sequence[asyncio.Future[Any]]) -> asyncio.Future[None]:
     """A future that completes when every one of `futures` has, failing as the first fails."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     remaining = len(futures)
@@ -283,7 +396,7 @@ def _all_of(futures: Sequence[asyncio.Future[int]]) -> asyncio.Future[None]:
         done.set_result(None)
         return done
 
-    def one_done(future: asyncio.Future[int]) -> None:
+    def one_done(future: asyncio.Future[Any]) -> None:
         nonlocal remaining
         remaining -= 1
         if done.done():

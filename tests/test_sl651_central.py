@@ -62,9 +62,14 @@ class RecordingIntake:
     def submit(self, readings: Sequence[Reading]) -> None:
         self.readings.extend(readings)
 
-    async def commit(self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]) -> None:
+    def commit(
+        self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]
+    ) -> asyncio.Future[None]:
         self.readings.extend(readings)
         self.events.extend(events)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
 
 
 @contextlib.asynccontextmanager

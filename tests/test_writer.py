@@ -42,11 +42,11 @@ class CountingAsyncOutbox(AsyncOutbox):
 
     def __init__(self, outbox: Outbox) -> None:
         super().__init__(outbox)
-        self.calls: list[int] = []  # the number of messages of each put_many
+        self.calls: list[int] = []  # the number of messages of each put_batch
 
-    async def put_many(self, items: Any) -> list[int]:
+    async def put_batch(self, items: Any) -> list[int]:
         self.calls.append(len(items))
-        return await super().put_many(items)
+        return await super().put_batch(items)
 
 
 def reading(i: int, terminal: str = "t1") -> Reading:
@@ -146,10 +146,21 @@ async def test_batch_readings_are_cut_at_once_without_waiting_for_linger(box: Ou
         await until(lambda: len(box.pending(10)) == 2)
         messages = stored(box)
         assert [k for _, k, _ in messages] == ["telemetry", "telemetry"]
+        # A poll's readings stay together in one message when it fits.
         assert [[r["point"] for r in b["readings"]] for _, _, b in messages] == [
-            ["p1", "p2", "p3"],
-            ["p4"],
+            ["p1", "p2"],
+            ["p3", "p4"],
         ]
+
+
+async def test_a_poll_larger_than_batch_is_split_into_messages_of_batch_readings(
+    box: Outbox,
+) -> None:
+    async with OutboxWriter(AsyncOutbox(box), batch=3, linger=30) as writer:
+        writer.submit([reading(i) for i in range(1, 8)])
+        await until(lambda: len(box.pending(10)) == 3)
+        sizes = [len(b["readings"]) for _, _, b in stored(box)]
+        assert sizes == [3, 3, 1]
 
 
 async def test_cut_stores_the_gathered_readings_now_and_its_future_completes_at_the_commit(

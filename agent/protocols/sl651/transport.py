@@ -18,6 +18,7 @@ import contextlib
 import errno
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
@@ -26,7 +27,7 @@ from typing import Any
 import serial
 import structlog
 
-from agent.model import Intake, NotStored
+from agent.model import Intake
 from agent.protocols.sl651.config import Sl651Config
 from agent.protocols.sl651.frame import Frame
 from agent.protocols.sl651.session import Centre, Outcome
@@ -57,8 +58,8 @@ class _Link:
         self.frames = 0
         self.rejected = 0
         self.opened_at = time.time()
-        # The last outcome on this link whose frames wait for a commit: later frames go after.
-        self.waiting: asyncio.Task[None] | None = None
+        # Frames waiting for their commit, in order: later frames on this link go after them.
+        self.waiting: deque[tuple[asyncio.Future[None] | None, list[bytes]]] = deque()
 
     def __repr__(self) -> str:
         return f"<link {self.name}>"
@@ -86,7 +87,7 @@ class CentralStation:
         self._servers: list[asyncio.Server] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._handlers: set[asyncio.Task[Any]] = set()  # one per TCP connection
-        self._confirms: set[asyncio.Task[None]] = set()  # frames waiting for their commit
+        self._commits: set[asyncio.Future[None]] = set()  # commits whose frames wait
         self._rejects_logged_at = 0.0
 
     async def start(self) -> None:
@@ -121,10 +122,8 @@ class CentralStation:
         for server in self._servers:
             server.close()
         # Confirms whose commit is under way still go out; none is sent for what is not stored.
-        if self._confirms:
-            _, late = await asyncio.wait(set(self._confirms), timeout=STOP_GRACE)
-            for task in late:
-                task.cancel()
+        if self._commits:
+            await asyncio.wait(set(self._commits), timeout=STOP_GRACE)
         # Close the connections and let their handlers finish (cancelling a stream handler
         # makes asyncio log a traceback for it).
         for link in list(self.links):
@@ -260,50 +259,40 @@ class CentralStation:
         for event in outcome.events:
             log.warning("station alarm", **{k: event[k] for k in ("terminal", "flag", "action")})
         durable = bool(outcome.readings or outcome.events)
-        if not durable and link.waiting is None:
+        if not durable and not link.waiting:
             self._send(link, outcome.send)
             return
-        commit = (
-            asyncio.ensure_future(self.intake.commit(outcome.readings, outcome.events))
-            if durable
-            else None
-        )
-        task = asyncio.create_task(
-            self._send_after(link, link.waiting, commit, outcome.send),
-            name=f"sl651 confirm {link.name}",
-        )
-        link.waiting = task
-        self._confirms.add(task)
-        task.add_done_callback(partial(self._confirm_done, link))
-
-    async def _send_after(
-        self,
-        link: _Link,
-        earlier: asyncio.Task[None] | None,
-        commit: asyncio.Future[None] | None,
-        frames: Sequence[bytes],
-    ) -> None:
-        """Write `frames` once `commit` is durable and the link's earlier frames are out."""
-        if earlier is not None:
-            await asyncio.wait({earlier})
+        # The frames wait for this outcome's commit and for every earlier one on the link.
+        commit = self.intake.commit(outcome.readings, outcome.events) if durable else None
+        link.waiting.append((commit, outcome.send))
         if commit is not None:
-            try:
-                await commit
-            except NotStored as exc:
-                self.unconfirmed += 1
-                log.error(
-                    "SL651 report not stored: not confirmed, the station will send it again",
-                    link=link.name,
-                    error=str(exc),
-                    unconfirmed=self.unconfirmed,
-                )
-                return
-        self._send(link, frames)
+            self._commits.add(commit)
+            commit.add_done_callback(partial(self._committed, link))
+        self._release(link)
 
-    def _confirm_done(self, link: _Link, task: asyncio.Task[None]) -> None:
-        self._confirms.discard(task)
-        if link.waiting is task:
-            link.waiting = None
+    def _committed(self, link: _Link, commit: asyncio.Future[None]) -> None:
+        self._commits.discard(commit)
+        self._release(link)
+
+    def _release(self, link: _Link) -> None:
+        """Send the waiting frames, in order, as far as their commits are done."""
+        while link.waiting:
+            commit, frames = link.waiting[0]
+            if commit is not None and not commit.done():
+                return
+            link.waiting.popleft()
+            if commit is not None:
+                failed = "cancelled" if commit.cancelled() else commit.exception()
+                if failed is not None:
+                    self.unconfirmed += 1
+                    log.error(
+                        "SL651 report not stored: not confirmed, the station will send it again",
+                        link=link.name,
+                        error=str(failed),
+                        unconfirmed=self.unconfirmed,
+                    )
+                    continue
+            self._send(link, frames)
 
     @staticmethod
     def _send(link: _Link, frames: Sequence[bytes]) -> None:
