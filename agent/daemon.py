@@ -141,7 +141,12 @@ class Daemon:
             await stack.enter_async_context(uplink)
         # After the uplink, so that on the way out what the writer stores last is published.
         writer = await stack.enter_async_context(
-            OutboxWriter(outbox, batch=config.outbox.batch, linger=config.outbox.linger)
+            OutboxWriter(
+                outbox,
+                batch=config.outbox.batch,
+                linger=config.outbox.linger,
+                gather_window=config.outbox.commit_window,
+            )
         )
         self.restarts = await asyncio.to_thread(record_start, config.state_dir)
         inspection = await stack.enter_async_context(Inspection(config, writer, self.snapshot))

@@ -109,6 +109,7 @@ class OutboxWriter:
         retry: float = 5.0,
         max_waiting: int = 10_000,
         max_batch: int = 512,
+        gather_window: float = 0.005,
     ) -> None:
         self.outbox = outbox
         self.batch = batch
@@ -116,6 +117,7 @@ class OutboxWriter:
         self.retry = retry
         self.max_waiting = max_waiting
         self.max_batch = max_batch
+        self.gather_window = gather_window
         self.stats = WriterStats()
         self._queue: list[_Waiting] = []
         self._in_flight = 0  # the head of the queue being stored now
@@ -293,6 +295,9 @@ class OutboxWriter:
         while True:
             await self._ready.wait()
             if self._urgent is not None:
+                if self.gather_window and not self._queue:
+                    # Let the reports arriving now join this turn: one transaction for many.
+                    await asyncio.sleep(self.gather_window)
                 self.cut()  # what reports gathered since the last turn: one message
             if not self._queue:
                 self._ready.clear()
