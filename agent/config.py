@@ -106,15 +106,29 @@ class OutboxConfig(_Frozen):
     linger: Duration = 0.2
 
 
+# A systemd credential's name (LoadCredential=): a file name in $CREDENTIALS_DIRECTORY.
+CREDENTIAL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+
+
 class TlsConfig(_Frozen):
     ca: Path | None = None  # CA bundle that signs the broker's certificate (default: system CAs)
     cert: Path | None = None  # client certificate (mutual TLS)
-    key: Path | None = None  # its private key
+    key: Path | None = None  # its private key; without it, the credential below
+    # The systemd credential that holds the key when `key` is not given (agent/credentials.py).
+    key_credential: str | None = Field(default="tls-key", pattern=CREDENTIAL_NAME)
 
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:
-        if (self.cert is None) != (self.key is None):
+        # cert without key is fine here: the key may come from the credential, found at start.
+        if self.key is not None and self.cert is None:
             raise ValueError("cert and key go together (client certificate and its key)")
+        if self.cert is not None and self.key is None and self.key_credential is None:
+            raise ValueError("cert needs its key: give key, or key_credential (a credential)")
+        if "key_credential" in self.model_fields_set and self.key_credential is not None:
+            if self.key is not None:
+                raise ValueError("key and key_credential exclude each other: give one of them")
+            if self.cert is None:
+                raise ValueError("key_credential needs cert (the client certificate of that key)")
         return self
 
 
@@ -124,7 +138,9 @@ class UplinkConfig(_Frozen):
     broker: str | None = Field(default=None, pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
     client_id: str | None = None  # default: edge-agent-<gateway id>
     username: str | None = None
-    password: str | None = None
+    password: str | None = None  # without it, the credential below (if systemd hands it over)
+    # The systemd credential that holds the password when `password` is not given.
+    password_credential: str | None = Field(default="mqtt-password", pattern=CREDENTIAL_NAME)
     tls: TlsConfig = TlsConfig()
     topic_prefix: str = "edge/{gateway_id}"
     keepalive: PositiveDuration = 30.0
@@ -134,6 +150,15 @@ class UplinkConfig(_Frozen):
     backoff_max: PositiveDuration = 120.0  # ... up to this
     # Messages that come down (diag requests, update announcements) larger than this are refused.
     max_inbound_bytes: int = Field(default=256 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> UplinkConfig:
+        named = "password_credential" in self.model_fields_set
+        if named and self.password is not None and self.password_credential is not None:
+            raise ValueError(
+                "password and password_credential exclude each other: give one of them"
+            )
+        return self
 
     @property
     def tls_enabled(self) -> bool:
@@ -323,6 +348,8 @@ PATTERN_HINTS = {
     "password": "an SL651 password: 4 hex digits, e.g. 1234",
     "utc_offset": "a UTC offset: +HH:MM or -HH:MM, e.g. +08:00",
     "listen": "host:port, e.g. 127.0.0.1:9108",
+    "password_credential": "a credential name: a file name of letters, digits, '.', '_' or '-'",
+    "key_credential": "a credential name: a file name of letters, digits, '.', '_' or '-'",
 }
 
 
