@@ -107,7 +107,11 @@ class OutboxConfig(_Frozen):
 
 
 # A systemd credential's name (LoadCredential=): a file name in $CREDENTIALS_DIRECTORY.
+# A credential under its default name is used when there; one given another name must be there
+# (agent/credentials.py).
 CREDENTIAL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+DEFAULT_PASSWORD_CREDENTIAL = "mqtt-password"
+DEFAULT_KEY_CREDENTIAL = "tls-key"
 
 
 class TlsConfig(_Frozen):
@@ -115,7 +119,7 @@ class TlsConfig(_Frozen):
     cert: Path | None = None  # client certificate (mutual TLS)
     key: Path | None = None  # its private key; without it, the credential below
     # The systemd credential that holds the key when `key` is not given (agent/credentials.py).
-    key_credential: str | None = Field(default="tls-key", pattern=CREDENTIAL_NAME)
+    key_credential: str | None = Field(default=DEFAULT_KEY_CREDENTIAL, pattern=CREDENTIAL_NAME)
 
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:
@@ -124,7 +128,7 @@ class TlsConfig(_Frozen):
             raise ValueError("cert and key go together (client certificate and its key)")
         if self.cert is not None and self.key is None and self.key_credential is None:
             raise ValueError("cert needs its key: give key, or key_credential (a credential)")
-        if "key_credential" in self.model_fields_set and self.key_credential is not None:
+        if self.key_credential not in (None, DEFAULT_KEY_CREDENTIAL):
             if self.key is not None:
                 raise ValueError("key and key_credential exclude each other: give one of them")
             if self.cert is None:
@@ -140,7 +144,9 @@ class UplinkConfig(_Frozen):
     username: str | None = None
     password: str | None = None  # without it, the credential below (if systemd hands it over)
     # The systemd credential that holds the password when `password` is not given.
-    password_credential: str | None = Field(default="mqtt-password", pattern=CREDENTIAL_NAME)
+    password_credential: str | None = Field(
+        default=DEFAULT_PASSWORD_CREDENTIAL, pattern=CREDENTIAL_NAME
+    )
     tls: TlsConfig = TlsConfig()
     topic_prefix: str = "edge/{gateway_id}"
     keepalive: PositiveDuration = 30.0
@@ -153,8 +159,10 @@ class UplinkConfig(_Frozen):
 
     @model_validator(mode="after")
     def _one_password(self) -> UplinkConfig:
-        named = "password_credential" in self.model_fields_set
-        if named and self.password is not None and self.password_credential is not None:
+        if self.password is not None and self.password_credential not in (
+            None,
+            DEFAULT_PASSWORD_CREDENTIAL,
+        ):
             raise ValueError(
                 "password and password_credential exclude each other: give one of them"
             )

@@ -14,10 +14,11 @@ drop-in) gives the name as is. So a credential `<name>` is looked for as `<name>
 | `uplink.password` | not given (null) | the credential `uplink.password_credential` (default `mqtt-password`) |
 | `uplink.tls.key` | not given, and `uplink.tls.cert` is | the credential `uplink.tls.key_credential` (default `tls-key`): its path |
 
-A value written in the config wins (the credential is not read). A credential named in the
-config (not left to the default) must be there: a missing one is a `CredentialError`; a missing
-default one just means no password. A client certificate always needs its key, so a missing key
-credential is an error whether named or not. The password is read once and never logged; the
+A value written in the config wins (the credential is not read). A credential given another
+name than its default must be there: a missing one is a `CredentialError`; the default one
+missing just means no password (so a config that spells out the defaults, as
+config/example.yaml does, behaves as one that leaves them out). A client certificate always
+needs its key, so a missing key credential is an error whatever its name. The password is read once and never logged; the
 key is passed on as a path (ssl reads it), so it is never held by the agent.
 
 `CredentialError` is an `OSError`: `edge-agent run` reports it like any other reason it cannot
@@ -30,7 +31,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from agent.config import UplinkConfig
+from agent.config import DEFAULT_PASSWORD_CREDENTIAL, UplinkConfig
 
 CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 # The shipped unit loads /etc/edge-agent/credentials/ as the credential "edge-agent": systemd
@@ -102,7 +103,7 @@ def resolve_uplink(
         path = find_credential(name, directory) if directory is not None else None
         if path is not None:
             updates["password"] = read_secret(path, "uplink.password_credential")
-        elif "password_credential" in uplink.model_fields_set:
+        elif name != DEFAULT_PASSWORD_CREDENTIAL:
             raise CredentialError(_missing("uplink.password_credential", name, directory))
 
     tls = uplink.tls

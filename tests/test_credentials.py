@@ -66,11 +66,13 @@ def test_a_named_credential_without_credentials_directory_says_so(
 ) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     with pytest.raises(CredentialError, match=r"\$CREDENTIALS_DIRECTORY is not set"):
-        resolve_uplink(uplink(password_credential="mqtt-password"))
+        resolve_uplink(uplink(password_credential="site-broker"))
 
 
 def test_a_missing_default_credential_means_no_password(creds: Path) -> None:
     assert resolve_uplink(uplink()).password is None
+    # Spelled out, as config/example.yaml does, the default name is no different.
+    assert resolve_uplink(uplink(password_credential="mqtt-password")).password is None
 
 
 def test_no_credentials_directory_and_nothing_named_changes_nothing(
@@ -157,9 +159,11 @@ def test_the_credential_keys_have_their_defaults() -> None:
 
 
 def test_a_password_and_a_named_credential_together_are_refused() -> None:
-    assert config_errors("{password: p, password_credential: mqtt-password}") == [
+    assert config_errors("{password: p, password_credential: site-broker}") == [
         "uplink: password and password_credential exclude each other: give one of them"
     ]
+    # The default name beside a password is no contradiction: the password wins.
+    parse_config("gateway: {id: gw}\nuplink: {password: p, password_credential: mqtt-password}\n")
 
 
 def test_a_credential_name_is_a_file_name_never_a_path() -> None:
@@ -177,10 +181,10 @@ def test_tls_key_and_key_credential_rules() -> None:
     assert config_errors("{tls: {cert: c.pem, key_credential: null}}") == [
         "uplink.tls: cert needs its key: give key, or key_credential (a credential)"
     ]
-    assert config_errors("{tls: {cert: c.pem, key: k.pem, key_credential: tls-key}}") == [
+    assert config_errors("{tls: {cert: c.pem, key: k.pem, key_credential: site-key}}") == [
         "uplink.tls: key and key_credential exclude each other: give one of them"
     ]
-    assert config_errors("{tls: {key_credential: tls-key}}") == [
+    assert config_errors("{tls: {key_credential: site-key}}") == [
         "uplink.tls: key_credential needs cert (the client certificate of that key)"
     ]
     # A certificate alone is valid: its key comes from the credential at start.
