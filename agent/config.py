@@ -110,7 +110,7 @@ class OutboxConfig(_Frozen):
 # A credential under its default name is used when there; one given another name must be there
 # (agent/credentials.py).
 CREDENTIAL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
-DEFAULT_PASSWORD_CREDENTIAL = "mqtt-password"
+DEFAULT_PASSWORD_CREDENTIAL = "mqtt-password"  # noqa: S105 -- the name of a credential
 DEFAULT_KEY_CREDENTIAL = "tls-key"
 
 

@@ -85,9 +85,7 @@ def _missing(key: str, name: str, directory: Path | None) -> str:
     )
 
 
-def resolve_uplink(
-    uplink: UplinkConfig, environ: Mapping[str, str] | None = None
-) -> UplinkConfig:
+def resolve_uplink(uplink: UplinkConfig, environ: Mapping[str, str] | None = None) -> UplinkConfig:
     """The uplink config with its password and TLS key taken from the credentials where the
     config leaves them to one (see the module's table); unchanged without a broker.
 

@@ -32,9 +32,9 @@ from agent import sdnotify
 from agent.checks.framework import CheckResult
 from agent.checks.view import AgentView, LogCounter, record_start
 from agent.config import Config, ConfigError, parse_config_bytes
-from agent.credentials import resolve_uplink
 from agent.config_watch import ConfigWatcher
 from agent.control import ControlServer
+from agent.credentials import resolve_uplink
 from agent.inspection import Inspection
 from agent.intake import SiteIntake
 from agent.metrics import MetricsServer, ReadingCounter, Snapshot

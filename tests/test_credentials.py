@@ -1,6 +1,8 @@
 """Secrets from systemd credentials: the MQTT password and the TLS client key
 (agent/credentials.py), with a temp folder as $CREDENTIALS_DIRECTORY."""
 
+# ruff: noqa: S105, S106 -- made-up passwords and credential names are what these tests are about
+
 from __future__ import annotations
 
 import os

@@ -244,7 +244,7 @@ def test_the_credentials_folder_is_loaded_under_the_name_the_agent_looks_for() -
     credential_id, _, source = one(unit, "Service", "LoadCredential").partition(":")
     assert Path(source) == CREDENTIALS
     # systemd names each file of a folder credential "<id>_<file name>".
-    assert UNIT_PREFIX == f"{credential_id}_"
+    assert f"{credential_id}_" == UNIT_PREFIX
 
 
 def test_the_sandbox_keeps_what_the_system_checks_and_the_serial_lines_need() -> None:
@@ -312,7 +312,10 @@ def test_rollback_hands_over_to_a_previous_release_that_knows_update(tmp_path: P
     agent.chmod(0o755)
     (tmp_path / "previous").symlink_to("releases/0.2.0")
     run = run_script("rollback", tmp_path)
-    assert calls.read_text().splitlines() == ["update|--help|", "update|rollback|--reason|unit failed|"]
+    assert calls.read_text().splitlines() == [
+        "update|--help|",
+        "update|rollback|--reason|unit failed|",
+    ]
     assert (run.returncode, run.stdout) == (3, "rolled back\n")  # its outcome is the unit's
 
 
@@ -340,8 +343,12 @@ def test_sysusers_and_tmpfiles_make_the_user_and_folders(tmp_path: Path) -> None
         args = [tool, f"--root={tmp_path}"] + (["--create"] if "tmpfiles" in tool else [])
         run = subprocess.run(args, capture_output=True, text=True, check=False)
         assert run.returncode == 0, run.stderr
-    passwd = {ln.split(":")[0]: ln.split(":") for ln in (tmp_path / "etc/passwd").read_text().splitlines()}
-    group = {ln.split(":")[0]: ln.split(":") for ln in (tmp_path / "etc/group").read_text().splitlines()}
+    passwd = {
+        ln.split(":")[0]: ln.split(":") for ln in (tmp_path / "etc/passwd").read_text().splitlines()
+    }
+    group = {
+        ln.split(":")[0]: ln.split(":") for ln in (tmp_path / "etc/group").read_text().splitlines()
+    }
     uid, gid = int(passwd["edge-agent"][2]), int(passwd["edge-agent"][3])
     assert passwd["edge-agent"][5] == str(DEFAULT_STATE_DIR)
     assert "edge-agent" in group["dialout"][3].split(",")
