@@ -10,10 +10,13 @@ time: seccomp, devices, credentials, the watchdog, OnFailure=) is left to the co
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +24,9 @@ import pytest
 from agent.config import DEFAULT_CONFIG_PATH, Config, ControlConfig
 from agent.credentials import UNIT_PREFIX
 from agent.storage.layout import DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR
-from tests.conftest import ROOT
+from tests.agentproc import write_config
+from tests.conftest import PYTHON, ROOT
+from tests.sandbox import UNSUPPORTED
 
 UNITS = ROOT / "systemd"
 SERVICE = UNITS / "edge-agent.service"
@@ -360,3 +365,79 @@ def test_sysusers_and_tmpfiles_make_the_user_and_folders(tmp_path: Path) -> None
     assert owner_mode(DEFAULT_STATE_DIR) == (uid, gid, 0o750)
     assert owner_mode(DEFAULT_CONFIG_PATH.parent) == (0, gid, 0o750)
     assert owner_mode(CREDENTIALS) == (0, 0, 0o700)
+
+
+# -- the agent under the unit's syscall filter and W^X (emulated: tests/sandbox.py) -------------
+
+SANDBOX = ROOT / "tests" / "sandbox.py"
+CLOCK_STATUS = "from agent.timesync import clock_synchronised; print(clock_synchronised())"
+
+
+def sandboxed(*command: str) -> list[str]:
+    """The command line that runs `command` under the unit's seccomp settings."""
+    return [PYTHON, str(SANDBOX), str(SERVICE), "--", *command]
+
+
+def run_sandboxed(*command: str, drop: str = "") -> subprocess.CompletedProcess[str]:
+    run = subprocess.run(
+        sandboxed(*command), capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "SANDBOX_DROP": drop},
+    )  # fmt: skip
+    if run.returncode == UNSUPPORTED:
+        pytest.skip(f"cannot emulate the unit's sandbox here: {run.stderr.strip()}")
+    return run
+
+
+@needs_analyze
+def test_under_the_units_syscall_filter_the_clock_status_stays_readable() -> None:
+    run = run_sandboxed(PYTHON, "-c", CLOCK_STATUS)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() in {"True", "False"}
+    # The control: without adjtimex the answer is unknown, as it would be under ProtectClock=.
+    run = run_sandboxed(PYTHON, "-c", CLOCK_STATUS, drop="adjtimex,clock_adjtime,clock_adjtime64")
+    assert run.stdout.strip() == "None"
+
+
+@needs_analyze
+def test_writable_executable_memory_is_refused_in_the_sandbox() -> None:
+    code = "import mmap; mmap.mmap(-1, 4096, prot=mmap.PROT_READ|mmap.PROT_WRITE|mmap.PROT_EXEC)"
+    run = run_sandboxed(PYTHON, "-c", code)
+    assert run.returncode != 0
+    assert "PermissionError" in run.stderr
+
+
+@needs_analyze
+def test_the_agent_runs_checks_and_stops_under_the_units_filter_and_wx(tmp_path: Path) -> None:
+    """CPython with cryptography (signing), pydantic-core, yaml, sqlite, the control socket and
+    the system checks (/proc/meminfo, /proc/loadavg, the clock status) under the unit's syscall
+    filter, address families and MemoryDenyWriteExecute=."""
+    probe = run_sandboxed(PYTHON, "-c", "pass")
+    assert probe.returncode == 0, probe.stderr
+    config = tmp_path / "config.yaml"
+    write_config(config, tmp_path / "state", [], jsonl={"enabled": False})
+    logs = tmp_path / "agent.log"
+    with logs.open("wb") as out:
+        agent = subprocess.Popen(
+            sandboxed(PYTHON, "-m", "agent", "run", "--config", str(config)),
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "agent started" not in logs.read_text():
+            assert agent.poll() is None, logs.read_text()
+            assert time.monotonic() < deadline, logs.read_text()
+            time.sleep(0.1)
+        check = subprocess.run(
+            [PYTHON, "-m", "agent", "check", "--json", "--config", str(config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        code = agent.wait(30)
+    text = logs.read_text()
+    assert code == 0, text
+    assert "agent stopped" in text
+    assert "not permitted" not in text.lower()
+    statuses = {c["id"]: c["status"] for c in json.loads(check.stdout)}
+    for check_id in ("system.memory", "system.load", "system.clock_sync", "system.fs_writable"):
+        assert statuses[check_id] != "unknown", (check_id, check.stdout)
