@@ -4,8 +4,10 @@ paths against the installation layout, and the scripts they run.
 Everything here runs offline, without a running systemd: `systemd-analyze security --offline`
 rates the unit file as written, and `systemd-analyze verify --root=<temp dir>` loads the units
 from a temp root that holds them, this host's own units (for sysinit.target and friends) and
-stub executables at the units' paths. What needs the real service manager (the sandbox at run
-time: seccomp, devices, credentials, the watchdog, OnFailure=) is left to the container tests.
+stub executables at the units' paths. The agent is also run under an emulation of the unit's
+seccomp settings and W^X (tests/sandbox.py). What needs the real service manager (namespaces,
+devices, the user and its groups, credentials, the watchdog, OnFailure=) is left to the
+container tests.
 """
 
 from __future__ import annotations
