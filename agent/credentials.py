@@ -18,8 +18,8 @@ A value written in the config wins (the credential is not read). A credential gi
 name than its default must be there: a missing one is a `CredentialError`; the default one
 missing just means no password (so a config that spells out the defaults, as
 config/example.yaml does, behaves as one that leaves them out). A client certificate always
-needs its key, so a missing key credential is an error whatever its name. The password is read once and never logged; the
-key is passed on as a path (ssl reads it), so it is never held by the agent.
+needs its key, so a missing key credential is an error whatever its name. The password is read
+once and never logged; the key is handed to ssl as a path (the agent never reads it itself).
 
 `CredentialError` is an `OSError`: `edge-agent run` reports it like any other reason it cannot
 start, in one line ("cannot start: uplink.password_credential: ...").
