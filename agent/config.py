@@ -109,15 +109,33 @@ class OutboxConfig(_Frozen):
     commit_window: Duration = Field(default=0.005, le=1.0)
 
 
+# A systemd credential's name (LoadCredential=): a file name in $CREDENTIALS_DIRECTORY.
+# A credential under its default name is used when there; one given another name must be there
+# (agent/credentials.py).
+CREDENTIAL_NAME = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+DEFAULT_PASSWORD_CREDENTIAL = "mqtt-password"  # noqa: S105 -- the name of a credential
+DEFAULT_KEY_CREDENTIAL = "tls-key"
+
+
 class TlsConfig(_Frozen):
     ca: Path | None = None  # CA bundle that signs the broker's certificate (default: system CAs)
     cert: Path | None = None  # client certificate (mutual TLS)
-    key: Path | None = None  # its private key
+    key: Path | None = None  # its private key; without it, the credential below
+    # The systemd credential that holds the key when `key` is not given (agent/credentials.py).
+    key_credential: str | None = Field(default=DEFAULT_KEY_CREDENTIAL, pattern=CREDENTIAL_NAME)
 
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:
-        if (self.cert is None) != (self.key is None):
+        # cert without key is fine here: the key may come from the credential, found at start.
+        if self.key is not None and self.cert is None:
             raise ValueError("cert and key go together (client certificate and its key)")
+        if self.cert is not None and self.key is None and self.key_credential is None:
+            raise ValueError("cert needs its key: give key, or key_credential (a credential)")
+        if self.key_credential not in (None, DEFAULT_KEY_CREDENTIAL):
+            if self.key is not None:
+                raise ValueError("key and key_credential exclude each other: give one of them")
+            if self.cert is None:
+                raise ValueError("key_credential needs cert (the client certificate of that key)")
         return self
 
 
@@ -127,7 +145,11 @@ class UplinkConfig(_Frozen):
     broker: str | None = Field(default=None, pattern=r"^mqtts?://[^/:]+(:\d+)?/?$")
     client_id: str | None = None  # default: edge-agent-<gateway id>
     username: str | None = None
-    password: str | None = None
+    password: str | None = None  # without it, the credential below (if systemd hands it over)
+    # The systemd credential that holds the password when `password` is not given.
+    password_credential: str | None = Field(
+        default=DEFAULT_PASSWORD_CREDENTIAL, pattern=CREDENTIAL_NAME
+    )
     tls: TlsConfig = TlsConfig()
     topic_prefix: str = "edge/{gateway_id}"
     keepalive: PositiveDuration = 30.0
@@ -137,6 +159,17 @@ class UplinkConfig(_Frozen):
     backoff_max: PositiveDuration = 120.0  # ... up to this
     # Messages that come down (diag requests, update announcements) larger than this are refused.
     max_inbound_bytes: int = Field(default=256 * 1024, ge=1)
+
+    @model_validator(mode="after")
+    def _one_password(self) -> UplinkConfig:
+        if self.password is not None and self.password_credential not in (
+            None,
+            DEFAULT_PASSWORD_CREDENTIAL,
+        ):
+            raise ValueError(
+                "password and password_credential exclude each other: give one of them"
+            )
+        return self
 
     @property
     def tls_enabled(self) -> bool:
@@ -326,6 +359,8 @@ PATTERN_HINTS = {
     "password": "an SL651 password: 4 hex digits, e.g. 1234",
     "utc_offset": "a UTC offset: +HH:MM or -HH:MM, e.g. +08:00",
     "listen": "host:port, e.g. 127.0.0.1:9108",
+    "password_credential": "a credential name: a file name of letters, digits, '.', '_' or '-'",
+    "key_credential": "a credential name: a file name of letters, digits, '.', '_' or '-'",
 }
 
 

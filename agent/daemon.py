@@ -34,6 +34,7 @@ from agent.checks.view import AgentView, LogCounter, record_start
 from agent.config import Config, ConfigError, parse_config_bytes
 from agent.config_watch import ConfigWatcher
 from agent.control import ControlServer
+from agent.credentials import resolve_uplink
 from agent.inspection import Inspection
 from agent.intake import SiteIntake
 from agent.metrics import MetricsServer, ReadingCounter, Snapshot
@@ -134,10 +135,13 @@ class Daemon:
     async def _start(self, stack: AsyncExitStack) -> Parts:
         """Enter every part in dependency order; the stack leaves them in reverse."""
         config = self.config
+        # The secrets systemd hands over (agent/credentials.py), before anything is opened; only
+        # the uplink sees them: self.config stays the file's, as reload and the checks compare.
+        uplink_config = resolve_uplink(config.uplink)
         outbox = await stack.enter_async_context(AsyncOutbox(self._open_outbox()))
         uplink = None
         if config.uplink.broker:
-            uplink = Uplink(config.uplink, outbox, config.topic_prefix, config.client_id)
+            uplink = Uplink(uplink_config, outbox, config.topic_prefix, config.client_id)
             await stack.enter_async_context(uplink)
         # After the uplink, so that on the way out what the writer stores last is published.
         writer = await stack.enter_async_context(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from agent.config import UplinkConfig
+from agent.credentials import resolve_uplink
 from agent.outbox import AsyncOutbox, Outbox, Priority
 from agent.signing import DeviceKey, init_key
 from agent.uplink import Uplink, describe_failure
@@ -214,6 +216,37 @@ async def test_tls_with_a_client_certificate_and_an_acl_delivers(
     outbox.put("health", {"over": "tls"}, Priority.HEALTH)
     async with Collector(tls_broker.plain_port, f"{PREFIX}/#") as collector:  # type: ignore[attr-defined]
         async with running(tls_uplink(outbox, tls_broker, pki)) as uplink:
+            await wait_until("drained", lambda: outbox.stats().messages == 0)
+            assert uplink.state.last_error is None
+        await collector.wait_for("health", lambda: collector.on("health"))
+
+
+async def test_a_client_key_from_a_systemd_credential_delivers_over_mutual_tls(
+    outbox: Outbox,
+    tls_broker: Mosquitto,
+    pki: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The config names the certificate only; the key is the file systemd hands over."""
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    shutil.copy(pki["client_key"], creds / "edge-agent_tls-key")  # the unit's folder credential
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    settings = UplinkConfig.model_validate(
+        {
+            "broker": f"mqtts://127.0.0.1:{tls_broker.port}",
+            "tls": {"ca": pki["ca"], "cert": pki["client_cert"]},
+            "backoff_min": "100ms",
+            "backoff_max": "500ms",
+        }
+    )
+    resolved = resolve_uplink(settings)
+    assert resolved.tls.key == creds / "edge-agent_tls-key"
+    outbox.put("health", {"key": "from a credential"}, Priority.HEALTH)
+    uplink = Uplink(resolved, AsyncOutbox(outbox), PREFIX, "edge-agent-gw-test")
+    async with Collector(tls_broker.plain_port, f"{PREFIX}/#") as collector:  # type: ignore[attr-defined]
+        async with running(uplink):
             await wait_until("drained", lambda: outbox.stats().messages == 0)
             assert uplink.state.last_error is None
         await collector.wait_for("health", lambda: collector.on("health"))
