@@ -1,0 +1,101 @@
+#!/bin/sh
+# Builds dist/edge-agent_<version>_<arch>.deb with Debian's own tools (dpkg-deb).
+# usage: scripts/build-deb.sh [amd64|arm64|armhf]      (make deb ARCH=...)
+#
+# The wheelhouse comes from build/wheelhouse-<arch>/ (make wheelhouse ARCH=...); when it is
+# missing, scripts/wheelhouse.sh makes it, or, for this machine's own architecture only and as a
+# stand-in until that script exists, `pip wheel .` does (no installer wheel in it: the package
+# then builds but its postinst cannot install the release). The man page is build/edge-agent.1
+# (make man) when there is one. What goes where is in packaging/README.md.
+set -e
+cd "$(dirname "$0")/.."
+ARCH=${1:-amd64}
+case "$ARCH" in
+amd64 | arm64 | armhf) ;;
+*) echo "unknown architecture '$ARCH' (amd64, arm64 or armhf)" >&2; exit 2 ;;
+esac
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+
+upstream=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' agent/__init__.py)
+[ -n "$upstream" ] || { echo "no __version__ in agent/__init__.py" >&2; exit 2; }
+# Debian revision 1: the package is built from this tree, not from a Debian source package.
+VERSION=$upstream-1
+WH=build/wheelhouse-$ARCH
+if ! ls "$WH"/edge_agent-*-py3-none-any.whl >/dev/null 2>&1; then
+    if [ -x scripts/wheelhouse.sh ]; then
+        scripts/wheelhouse.sh "$WH" "$ARCH"
+    elif [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
+        echo "build-deb: no scripts/wheelhouse.sh yet: stand-in wheelhouse from 'pip wheel .'" >&2
+        rm -rf "$WH"
+        "$PY" -m pip wheel --quiet --disable-pip-version-check . -w "$WH"
+    else
+        echo "build-deb: no wheelhouse for $ARCH in $WH (make wheelhouse ARCH=$ARCH)" >&2
+        exit 3
+    fi
+fi
+ls "$WH"/installer-*.whl >/dev/null 2>&1 ||
+    echo "build-deb: warning: no installer-*.whl in $WH: the package's postinst will fail" >&2
+
+# A file of the tree, where it is now or where it was (systemd/ and config/ move under agent/data/).
+src() {
+    for p in "$@"; do
+        [ -e "$p" ] && { echo "$p"; return 0; }
+    done
+    echo "build-deb: none of $* exists" >&2
+    return 1
+}
+UNITS=$(dirname "$(src agent/data/systemd/edge-agent.service systemd/edge-agent.service)")
+EXAMPLE=$(src agent/data/config/example.yaml config/example.yaml)
+
+stage=build/deb-$ARCH
+rm -rf "$stage"
+umask 022
+d() { install -d -m 0755 "$stage$1"; }
+f() { install -D -m 0644 "$1" "$stage$2"; }
+x() { install -D -m 0755 "$1" "$stage$2"; }
+
+x "$UNITS"/pre-start /usr/lib/edge-agent/pre-start
+x "$UNITS"/rollback /usr/lib/edge-agent/rollback
+f "$UNITS"/edge-agent.service /lib/systemd/system/edge-agent.service
+f "$UNITS"/edge-agent-rollback.service /lib/systemd/system/edge-agent-rollback.service
+f "$UNITS"/edge-agent.sysusers /usr/lib/sysusers.d/edge-agent.conf
+f "$UNITS"/edge-agent.tmpfiles /usr/lib/tmpfiles.d/edge-agent.conf
+f "$EXAMPLE" /usr/share/edge-agent/config.example.yaml
+d /usr/lib/edge-agent/wheelhouse
+for wheel in "$WH"/*.whl; do
+    f "$wheel" "/usr/lib/edge-agent/wheelhouse/${wheel##*/}"
+done
+doc=/usr/share/doc/edge-agent
+f README.md "$doc/README.md"
+f "$UNITS"/README.md "$doc/systemd.md"
+f packaging/debian/copyright "$doc/copyright"
+f packaging/debian/lintian-overrides /usr/share/lintian/overrides/edge-agent
+date=$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")
+sed -e "s/@VERSION@/$VERSION/" -e "s/@DATE@/$date/" packaging/debian/changelog |
+    gzip -9n >"$stage$doc/changelog.Debian.gz"
+chmod 0644 "$stage$doc/changelog.Debian.gz"
+if [ -f build/edge-agent.1 ]; then
+    d /usr/share/man/man1
+    gzip -9n <build/edge-agent.1 >"$stage/usr/share/man/man1/edge-agent.1.gz"
+    chmod 0644 "$stage/usr/share/man/man1/edge-agent.1.gz"
+else
+    echo "build-deb: warning: no build/edge-agent.1 (make man): the package has no man page" >&2
+fi
+
+install -d -m 0755 "$stage/DEBIAN"
+for script in postinst prerm postrm; do
+    sed "s/@VERSION@/$VERSION/" "packaging/debian/$script" >"$stage/DEBIAN/$script"
+    chmod 0755 "$stage/DEBIAN/$script"
+done
+(cd "$stage" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | LC_ALL=C sort |
+    xargs md5sum) >"$stage/DEBIAN/md5sums"
+size=$(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$size/" \
+    packaging/debian/control.in >"$stage/DEBIAN/control"
+chmod 0644 "$stage/DEBIAN/control" "$stage/DEBIAN/md5sums"
+
+mkdir -p dist
+out=dist/edge-agent_${VERSION}_$ARCH.deb
+dpkg-deb --root-owner-group -Zxz --build "$stage" "$out" >/dev/null
+echo "$out $(stat -c %s "$out") bytes"
