@@ -140,7 +140,8 @@ def install_root(root: Path, host_units: Path) -> None:
         shutil.copy(UNITS / script, root / LIBEXEC.relative_to("/") / script)
     stub(root / "opt/edge-agent/releases/0.0.0/bin/edge-agent")
     (root / "opt/edge-agent/current").symlink_to("releases/0.0.0")
-    stub(root / "bin/kill")  # ExecReload=
+    if not (root / "bin/sh").exists():
+        stub(root / "bin/sh")  # ExecReload=
 
 
 def verify(root: Path) -> subprocess.CompletedProcess[str]:
