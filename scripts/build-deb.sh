@@ -6,7 +6,7 @@
 # missing, scripts/wheelhouse.sh makes it, or, for this machine's own architecture only and as a
 # stand-in until that script exists, `pip wheel .` does (no installer wheel in it: the package
 # then builds but its postinst cannot install the release). The man page is build/edge-agent.1
-# (make man) when there is one. What goes where is in packaging/README.md.
+# (make man) when there is one. What goes where: packaging/README.md.
 set -e
 cd "$(dirname "$0")/.."
 ARCH=${1:-amd64}
@@ -21,7 +21,7 @@ upstream=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' agent/__init__.py)
 [ -n "$upstream" ] || { echo "no __version__ in agent/__init__.py" >&2; exit 2; }
 # Debian revision 1: the package is built from this tree, not from a Debian source package.
 VERSION=$upstream-1
-WH=build/wheelhouse-$ARCH
+WH=${WHEELHOUSE:-build/wheelhouse-$ARCH}
 if ! ls "$WH"/edge_agent-*-py3-none-any.whl >/dev/null 2>&1; then
     if [ -x scripts/wheelhouse.sh ]; then
         scripts/wheelhouse.sh "$WH" "$ARCH"
