@@ -32,7 +32,8 @@ import pytest
 from tests.broker import Mosquitto
 from tests.conftest import ROOT
 
-pytestmark = [pytest.mark.container, pytest.mark.timeout(300)]
+# The first run builds the root file system (about a minute) inside the first test's time.
+pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
 MAX_EXPOSURE = 2.0
 UNIT = "edge-agent.service"
