@@ -165,9 +165,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format, counter=counter)
     try:
         asyncio.run(Daemon(config, path, log_counter=counter).run())
-    except (OSError, OutboxError, KeyStoreError) as exc:
+    except (OSError, OutboxError, KeyStoreError, sqlite3.Error) as exc:
         # The agent cannot start here (a port in use, another agent on this state_dir, a key
-        # others can read): one line saying why; systemd logs it and tries again.
+        # others can read, a history file it cannot open): one line saying why; systemd logs
+        # it and tries again.
         return _fail(f"cannot start: {exc}")
     return EXIT_OK
 
