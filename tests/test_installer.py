@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -254,3 +255,40 @@ def test_bad_wheelhouses_exit_2(
     err = run(lacking)
     assert "no wheel for" in err and "cryptography==" in err and "pydantic-core==" in err
     assert not (tmp_path / "root" / "opt").exists()
+
+
+def test_the_wheel_holds_the_release_data(wheelhouse: Path) -> None:
+    agent = next(wheelhouse.glob("edge_agent-*.whl"))
+    with zipfile.ZipFile(agent) as archive:
+        names = set(archive.namelist())
+    for name in (
+        "agent/data/README.md",
+        "agent/data/config/example.yaml",
+        "agent/data/config/demo.yaml",
+        "agent/data/systemd/edge-agent.service",
+        "agent/data/systemd/edge-agent-rollback.service",
+        "agent/data/systemd/edge-agent.sysusers",
+        "agent/data/systemd/edge-agent.tmpfiles",
+        "agent/data/systemd/pre-start",
+        "agent/data/systemd/rollback",
+    ):
+        assert name in names, name
+
+
+def test_the_installer_imports_only_the_stdlib(wheelhouse: Path) -> None:
+    """From the agent wheel alone (no installer, no pydantic): what the postinst relies on.
+
+    `-S`: the system's site-packages (and their .pth hooks) are not ours to count.
+    """
+    agent = next(wheelhouse.glob("edge_agent-*.whl"))
+    probe = (
+        "import sys, agent.update.installer as i; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} - {*sys.stdlib_module_names, '__main__'}))"
+    )
+    done = subprocess.run(
+        ["env", "-i", "PATH=/usr/bin:/bin", f"PYTHONPATH={agent}", "python3", "-S", "-c", probe],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == "['agent']"
