@@ -2,14 +2,17 @@
 #   make demo   the agent on its embedded demo site (simulated terminals, no broker)
 #   make test   lint + types + every test (installs what the tests need first)
 #   make bench  the benchmarks under bench/ (prints figures; not part of make test)
+#   make wheelhouse ARCH=amd64|arm64|armhf   build/wheelhouse-<arch>/: every wheel a release needs
+#   make man    build/edge-agent.1, the man page, from the argument parser
 
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DURATION ?= 0
+ARCH ?= amd64
 SOURCES := agent tests $(wildcard bench)
 
-.PHONY: demo test lint types unit bench system-packages clean
+.PHONY: demo test lint types unit bench system-packages clean wheelhouse man
 
 $(VENV)/.runtime: pyproject.toml
 	@scripts/bootstrap-venv.sh "$(PYTHON)" "$(VENV)" runtime
@@ -41,5 +44,12 @@ bench: $(VENV)/.dev
 	$(PY) bench/poll_scale.py
 	$(PY) bench/rtu_bus.py
 
+wheelhouse: $(VENV)/.runtime
+	PYTHON=$(PY) scripts/wheelhouse.sh build/wheelhouse-$(ARCH) $(ARCH)
+
+man: $(VENV)/.runtime
+	@mkdir -p build
+	$(PY) -m agent.manpage > build/edge-agent.1
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
