@@ -2,6 +2,8 @@
 #   make demo   the agent on its embedded demo site (simulated terminals, no broker)
 #   make test   lint + types + every test (installs what the tests need first)
 #   make bench  the benchmarks under bench/ (prints figures; not part of make test)
+#   make wheelhouse ARCH=amd64|arm64|armhf   build/wheelhouse-<arch>/: every wheel a release needs
+#   make man    build/edge-agent.1, the man page, from the argument parser
 #   make deb    dist/edge-agent_<version>_$(ARCH).deb (ARCH=amd64|arm64|armhf), checked by lintian
 #   make bundle dist/edge-agent-<version>-bundle.tar: every architecture's .deb, offline README
 
@@ -9,10 +11,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DURATION ?= 0
+ARCH ?= amd64
 SOURCES := agent tests $(wildcard bench)
 
-.PHONY: demo test lint types unit bench system-packages deb bundle clean
-ARCH ?= amd64
+.PHONY: demo test lint types unit bench system-packages clean wheelhouse man deb bundle
 
 $(VENV)/.runtime: pyproject.toml
 	@scripts/bootstrap-venv.sh "$(PYTHON)" "$(VENV)" runtime
@@ -31,12 +33,13 @@ system-packages:
 	@if [ "$$(id -u)" = 0 ]; then scripts/system-packages.sh systemd-container mmdebstrap \
 		|| echo "systemd-container/mmdebstrap not installed: the container tests will be skipped"; fi
 
-deb:
+# The wheelhouse and the man page are made afresh by scripts/build-deb.sh.
+deb: $(VENV)/.runtime
 	@scripts/build-deb.sh $(ARCH)
 	@if command -v lintian >/dev/null; then lintian dist/edge-agent_*_$(ARCH).deb; \
 	else echo "lintian is not installed (apt-get install lintian): the .deb is not checked"; fi
 
-bundle:
+bundle: $(VENV)/.runtime
 	@scripts/bundle.sh
 
 lint: $(VENV)/.dev
@@ -55,5 +58,12 @@ bench: $(VENV)/.dev
 	$(PY) bench/poll_scale.py
 	$(PY) bench/rtu_bus.py
 
+wheelhouse: $(VENV)/.runtime
+	PYTHON=$(PY) scripts/wheelhouse.sh build/wheelhouse-$(ARCH) $(ARCH)
+
+man: $(VENV)/.runtime
+	@mkdir -p build
+	$(PY) -m agent.manpage > build/edge-agent.1
+
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf build dist $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -29,6 +29,8 @@ from agent import __version__
 from agent.config import Config, ConfigError, ControlConfig, default_config_path, load_config
 from agent.logs import configure_logging
 from agent.storage.atomic import write_atomic
+from agent.update.installer import add_arguments as add_install_arguments
+from agent.update.installer import run as run_install
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -119,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     decode.add_argument("frames", nargs="*", metavar="HEX", help="a frame in hex (spaces allowed)")
     decode.add_argument("--json", action="store_true", help="print JSON (shape in README)")
 
+    install = commands.add_parser(
+        "install", help="install a release from a wheelhouse and switch to it (the .deb runs this)"
+    )
+    add_install_arguments(install)
+
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     validate = config_commands.add_parser("validate", help="check a config file, print every error")
@@ -165,9 +172,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.log.level, config.log.format, counter=counter)
     try:
         asyncio.run(Daemon(config, path, log_counter=counter).run())
-    except (OSError, OutboxError, KeyStoreError) as exc:
+    except (OSError, OutboxError, KeyStoreError, sqlite3.Error) as exc:
         # The agent cannot start here (a port in use, another agent on this state_dir, a key
-        # others can read): one line saying why; systemd logs it and tries again.
+        # others can read, a history file it cannot open): one line saying why; systemd logs
+        # it and tries again.
         return _fail(f"cannot start: {exc}")
     return EXIT_OK
 
@@ -475,7 +483,8 @@ def _wide_console() -> Console:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import DEMO_CONFIG, run_demo
+    from agent.data import DEMO_CONFIG
+    from agent.demo import run_demo
 
     configure_logging("warning", "console")
     try:
@@ -492,8 +501,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_OK
 
 
+def cmd_install(args: argparse.Namespace) -> int:
+    """The same installer the package's postinst runs (agent/update/installer.py)."""
+    return run_install(args)
+
+
 COMMANDS = {
     "run": cmd_run,
+    "install": cmd_install,
     "demo": cmd_demo,
     "poll": cmd_poll,
     "keys": cmd_keys,

@@ -97,6 +97,7 @@ class Daemon:
         self._driver_specs = tuple(drivers)
         self._extra_sinks = list(extra_sinks)
         self._reload_requested = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self._config_bytes: bytes | None = None  # the file's content when the config was read
 
     async def run(self) -> None:
@@ -287,7 +288,10 @@ class Daemon:
                     self._reload_requested.clear()
                     log.debug("config reload requested")
                     notify("RELOADING=1")
-                    await self.reload()
+                    try:
+                        await self.reload()
+                    except Exception as exc:  # noqa: BLE001 -- a failed reload must not stop the agent
+                        log.error("config reload failed", error=f"{type(exc).__name__}: {exc}")
                     notify("READY=1")
                 reload.cancel()
         finally:
@@ -300,8 +304,14 @@ class Daemon:
         """Apply the config file as it is now; keep the running config if it has errors.
 
         The file is parsed off the event loop (a large site's YAML takes a while) and only when
-        its bytes changed since the config in use was read.
+        its bytes changed since the config in use was read. One reload at a time (the file
+        watcher, SIGHUP and the control socket may ask together); once started, applying it
+        is not cut short by the caller giving up (a control request's timeout).
         """
+        async with self._reload_lock:
+            return await asyncio.shield(self._reload())
+
+    async def _reload(self) -> bool:
         try:
             text = await asyncio.to_thread(self.config_path.read_bytes)
         except OSError as exc:
@@ -315,19 +325,21 @@ class Daemon:
             log.error("new config refused; keeping the running one", errors=exc.lines())
             self._config_bytes = text  # refused once is enough: wait for the next change
             return False
-        self._config_bytes = text
         if new == self.config:
+            self._config_bytes = text
             return True
         # A reload applies the terminals; every other section takes effect at the next start.
         for key in type(new).model_fields:
             if key != "terminals" and getattr(new, key) != getattr(self.config, key):
                 log.warning("config change needs a restart to take effect", key=key)
         parts = self._running()
-        self.config = self.config.model_copy(update={"terminals": new.terminals})
+        applied = self.config.model_copy(update={"terminals": new.terminals})
         for driver in parts.drivers:
-            await driver.apply(self.config)
-        await parts.inspection.reload(self.config)
+            await driver.apply(applied)
+        await parts.inspection.reload(applied)
         parts.inspection.set_polling_allowance(self._polling_allowance(parts.drivers))
+        # Only now: a reload that failed half-way is tried again at the next change or SIGHUP.
+        self.config, self._config_bytes = applied, text
         log.info("config reloaded", terminals=len(new.terminals))
         return True
 

@@ -19,11 +19,10 @@ from rich.text import Text
 from agent.checks.view import AgentView
 from agent.config import UplinkConfig, load_config
 from agent.daemon import Daemon
+from agent.data import DEMO_CONFIG
 from agent.render import QUALITY_STYLE, age, format_value
 from agent.sim.site import SimulatedSite
 from agent.sinks import LatestValues
-
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "config" / "demo.yaml"
 
 
 def outbox_line(view: AgentView) -> Text:

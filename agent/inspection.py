@@ -92,9 +92,13 @@ class Inspection:
     def _open_history(self, history: History) -> None:
         """In a worker thread: open the database and note this start."""
         history.open()
-        history.set_meta("gateway", self.config.gateway.id)
-        history.set_terminals(terminal_plans(self.config))
-        history.record_start()
+        try:
+            history.set_meta("gateway", self.config.gateway.id)
+            history.set_terminals(terminal_plans(self.config))
+            history.record_start()
+        except BaseException:
+            history.close()
+            raise
 
     def set_polling_allowance(self, allowance: float | None) -> None:
         """Watch the pollers with this allowance, or not at all (no polled terminal)."""

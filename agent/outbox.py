@@ -767,7 +767,7 @@ class AsyncOutbox:
         self._waiting.append((list(items), future))
         if self._writer is None:
             self._idle.clear()
-            self._writer = asyncio.create_task(self._write(), name="outbox writer")
+            self._writer = asyncio.create_task(self._write(), name="outbox group commit")
         return await future
 
     async def _write(self) -> None:

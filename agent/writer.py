@@ -110,6 +110,7 @@ class OutboxWriter:
         max_waiting: int = 10_000,
         max_batch: int = 512,
         gather_window: float = 0.005,
+        stop_timeout: float = 3.0,
     ) -> None:
         self.outbox = outbox
         self.batch = batch
@@ -118,6 +119,8 @@ class OutboxWriter:
         self.max_waiting = max_waiting
         self.max_batch = max_batch
         self.gather_window = gather_window
+        self.stop_timeout = stop_timeout
+        self._closed = False
         self.stats = WriterStats()
         self._queue: list[_Waiting] = []
         self._in_flight = 0  # the head of the queue being stored now
@@ -142,7 +145,7 @@ class OutboxWriter:
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name="outbox writer")
-        self._task.add_done_callback(log_task_crash)
+        self._task.add_done_callback(self._ended)
         return self
 
     async def __aexit__(
@@ -151,34 +154,65 @@ class OutboxWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Store everything queued, then stop. Cancelled meanwhile: what is left is counted."""
+        """Store everything queued, for at most `stop_timeout` (a failing disk must not hold
+        the stop), then stop. What is left then is counted, logged and its waiters failed."""
         assert self._task is not None
         try:
             self.cut()
             drained = asyncio.create_task(self._drained.wait())
             try:
                 # Also done if the writer itself died (its crash was logged): never hang here.
-                await asyncio.wait({drained, self._task}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {drained, self._task},
+                    timeout=self.stop_timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 drained.cancel()
         finally:
-            unstored = self._queue[self._in_flight :]  # the batch in flight may have been stored
-            if unstored:
-                for item in unstored:
-                    self._count_lost(item.kind)
-                log.error(
-                    "stopped before these messages were stored; they are lost",
-                    count=len(unstored),
-                    lost=dict(self.stats.lost),
-                )
             self._task.cancel()
             await asyncio.wait({self._task})
+            self._give_up("stopped before these messages were stored; they are lost")
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """The writer task ended: by our stop, or by a crash — then nothing can be stored any
+        more, and waiters must hear it now rather than wait forever."""
+        log_task_crash(task)
+        if not task.cancelled():
+            self._give_up("the outbox writer stopped; messages not stored")
+
+    def _give_up(self, why: str) -> None:
+        """Close: fail every waiter of what is not stored; later puts fail at once."""
+        self._closed = True
+        unstored = self._queue[self._in_flight :]  # a batch in flight may have been stored
+        self._queue.clear()
+        self._in_flight = 0
+        if self._gathered:
+            self._count_lost("telemetry")
+            self._gathered, self._gathered_count = [], 0
+        exc = NotStored(why)
+        for item in unstored:
+            self._count_lost(item.kind)
+            item.fail(exc)
+        urgent, self._urgent = self._urgent, None
+        if urgent is not None and not urgent.done():
+            urgent.set_exception(exc)
+            urgent.exception()
+        if unstored:
+            log.error(why, count=len(unstored), lost=dict(self.stats.lost))
+        self._drained.set()
 
     # -- putting -----------------------------------------------------------------------------
 
     def put(self, kind: str, body: Any, priority: Priority) -> asyncio.Future[int]:
         """Queue one message; the future gives its seq once committed, or raises NotStored."""
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        if self._closed:  # stopped (or crashed): counted, logged once a minute, refused
+            self._count_lost(kind)
+            if self._may_log("closed"):
+                log.error("the outbox writer is stopped: message not stored", kind=kind)
+            _fail(future, NotStored(f"{kind}: the outbox writer is stopped"))
+            return future
         self._make_room()
         self._queue.append(_Waiting(kind, body, priority, future))
         self._ready.set()
@@ -235,6 +269,11 @@ class OutboxWriter:
     def _gather(self, readings: Sequence[Reading]) -> None:
         """Encode readings once, on their way in (not in the writer's turn, which the reports
         waiting for their confirm are waiting for), in pieces of at most `batch` readings."""
+        if self._closed:
+            self._count_lost("telemetry")
+            if self._may_log("closed"):
+                log.error("the outbox writer is stopped: readings not stored", count=len(readings))
+            raise NotStored("telemetry: the outbox writer is stopped")
         recs = records(readings)
         for i in range(0, len(recs), self.batch):
             piece = recs[i : i + self.batch]

@@ -2,11 +2,8 @@
 # Builds dist/edge-agent_<version>_<arch>.deb with Debian's own tools (dpkg-deb).
 # usage: scripts/build-deb.sh [amd64|arm64|armhf]      (make deb ARCH=...)
 #
-# The wheelhouse comes from build/wheelhouse-<arch>/ (make wheelhouse ARCH=...); when it is
-# missing, scripts/wheelhouse.sh makes it, or, for this machine's own architecture only and as a
-# stand-in until that script exists, `pip wheel .` does (no installer wheel in it: the package
-# then builds but its postinst cannot install the release). The man page is build/edge-agent.1
-# (make man) when there is one. What goes where: packaging/README.md.
+# It makes build/wheelhouse-<arch>/ with scripts/wheelhouse.sh (or takes $WHEELHOUSE as it is)
+# and build/edge-agent.1 with python -m agent.manpage. What goes where: packaging/README.md.
 set -e
 cd "$(dirname "$0")/.."
 ARCH=${1:-amd64}
@@ -21,32 +18,24 @@ upstream=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' agent/__init__.py)
 [ -n "$upstream" ] || { echo "no __version__ in agent/__init__.py" >&2; exit 2; }
 # Debian revision 1: the package is built from this tree, not from a Debian source package.
 VERSION=$upstream-1
-WH=${WHEELHOUSE:-build/wheelhouse-$ARCH}
-if ! ls "$WH"/edge_agent-*-py3-none-any.whl >/dev/null 2>&1; then
-    if [ -x scripts/wheelhouse.sh ]; then
-        scripts/wheelhouse.sh "$WH" "$ARCH"
-    elif [ "$ARCH" = "$(dpkg --print-architecture)" ]; then
-        echo "build-deb: no scripts/wheelhouse.sh yet: stand-in wheelhouse from 'pip wheel .'" >&2
-        rm -rf "$WH"
-        "$PY" -m pip wheel --quiet --disable-pip-version-check . -w "$WH"
-    else
-        echo "build-deb: no wheelhouse for $ARCH in $WH (make wheelhouse ARCH=$ARCH)" >&2
-        exit 3
-    fi
+# The wheelhouse and the man page are made afresh (a stale agent wheel must never be packaged),
+# unless WHEELHOUSE names one already made.
+if [ -n "${WHEELHOUSE:-}" ]; then
+    WH=$WHEELHOUSE
+else
+    WH=build/wheelhouse-$ARCH
+    PYTHON=$PY scripts/wheelhouse.sh "$WH" "$ARCH" >&2
 fi
+ls "$WH"/edge_agent-*-py3-none-any.whl >/dev/null 2>&1 ||
+    { echo "build-deb: no agent wheel in $WH" >&2; exit 3; }
 ls "$WH"/installer-*.whl >/dev/null 2>&1 ||
-    echo "build-deb: warning: no installer-*.whl in $WH: the package's postinst will fail" >&2
+    { echo "build-deb: no installer-*.whl in $WH: the postinst could not install" >&2; exit 3; }
+mkdir -p build
+"$PY" -m agent.manpage >build/edge-agent.1
 
-# A file of the tree, where it is now or where it was (systemd/ and config/ move under agent/data/).
-src() {
-    for p in "$@"; do
-        [ -e "$p" ] && { echo "$p"; return 0; }
-    done
-    echo "build-deb: none of $* exists" >&2
-    return 1
-}
-UNITS=$(dirname "$(src agent/data/systemd/edge-agent.service systemd/edge-agent.service)")
-EXAMPLE=$(src agent/data/config/example.yaml config/example.yaml)
+# The release data (units, scripts, example config) lives in agent/data/, as in the wheel.
+UNITS=agent/data/systemd
+EXAMPLE=agent/data/config/example.yaml
 
 stage=build/deb-$ARCH
 rm -rf "$stage"
@@ -75,13 +64,9 @@ date=$(date -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null |
 sed -e "s/@VERSION@/$VERSION/" -e "s/@DATE@/$date/" packaging/debian/changelog |
     gzip -9n >"$stage$doc/changelog.Debian.gz"
 chmod 0644 "$stage$doc/changelog.Debian.gz"
-if [ -f build/edge-agent.1 ]; then
-    d /usr/share/man/man1
-    gzip -9n <build/edge-agent.1 >"$stage/usr/share/man/man1/edge-agent.1.gz"
-    chmod 0644 "$stage/usr/share/man/man1/edge-agent.1.gz"
-else
-    echo "build-deb: warning: no build/edge-agent.1 (make man): the package has no man page" >&2
-fi
+d /usr/share/man/man1
+gzip -9n <build/edge-agent.1 >"$stage/usr/share/man/man1/edge-agent.1.gz"
+chmod 0644 "$stage/usr/share/man/man1/edge-agent.1.gz"
 
 install -d -m 0755 "$stage/DEBIAN"
 for script in postinst prerm postrm; do

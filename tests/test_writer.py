@@ -344,3 +344,29 @@ async def test_a_message_whose_caller_timed_out_while_the_outbox_failed_is_store
 
     assert [b["type"] for _, _, b in stored(box)] == ["alarm"]
     assert writer.stats.lost == {}
+
+
+async def test_stopping_on_a_failing_disk_takes_at_most_stop_timeout_and_fails_the_waiters(
+    box: Outbox,
+) -> None:
+    box.close()  # every put fails
+    loop = asyncio.get_running_loop()
+    with capture_logs() as logs:
+        writer = OutboxWriter(AsyncOutbox(box), retry=0.05, stop_timeout=0.3)
+        async with writer:
+            event = writer.put("event", {"n": 1}, EVENT)
+            report = writer.commit_readings([reading(2)])
+            started = loop.time()
+        took = loop.time() - started
+    assert took < 1.0  # not held by the failing disk
+    for waiter in (event, report):
+        with pytest.raises(NotStored):
+            waiter.result()
+    assert writer.stats.lost == {"event": 1, "telemetry": 1}
+    assert any(e["event"].startswith("stopped before these messages were stored") for e in logs)
+    # Stopped: what comes later is refused at once, counted, never left waiting.
+    late = writer.put("event", {"n": 3}, EVENT)
+    with pytest.raises(NotStored):
+        late.result()
+    writer.submit([reading(4)])  # a poller's last readings: counted, no exception
+    assert writer.stats.lost == {"event": 2, "telemetry": 2}

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -122,13 +122,21 @@ def connect(
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     except sqlite3.Error as exc:
         raise StorageError(f"{path}: cannot open: {exc}") from exc
-    try:
+    with _closed_on_error(conn, path):
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode != "wal":
             raise StorageError(f"{path}: cannot use WAL mode (got {mode})")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
         if journal_size_limit is not None:
             conn.execute(f"PRAGMA journal_size_limit={int(journal_size_limit)}")
+    return conn
+
+
+@contextlib.contextmanager
+def _closed_on_error(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """Close `conn` on any error; damage becomes UnusableDatabase, other SQLite errors ours."""
+    try:
+        yield
     except StorageError:
         conn.close()
         raise
@@ -140,7 +148,6 @@ def connect(
     except BaseException:
         conn.close()
         raise
-    return conn
 
 
 def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration]) -> int:
@@ -202,16 +209,8 @@ def _open_once(
 ) -> tuple[sqlite3.Connection, int]:
     check(path, len(migrations))
     conn = connect(path, synchronous=synchronous, journal_size_limit=journal_size_limit)
-    try:
+    with _closed_on_error(conn, path):
         previous = migrate(conn, migrations)
-    except sqlite3.DatabaseError as exc:
-        conn.close()
-        if is_corruption(exc):
-            raise UnusableDatabase(str(exc)) from exc
-        raise StorageError(f"{path}: {exc}") from exc
-    except BaseException:
-        conn.close()
-        raise
     return conn, previous
 
 

@@ -280,6 +280,8 @@ class Uplink:
             return
         if self.state.connected and not task.done():
             await self._drain(DRAIN_ON_STOP)
+        if task.done():
+            return  # it ended by itself: its error was logged when it happened (`_ended`)
         task.cancel()  # the session says `offline` (2 s at most), then disconnects
         try:
             await task

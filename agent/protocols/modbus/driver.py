@@ -92,6 +92,8 @@ class ModbusDriver:
 
     async def stop(self) -> None:
         """Stop every poller and close every link: no reading is taken after this."""
+        for task in self._tasks.values():
+            task.cancel()  # all at once, so a stop cut short leaves none polling
         for name in list(self.pollers):
             await self._stop(name)
         for bus in self.serial_buses.values():

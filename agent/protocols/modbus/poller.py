@@ -71,8 +71,9 @@ class Poller:
                     # one by one from now on.
                     self._log.info("coalesced read refused, reading points singly", read=read)
                     parts = read.split()
-                    index = self._reads.index(read)
-                    self._reads[index : index + 1] = parts
+                    if read in self._reads:  # a concurrent poll (`edge-agent poll`) may have
+                        index = self._reads.index(read)  # split it already
+                        self._reads[index : index + 1] = parts
                     reads[0:0] = parts
                     continue
                 readings.extend(

@@ -58,7 +58,6 @@ class Outcome:
     send: list[bytes] = field(default_factory=list)
     readings: list[Reading] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
-    close: bool = False
 
 
 @dataclass

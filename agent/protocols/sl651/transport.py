@@ -60,6 +60,9 @@ class _Link:
         self.opened_at = time.time()
         # Frames waiting for their commit, in order: later frames on this link go after them.
         self.waiting: deque[tuple[asyncio.Future[None] | None, list[bytes]]] = deque()
+        # Set when the link is gone: nothing is written any more (a serial port's descriptor
+        # number may already belong to another file).
+        self.closed = False
 
     def __repr__(self) -> str:
         return f"<link {self.name}>"
@@ -91,17 +94,21 @@ class CentralStation:
         self._rejects_logged_at = 0.0
 
     async def start(self) -> None:
-        for host, port in self.config.listen_addresses:
-            try:
-                server = await asyncio.start_server(self._serve_tcp, host, port)
-            except OSError as exc:
-                raise OSError(
-                    f"SL651 cannot listen on {host}:{port}: {exc.strerror or exc}"
-                ) from exc
-            self._servers.append(server)
-            for sock in server.sockets:
-                address = sock.getsockname()
-                self.addresses.append((str(address[0]), int(address[1])))
+        try:
+            for host, port in self.config.listen_addresses:
+                try:
+                    server = await asyncio.start_server(self._serve_tcp, host, port)
+                except OSError as exc:
+                    raise OSError(
+                        f"SL651 cannot listen on {host}:{port}: {exc.strerror or exc}"
+                    ) from exc
+                self._servers.append(server)
+                for sock in server.sockets:
+                    address = sock.getsockname()
+                    self.addresses.append((str(address[0]), int(address[1])))
+        except BaseException:
+            await self.stop()  # the listeners opened so far
+            raise
         for line in self.config.serial:
             self._spawn(self._serve_serial(line.device, line.baudrate), f"sl651 {line.device}")
         self._spawn(self._tick(), "sl651 timers")
@@ -121,23 +128,27 @@ class CentralStation:
     async def stop(self) -> None:
         for server in self._servers:
             server.close()
-        # Confirms whose commit is under way still go out; none is sent for what is not stored.
-        if self._commits:
-            await asyncio.wait(set(self._commits), timeout=STOP_GRACE)
-        # Close the connections and let their handlers finish (cancelling a stream handler
-        # makes asyncio log a traceback for it).
-        for link in list(self.links):
-            link.close()
-        if self._handlers:
-            await asyncio.wait(set(self._handlers), timeout=2.0)
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(set(self._tasks))  # their end; a cancellation of ours still comes
-        for server in self._servers:
-            with contextlib.suppress(OSError):
-                await server.wait_closed()
-        self._servers.clear()
+        try:
+            # Confirms whose commit is under way still go out; none for what is not stored.
+            if self._commits:
+                await asyncio.wait(set(self._commits), timeout=STOP_GRACE)
+            # Close the connections and let their handlers finish (cancelling a stream handler
+            # makes asyncio log a traceback for it).
+            for link in list(self.links):
+                link.close()
+            if self._handlers:
+                await asyncio.wait(set(self._handlers), timeout=2.0)
+        finally:
+            # Also when the stop itself is cancelled (its deadline): no reader, timer or
+            # serial task outlives it.
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))  # their end; a cancellation of ours comes
+            for server in self._servers:
+                with contextlib.suppress(OSError):
+                    await server.wait_closed()
+            self._servers.clear()
 
     # -- links -------------------------------------------------------------------------------
 
@@ -172,6 +183,7 @@ class CentralStation:
         finally:
             decoder.flush()
             self._drain(link, decoder)
+            link.closed = True
             self.centre.link_closed(link)
             self.links.discard(link)
             if task is not None:
@@ -228,6 +240,7 @@ class CentralStation:
             return await lost
         finally:
             loop.remove_reader(fd)
+            link.closed = True  # before the port closes and its descriptor number is reused
             self.centre.link_closed(link)
             self.links.discard(link)
 
@@ -259,8 +272,8 @@ class CentralStation:
         for event in outcome.events:
             log.warning("station alarm", **{k: event[k] for k in ("terminal", "flag", "action")})
         durable = bool(outcome.readings or outcome.events)
-        if not durable and not link.waiting:
-            self._send(link, outcome.send)
+        if not durable and (not link.waiting or not outcome.send):
+            self._send(link, outcome.send)  # nothing to wait for (or nothing to send)
             return
         # The frames wait for this outcome's commit and for every earlier one on the link.
         commit = self.intake.commit(outcome.readings, outcome.events) if durable else None
@@ -296,6 +309,8 @@ class CentralStation:
 
     @staticmethod
     def _send(link: _Link, frames: Sequence[bytes]) -> None:
+        if link.closed:
+            return
         for frame in frames:
             try:
                 link.write(frame)
