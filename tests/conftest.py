@@ -107,3 +107,13 @@ async def agent_factory(tmp_path: Path) -> AsyncIterator[Any]:
         if agent.process.returncode is None:
             agent.process.kill()
             await agent.process.wait()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The figures the container tests measured (exposure, .deb size, install and start times)."""
+    container_tests = sys.modules.get("tests.test_container")
+    figures = getattr(container_tests, "FIGURES", [])
+    if figures:
+        terminalreporter.section("the .deb under systemd (tests/test_container.py)")
+        for line in figures:
+            terminalreporter.write_line(line)

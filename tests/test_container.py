@@ -56,8 +56,13 @@ def why_not() -> str | None:
     return None
 
 
+# The figures the tests measure; tests/conftest.py prints them in pytest's summary.
+FIGURES: list[str] = []
+
+
 def figure(text: str) -> None:
-    """A figure the issue asks for: printed past pytest's capture, on the terminal."""
+    """A figure the issue asks for: in the summary at the end of the run (and here with -s)."""
+    FIGURES.append(text)
     print(f"\n[container] {text}", flush=True)
 
 
