@@ -421,12 +421,15 @@ def test_installing_the_same_deb_again_changes_nothing(box: Container) -> None:
         "/lib/systemd/system/edge-agent.service /etc/systemd/system/multi-user.target.wants"
     )
     box.ok(f"cat > /root/snapshot.py <<'EOF'\n{SNAPSHOT}\nEOF")
+    # A site's own config (here: one more line) is never replaced by the example.
+    box.ok(f"echo '# edited on site' >> {CONFIG}")
     before = json.loads(box.ok(f"python3 /root/snapshot.py {paths}"))
     pid = box.show("MainPID")["MainPID"]
     box.ok(f"dpkg -i {DEB_IN_ROOT}")
     after = json.loads(box.ok(f"python3 /root/snapshot.py {paths}"))
     changed = sorted(p for p in before.keys() | after.keys() if before.get(p) != after.get(p))
     assert changed == []
+    assert box.ok(f"tail -n 1 {CONFIG}").strip() == "# edited on site"
     assert box.show("MainPID")["MainPID"] == pid  # not restarted either
 
 
