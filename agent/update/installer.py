@@ -476,6 +476,9 @@ def run(args: argparse.Namespace) -> int:
     except InstallError as exc:
         print(f"edge-agent install: error: {exc}", file=sys.stderr)
         return exc.code
+    except OSError as exc:  # a folder not writable, a disk full: one line, not a traceback
+        print(f"edge-agent install: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
