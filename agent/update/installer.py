@@ -131,7 +131,9 @@ def requirements(metadata: str) -> list[tuple[str, str]]:
 def _satisfies(version: str, spec: str) -> bool:
     """Only exact pins (`==X`) are checked against the wheel's version; others just need a wheel."""
     pins = [part.strip()[2:].strip() for part in spec.split(",") if part.strip().startswith("==")]
-    return all(pin == version or pin.rstrip(".*") == version for pin in pins)
+    return all(
+        version.startswith(pin[:-1]) if pin.endswith(".*") else pin == version for pin in pins
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,6 +478,9 @@ def run(args: argparse.Namespace) -> int:
     except InstallError as exc:
         print(f"edge-agent install: error: {exc}", file=sys.stderr)
         return exc.code
+    except OSError as exc:  # a folder not writable, a disk full: one line, not a traceback
+        print(f"edge-agent install: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
