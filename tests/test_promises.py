@@ -144,6 +144,7 @@ async def test_every_confirmed_sl651_report_is_upstream_though_the_agent_is_kill
             await agent.process.wait()
         # One more run, left to publish what the killed ones made durable.
         agent = await agent_factory(config)
+        await agent.wait_for("started", lambda: agent.events("agent started"))
         jwk = keys_show(config)["jwk"]
         wanted = {Station.level(s) for s in station.confirmed}
 
