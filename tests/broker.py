@@ -75,3 +75,13 @@ class Mosquitto:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+def persistent(workdir: Path) -> Mosquitto:
+    """A mosquitto that saves its sessions every second: a persistent subscriber (the tests'
+    collector) gets what was published while it reconnected, across a kill of the broker."""
+    return Mosquitto(
+        workdir,
+        extra=f"persistence true\npersistence_location {workdir}/\n"
+        "autosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\n",
+    )

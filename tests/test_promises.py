@@ -26,7 +26,7 @@ from agent.protocols.sl651.frame import Frame, LinkAddress
 from agent.protocols.sl651.items import Group, Value
 from agent.protocols.sl651.stream import StreamDecoder
 from tests.agentproc import Agent, write_config
-from tests.broker import Mosquitto, free_port
+from tests.broker import Mosquitto, free_port, persistent
 from tests.collector import Collector, verify
 from tests.test_store_forward import keys_show
 
@@ -39,13 +39,7 @@ BASE = datetime(2026, 1, 1)  # observation times: one minute apart per report
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    # Persistent sessions: the collector gets what was published while it reconnected.
-    mosquitto = Mosquitto(
-        tmp_path / "broker",
-        extra=f"persistence true\npersistence_location {tmp_path / 'broker'}/\n"
-        "autosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\n",
-    )
-    mosquitto.start()
+    mosquitto = persistent(tmp_path / "broker").start()
     yield mosquitto
     mosquitto.stop()
 

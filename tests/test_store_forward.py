@@ -21,7 +21,7 @@ import pytest
 
 from agent.sim.modbus_device import SimulatedModbusDevice
 from tests.agentproc import Agent, write_config
-from tests.broker import Mosquitto
+from tests.broker import Mosquitto, persistent
 from tests.collector import Collector, verify
 from tests.conftest import ROOT, tcp_terminal
 
@@ -31,13 +31,7 @@ PREFIX = "edge/gw-test"
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    # autosave 1 s: the collector's persistent session survives the broker being killed
-    mosquitto = Mosquitto(
-        tmp_path / "broker",
-        extra=f"persistence true\npersistence_location {tmp_path / 'broker'}/\n"
-        "autosave_interval 1\nmax_queued_messages 0\nmax_inflight_messages 0\n",
-    )
-    mosquitto.start()
+    mosquitto = persistent(tmp_path / "broker").start()
     yield mosquitto
     mosquitto.stop()
 
