@@ -435,24 +435,20 @@ def _done() -> asyncio.Future[None]:
 def all_of(futures: Sequence[asyncio.Future[Any]]) -> asyncio.Future[None]:
     """A future that completes when every one of `futures` has, failing as the first fails."""
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    remaining = len(futures)
-    if not remaining:
+    if not futures:
         done.set_result(None)
         return done
+    join = _Join(done, len(futures))
 
     def one_done(future: asyncio.Future[Any]) -> None:
-        nonlocal remaining
-        remaining -= 1
-        if done.done():
-            return
         if future.cancelled():
-            done.set_exception(NotStored("cancelled"))
-            done.exception()
-        elif (error := future.exception()) is not None:
-            done.set_exception(error)
-            done.exception()
-        elif remaining == 0:
-            done.set_result(None)
+            join.failed(NotStored("cancelled"))
+        elif isinstance(error := future.exception(), NotStored):
+            join.failed(error)
+        elif error is not None:
+            join.failed(NotStored(str(error)))
+        else:
+            join.stored()
 
     for future in futures:
         future.add_done_callback(one_done)
