@@ -81,6 +81,20 @@ def make_wheelhouse(
     return make
 
 
+# Exactly what the .deb's postinst runs, with a clean environment.
+BOOTSTRAP = (
+    'PYTHONPATH="$WH/$(basename $WH/edge_agent-*.whl):$WH/$(basename $WH/installer-*.whl)" '
+    'python3 -m agent.update.installer --wheelhouse "$WH" --prefix "$PREFIX"'
+)
+
+
+def _bootstrap(wheelhouse: Path, prefix: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = ["env", "-i", "PATH=/usr/bin:/bin", f"WH={wheelhouse}", f"PREFIX={prefix}"]
+    return subprocess.run(
+        [*env, "sh", "-c", BOOTSTRAP], capture_output=True, text=True, check=False, cwd=cwd
+    )
+
+
 def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
     """Every path under root: inode, mtime and (for links) target."""
     seen = {}
@@ -109,26 +123,7 @@ def test_bootstrap_as_the_postinst_runs_it(wheelhouse: Path, tmp_path: Path) -> 
     prefix = tmp_path / "root"
     agent = next(wheelhouse.glob("edge_agent-*.whl"))
     installer = next(wheelhouse.glob("installer-*.whl"))
-    script = (
-        'PYTHONPATH="$WH/$(basename $WH/edge_agent-*.whl):$WH/$(basename $WH/installer-*.whl)" '
-        'python3 -m agent.update.installer --wheelhouse "$WH" --prefix "$PREFIX"'
-    )
-    done = subprocess.run(
-        [
-            "env",
-            "-i",
-            "PATH=/usr/bin:/bin",
-            f"WH={wheelhouse}",
-            f"PREFIX={prefix}",
-            "sh",
-            "-c",
-            script,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
+    done = _bootstrap(wheelhouse, prefix, tmp_path)
     assert done.returncode == 0, done.stderr
     assert agent.name.startswith("edge_agent-") and installer.exists()
     layout = InstallLayout(prefix)
@@ -166,22 +161,7 @@ def test_bootstrap_as_the_postinst_runs_it(wheelhouse: Path, tmp_path: Path) -> 
 
     # The second run changes nothing, not a single inode or mtime.
     before = _snapshot(prefix)
-    again = subprocess.run(
-        [
-            "env",
-            "-i",
-            "PATH=/usr/bin:/bin",
-            f"WH={wheelhouse}",
-            f"PREFIX={prefix}",
-            "sh",
-            "-c",
-            script,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
+    again = _bootstrap(wheelhouse, prefix, tmp_path)
     assert again.returncode == 0, again.stderr
     assert again.stdout.strip() == f"edge-agent {version} already installed"
     assert _snapshot(prefix) == before
