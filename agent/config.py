@@ -36,6 +36,7 @@ from agent.protocols.modbus.config import (
 from agent.protocols.registry import DRIVERS
 from agent.protocols.sl651.config import Sl651Config, Sl651SerialPort, Sl651Terminal
 from agent.storage.layout import StateLayout
+from agent.update.settings import UpdateConfig
 
 T = TypeVar("T", bound=TerminalModel)
 
@@ -233,6 +234,7 @@ class Config(_Frozen):
     health: HealthConfig = HealthConfig()
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
+    update: UpdateConfig = UpdateConfig()
     terminals: list[Terminal] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -345,6 +347,13 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     if resolved:
         uplink_tls = tls.model_copy(update=resolved)
         updates["uplink"] = config.uplink.model_copy(update={"tls": uplink_tls})
+    update_paths = {
+        name: (base / path).resolve()
+        for name in ("trusted_root", "inbox")
+        if (path := getattr(config.update, name)) is not None and not path.is_absolute()
+    }
+    if update_paths:
+        updates["update"] = config.update.model_copy(update=update_paths)
     return config.model_copy(update=updates) if updates else config
 
 
@@ -359,6 +368,9 @@ PATTERN_HINTS = {
     "password": "an SL651 password: 4 hex digits, e.g. 1234",
     "utc_offset": "a UTC offset: +HH:MM or -HH:MM, e.g. +08:00",
     "listen": "host:port, e.g. 127.0.0.1:9108",
+    "repository_url": "the URL of the update repository: http(s)://host/path/",
+    "channel": "a channel name: lower-case letters, digits, '.', '_' or '-', e.g. stable",
+    "fleet_prefix": "a topic prefix without wildcards, e.g. edge/fleet",
     "password_credential": "a credential name: a file name of letters, digits, '.', '_' or '-'",
     "key_credential": "a credential name: a file name of letters, digits, '.', '_' or '-'",
 }

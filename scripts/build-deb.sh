@@ -14,8 +14,8 @@ esac
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 
-upstream=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' agent/__init__.py)
-[ -n "$upstream" ] || { echo "no __version__ in agent/__init__.py" >&2; exit 2; }
+upstream=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
+[ -n "$upstream" ] || { echo "no version in pyproject.toml" >&2; exit 2; }
 # Debian revision 1: the package is built from this tree, not from a Debian source package.
 VERSION=$upstream-1
 # The wheelhouse and the man page are made afresh (a stale agent wheel must never be packaged),

@@ -4,7 +4,7 @@
 # installing from a USB stick without a network. usage: scripts/bundle.sh (make bundle)
 set -e
 cd "$(dirname "$0")/.."
-upstream=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' agent/__init__.py)
+upstream=$(sed -n 's/^version = "\(.*\)"$/\1/p' pyproject.toml)
 VERSION=$upstream-1
 stage=build/bundle
 rm -rf "$stage"

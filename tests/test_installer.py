@@ -2,7 +2,7 @@
 
 The wheelhouse is built once per session (`pip wheel .`: the pinned dependencies come from
 PyPI or pip's cache); other agent versions are built from a copy of the project with its
-`__version__` changed. Every install makes a real venv (a few seconds each).
+`version` changed in its pyproject.toml. Every install makes a real venv (a few seconds each).
 """
 
 from __future__ import annotations
@@ -42,10 +42,8 @@ def _copy_project(dest: Path, version: str, entry: str = "agent.cli:main") -> Pa
     shutil.copy2(ROOT / "README.md", dest / "README.md")
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     pyproject = pyproject.replace('edge-agent = "agent.cli:main"', f'edge-agent = "{entry}"')
+    pyproject = re.sub(r'(?m)^version = "[^"]*"$', f'version = "{version}"', pyproject)
     (dest / "pyproject.toml").write_text(pyproject, encoding="utf-8")
-    init = dest / "agent" / "__init__.py"
-    text = re.sub(r'__version__ = "[^"]*"', f'__version__ = "{version}"', init.read_text())
-    init.write_text(text, encoding="utf-8")
     return dest
 
 

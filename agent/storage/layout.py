@@ -18,7 +18,15 @@ files 0600, its folders 0700, state_dir itself 0750 (as the package lays it out)
 | `restarts` | ``state/restarts.json`` | 0600 | first start and recent starts |
 | `alarms` | ``state/alarms.json`` | 0600 | alarms raised and not yet cleared |
 | `health` | ``state/health.json`` | 0600 | the last health report |
-| `update_dir` | ``update/`` | 0700 | (coming) downloaded updates |
+| `update_dir` | ``update/`` | 0700 | signed updates (docs/updates.md) |
+| `update_state` | ``update/state.json`` | 0600 | the update state machine (agent.update.state) |
+| `update_lock` | ``update/lock`` | 0600 | flock: one writer of the update state at a time |
+| `update_active` | ``update/active`` | 0600 | exists while an update is under way: the good version (the unit hooks read it) |
+| `update_starts` | ``update/starts`` | 0600 | one line per start on trial: the boot id (pre-start hook) |
+| `update_inbox` | ``update/inbox/`` | 0700 | drop a bundle here to apply it (default of `update.inbox`) |
+| `update_pending` | ``update/pending/`` | 0700 | a bundle the agent asks root to apply (`request.json`) |
+| `update_metadata` | ``update/metadata/`` | 0700 | the agent's own TUF metadata (for `update check`) |
+| `update_downloads` | ``update/downloads/`` | 0700 | wheels the agent fetched for a pending update |
 | `diagnosis_dir` | ``diagnosis/`` | 0700 | (coming) remote-diagnosis bundles |
 | `audit_log` | ``audit.log`` | 0600 | (coming) local audit trail |
 | `runtime_dir` | ``/run/edge-agent/`` | 0750 | runtime only (systemd RuntimeDirectory) |
@@ -109,6 +117,38 @@ class StateLayout:
     @property
     def update_dir(self) -> Path:
         return self.state_dir / "update"
+
+    @property
+    def update_state(self) -> Path:
+        return self.update_dir / "state.json"
+
+    @property
+    def update_lock(self) -> Path:
+        return self.update_dir / "lock"
+
+    @property
+    def update_active(self) -> Path:
+        return self.update_dir / "active"
+
+    @property
+    def update_starts(self) -> Path:
+        return self.update_dir / "starts"
+
+    @property
+    def update_inbox(self) -> Path:
+        return self.update_dir / "inbox"
+
+    @property
+    def update_pending(self) -> Path:
+        return self.update_dir / "pending"
+
+    @property
+    def update_metadata(self) -> Path:
+        return self.update_dir / "metadata"
+
+    @property
+    def update_downloads(self) -> Path:
+        return self.update_dir / "downloads"
 
     @property
     def diagnosis_dir(self) -> Path:

@@ -9,6 +9,8 @@ Everything hangs off `prefix` ("/" on a gateway), so tests lay the whole tree un
 | `release(v)` | ``/opt/edge-agent/releases/<v>/`` | a virtual environment with the agent, `bin/edge-agent` |
 | `current` | ``/opt/edge-agent/current`` | symlink → ``releases/<v>`` (what systemd runs) |
 | `previous` | ``/opt/edge-agent/previous`` | symlink → the release before (rollback target) |
+| `trust_dir` | ``/opt/edge-agent/trust/`` | root's TUF metadata: what `update apply` trusts |
+| `wheel_cache` | ``/opt/edge-agent/wheels/`` | the verified wheels of the installed releases |
 | `bin_link` | ``/usr/bin/edge-agent`` | symlink → ``/opt/edge-agent/current/bin/edge-agent`` |
 | `config` | ``/etc/edge-agent/config.yaml`` | the config (root:edge-agent 0640) |
 | `credentials_dir` | ``/etc/edge-agent/credentials/`` | secrets handed over as systemd credentials |
@@ -59,6 +61,14 @@ class InstallLayout:
     @property
     def previous(self) -> Path:
         return self.opt_dir / "previous"
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.opt_dir / "trust"
+
+    @property
+    def wheel_cache(self) -> Path:
+        return self.opt_dir / "wheels"
 
     @property
     def bin_link(self) -> Path:
