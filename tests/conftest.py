@@ -111,9 +111,25 @@ async def agent_factory(tmp_path: Path) -> AsyncIterator[Any]:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """The figures the container tests measured (exposure, .deb size, install and start times)."""
-    container_tests = sys.modules.get("tests.test_container")
+    container_tests = sys.modules.get("tests.container")
     figures = getattr(container_tests, "FIGURES", [])
     if figures:
-        terminalreporter.section("the .deb under systemd (tests/test_container.py)")
+        terminalreporter.section("the .deb under systemd (tests/test_container*.py)")
         for line in figures:
             terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def container_image() -> Path:
+    """The cached Debian 12 root file system for the container tests (tests/container.py)."""
+    from tests import container
+
+    return container.image()
+
+
+@pytest.fixture(scope="session")
+def container_deb() -> Path:
+    """The .deb the container tests install (tests/container.py), built once per session."""
+    from tests import container
+
+    return container.deb()
