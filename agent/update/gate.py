@@ -1,0 +1,88 @@
+"""The trial gate's judgement: what the running agent looks like now, and what is still missing.
+
+A release on trial commits once it does its job at least as well as the one before it did
+(docs/updates.md, "The installer", step 5). The baseline is taken of the old release before the
+switch (`update-baseline` on the control socket, the same `Observation.baseline()` as here);
+the new release compares itself with it: every check failing now was failing then, every
+terminal that answered then answered since this start, and a publish was acknowledged since
+this start if the uplink was connected then. Pure functions over a snapshot: no IO.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from agent.checks.framework import CheckResult, Status
+from agent.checks.view import AgentView
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the gate sees of the running agent at one moment."""
+
+    started_at: datetime  # when this agent started (UTC)
+    last_good: Mapping[str, datetime | None]  # per terminal: its last good poll or report
+    answering: frozenset[str]  # terminals whose last poll or report succeeded
+    uplink_connected: bool
+    last_ack_at: datetime | None  # the broker's last acknowledgement of a publish (UTC)
+    failing_checks: frozenset[str]
+    checks_run: bool  # at least one round of checks has results
+
+    def baseline(self) -> dict[str, Any]:
+        """The shape `update-baseline` answers and the record keeps as `baseline`."""
+        return {
+            "terminals": sorted(self.answering),
+            "uplink_connected": self.uplink_connected,
+            "failing_checks": sorted(self.failing_checks),
+        }
+
+
+def observe(view: AgentView, results: Sequence[CheckResult]) -> Observation:
+    """An `Observation` of the agent from the snapshot the checks read and their results."""
+    uplink = view.uplink
+    last_ack = None
+    if uplink is not None and uplink.last_ack_at is not None:
+        last_ack = datetime.fromtimestamp(uplink.last_ack_at, view.started_at.tzinfo)
+    return Observation(
+        started_at=view.started_at,
+        last_good={name: t.stats.last_good_at for name, t in view.terminals.items()},
+        answering=frozenset(
+            name
+            for name, t in view.terminals.items()
+            if t.stats.last_good_at is not None and not t.stats.consecutive_failures
+        ),
+        uplink_connected=bool(uplink is not None and uplink.connected),
+        last_ack_at=last_ack,
+        failing_checks=frozenset(r.id for r in results if r.status is Status.FAIL),
+        checks_run=bool(results),
+    )
+
+
+def missing(baseline: Mapping[str, Any] | None, now: Observation) -> list[str]:
+    """What the gate still waits for, in words (empty: the gate is passed).
+
+    An absent baseline (the old agent did not answer) asks only that checks ran and nothing
+    fails that is not failing now: there is nothing to compare terminals or the uplink with.
+    """
+    base = baseline or {}
+    wanting: list[str] = []
+    if not now.checks_run:
+        wanting.append("no round of checks yet")
+    new_failures = sorted(now.failing_checks - set(base.get("failing_checks") or ()))
+    if new_failures:
+        wanting.append(f"checks failing that did not before: {', '.join(new_failures)}")
+    silent = [
+        name
+        for name in sorted(base.get("terminals") or ())
+        if (at := now.last_good.get(name)) is None or at < now.started_at
+    ]
+    if silent:
+        wanting.append(f"terminals not polled successfully: {', '.join(silent)}")
+    if base.get("uplink_connected") and (
+        now.last_ack_at is None or now.last_ack_at < now.started_at
+    ):
+        wanting.append("no publish acknowledged by the broker")
+    return wanting
