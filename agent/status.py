@@ -192,7 +192,7 @@ def update_line(update: dict[str, Any] | None, now: datetime | None = None) -> T
             seconds = (
                 parse_iso(update["trial_ends_at"]) - (now or datetime.now(UTC))
             ).total_seconds()
-            left = approximate_duration(max(0.0, seconds))
+            left = f"{int(seconds // 60)}m" if seconds >= 60 else f"{max(0, int(seconds))}s"
         line.append(f"on trial {current}, {left} left", "yellow")
     elif state == "committed":
         line.append(f"committed {current}", "green")

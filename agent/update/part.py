@@ -404,6 +404,12 @@ class UpdatePart:
         if version == self.version:
             self._acted.add(version)
             return
+        if self.settings.repository_url is None:
+            self._acted.add(version)
+            log.warning(
+                "announced update not taken: update.repository_url is not set", version=version
+            )
+            return
         record = await self._read()
         if record is None:
             return
