@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 
 from agent import sdnotify
-from agent.checks.framework import CheckResult
+from agent.checks.framework import CheckResult, Status
 from agent.checks.view import AgentView, LogCounter, record_start
 from agent.config import Config, ConfigError, parse_config_bytes
 from agent.config_watch import ConfigWatcher
@@ -48,7 +48,7 @@ from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
 from agent.sinks import FanOut, JsonlSink
 from agent.timesync import clock_synchronised
-from agent.update.gate import Observation, observe
+from agent.update.gate import Observation
 from agent.update.part import UpdatePart
 from agent.uplink import Uplink
 from agent.writer import OutboxWriter
@@ -395,3 +395,24 @@ class Daemon:
     def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def observe(view: AgentView, results: Sequence[CheckResult]) -> Observation:
+    """An `Observation` of the agent from the snapshot the checks read and their results."""
+    uplink = view.uplink
+    last_ack = None
+    if uplink is not None and uplink.last_ack_at is not None:
+        last_ack = datetime.fromtimestamp(uplink.last_ack_at, view.started_at.tzinfo)
+    return Observation(
+        started_at=view.started_at,
+        last_good={name: t.stats.last_good_at for name, t in view.terminals.items()},
+        answering=frozenset(
+            name
+            for name, t in view.terminals.items()
+            if t.stats.last_good_at is not None and not t.stats.consecutive_failures
+        ),
+        uplink_connected=bool(uplink is not None and uplink.connected),
+        last_ack_at=last_ack,
+        failing_checks=frozenset(r.id for r in results if r.status is Status.FAIL),
+        checks_run=bool(results),
+    )

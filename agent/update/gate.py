@@ -5,18 +5,16 @@ A release on trial commits once it does its job at least as well as the one befo
 switch (`update-baseline` on the control socket, the same `Observation.baseline()` as here);
 the new release compares itself with it: every check failing now was failing then, every
 terminal that answered then answered since this start, and a publish was acknowledged since
-this start if the uplink was connected then. Pure functions over a snapshot: no IO.
+this start if the uplink was connected then. Pure functions over a snapshot: no IO, and no
+import of the rest of the agent (the daemon builds the `Observation`: `Daemon.observe`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-
-from agent.checks.framework import CheckResult, Status
-from agent.checks.view import AgentView
 
 
 @dataclass(frozen=True)
@@ -38,27 +36,6 @@ class Observation:
             "uplink_connected": self.uplink_connected,
             "failing_checks": sorted(self.failing_checks),
         }
-
-
-def observe(view: AgentView, results: Sequence[CheckResult]) -> Observation:
-    """An `Observation` of the agent from the snapshot the checks read and their results."""
-    uplink = view.uplink
-    last_ack = None
-    if uplink is not None and uplink.last_ack_at is not None:
-        last_ack = datetime.fromtimestamp(uplink.last_ack_at, view.started_at.tzinfo)
-    return Observation(
-        started_at=view.started_at,
-        last_good={name: t.stats.last_good_at for name, t in view.terminals.items()},
-        answering=frozenset(
-            name
-            for name, t in view.terminals.items()
-            if t.stats.last_good_at is not None and not t.stats.consecutive_failures
-        ),
-        uplink_connected=bool(uplink is not None and uplink.connected),
-        last_ack_at=last_ack,
-        failing_checks=frozenset(r.id for r in results if r.status is Status.FAIL),
-        checks_run=bool(results),
-    )
 
 
 def missing(baseline: Mapping[str, Any] | None, now: Observation) -> list[str]:
