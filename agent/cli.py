@@ -170,14 +170,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     counter = LogCounter()
     configure_logging(config.log.level, config.log.format, counter=counter)
+    daemon = Daemon(config, path, log_counter=counter)
     try:
-        asyncio.run(Daemon(config, path, log_counter=counter).run())
+        asyncio.run(daemon.run())
     except (OSError, OutboxError, KeyStoreError, sqlite3.Error) as exc:
         # The agent cannot start here (a port in use, another agent on this state_dir, a key
         # others can read, a history file it cannot open): one line saying why; systemd logs
         # it and tries again.
         return _fail(f"cannot start: {exc}")
-    return EXIT_OK
+    return daemon.exit_code  # 4: a release on trial did not pass its gate (docs/updates.md)
 
 
 def cmd_poll(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import gc
 import signal
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from typing import Any
 import structlog
 
 from agent import sdnotify
-from agent.checks.framework import CheckResult
+from agent.checks.framework import CheckResult, Status
 from agent.checks.view import AgentView, LogCounter, record_start
 from agent.config import Config, ConfigError, parse_config_bytes
 from agent.config_watch import ConfigWatcher
@@ -40,13 +41,15 @@ from agent.intake import SiteIntake
 from agent.metrics import MetricsServer, ReadingCounter, Snapshot
 from agent.model import ReadingSink, TerminalClock, TerminalView
 from agent.operations import OPERATIONS, OperationError, Operations
-from agent.outbox import AsyncOutbox, Message, Outbox
+from agent.outbox import AsyncOutbox, Message, Outbox, Priority
 from agent.protocols.driver import Driver, DriverContext, DriverSpec, PollAnswer
 from agent.protocols.registry import DRIVERS
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
 from agent.sinks import FanOut, JsonlSink
 from agent.timesync import clock_synchronised
+from agent.update.gate import Observation
+from agent.update.part import UpdatePart
 from agent.uplink import Uplink
 from agent.writer import OutboxWriter
 
@@ -91,6 +94,9 @@ class Daemon:
         self.restarts: list[datetime] = []
         self.reading_counter = ReadingCounter()
         self.stop_requested = asyncio.Event()
+        self.exit_code = 0  # what `edge-agent run` returns (4: the update gate was not met)
+        self.started = asyncio.Event()  # set once every part runs and READY=1 was sent
+        self.update: UpdatePart | None = None
         self.operations = Operations(self)
         # Set once every part has started (for the demo's screen); cleared on the way out.
         self.parts: Parts | None = None
@@ -113,6 +119,7 @@ class Daemon:
             # (a full collection of a large site's objects showed as 60 ms of poll lateness).
             gc.freeze()
             notify("READY=1", f"STATUS=serving {len(self.config.terminals)} terminals")
+            self.started.set()
             log.info(
                 "agent started",
                 gateway=self.config.gateway.id,
@@ -130,6 +137,7 @@ class Daemon:
             except TimeoutError:
                 log.error("stop deadline passed; the rest was cancelled")
             self.parts = None
+            self.update = None
             self._remove_signal_handlers(loop)
             log.info("agent stopped")
 
@@ -169,9 +177,27 @@ class Daemon:
             drivers.append(await stack.enter_async_context(spec.create(context)))
         self.parts = parts = Parts(outbox, writer, uplink, inspection, drivers)
         inspection.set_polling_allowance(self._polling_allowance(drivers))
+        self.update = await stack.enter_async_context(self._update_part(writer, uplink))
         await self._start_control(stack)
         stack.enter_context(ConfigWatcher(self.config_path, self._reload_requested))
         return parts
+
+    def _update_part(self, writer: OutboxWriter, uplink: Uplink | None) -> UpdatePart:
+        """Signed updates' part: reports through the writer, listens on the uplink's router."""
+        config = self.config
+        subscribe = None
+        if uplink is not None:
+            subscribe = partial(uplink.router.register, absolute=True)
+        return UpdatePart(
+            config.update,
+            config.layout,
+            config.gateway.id,
+            report=lambda body: writer.put("event", body, Priority.EVENT),
+            observe=self.observe,
+            started=self.started,
+            stop=self.request_stop,
+            subscribe=subscribe,
+        )
 
     def _open_outbox(self) -> Outbox:
         state_dir = self.config.state_dir
@@ -242,7 +268,12 @@ class Daemon:
             outbox=await parts.outbox.stats() if parts is not None else None,
             uplink=parts.uplink.state if parts is not None and parts.uplink else None,
             logs=self.log_counter.snapshot(window) if self.log_counter is not None else None,
+            update=self.update.summary if self.update is not None else None,
         )
+
+    async def observe(self) -> Observation:
+        """What the update gate (and `update-baseline`) sees of the agent now."""
+        return observe(await self.snapshot(), self.check_results())
 
     def check_results(self) -> list[CheckResult]:
         return self.parts.inspection.results() if self.parts is not None else []
@@ -273,7 +304,13 @@ class Daemon:
         return await self._running().inspection.flush_history()
 
     async def _metrics_snapshot(self) -> Snapshot:
-        return Snapshot(await self.snapshot(), self.check_results(), self.reading_counter.counts)
+        announcements = self.update.announcements if self.update is not None else None
+        return Snapshot(
+            await self.snapshot(),
+            self.check_results(),
+            self.reading_counter.counts,
+            announcements or Counter(),
+        )
 
     # -- serving and reloading ---------------------------------------------------------------
 
@@ -296,6 +333,12 @@ class Daemon:
                 reload.cancel()
         finally:
             stop.cancel()
+
+    def request_stop(self, exit_code: int = 0) -> None:
+        """Stop the agent; `edge-agent run` then exits with `exit_code` (the first one asked)."""
+        if not self.stop_requested.is_set():
+            self.exit_code = exit_code
+        self.stop_requested.set()
 
     def request_reload(self) -> None:
         self._reload_requested.set()
@@ -352,3 +395,24 @@ class Daemon:
     def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+def observe(view: AgentView, results: Sequence[CheckResult]) -> Observation:
+    """An `Observation` of the agent from the snapshot the checks read and their results."""
+    uplink = view.uplink
+    last_ack = None
+    if uplink is not None and uplink.last_ack_at is not None:
+        last_ack = datetime.fromtimestamp(uplink.last_ack_at, view.started_at.tzinfo)
+    return Observation(
+        started_at=view.started_at,
+        last_good={name: t.stats.last_good_at for name, t in view.terminals.items()},
+        answering=frozenset(
+            name
+            for name, t in view.terminals.items()
+            if t.stats.last_good_at is not None and not t.stats.consecutive_failures
+        ),
+        uplink_connected=bool(uplink is not None and uplink.connected),
+        last_ack_at=last_ack,
+        failing_checks=frozenset(r.id for r in results if r.status is Status.FAIL),
+        checks_run=bool(results),
+    )

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, generate_latest
@@ -53,6 +54,7 @@ class Snapshot:
     view: AgentView
     results: Sequence[CheckResult]
     readings: Counter[tuple[str, str]] = field(default_factory=Counter)
+    announcements: Counter[str] = field(default_factory=Counter)  # update announcements by result
 
 
 def families(s: Snapshot) -> Iterator[Metric]:
@@ -159,6 +161,8 @@ def families(s: Snapshot) -> Iterator[Metric]:
             "edge_agent_uplink_connects", "Successful connections to the broker.", value=u.connects
         )
 
+    yield from update_families(view.update, s.announcements)
+
     checks = GaugeMetricFamily(
         "edge_agent_check_status",
         "1 for each check's current status (ok, warn, fail, unknown).",
@@ -168,6 +172,38 @@ def families(s: Snapshot) -> Iterator[Metric]:
         for status in Status:
             checks.add_metric([r.id, r.family, status.value], 1 if r.status is status else 0)
     yield checks
+
+
+def update_families(
+    summary: Mapping[str, Any] | None, announcements: Counter[str]
+) -> Iterator[Metric]:
+    """Signed updates: the release and state, the last outcome, announcements by result."""
+    if summary is not None and "state" in summary:
+        info = GaugeMetricFamily(
+            "edge_agent_update_info",
+            "The release the update record names current (else the one running) and its state.",
+            labels=["version", "state"],
+        )
+        info.add_metric([summary.get("current") or __version__, summary["state"]], 1)
+        yield info
+        last = summary.get("last")
+        outcome = GaugeMetricFamily(
+            "edge_agent_update_last_outcome",
+            "The last update outcome (installed, committed, rolled_back, rejected) and its release.",
+            labels=["outcome", "version"],
+        )
+        if last:
+            outcome.add_metric([str(last.get("outcome")), str(last.get("version") or "")], 1)
+        yield outcome
+    counted = CounterMetricFamily(
+        "edge_agent_update_announcements",
+        "Update announcements received, by result (in_rollout, not_in_rollout, malformed, "
+        "requested).",
+        labels=["result"],
+    )
+    for result, n in sorted(announcements.items()):
+        counted.add_metric([result], n)
+    yield counted
 
 
 class _SnapshotCollector(Collector):

@@ -21,6 +21,7 @@ from agent.checks.view import AgentView
 from agent.protocols.driver import DriverError, PollAnswer
 from agent.render import poll_json
 from agent.status import message_summary, status_dict
+from agent.update.gate import Observation
 
 MAX_PEEK = 1000
 
@@ -47,6 +48,8 @@ class RunningAgent(Protocol):
     async def reload(self) -> bool: ...
 
     async def flush_history(self) -> Path | None: ...
+
+    async def observe(self) -> Observation: ...
 
 
 class Operations:
@@ -108,6 +111,10 @@ class Operations:
             raise OperationError("no history is kept (checks.history.enabled is false)")
         return {"path": str(path)}
 
+    async def update_baseline(self) -> dict[str, Any]:
+        """What a release on trial must match (asked by `update apply` before the switch)."""
+        return (await self.agent.observe()).baseline()
+
 
 Args = Mapping[str, Any]
 
@@ -165,5 +172,11 @@ OPERATIONS: dict[str, Operation] = {
         ),
         Operation("reload", True, lambda o, a: o.reload(), "apply the config file now"),
         Operation("history-flush", True, lambda o, a: o.history_flush(), "write the history now"),
+        Operation(
+            "update-baseline",
+            False,
+            lambda o, a: o.update_baseline(),
+            "terminals answering, uplink, failing checks (an update's gate)",
+        ),
     )
 }

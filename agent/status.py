@@ -29,6 +29,7 @@ from agent.model import TerminalView, format_timestamp
 from agent.outbox import QUEUE_NAMES
 from agent.signing import read_envelope
 from agent.storage.layout import StateLayout
+from agent.update.state import StateError, UpdateStore, parse_iso
 
 SCHEMA = 1
 QUEUE_BY_NUMBER = {int(p): name for p, name in QUEUE_NAMES.items()}  # as stored in the database
@@ -113,7 +114,7 @@ def status_dict(
             "config": str(view.config_path) if view.config_path else None,
             "gateway": view.config.gateway.id,
         },
-        "update": None,  # updates arrive with their issue
+        "update": dict(view.update) if view.update is not None else None,
         "uplink": uplink,
         "outbox": view.outbox.to_dict() if view.outbox is not None else None,
         "terminals": terminals,
@@ -167,8 +168,45 @@ def offline_status(state_dir: Path, outbox_path: Path, config_path: Path) -> dic
         "config": str(config_path),
         "last_health": health,
         "outbox": outbox_depth(outbox_path),
-        "update": None,
+        "update": update_summary(state_dir),
     }
+
+
+def update_summary(state_dir: Path) -> dict[str, Any] | None:
+    """The update record's summary read from disk (None when it cannot be read)."""
+    try:
+        return UpdateStore(StateLayout(state_dir)).summary()
+    except StateError:
+        return None
+
+
+def update_line(update: dict[str, Any] | None, now: datetime | None = None) -> Text | None:
+    """One line for people: "committed 0.2.0", "on trial 0.3.0, 7m left", "rolled back …"."""
+    if not update or "state" not in update:
+        return None
+    state, current, last = update["state"], update.get("current"), update.get("last") or {}
+    line = Text("update     ")
+    if state == "trial":
+        left = "?"
+        if update.get("trial_ends_at"):
+            seconds = (
+                parse_iso(update["trial_ends_at"]) - (now or datetime.now(UTC))
+            ).total_seconds()
+            left = f"{int(seconds // 60)}m" if seconds >= 60 else f"{max(0, int(seconds))}s"
+        line.append(f"on trial {current}, {left} left", "yellow")
+    elif state == "committed":
+        line.append(f"committed {current}", "green")
+    elif state == "rolled_back":
+        line.append(f"rolled back {last.get('version')}: {last.get('reason')}", "bold red")
+    elif state == "staging":
+        line.append("staging an update", "yellow")
+    else:
+        line.append(f"no update applied yet{f' ({current})' if current else ''}")
+    if last.get("outcome") == "rejected":
+        line.append(
+            f" · last rejected {last.get('version') or 'bundle'}: {last.get('reason')}", "red"
+        )
+    return line
 
 
 def unconfigured_status(config_path: Path, errors: Sequence[str]) -> dict[str, Any]:
@@ -244,6 +282,8 @@ def status_view(status: dict[str, Any]) -> RenderableType:
             line.append(f" · {u['last_error']}", "red")
         parts.append(line)
     parts.append(_outbox_line(status["outbox"]))
+    if (update := update_line(status.get("update"))) is not None:
+        parts.append(update)
     table = Table(title="terminals", title_justify="left", expand=False)
     for column in (
         "name",
@@ -310,6 +350,8 @@ def _offline_view(status: dict[str, Any]) -> RenderableType:
     else:
         parts.append(Text("no health report saved yet"))
     parts.append(_outbox_line(status.get("outbox")))
+    if (update := update_line(status.get("update"))) is not None:
+        parts.append(update)
     return Group(*parts)
 
 

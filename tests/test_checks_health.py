@@ -68,7 +68,9 @@ async def test_the_health_report_summarises_every_result_and_the_agent(tmp_path:
         "uplink",
         "terminals",
         "buses",
+        "update",
     }
+    assert report["update"] is None  # no update part in this view
     summary = report["summary"]
     assert summary["status"] == "fail"
     assert "network.broker_tcp" in summary["failing"]

@@ -120,6 +120,7 @@ def build_health(
         "uplink": uplink,
         "terminals": terminals,
         "buses": {device: round(used, 4) for device, used in sorted(view.buses.items())},
+        "update": dict(view.update) if view.update is not None else None,
     }
 
 

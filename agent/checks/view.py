@@ -59,6 +59,7 @@ class AgentView:
     logs: LogCounts | None = None
     terminal_clocks: Mapping[str, TerminalClock] = field(default_factory=dict)
     version: str = __version__
+    update: Mapping[str, Any] | None = None  # the update record's summary (UpdateStore.summary)
 
     @property
     def state_dir(self) -> Path:

@@ -25,6 +25,8 @@ files 0600, its folders 0700, state_dir itself 0750 (as the package lays it out)
 | `update_starts` | ``update/starts`` | 0600 | one line per start on trial: the boot id (pre-start hook) |
 | `update_inbox` | ``update/inbox/`` | 0700 | drop a bundle here to apply it (default of `update.inbox`) |
 | `update_pending` | ``update/pending/`` | 0700 | a bundle the agent asks root to apply (`request.json`) |
+| `update_request` | ``update/pending/request.json`` | 0600 | the agent's request: `{"bundle": name}` or `{"repository": true, "version": v}` |
+| `update_media` | ``update/media.json`` | 0600 | digests of removable-media bundles already taken |
 | `update_metadata` | ``update/metadata/`` | 0700 | the agent's own TUF metadata (for `update check`) |
 | `update_downloads` | ``update/downloads/`` | 0700 | wheels the agent fetched for a pending update |
 | `diagnosis_dir` | ``diagnosis/`` | 0700 | (coming) remote-diagnosis bundles |
@@ -141,6 +143,14 @@ class StateLayout:
     @property
     def update_pending(self) -> Path:
         return self.update_dir / "pending"
+
+    @property
+    def update_request(self) -> Path:
+        return self.update_pending / "request.json"
+
+    @property
+    def update_media(self) -> Path:
+        return self.update_dir / "media.json"
 
     @property
     def update_metadata(self) -> Path:

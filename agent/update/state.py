@@ -111,15 +111,7 @@ class UpdateStore:
 
     def summary(self) -> dict[str, Any]:
         """What `update status --json`, `status` and the health report show."""
-        record = self.read()
-        return {
-            "schema": SCHEMA,
-            "state": record["state"],
-            "current": record["current"],
-            "previous": record["previous"],
-            "trial_ends_at": record["trial_ends_at"] if record["state"] == "trial" else None,
-            "last": record["last"],
-        }
+        return summarise(self.read())
 
     def starts_this_boot(self, boot: str | None = None) -> int:
         """Starts on trial recorded in this boot (pre-start adds one line per start)."""
@@ -197,6 +189,18 @@ class UpdateStore:
         if record["state"] != "trial":
             with contextlib.suppress(FileNotFoundError):
                 self.layout.update_starts.unlink()
+
+
+def summarise(record: dict[str, Any]) -> dict[str, Any]:
+    """The summary of a record (`UpdateStore.summary`) when the record is already read."""
+    return {
+        "schema": SCHEMA,
+        "state": record["state"],
+        "current": record["current"],
+        "previous": record["previous"],
+        "trial_ends_at": record["trial_ends_at"] if record["state"] == "trial" else None,
+        "last": record["last"],
+    }
 
 
 def add_outcome(

@@ -1,0 +1,311 @@
+"""The agent's side of an update request: pre-check, fetch, ask root, commit a trial.
+
+The one adapter between the unprivileged part (`agent/update/part.py`) and verification
+(`agent/update/trust.py`) and the state machine's commit: the part calls only this module, in a
+worker thread, so what verification needs (the gateway's target, the agent's own metadata
+folder, the trusted root) is gathered here once.
+
+- `precheck_bundle(path, …)` → `Verdict`: the bundle's own checks first (size, a tar with a
+  `bundle.json`: check `bundle`), then the full TUF verification with the agent's metadata
+  (`state_dir/update/metadata/`); root verifies everything again with its own.
+- `prepare_online(version, …)`: verify and fetch the announced release from
+  `update.repository_url`, then write the request; raises `Rejected`.
+- `request_bundle(…)` / `request_repository(…)`: move a bundle into `pending/` and write
+  `pending/request.json` (`{"bundle": name}` or `{"repository": true, "version": v}`), which
+  starts root's `edge-agent update apply --pending`.
+- `commit(store, version, reason)`: the trial passed its gate: state `committed`, outcome
+  `committed` (only if the record still says this version is on trial).
+
+`agent.update.trust` is imported when first needed (`_trust`): the agent starts without
+loading python-tuf.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import importlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, fsync_dir, write_atomic
+from agent.storage.layout import StateLayout
+from agent.update.layout import InstallLayout
+from agent.update.settings import UpdateConfig
+from agent.update.state import UpdateStore, add_outcome
+
+MAX_LABEL_BYTES = 64 * 1024  # bundle.json is a label of a few lines
+DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armhf"}
+
+
+class Rejected(Exception):
+    """A release or bundle refused: `check` names the check, `reason` says why in one line."""
+
+    def __init__(self, check: str, reason: str) -> None:
+        super().__init__(f"{check}: {reason}")
+        self.check = check
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The pre-check of one bundle: accepted, or the check that refused it and why."""
+
+    ok: bool
+    check: str | None
+    reason: str
+    version: str | None = None  # the release it holds (its label until verified)
+
+
+# -- the gateway as verification sees it ---------------------------------------------------
+
+
+def gateway_platform() -> str:
+    """The Debian architecture of this machine (`amd64`, `arm64`, `armhf`)."""
+    machine = platform.machine()
+    return DEBIAN_ARCH.get(machine, machine)
+
+
+def python_tag() -> str:
+    return f"cp{sys.version_info.major}{sys.version_info.minor}"
+
+
+def trusted_root(settings: UpdateConfig, install: InstallLayout | None = None) -> Path:
+    """`update.trusted_root`, or the root the package installs in root's trust folder."""
+    if settings.trusted_root is not None:
+        return settings.trusted_root
+    return (install or InstallLayout()).trust_dir / "root.json"
+
+
+def _trust() -> ModuleType:
+    """agent.update.trust, imported on first use (python-tuf is not loaded at start)."""
+    return importlib.import_module("agent.update.trust")
+
+
+def _target(
+    trust: ModuleType, settings: UpdateConfig, refused: Iterable[str], automatic: bool
+) -> Any:
+    from agent import __version__
+
+    return trust.Target(
+        channel=settings.channel,
+        platform=gateway_platform(),
+        python=python_tag(),
+        running=__version__,
+        refused=frozenset(refused),
+        automatic=automatic,
+    )
+
+
+# -- bundles -------------------------------------------------------------------------------
+
+
+def bundle_label(path: Path, max_bytes: int) -> dict[str, Any]:
+    """The bundle's own checks: within `max_bytes`, a tar holding a regular `bundle.json` (a
+    JSON object). Its content is a label, never trusted. Raises Rejected (check `bundle`)."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise Rejected("bundle", f"cannot read {path.name}: {exc.strerror}") from None
+    if size > max_bytes:
+        raise Rejected("bundle", f"{size} bytes, over update.max_bundle_bytes ({max_bytes})")
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            member = tar.getmember("bundle.json")
+            if not member.isreg() or member.size > MAX_LABEL_BYTES:
+                raise Rejected("bundle", "bundle.json is not a small regular file")
+            stream = tar.extractfile(member)
+            assert stream is not None  # a regular member
+            label = json.loads(stream.read())
+    except KeyError:
+        raise Rejected("bundle", "no bundle.json: not an update bundle") from None
+    except (tarfile.TarError, EOFError):
+        raise Rejected("bundle", "not an update bundle (not an uncompressed tar)") from None
+    except ValueError as exc:
+        raise Rejected("bundle", f"bundle.json is not JSON: {exc}") from None
+    except OSError as exc:
+        raise Rejected("bundle", f"cannot read {path.name}: {exc.strerror or exc}") from None
+    if not isinstance(label, dict):
+        raise Rejected("bundle", "bundle.json is not a JSON object")
+    return label
+
+
+def precheck_bundle(
+    path: Path, settings: UpdateConfig, layout: StateLayout, refused: Iterable[str] = ()
+) -> Verdict:
+    """Everything the agent can check of a bundle before it asks root to apply it."""
+    try:
+        label = bundle_label(path, settings.max_bundle_bytes)
+    except Rejected as exc:
+        return Verdict(False, exc.check, exc.reason)
+    version = label.get("version") if isinstance(label.get("version"), str) else None
+    try:
+        trust = _trust()
+    except ImportError as exc:
+        return Verdict(False, "trust", f"this release cannot verify bundles ({exc})", version)
+    try:
+        verified = trust.verify(
+            trust.bundle_source(path, settings.max_bundle_bytes),
+            trust_dir=_metadata_dir(layout),
+            trusted_root=trusted_root(settings),
+            target=_target(trust, settings, refused, automatic=False),
+            wheel_cache=InstallLayout().wheel_cache,
+            work_dir=_work_dir(layout),
+        )
+    except trust.UpdateRejected as exc:
+        return Verdict(False, str(exc.check), str(exc.reason), version)
+    return Verdict(True, None, "verified", str(verified.release.version))
+
+
+# -- online ----------------------------------------------------------------------------------
+
+
+def prepare_online(
+    version: str, settings: UpdateConfig, layout: StateLayout, refused: Iterable[str] = ()
+) -> str:
+    """Verify and fetch an announced release, then ask root to apply it; its version.
+
+    Raises Rejected when verification refuses it (or no repository is configured), OSError when
+    the repository cannot be reached.
+    """
+    if settings.repository_url is None:
+        raise Rejected("repository", "update.repository_url is not set")
+    try:
+        trust = _trust()
+    except ImportError as exc:
+        raise Rejected("trust", f"this release cannot verify releases ({exc})") from None
+    try:
+        verified = trust.verify(
+            trust.repository_source(settings.repository_url),
+            trust_dir=_metadata_dir(layout),
+            trusted_root=trusted_root(settings),
+            target=_target(trust, settings, refused, automatic=True),
+            wheel_cache=InstallLayout().wheel_cache,
+            work_dir=_work_dir(layout),
+            version=version,
+        )
+    except trust.UpdateRejected as exc:
+        raise Rejected(str(exc.check), str(exc.reason)) from None
+    taken = str(verified.release.version)
+    request_repository(layout, taken)
+    return taken
+
+
+def _metadata_dir(layout: StateLayout) -> Path:
+    ensure_dir(layout.update_metadata)
+    return layout.update_metadata
+
+
+def _work_dir(layout: StateLayout) -> Path:
+    ensure_dir(layout.update_downloads)
+    return layout.update_downloads
+
+
+# -- the request to root ---------------------------------------------------------------------
+
+
+def request_waiting(layout: StateLayout) -> bool:
+    """Whether a request waits for root (`pending/request.json` exists)."""
+    return layout.update_request.exists()
+
+
+def pending_request(layout: StateLayout) -> dict[str, Any] | None:
+    """The request waiting for root, if any (an unreadable one counts as waiting)."""
+    try:
+        data = json.loads(layout.update_request.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def request_repository(layout: StateLayout, version: str) -> None:
+    _write_request(layout, {"repository": True, "version": version})
+
+
+def request_bundle(layout: StateLayout, bundle: Path) -> Path:
+    """Move `bundle` into `pending/` (the same name), then ask root to apply it; the new path."""
+    ensure_dir(layout.update_pending)
+    target = layout.update_pending / bundle.name
+    move(bundle, target)
+    _write_request(layout, {"bundle": bundle.name})
+    return target
+
+
+def reject_bundle(bundle: Path, inbox: Path) -> Path:
+    """Move a refused bundle to `<inbox>/rejected/` (a new name if one is there); the new path."""
+    folder = inbox / "rejected"
+    ensure_dir(folder, PRIVATE_DIR_MODE, tighten=False)
+    target = folder / bundle.name
+    n = 1
+    while target.exists():
+        target = folder / f"{bundle.name}.{n}"
+        n += 1
+    move(bundle, target)
+    return target
+
+
+def move(source: Path, target: Path) -> None:
+    """Rename durably; across file systems (an inbox elsewhere) copy, sync, then remove."""
+    try:
+        source.replace(target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        copy_durably(source, tmp)
+        tmp.replace(target)
+        source.unlink()
+    fsync_dir(target.parent)
+    if source.parent != target.parent:
+        fsync_dir(source.parent)
+
+
+def copy_durably(source: Path, target: Path) -> None:
+    """Copy `source` to `target` (created 0600), its bytes synced; no partial file is left."""
+    try:
+        with source.open("rb") as src, target.open("xb") as dst:
+            target.chmod(0o600)
+            shutil.copyfileobj(src, dst, 1024 * 1024)
+            dst.flush()
+            os.fsync(dst.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        raise
+
+
+def _write_request(layout: StateLayout, body: dict[str, Any]) -> None:
+    ensure_dir(layout.update_pending)
+    write_atomic(layout.update_request, json.dumps(body, sort_keys=True).encode() + b"\n")
+
+
+# -- the trial's commit ----------------------------------------------------------------------
+
+
+def commit(
+    store: UpdateStore, version: str, reason: str, timings: dict[str, float] | None = None
+) -> bool:
+    """Commit `version` if the record still has it on trial; whether it did.
+
+    The state machine's own commit (`agent/update/apply.py`) does the same for
+    `edge-agent update commit`; both leave the record `committed` with one `committed` outcome.
+    """
+    with store.edit() as record:
+        if record["state"] != "trial" or record["current"] != version:
+            return False
+        record["state"] = "committed"
+        record["step"] = None
+        record["gate_failed"] = None
+        add_outcome(record, "committed", version, reason, running=version, timings=timings)
+    return True
