@@ -240,7 +240,11 @@ async def test_a_garbage_file_in_the_inbox_is_rejected_recorded_and_reported(
     assert not (layout.update_inbox / "garbage.bundle").exists()
     assert not layout.update_request.exists()
     store = UpdateStore(layout)
-    await agent.wait_for("the outcome reported", lambda: store.read()["outcomes"][-1]["reported"])
+    # The bundle is moved aside first, then the outcome is recorded, then reported.
+    await agent.wait_for(
+        "the outcome reported",
+        lambda: any(o["reported"] for o in store.read()["outcomes"]),
+    )
     (outcome,) = store.read()["outcomes"]
     assert outcome["outcome"] == "rejected"
     assert outcome["check"] == "bundle"
