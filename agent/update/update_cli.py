@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, cast
 from agent.update.apply import ApplyError, Installer, VerifiedLike, Verifier
 from agent.update.layout import InstallLayout
 from agent.update.settings import UpdateConfig
-from agent.update.state import StateError, UpdateStore, parse_iso
+from agent.update.state import BOOT_ID_FILE, StateError, UpdateStore, parse_iso
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -67,6 +67,8 @@ def add_update_parser(commands: Any) -> None:
     hook = actions.add_parser("hook", help="the unit's ExecStartPre=/ExecStopPost= logic (root)")
     _common(hook)
     hook.add_argument("which", choices=("pre-start", "post-stop"))
+    # The kernel's boot id (a power cut is a new one); another file in the tests.
+    hook.add_argument("--boot-id-file", type=Path, default=BOOT_ID_FILE, help=argparse.SUPPRESS)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -130,6 +132,7 @@ def run_update(args: argparse.Namespace) -> int:
     installer = _installer(args, config)
     try:
         if hook:
+            installer.boot_id_file = args.boot_id_file
             return _hook(args, installer)
         if args.update_command == "status":
             return _status(installer.store, args.json)
