@@ -39,7 +39,9 @@ MAX_EXPOSURE = 2.0
 UNIT = "edge-agent.service"
 CONFIG = "/etc/edge-agent/config.yaml"
 DEB_IN_ROOT = "/root/edge-agent.deb"  # nspawn gives the container a fresh /tmp
-ROLLBACK_LINE = "edge-agent-rollback: nothing to roll back yet (signed updates arrive later)"
+ROLLBACK_LINE = (
+    "edge-agent-rollback: nothing to roll back to (no previous release with the update command)"
+)
 
 
 def why_not() -> str | None:
