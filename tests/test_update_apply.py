@@ -324,3 +324,30 @@ def test_a_kill_at_any_point_keeps_the_invariant_and_the_next_command_resumes(
         assert gateway.store.starts_this_boot() == 1
         # ... and the trial goes on to its commit.
         assert commit(gateway.store, "9.0.1")
+
+
+def test_a_pending_request_is_removed_whatever_the_outcome(
+    gateway: Gateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pending = gateway.store.layout.update_pending
+    pending.mkdir(parents=True)
+    request = pending / "request.json"
+    request.write_text(json.dumps({"bundle": "../../etc/passwd"}))
+    assert gateway.cli("update", "apply", "--pending") == 1
+    assert "request: bundle '../../etc/passwd': not a file name" in capsys.readouterr().err
+    assert not request.exists()
+
+    # A bundle that does not verify: rejected (the check named), the request and bundle gone.
+    bundle = pending / "edge-agent-9.9.9.bundle"
+    bundle.write_bytes(b"not a tar")
+    request.write_text(json.dumps({"bundle": bundle.name}))
+    assert gateway.cli("update", "apply", "--pending") == 1
+    assert capsys.readouterr().err.startswith("edge-agent update: ")
+    assert not request.exists() and not bundle.exists()
+    record = gateway.store.read()
+    assert (record["state"], record["last"]["outcome"]) == ("idle", "rejected")
+    assert record["target"] is None
+    assert links(gateway.layout) == ("0.1.0", None)
+
+    assert gateway.cli("update", "apply", "--pending") == 2  # no request at all
+    assert "no pending request" in capsys.readouterr().err
