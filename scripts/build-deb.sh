@@ -45,6 +45,7 @@ f() { install -D -m 0644 "$1" "$stage$2"; }
 x() { install -D -m 0755 "$1" "$stage$2"; }
 
 x "$UNITS"/pre-start /usr/lib/edge-agent/pre-start
+x "$UNITS"/post-stop /usr/lib/edge-agent/post-stop
 x "$UNITS"/rollback /usr/lib/edge-agent/rollback
 f "$UNITS"/edge-agent.service /lib/systemd/system/edge-agent.service
 f "$UNITS"/edge-agent-rollback.service /lib/systemd/system/edge-agent-rollback.service

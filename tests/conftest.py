@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ from agent.config import Config, parse_config
 from agent.model import Reading
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from agent.sim.serial_line import VirtualSerialLine
+from tests import releases
 from tests.agentproc import Agent
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,29 @@ def tcp_terminal(port: int, points: list[dict[str, Any]], **extra: Any) -> dict[
     }
     terminal.update(extra)
     return terminal
+
+
+@pytest.fixture(scope="session")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This project's wheel and every runtime dependency's: what the .deb ships."""
+    return releases.wheelhouse(tmp_path_factory.mktemp("wheelhouse"))
+
+
+@pytest.fixture(scope="session")
+def make_wheelhouse(
+    wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[..., Path]:
+    """`make(version, entry=...)`: the session's wheelhouse with the agent wheel of another
+    version (or a broken entry point), each built once per session."""
+    made: dict[tuple[str, str], Path] = {}
+
+    def make(version: str, entry: str = releases.ENTRY) -> Path:
+        if (version, entry) not in made:
+            work = tmp_path_factory.mktemp(f"agent-{version}")
+            made[version, entry] = releases.agent_wheelhouse(wheelhouse, work, version, entry)
+        return made[version, entry]
+
+    return make
 
 
 @pytest.fixture(autouse=True)

@@ -34,7 +34,9 @@ pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 MAX_EXPOSURE = 2.0
 CONFIG = "/etc/edge-agent/config.yaml"
 DEB_IN_ROOT = "/root/edge-agent.deb"  # nspawn gives the container a fresh /tmp
-ROLLBACK_LINE = "edge-agent-rollback: nothing to roll back yet (signed updates arrive later)"
+ROLLBACK_LINE = (
+    "edge-agent-rollback: nothing to roll back to (no previous release with the update command)"
+)
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,16 @@
 """The installer, for real: wheelhouses built from this project, venvs made under a temp prefix.
 
-The wheelhouse is built once per session (`pip wheel .`: the pinned dependencies come from
-PyPI or pip's cache); other agent versions are built from a copy of the project with its
-`version` changed in its pyproject.toml. Every install makes a real venv (a few seconds each).
+The wheelhouses are the session fixtures of tests/conftest.py (tests/releases.py: `pip wheel .`,
+the pinned dependencies from PyPI or pip's cache; other agent versions from a copy of the
+project with its `version` changed). Every install makes a real venv (a few seconds each).
 """
 
 from __future__ import annotations
 
 import io
 import os
-import re
 import shutil
 import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -26,57 +24,6 @@ from agent.update.layout import InstallLayout
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.slow
-
-
-def _pip_wheel(project: Path, out: Path, *extra: str) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", str(project), "-w", str(out), *extra],
-        check=True,
-        capture_output=True,
-    )
-
-
-def _copy_project(dest: Path, version: str, entry: str = "agent.cli:main") -> Path:
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(ROOT / "agent", dest / "agent", symlinks=True, ignore=ignore)
-    shutil.copy2(ROOT / "README.md", dest / "README.md")
-    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    pyproject = pyproject.replace('edge-agent = "agent.cli:main"', f'edge-agent = "{entry}"')
-    pyproject = re.sub(r'(?m)^version = "[^"]*"$', f'version = "{version}"', pyproject)
-    (dest / "pyproject.toml").write_text(pyproject, encoding="utf-8")
-    return dest
-
-
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """This project's wheel and every runtime dependency's: what the .deb ships."""
-    out = tmp_path_factory.mktemp("wheelhouse")
-    _pip_wheel(ROOT, out)
-    return out
-
-
-@pytest.fixture(scope="session")
-def make_wheelhouse(
-    wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Callable[..., Path]:
-    """The session's wheelhouse with the agent wheel of another version (or a broken one)."""
-    made: dict[tuple[str, str], Path] = {}
-
-    def make(version: str, entry: str = "agent.cli:main") -> Path:
-        if (version, entry) in made:
-            return made[version, entry]
-        base = tmp_path_factory.mktemp(f"agent-{version}")
-        project = _copy_project(base / "src", version, entry)
-        out = base / "wheelhouse"
-        out.mkdir()
-        for wheel in wheelhouse.glob("*.whl"):
-            if not wheel.name.startswith("edge_agent-"):
-                os.link(wheel, out / wheel.name)
-        _pip_wheel(project, out, "--no-deps")
-        made[version, entry] = out
-        return out
-
-    return make
 
 
 # Exactly what the .deb's postinst runs, with a clean environment.
@@ -248,6 +195,7 @@ def test_the_wheel_holds_the_release_data(wheelhouse: Path) -> None:
         "agent/data/systemd/edge-agent.sysusers",
         "agent/data/systemd/edge-agent.tmpfiles",
         "agent/data/systemd/pre-start",
+        "agent/data/systemd/post-stop",
         "agent/data/systemd/rollback",
     ):
         assert name in names, name

@@ -39,7 +39,10 @@ AGENT = PREFIX / "current" / "bin" / "edge-agent"
 LIBEXEC = Path("/usr/lib/edge-agent")
 CREDENTIALS = Path("/etc/edge-agent/credentials")
 MAX_EXPOSURE = 2.0
-NOTHING_TO_ROLL_BACK = "edge-agent-rollback: nothing to roll back yet (signed updates arrive later)"
+NOTHING_TO_ROLL_BACK = (
+    "edge-agent-rollback: nothing to roll back to (no previous release with the update command)"
+)
+SCRIPTS = ("pre-start", "post-stop", "rollback")
 
 
 def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -136,7 +139,7 @@ def install_root(root: Path, host_units: Path) -> None:
     for unit in (SERVICE, ROLLBACK):
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
     (root / LIBEXEC.relative_to("/")).mkdir(parents=True)
-    for script in ("pre-start", "rollback"):
+    for script in SCRIPTS:
         shutil.copy(UNITS / script, root / LIBEXEC.relative_to("/") / script)
     stub(root / "opt/edge-agent/releases/0.0.0/bin/edge-agent")
     (root / "opt/edge-agent/current").symlink_to("releases/0.0.0")
@@ -175,8 +178,10 @@ def test_the_service_runs_the_current_release_on_the_default_config() -> None:
     unit = parse_unit(SERVICE)
     command = one(unit, "Service", "ExecStart").split()
     assert command == [str(AGENT), "run", "--config", str(DEFAULT_CONFIG_PATH)]
-    assert one(unit, "Service", "ExecStartPre") == str(LIBEXEC / "pre-start")
-    assert (UNITS / "pre-start").exists()
+    # The update hooks run as root ("+"), outside the agent's sandbox: they switch root's links.
+    assert one(unit, "Service", "ExecStartPre") == "+" + str(LIBEXEC / "pre-start")
+    assert one(unit, "Service", "ExecStopPost") == "+" + str(LIBEXEC / "post-stop")
+    assert (UNITS / "pre-start").exists() and (UNITS / "post-stop").exists()
 
 
 def test_the_services_folders_are_the_agents_state_dir_and_runtime_dir() -> None:
@@ -210,7 +215,10 @@ def test_the_rollback_unit_runs_the_shipped_script() -> None:
     assert one(unit, "Service", "ExecStart") == str(LIBEXEC / "rollback")
     assert one(unit, "Service", "User") == "root"  # it switches links root owns
     writable = one(unit, "Service", "ReadWritePaths").split()
-    assert f"-{PREFIX}" in writable
+    assert f"-{PREFIX}" in writable and f"-{DEFAULT_STATE_DIR}" in writable
+    # The update record is the agent's (0700): read, written and given back to the agent.
+    caps = one(unit, "Service", "CapabilityBoundingSet").split()
+    assert sorted(caps) == ["CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER"]
 
 
 def test_the_user_and_groups_match_sysusers() -> None:
@@ -275,21 +283,30 @@ def sh() -> str:
     return shutil.which("dash") or "/bin/sh"  # POSIX sh: Debian's /bin/sh is dash
 
 
-def run_script(name: str, prefix: Path) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "EDGE_AGENT_PREFIX": str(prefix)}
+def run_script(
+    name: str, prefix: Path, path: str | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        "PATH": path or os.environ.get("PATH", "/usr/bin:/bin"),
+        "EDGE_AGENT_PREFIX": str(prefix),
+        "EDGE_AGENT_STATE_DIR": str(prefix / "state"),
+        **env,
+    }
     return subprocess.run(
         [sh(), str(UNITS / name)], capture_output=True, text=True, env=env, check=False
     )
 
 
 def test_the_scripts_are_executable() -> None:
-    for name in ("pre-start", "rollback"):
+    for name in SCRIPTS:
         assert os.access(UNITS / name, os.X_OK), name
 
 
-def test_pre_start_does_nothing_yet(tmp_path: Path) -> None:
-    run = run_script("pre-start", tmp_path)
-    assert (run.returncode, run.stdout, run.stderr) == (0, "", "")
+def test_the_hooks_do_nothing_without_an_update_under_way(tmp_path: Path) -> None:
+    """No state_dir/update/active: not a line, exit 0 (tests/test_update_hooks.py: the rest)."""
+    for name in ("pre-start", "post-stop"):
+        run = run_script(name, tmp_path)
+        assert (run.returncode, run.stdout, run.stderr) == (0, "", ""), name
 
 
 def test_rollback_without_a_previous_release_logs_one_line(tmp_path: Path) -> None:
@@ -307,24 +324,46 @@ def test_rollback_with_a_previous_release_without_update_logs_one_line(tmp_path:
     assert (run.returncode, run.stdout, run.stderr) == (0, NOTHING_TO_ROLL_BACK + "\n", "")
 
 
-def test_rollback_hands_over_to_a_previous_release_that_knows_update(tmp_path: Path) -> None:
-    calls = tmp_path / "calls"
-    agent = tmp_path / "releases/0.2.0/bin/edge-agent"
-    agent.parent.mkdir(parents=True)
-    agent.write_text(
-        "#!/bin/sh\n"
-        f'printf "%s|" "$@" >> {calls}; echo >> {calls}\n'
-        'if [ "$2" = rollback ]; then echo rolled back; exit 3; fi\n'
-        "exit 0\n"
+def recorder(path: Path, calls: Path, body: str = "exit 0") -> None:
+    """An executable that appends its arguments (one line, "|" after each) to `calls`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f'#!/bin/sh\nprintf "%s|" "$(basename "$0")" "$@" >> {calls}\necho >> {calls}\n{body}\n'
     )
-    agent.chmod(0o755)
+    path.chmod(0o755)
+
+
+def test_rollback_hands_over_then_clears_the_failure_and_starts_the_agent(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    recorder(
+        tmp_path / "releases/0.2.0/bin/edge-agent",
+        calls,
+        'if [ "$2" = rollback ]; then echo rolled back; fi',
+    )
     (tmp_path / "previous").symlink_to("releases/0.2.0")
-    run = run_script("rollback", tmp_path)
+    recorder(tmp_path / "bin/systemctl", calls)  # systemd itself is not ours to drive here
+    run = run_script("rollback", tmp_path, path=f"{tmp_path / 'bin'}:/usr/bin:/bin")
     assert calls.read_text().splitlines() == [
-        "update|--help|",
-        "update|rollback|--reason|unit failed|",
+        "edge-agent|update|--help|",
+        "edge-agent|update|rollback|--reason|unit failed|--no-restart|--prefix|/|",
+        "systemctl|reset-failed|edge-agent.service|",
+        "systemctl|start|--no-block|edge-agent.service|",
     ]
-    assert (run.returncode, run.stdout) == (3, "rolled back\n")  # its outcome is the unit's
+    assert (run.returncode, run.stdout) == (0, "rolled back\n")
+
+
+def test_a_failed_rollback_is_the_units_failure_and_starts_nothing(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    recorder(
+        tmp_path / "releases/0.2.0/bin/edge-agent",
+        calls,
+        'if [ "$2" = rollback ]; then echo "nothing to roll back to" >&2; exit 1; fi',
+    )
+    (tmp_path / "previous").symlink_to("releases/0.2.0")
+    recorder(tmp_path / "bin/systemctl", calls)
+    run = run_script("rollback", tmp_path, path=f"{tmp_path / 'bin'}:/usr/bin:/bin")
+    assert run.returncode == 1
+    assert not any(line.startswith("systemctl") for line in calls.read_text().splitlines())
 
 
 # -- sysusers and tmpfiles, applied to a temp root ----------------------------------------------

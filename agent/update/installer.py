@@ -1,6 +1,7 @@
 """The one installer: a wheelhouse in, a self-tested release switched to `current` out.
 
-Used by the Debian package's postinst now (and by signed updates later). It runs with only the
+Used by the Debian package's postinst (`install`) and by signed updates (`agent/update/apply.py`,
+which calls `build_and_test`, `point`, `prune` and `install_lock` from here). It runs with only the
 target's `python3` and the pypa `installer` library (imported where it is used): no pip, no
 compiler, no network, no `python3-venv`. The postinst bootstrap, before any release exists:
 
@@ -24,7 +25,12 @@ Steps (paths from `InstallLayout`):
    the new release, each a symlink made aside and renamed over (atomic), folder fsynced;
    `/usr/bin/edge-agent` → `/opt/edge-agent/current/bin/edge-agent` (relative, so it stays
    inside `--prefix`).
-6. Keep at most `keep` releases (default 3), never `current` nor `previous`.
+6. Keep at most `keep` releases (default 3), never `current` nor `previous`; wheels in the
+   wheel cache that no kept release's `.release.json` lists go too (`prune`).
+
+What an install killed half-way leaves (`releases/.<v>.tmp-<pid>`, a release without its marker,
+a release set aside as `releases/.<v>.old-<pid>`) is cleaned up by the next one under the lock
+(`clean_interrupted`).
 
 Exit status: 0 installed (or already), 1 the new release failed its self-test or the install
 failed on the way, 2 bad input (wheelhouse, arguments).
@@ -335,38 +341,134 @@ def self_test(layout: InstallLayout, release: Path, version: str) -> None:
 # -- the switch and the clean-up -------------------------------------------------------------------
 
 
-def switch(layout: InstallLayout, version: str) -> None:
-    """`previous` ← the old `current` (if different), `current` ← releases/<version>."""
-    old = release_of(layout, layout.current)
-    if old is not None and old != version and layout.release(old).is_dir():
-        replace_symlink(layout.previous, f"releases/{old}")
-    replace_symlink(layout.current, f"releases/{version}")
+def point(layout: InstallLayout, current: str, previous: str | None) -> None:
+    """The links exactly so: `previous` first (or removed), then `current`, then the bin link.
+
+    Each link is replaced atomically, so at every instant `current` names a whole release; done
+    again after a crash it gives the same result (`update` resumes a switch with it).
+    """
+    if previous is None:
+        if layout.previous.is_symlink():
+            layout.previous.unlink()
+            fsync_dir(layout.previous.parent)
+    elif link_target(layout.previous) != f"releases/{previous}":
+        replace_symlink(layout.previous, f"releases/{previous}")
+    if link_target(layout.current) != f"releases/{current}":
+        replace_symlink(layout.current, f"releases/{current}")
     bin_target = os.path.relpath(layout.bin_target, layout.bin_link.parent)
     if link_target(layout.bin_link) != bin_target:
         replace_symlink(layout.bin_link, bin_target)
 
 
+def switch(layout: InstallLayout, version: str) -> None:
+    """`previous` ← the old `current` (if any and different), `current` ← releases/<version>."""
+    old = release_of(layout, layout.current)
+    keep = release_of(layout, layout.previous)
+    if old is not None and old != version and layout.release(old).is_dir():
+        keep = old
+    point(layout, version, keep if keep != version else None)
+
+
+def is_complete(layout: InstallLayout, version: str) -> bool:
+    """The release's marker is there: it was built, passed its self-test, and is whole."""
+    return layout.marker(version).is_file()
+
+
+def clean_interrupted(layout: InstallLayout) -> list[str]:
+    """Undo what a killed install left in releases/ (call it holding `install_lock`).
+
+    A build folder (`.<v>.tmp-<pid>`) goes; a release without its marker (killed during its
+    self-test) goes, and the complete one it replaced (`.<v>.old-<pid>`) comes back; a folder
+    set aside next to a complete release goes. `current` and `previous` are never touched.
+    Returns what it removed or put back, one line each.
+    """
+    done: list[str] = []
+    if not layout.releases_dir.is_dir():
+        return done
+    protected = {release_of(layout, layout.current), release_of(layout, layout.previous)}
+    for entry in sorted(layout.releases_dir.iterdir()):
+        if entry.name.startswith(".") and ".tmp-" in entry.name:
+            remove_tree(entry)
+            done.append(f"removed the unfinished build {entry.name}")
+    for entry in sorted(layout.releases_dir.iterdir()):
+        if entry.name.startswith(".") or entry.name in protected or not entry.is_dir():
+            continue
+        if not is_complete(layout, entry.name):
+            remove_tree(entry)
+            done.append(f"removed the incomplete release {entry.name}")
+    for entry in sorted(layout.releases_dir.iterdir()):
+        if not (entry.name.startswith(".") and ".old-" in entry.name):
+            continue
+        version = entry.name[1:].split(".old-", 1)[0]
+        if layout.release(version).exists():
+            remove_tree(entry)
+            done.append(f"removed the release set aside as {entry.name}")
+        else:
+            entry.replace(layout.release(version))
+            done.append(f"put back release {version}")
+    if done:
+        fsync_dir(layout.releases_dir)
+    return done
+
+
+def manifest_wheels(layout: InstallLayout, version: str) -> set[str] | None:
+    """The wheel file names the release's `.release.json` lists; empty without one; None if
+    it cannot be read (then nothing is pruned from the wheel cache)."""
+    try:
+        data = json.loads(layout.release_manifest(version).read_bytes())
+    except FileNotFoundError:
+        return set()
+    except (OSError, ValueError):
+        return None
+    wheels = data.get("wheels") if isinstance(data, dict) else None
+    if not isinstance(wheels, list) or not all(isinstance(w, str) for w in wheels):
+        return None
+    return set(wheels)
+
+
 def prune(layout: InstallLayout, keep: int, out: TextIO) -> None:
-    """At most `keep` releases (oldest go first), never current nor previous; stale builds go."""
+    """At most `keep` releases (oldest go first), never current nor previous; stale builds go;
+    then every wheel of the wheel cache that no kept release's manifest lists."""
+    for line in clean_interrupted(layout):
+        print(line, file=out)
     protected = {release_of(layout, layout.current), release_of(layout, layout.previous)}
     releases = []
     for entry in layout.releases_dir.iterdir():
         if entry.name.startswith("."):
-            if ".tmp-" in entry.name or ".old-" in entry.name:
-                remove_tree(entry)  # left by an install that died (we hold the lock)
             continue
         if entry.is_dir() and not entry.is_symlink():
             releases.append(entry)
     releases.sort(key=lambda p: p.stat().st_mtime)
     excess = len(releases) - max(keep, 1)
+    kept = []
     for entry in releases:
-        if excess <= 0:
-            break
-        if entry.name in protected:
-            continue
-        remove_tree(entry)
-        print(f"removed old release {entry.name}", file=out)
-        excess -= 1
+        if excess > 0 and entry.name not in protected:
+            remove_tree(entry)
+            print(f"removed old release {entry.name}", file=out)
+            excess -= 1
+        else:
+            kept.append(entry.name)
+    prune_wheel_cache(layout, kept, out)
+
+
+def prune_wheel_cache(layout: InstallLayout, kept: Sequence[str], out: TextIO) -> None:
+    if not layout.wheel_cache.is_dir():
+        return
+    listed: set[str] = set()
+    for version in kept:
+        wheels = manifest_wheels(layout, version)
+        if wheels is None:
+            print(f"release {version}: unreadable .release.json, wheel cache left alone", file=out)
+            return
+        listed |= wheels
+    removed = 0
+    for entry in layout.wheel_cache.iterdir():
+        if entry.name not in listed:
+            remove_tree(entry)
+            removed += 1
+    if removed:
+        fsync_dir(layout.wheel_cache)
+        print(f"removed {removed} wheels no kept release needs from the wheel cache", file=out)
 
 
 def install(
@@ -392,7 +494,7 @@ def install(
             print(f"edge-agent {version} already installed", file=out)
             return version
         if not complete:
-            _build_and_test(layout, house, out)
+            build_and_test(layout, house, out)
         switch(layout, version)
         prune(layout, keep, out)
     print(f"edge-agent {version} installed in {release}", file=out)
@@ -406,7 +508,12 @@ def _marker(layout: InstallLayout, version: str) -> str | None:
         return None
 
 
-def _build_and_test(layout: InstallLayout, house: Wheelhouse, out: TextIO) -> None:
+def build_and_test(
+    layout: InstallLayout, house: Wheelhouse, out: TextIO, manifest: bytes | None = None
+) -> None:
+    """`releases/<v>` built from the wheelhouse, self-tested, its manifest kept (signed updates'
+    `.release.json`), its marker written last. On any failure the release folders are as they
+    were (a release of the same version built from other wheels is put back)."""
     version = house.version
     release = layout.release(version)
     pid = os.getpid()
@@ -433,14 +540,20 @@ def _build_and_test(layout: InstallLayout, house: Wheelhouse, out: TextIO) -> No
         fsync_dir(layout.releases_dir)
         raise
     remove_tree(aside)
-    marker = layout.marker(version)
-    marker_tmp = marker.with_name(f"{marker.name}.tmp-{pid}")
-    with marker_tmp.open("w", encoding="utf-8") as stream:
-        stream.write(house.digest + "\n")
+    if manifest is not None:
+        write_file(layout.release_manifest(version), manifest)
+    write_file(layout.marker(version), (house.digest + "\n").encode())
+    fsync_dir(release)
+
+
+def write_file(path: Path, data: bytes) -> None:
+    """A small file written whole: temp file, fsync, rename (the folder is fsynced by callers)."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with tmp.open("wb") as stream:
+        stream.write(data)
         stream.flush()
         os.fsync(stream.fileno())
-    marker_tmp.replace(marker)
-    fsync_dir(release)
+    tmp.replace(path)
 
 
 # -- the command line ------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ record:` takes the flock, reads the record, lets the caller change it, then writ
 (temp file, fsync, rename, folder fsync). Root's writes keep the agent as the file's owner (the
 folder's owner), so the agent can always read and edit what root wrote.
 
-The `active` marker file exists while an update is under way (staging or trial) and holds the
-version of the known-good release whose `edge-agent update hook …` the unit hooks run; the
-`starts` file holds one boot id per start on trial. Both are derived from the record by
-`UpdateStore.edit` itself, so they never disagree with it.
+The `active` marker file exists while an update is under way (staging or trial, or a switch or
+rollback whose links are not all made yet: `step` set) and holds the version of the known-good
+release whose `edge-agent update hook …` the unit hooks run; the `starts` file holds one boot
+id per start on trial. Both are derived from the record by `UpdateStore.edit` itself, so they
+never disagree with it.
 
 Stdlib only (the hooks run it on every start of a release on trial; it must start fast).
 """
@@ -72,6 +73,7 @@ def empty_record() -> dict[str, Any]:
         "trial_boot_id": None,
         "baseline": None,
         "gate_failed": None,
+        "watchdog": None,
         "last": None,
         "outcomes": [],
         "refused": [],
@@ -171,7 +173,7 @@ class UpdateStore:
     def _sync_markers(self, record: dict[str, Any]) -> None:
         """`active` holds the good version while an update is under way; `starts` is trial's."""
         active = self.layout.update_active
-        if record["state"] in UNDER_WAY:
+        if record["state"] in UNDER_WAY or record["step"] is not None:
             good = record["previous"] if record["state"] == "trial" else record["current"]
             wanted = f"{good or ''}\n".encode()
             try:
