@@ -29,7 +29,7 @@ from agent.model import TerminalView, format_timestamp
 from agent.outbox import QUEUE_NAMES
 from agent.signing import read_envelope
 from agent.storage.layout import StateLayout
-from agent.update.state import StateError, UpdateStore, parse_iso
+from agent.update.state import StateError, UpdateStore, describe
 
 SCHEMA = 1
 QUEUE_BY_NUMBER = {int(p): name for p, name in QUEUE_NAMES.items()}  # as stored in the database
@@ -184,24 +184,15 @@ def update_line(update: dict[str, Any] | None, now: datetime | None = None) -> T
     """One line for people: "committed 0.2.0", "on trial 0.3.0, 7m left", "rolled back …"."""
     if not update or "state" not in update:
         return None
-    state, current, last = update["state"], update.get("current"), update.get("last") or {}
+    state, last = update["state"], update.get("last") or {}
+    style = {
+        "trial": "yellow",
+        "staging": "yellow",
+        "committed": "green",
+        "rolled_back": "bold red",
+    }
     line = Text("update     ")
-    if state == "trial":
-        left = "?"
-        if update.get("trial_ends_at"):
-            seconds = (
-                parse_iso(update["trial_ends_at"]) - (now or datetime.now(UTC))
-            ).total_seconds()
-            left = f"{int(seconds // 60)}m" if seconds >= 60 else f"{max(0, int(seconds))}s"
-        line.append(f"on trial {current}, {left} left", "yellow")
-    elif state == "committed":
-        line.append(f"committed {current}", "green")
-    elif state == "rolled_back":
-        line.append(f"rolled back {last.get('version')}: {last.get('reason')}", "bold red")
-    elif state == "staging":
-        line.append("staging an update", "yellow")
-    else:
-        line.append(f"no update applied yet{f' ({current})' if current else ''}")
+    line.append(describe(update, now), style.get(state, ""))
     if last.get("outcome") == "rejected":
         line.append(
             f" · last rejected {last.get('version') or 'bundle'}: {last.get('reason')}", "red"

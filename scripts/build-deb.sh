@@ -4,6 +4,7 @@
 #
 # It makes build/wheelhouse-<arch>/ with scripts/wheelhouse.sh (or takes $WHEELHOUSE as it is)
 # and build/edge-agent.1 with python -m agent.manpage. What goes where: packaging/README.md.
+# TRUSTED_ROOT=REPO/metadata/1.root.json ships the vendor's update root (docs/updates.md).
 set -e
 cd "$(dirname "$0")/.."
 ARCH=${1:-amd64}
@@ -49,9 +50,17 @@ x "$UNITS"/post-stop /usr/lib/edge-agent/post-stop
 x "$UNITS"/rollback /usr/lib/edge-agent/rollback
 f "$UNITS"/edge-agent.service /lib/systemd/system/edge-agent.service
 f "$UNITS"/edge-agent-rollback.service /lib/systemd/system/edge-agent-rollback.service
+f "$UNITS"/edge-agent-update.service /lib/systemd/system/edge-agent-update.service
+f "$UNITS"/edge-agent-update.path /lib/systemd/system/edge-agent-update.path
 f "$UNITS"/edge-agent.sysusers /usr/lib/sysusers.d/edge-agent.conf
 f "$UNITS"/edge-agent.tmpfiles /usr/lib/tmpfiles.d/edge-agent.conf
 f "$EXAMPLE" /usr/share/edge-agent/config.example.yaml
+# The vendor's TUF root (release init made it: REPO/metadata/1.root.json), the first root every
+# gateway of this package trusts (update.trusted_root). Without TRUSTED_ROOT the package has none
+# and refuses every update until the site sets update.trusted_root.
+if [ -n "${TRUSTED_ROOT:-}" ]; then
+    f "$TRUSTED_ROOT" /usr/share/edge-agent/trusted-root.json
+fi
 d /usr/lib/edge-agent/wheelhouse
 for wheel in "$WH"/*.whl; do
     f "$wheel" "/usr/lib/edge-agent/wheelhouse/${wheel##*/}"

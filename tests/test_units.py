@@ -25,7 +25,7 @@ import pytest
 
 from agent.config import DEFAULT_CONFIG_PATH, Config, ControlConfig
 from agent.credentials import UNIT_PREFIX
-from agent.storage.layout import DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR
+from agent.storage.layout import DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, StateLayout
 from tests.agentproc import write_config
 from tests.conftest import PYTHON, ROOT
 from tests.sandbox import UNSUPPORTED
@@ -33,6 +33,9 @@ from tests.sandbox import UNSUPPORTED
 UNITS = ROOT / "systemd"
 SERVICE = UNITS / "edge-agent.service"
 ROLLBACK = UNITS / "edge-agent-rollback.service"
+UPDATE = UNITS / "edge-agent-update.service"
+UPDATE_PATH = UNITS / "edge-agent-update.path"
+ALL_UNITS = (SERVICE, ROLLBACK, UPDATE, UPDATE_PATH)
 # The installation layout (the package puts the scripts under /usr/lib/edge-agent/).
 PREFIX = Path("/opt/edge-agent")
 AGENT = PREFIX / "current" / "bin" / "edge-agent"
@@ -136,7 +139,7 @@ def install_root(root: Path, host_units: Path) -> None:
     """A root with this host's units, ours, the scripts and a stub agent release."""
     shutil.copytree(host_units, root / "usr/lib/systemd/system", symlinks=True)
     (root / "etc/systemd/system").mkdir(parents=True)
-    for unit in (SERVICE, ROLLBACK):
+    for unit in ALL_UNITS:
         shutil.copy(unit, root / "etc/systemd/system" / unit.name)
     (root / LIBEXEC.relative_to("/")).mkdir(parents=True)
     for script in SCRIPTS:
@@ -150,13 +153,13 @@ def install_root(root: Path, host_units: Path) -> None:
 def verify(root: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["systemd-analyze", f"--root={root}", "--man=no", "verify",
-         SERVICE.name, ROLLBACK.name],
+         *(unit.name for unit in ALL_UNITS)],
         capture_output=True, text=True, check=False, cwd=root,
     )  # fmt: skip
 
 
 @needs_analyze
-def test_systemd_analyze_verify_accepts_both_units(tmp_path: Path) -> None:
+def test_systemd_analyze_verify_accepts_every_unit(tmp_path: Path) -> None:
     host_units = host_unit_dir()
     if host_units is None:
         pytest.skip("no systemd unit folder on this host (sysinit.target) to verify against")
@@ -207,6 +210,27 @@ def test_the_service_is_notify_with_a_watchdog_restart_and_rollback() -> None:
     assert one(unit, "Unit", "Documentation") == (
         "man:edge-agent(1) file:///usr/share/doc/edge-agent/README.md"
     )
+
+
+def test_the_update_path_starts_root_s_apply_when_the_agent_requests_one() -> None:
+    """The agent writes update/pending/request.json; the path unit starts the apply as root."""
+    path_unit = parse_unit(UPDATE_PATH)
+    request = StateLayout(DEFAULT_STATE_DIR).update_request
+    assert one(path_unit, "Path", "PathExists") == str(request)
+    assert one(path_unit, "Path", "Unit") == UPDATE.name
+    service = parse_unit(UPDATE)
+    assert one(service, "Service", "Type") == "oneshot"
+    assert one(service, "Service", "User") == "root"
+    command = one(service, "Service", "ExecStart").split()
+    assert command[:4] == [str(AGENT), "update", "apply", "--pending"]
+    assert command[command.index("--config") + 1] == str(DEFAULT_CONFIG_PATH)
+    # It may write only the releases and the agent's state, and keeps no capability but the
+    # ones it needs for the agent's 0700 update folder.
+    assert one(service, "Service", "ProtectSystem") == "strict"
+    writable = one(service, "Service", "ReadWritePaths").split()
+    assert writable == [str(PREFIX), f"-{DEFAULT_STATE_DIR}"]
+    caps = set(one(service, "Service", "CapabilityBoundingSet").split())
+    assert caps == {"CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_CHOWN"}
 
 
 def test_the_rollback_unit_runs_the_shipped_script() -> None:

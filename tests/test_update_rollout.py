@@ -122,7 +122,7 @@ def test_status_shows_the_update_in_one_line() -> None:
     committed = {"state": "committed", "current": "0.2.0", "last": None}
     assert str(update_line(committed, now)) == "update     committed 0.2.0"
     trial = {"state": "trial", "current": "0.3.0", "trial_ends_at": "2026-03-14T12:07:00Z"}
-    assert str(update_line(trial, now)) == "update     on trial 0.3.0, 7m left"
+    assert str(update_line(trial, now)) == "update     on trial 0.3.0, 7m00s left"
     rolled = {
         "state": "rolled_back",
         "current": "0.2.0",

@@ -123,14 +123,19 @@ def ask_baseline(socket: Path | None, timeout: float = BASELINE_TIMEOUT) -> dict
     return answer if isinstance(answer, dict) else None
 
 
-def commit(store: UpdateStore, version: str, reason: str = "gate met") -> bool:
+def commit(
+    store: UpdateStore,
+    version: str,
+    reason: str = "gate met",
+    timings: dict[str, float] | None = None,
+) -> bool:
     """End the trial of `version`: state `committed`, outcome `committed`. False (nothing
     changed) unless that version is on trial. The agent's gate calls this, unprivileged."""
     with store.edit() as record:
         if record["state"] != "trial" or record["current"] != version:
             return False
         record.update(state="committed", step=None, gate_failed=None, watchdog=None)
-        add_outcome(record, "committed", version, reason)
+        add_outcome(record, "committed", version, reason, running=version, timings=timings)
         return True
 
 

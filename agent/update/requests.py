@@ -41,7 +41,7 @@ from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, fsync_dir, write_
 from agent.storage.layout import StateLayout
 from agent.update.layout import InstallLayout
 from agent.update.settings import UpdateConfig
-from agent.update.state import UpdateStore, add_outcome
+from agent.update.state import UpdateStore
 
 MAX_LABEL_BYTES = 64 * 1024  # bundle.json is a label of a few lines
 DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armhf"}
@@ -296,16 +296,7 @@ def _write_request(layout: StateLayout, body: dict[str, Any]) -> None:
 def commit(
     store: UpdateStore, version: str, reason: str, timings: dict[str, float] | None = None
 ) -> bool:
-    """Commit `version` if the record still has it on trial; whether it did.
+    """Commit `version` if the record still has it on trial; whether it did (the gate's call)."""
+    from agent.update.apply import commit as commit_trial
 
-    The state machine's own commit (`agent/update/apply.py`) does the same for
-    `edge-agent update commit`; both leave the record `committed` with one `committed` outcome.
-    """
-    with store.edit() as record:
-        if record["state"] != "trial" or record["current"] != version:
-            return False
-        record["state"] = "committed"
-        record["step"] = None
-        record["gate_failed"] = None
-        add_outcome(record, "committed", version, reason, running=version, timings=timings)
-    return True
+    return commit_trial(store, version, reason, timings)

@@ -263,3 +263,35 @@ def _give_to_folder_owner(path: Path) -> None:
         st = path.stat()
         if (st.st_uid, st.st_gid) != (folder.st_uid, folder.st_gid):
             os.chown(path, folder.st_uid, folder.st_gid)
+
+
+def describe(summary: dict[str, Any], now: datetime | None = None) -> str:
+    """The state for people: "committed 0.2.0", "on trial 0.3.0, 7m12s left", "rolled back …".
+
+    `update status` prints it; `status` colours it by state.
+    """
+    state, current, last = summary["state"], summary.get("current"), summary.get("last") or {}
+    if state == "trial":
+        ends = summary.get("trial_ends_at")
+        left = (parse_iso(ends) - (now or datetime.now(UTC))).total_seconds() if ends else 0.0
+        return (
+            f"on trial {current}, {_left(left)} left"
+            if left > 0
+            else f"on trial {current}, probation over"
+        )
+    if state == "committed":
+        return f"committed {current}"
+    if state == "rolled_back":
+        return f"rolled back {last.get('version')}: {last.get('reason')}"
+    if state == "staging":
+        return f"staging an update (running {current})"
+    return f"no update yet (running {current})" if current else "no update yet"
+
+
+def _left(seconds: float) -> str:
+    seconds_left = max(0, int(seconds))
+    hours, rest = divmod(seconds_left, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"

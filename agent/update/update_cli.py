@@ -15,14 +15,13 @@ import json
 import os
 import platform
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from agent.update.apply import ApplyError, Installer, VerifiedLike, Verifier
 from agent.update.layout import InstallLayout
 from agent.update.settings import UpdateConfig
-from agent.update.state import BOOT_ID_FILE, StateError, UpdateStore, parse_iso
+from agent.update.state import BOOT_ID_FILE, StateError, UpdateStore, describe
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -286,37 +285,12 @@ def _verify_with_trust(
 # -- status and the hooks -------------------------------------------------------------------------
 
 
-def _left(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-def status_line(summary: dict[str, Any], now: datetime | None = None) -> str:
-    """The human form: "committed 0.2.0", "on trial 0.3.0, 7m12s left", "rolled back …"."""
-    state, current, last = summary["state"], summary["current"], summary["last"]
-    if state == "trial":
-        left = (parse_iso(summary["trial_ends_at"]) - (now or datetime.now(UTC))).total_seconds()
-        window = f"{_left(left)} left" if left > 0 else "probation over"
-        return f"on trial {current}, {window}"
-    if state == "committed":
-        return f"committed {current}"
-    if state == "rolled_back" and last is not None:
-        return f"rolled back {last['version']}: {last['reason']}"
-    if state == "staging":
-        return f"staging an update (running {current})"
-    return f"no update yet (running {current})" if current else "no update yet"
-
-
 def _status(store: UpdateStore, as_json: bool) -> int:
     summary = store.summary()
     if as_json:
         print(json.dumps(summary, indent=2))
         return EXIT_OK
-    print(status_line(summary))
+    print(describe(summary))
     last = summary["last"]
     if last is not None and summary["state"] != "rolled_back" and last["outcome"] == "rejected":
         print(f"last: rejected {last['version'] or 'a release'}: {last['reason']} ({last['at']})")
