@@ -31,6 +31,7 @@ from agent.logs import configure_logging
 from agent.storage.atomic import write_atomic
 from agent.update.installer import add_arguments as add_install_arguments
 from agent.update.installer import run as run_install
+from agent.update.release_cli import add_release_parser, run_release
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "install", help="install a release from a wheelhouse and switch to it (the .deb runs this)"
     )
     add_install_arguments(install)
+    add_release_parser(commands)
 
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -517,6 +519,7 @@ COMMANDS = {
     "outbox": cmd_outbox,
     "sl651": cmd_sl651,
     "report": cmd_report,
+    "release": run_release,
 }
 
 
