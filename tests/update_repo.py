@@ -78,7 +78,8 @@ def new_repo(tmp: Path, *versions: str, channel: str = "stable", **init: Any) ->
 
 def publish(repo: Path, version: str, *, channel: str = "stable", **extra: Any) -> Path:
     house = make_wheelhouse(repo.parent / f"wh-{channel}-{version}", version, **extra.pop("wh", {}))
-    release.add(repo, channel=channel, wheelhouse=house, platform="any", **extra)
+    extra.setdefault("platform", "any")
+    release.add(repo, channel=channel, wheelhouse=house, **extra)
     return house
 
 
