@@ -39,11 +39,16 @@ def make_wheel(
     metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
     for dep, pin in (requires or {}).items():
         metadata += f"Requires-Dist: {dep}=={pin}\n"
+    files = {
+        f"{dist}/__init__.py": b"# synthetic\n" + payload,
+        f"{info}/METADATA": (metadata + "\n").encode(),
+        f"{info}/WHEEL": f"Wheel-Version: 1.0\nTag: {tags}\n".encode(),
+        f"{info}/RECORD": b"",
+    }
     with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr(f"{dist}/__init__.py", b"# synthetic\n" + payload)
-        archive.writestr(f"{info}/METADATA", metadata + "\n")
-        archive.writestr(f"{info}/WHEEL", f"Wheel-Version: 1.0\nTag: {tags}\n")
-        archive.writestr(f"{info}/RECORD", "")
+        for name, data in files.items():
+            # A fixed date: the same wheel made twice is the same file (as a rebuild must be).
+            archive.writestr(zipfile.ZipInfo(name, date_time=(2026, 1, 1, 0, 0, 0)), data)
     return path
 
 

@@ -164,10 +164,24 @@ class _WebFetcher(Urllib3Fetcher):
         super().__init__(socket_timeout=30, app_user_agent="edge-agent")
         self.base = base
         self.last = ""
+        self._responses: list[urllib3.response.BaseHTTPResponse] = []
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         self.last = url[len(self.base) :] if url.startswith(self.base) else url
         return super()._fetch(url)
+
+    def _chunks(self, response: urllib3.response.BaseHTTPResponse) -> Iterator[bytes]:
+        self._responses.append(response)
+        return super()._chunks(response)
+
+    def close(self) -> None:
+        """Close every response (one cut short by a length check too) and the kept-alive
+        connections python-tuf's pool managers hold."""
+        for response in self._responses:
+            response.close()
+        self._responses.clear()
+        for manager in self._proxy_env._pool_managers.values():
+            manager.clear()
 
 
 @dataclass
@@ -208,13 +222,14 @@ def _session(
     shutil.copytree(trust_dir, staging, symlinks=True)
     downloads.mkdir()
     contents: BundleContents | None = None
+    fetcher: _BundleFetcher | _WebFetcher | None = None
     try:
         if source.bundle is not None:
             try:
                 contents = open_bundle(source.bundle, source.max_bytes)
             except BundleError as exc:
                 raise UpdateRejected("bundle", str(exc)) from exc
-            fetcher: _BundleFetcher | _WebFetcher = _BundleFetcher(contents)
+            fetcher = _BundleFetcher(contents)
             base = _BUNDLE_BASE
         else:
             assert source.url is not None
@@ -235,6 +250,8 @@ def _session(
     finally:
         if contents is not None:
             contents.close()
+        if isinstance(fetcher, _WebFetcher):
+            fetcher.close()
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(downloads, ignore_errors=True)
 
