@@ -31,6 +31,7 @@ from agent.logs import configure_logging
 from agent.storage.atomic import write_atomic
 from agent.update.installer import add_arguments as add_install_arguments
 from agent.update.installer import run as run_install
+from agent.update.release_cli import add_release_parser, run_release
 from agent.update.update_cli import add_update_parser, run_update
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
@@ -127,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_install_arguments(install)
     add_update_parser(commands)
+    add_release_parser(commands)
 
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -521,6 +523,7 @@ COMMANDS = {
     "outbox": cmd_outbox,
     "sl651": cmd_sl651,
     "report": cmd_report,
+    "release": run_release,
 }
 
 

@@ -16,26 +16,23 @@ folder, the trusted root) is gathered here once.
 - `commit(store, version, reason)`: the trial passed its gate: state `committed`, outcome
   `committed` (only if the record still says this version is on trial).
 
-`agent.update.trust` is imported when first needed (`_trust`): the agent starts without
-loading python-tuf.
+`agent.update.trust` is imported when first needed: the agent starts without loading
+python-tuf.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import importlib
 import json
 import os
-import platform
 import shutil
-import sys
 import tarfile
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, fsync_dir, write_atomic
 from agent.storage.layout import StateLayout
@@ -43,8 +40,10 @@ from agent.update.layout import InstallLayout
 from agent.update.settings import UpdateConfig
 from agent.update.state import UpdateStore
 
+if TYPE_CHECKING:
+    from agent.update.trust import Target
+
 MAX_LABEL_BYTES = 64 * 1024  # bundle.json is a label of a few lines
-DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armhf"}
 
 
 class Rejected(Exception):
@@ -69,16 +68,6 @@ class Verdict:
 # -- the gateway as verification sees it ---------------------------------------------------
 
 
-def gateway_platform() -> str:
-    """The Debian architecture of this machine (`amd64`, `arm64`, `armhf`)."""
-    machine = platform.machine()
-    return DEBIAN_ARCH.get(machine, machine)
-
-
-def python_tag() -> str:
-    return f"cp{sys.version_info.major}{sys.version_info.minor}"
-
-
 def trusted_root(settings: UpdateConfig, install: InstallLayout | None = None) -> Path:
     """`update.trusted_root`, or the root the package installs in root's trust folder."""
     if settings.trusted_root is not None:
@@ -86,17 +75,12 @@ def trusted_root(settings: UpdateConfig, install: InstallLayout | None = None) -
     return (install or InstallLayout()).trust_dir / "root.json"
 
 
-def _trust() -> ModuleType:
-    """agent.update.trust, imported on first use (python-tuf is not loaded at start)."""
-    return importlib.import_module("agent.update.trust")
-
-
-def _target(
-    trust: ModuleType, settings: UpdateConfig, refused: Iterable[str], automatic: bool
-) -> Any:
+def _target(settings: UpdateConfig, refused: Iterable[str], automatic: bool) -> Target:
     from agent import __version__
+    from agent.update.platforms import gateway_platform, python_tag
+    from agent.update.trust import Target
 
-    return trust.Target(
+    return Target(
         channel=settings.channel,
         platform=gateway_platform(),
         python=python_tag(),
@@ -148,22 +132,24 @@ def precheck_bundle(
     except Rejected as exc:
         return Verdict(False, exc.check, exc.reason)
     version = label.get("version") if isinstance(label.get("version"), str) else None
-    try:
-        trust = _trust()
-    except ImportError as exc:
-        return Verdict(False, "trust", f"this release cannot verify bundles ({exc})", version)
-    try:
-        verified = trust.verify(
-            trust.bundle_source(path, settings.max_bundle_bytes),
-            trust_dir=_metadata_dir(layout),
-            trusted_root=trusted_root(settings),
-            target=_target(trust, settings, refused, automatic=False),
-            wheel_cache=InstallLayout().wheel_cache,
-            work_dir=_work_dir(layout),
-        )
-    except trust.UpdateRejected as exc:
-        return Verdict(False, str(exc.check), str(exc.reason), version)
-    return Verdict(True, None, "verified", str(verified.release.version))
+    from agent.update.trust import UpdateRejected, bundle_source, verify
+
+    # Checked in a folder of its own, then forgotten: root checks it again before applying it.
+    ensure_dir(layout.update_dir)
+    with tempfile.TemporaryDirectory(dir=layout.update_dir) as work:
+        try:
+            verified = verify(
+                bundle_source(path, settings.max_bundle_bytes),
+                trust_dir=_metadata_dir(layout),
+                trusted_root=trusted_root(settings),
+                target=_target(settings, refused, automatic=False),
+                wheel_cache=Path(work) / "wheels",
+                work_dir=Path(work),
+                also_in=[InstallLayout().wheel_cache],
+            )
+        except UpdateRejected as exc:
+            return Verdict(False, exc.check, exc.reason, version)
+    return Verdict(True, None, "verified", verified.release.version)
 
 
 # -- online ----------------------------------------------------------------------------------
@@ -179,23 +165,26 @@ def prepare_online(
     """
     if settings.repository_url is None:
         raise Rejected("repository", "update.repository_url is not set")
-    try:
-        trust = _trust()
-    except ImportError as exc:
-        raise Rejected("trust", f"this release cannot verify releases ({exc})") from None
-    try:
-        verified = trust.verify(
-            trust.repository_source(settings.repository_url),
-            trust_dir=_metadata_dir(layout),
-            trusted_root=trusted_root(settings),
-            target=_target(trust, settings, refused, automatic=True),
-            wheel_cache=InstallLayout().wheel_cache,
-            work_dir=_work_dir(layout),
-            version=version,
-        )
-    except trust.UpdateRejected as exc:
-        raise Rejected(str(exc.check), str(exc.reason)) from None
-    taken = str(verified.release.version)
+    # The wheels it lacks are fetched once, into update/downloads/: root takes them from there
+    # (checking each again) instead of fetching them a second time over a metered link.
+    from agent.update.trust import UpdateRejected, repository_source, verify
+
+    ensure_dir(layout.update_downloads)
+    with tempfile.TemporaryDirectory(dir=layout.update_dir) as work:
+        try:
+            verified = verify(
+                repository_source(settings.repository_url),
+                trust_dir=_metadata_dir(layout),
+                trusted_root=trusted_root(settings),
+                target=_target(settings, refused, automatic=True),
+                wheel_cache=layout.update_downloads,
+                work_dir=Path(work),
+                version=version,
+                also_in=[InstallLayout().wheel_cache],
+            )
+        except UpdateRejected as exc:
+            raise Rejected(exc.check, exc.reason) from None
+    taken = verified.release.version
     request_repository(layout, taken)
     return taken
 
@@ -203,11 +192,6 @@ def prepare_online(
 def _metadata_dir(layout: StateLayout) -> Path:
     ensure_dir(layout.update_metadata)
     return layout.update_metadata
-
-
-def _work_dir(layout: StateLayout) -> Path:
-    ensure_dir(layout.update_downloads)
-    return layout.update_downloads
 
 
 # -- the request to root ---------------------------------------------------------------------

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
 import json
 import os
-import platform
+import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from agent.update.apply import ApplyError, Installer, VerifiedLike, Verifier
 from agent.update.layout import InstallLayout
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 PROG = "edge-agent update"
-DEBIAN_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
 
 
 def add_update_parser(commands: Any) -> None:
@@ -48,6 +46,12 @@ def add_update_parser(commands: Any) -> None:
         action="store_true",
         help="what the agent asked for in state_dir/update/pending/request.json",
     )
+
+    check = actions.add_parser(
+        "check", help="the newest release of update.channel at update.repository_url"
+    )
+    _common(check)
+    check.add_argument("--json", action="store_true", help='print {"current", "available"}')
 
     status = actions.add_parser("status", help="the update state: current, trial, last outcome")
     _common(status)
@@ -135,6 +139,9 @@ def run_update(args: argparse.Namespace) -> int:
             return _hook(args, installer)
         if args.update_command == "status":
             return _status(installer.store, args.json)
+        if args.update_command == "check":
+            assert config is not None
+            return _check(installer, config, args.json)
         if args.update_command == "apply":
             assert config is not None
             return _apply(args, installer, config)
@@ -195,6 +202,8 @@ def _apply_pending(installer: Installer, config: Config) -> int:
     finally:
         with contextlib.suppress(FileNotFoundError):
             request.unlink()
+        # What the agent fetched for it is in a release now (and in root's wheel cache).
+        shutil.rmtree(config.layout.update_downloads, ignore_errors=True)
 
 
 def _pending_source(pending: Path, data: Any) -> tuple[Path | None, str | None]:
@@ -213,18 +222,6 @@ def _pending_source(pending: Path, data: Any) -> tuple[Path | None, str | None]:
             raise ApplyError("request", f"version {version!r}: not a string")
         return None, version
     raise ApplyError("request", 'expected {"bundle": NAME} or {"repository": true, "version": V}')
-
-
-def gateway_platform() -> str:
-    """The Debian architecture of this gateway (the release manifests' `platform`)."""
-    machine = platform.machine()
-    if machine in DEBIAN_ARCH:
-        return DEBIAN_ARCH[machine]
-    return "armhf" if machine.startswith("arm") else machine
-
-
-def python_tag() -> str:
-    return f"cp{sys.version_info.major}{sys.version_info.minor}"
 
 
 def _verifier(
@@ -252,8 +249,14 @@ def _verify_with_trust(
     version: str | None,
     automatic: bool,
 ) -> VerifiedLike:
-    """`agent.update.trust.verify` with root's own trusted metadata (docs/updates.md)."""
-    trust: Any = importlib.import_module("agent.update.trust")
+    """`agent.update.trust.verify` with root's own trusted metadata (docs/updates.md).
+
+    Wheels the agent fetched for a pending online update (`state_dir/update/downloads/`) are
+    taken from there, each checked again, rather than fetched twice.
+    """
+    from agent.update import trust
+    from agent.update.platforms import gateway_platform, python_tag
+
     layout = installer.layout
     record = installer.store.read()
     target = trust.Target(
@@ -270,7 +273,7 @@ def _verify_with_trust(
         source = trust.repository_source(settings.repository_url)
     else:
         raise ApplyError("verify", "update.repository_url is not set in the config")
-    verified = trust.verify(
+    return trust.verify(
         source,
         trust_dir=layout.trust_dir,
         trusted_root=settings.trusted_root or layout.trust_dir / "root.json",
@@ -278,8 +281,51 @@ def _verify_with_trust(
         wheel_cache=layout.wheel_cache,
         work_dir=work_dir,
         version=version,
+        also_in=[installer.store.layout.update_downloads],
     )
-    return cast(VerifiedLike, verified)
+
+
+def _check(installer: Installer, config: Config, as_json: bool) -> int:
+    """Is there a newer release? Read only: nothing is fetched but metadata.
+
+    Root checks with its own trusted metadata; anyone else (the agent's user, an engineer in its
+    group) with the agent's copy in `state_dir/update/metadata/`.
+    """
+    from agent import __version__
+    from agent.update import trust
+    from agent.update.platforms import gateway_platform, python_tag
+
+    settings = config.update
+    if not settings.repository_url:
+        return _fail("update.repository_url is not set in the config", EXIT_USAGE)
+    record = installer.store.read()
+    running = record["current"] or __version__
+    trust_dir = installer.layout.trust_dir if os.geteuid() == 0 else config.layout.update_metadata
+    target = trust.Target(
+        channel=settings.channel,
+        platform=gateway_platform(),
+        python=python_tag(),
+        running=running,
+        refused=frozenset(record["refused"]),
+        automatic=False,
+    )
+    try:
+        release = trust.newest(
+            trust.repository_source(settings.repository_url),
+            trust_dir=trust_dir,
+            trusted_root=settings.trusted_root or installer.layout.trust_dir / "root.json",
+            target=target,
+        )
+    except trust.UpdateRejected as exc:
+        return _fail(f"{exc.check}: {exc.reason}")
+    available = release.version if release is not None else None
+    if as_json:
+        print(json.dumps({"schema": 1, "current": running, "available": available}))
+    elif available is None:
+        print(f"up to date: {running} is the newest release of {settings.channel}")
+    else:
+        print(f"{available} available on {settings.channel} (running {running})")
+    return EXIT_OK
 
 
 # -- status and the hooks -------------------------------------------------------------------------
