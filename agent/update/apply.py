@@ -88,22 +88,35 @@ class ApplyError(Exception):
 
 
 def systemd_restart() -> None:
-    """`systemctl restart edge-agent.service` where systemd runs; nothing elsewhere."""
+    """`systemctl restart --no-block edge-agent.service` where systemd runs; nothing elsewhere.
+
+    Queued, not waited for: whether the new release starts, and keeps running, is the trial's
+    to judge (the start counter, the watchdog, the gate), not a reason to call the apply failed.
+    The unit's start limit is reset first (`reset-failed`): starts of the release before must
+    not use up the starts the pre-start hook counts, or a crash loop would hit the start limit
+    ("unit failed") before the hook could name it.
+    """
     if not SYSTEMD_RUNNING.is_dir():
         return
+    _systemctl("reset-failed", SERVICE)
+    _systemctl("restart", "--no-block", SERVICE)
+
+
+def _systemctl(*args: str) -> None:
+    what = f"systemctl {' '.join(args)}"
     try:
         done = subprocess.run(
-            ["systemctl", "restart", SERVICE],
+            ["systemctl", *args],
             capture_output=True,
             text=True,
             timeout=RESTART_TIMEOUT,
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ApplyError("restart", f"systemctl restart {SERVICE}: {exc}") from exc
+        raise ApplyError("restart", f"{what}: {exc}") from exc
     if done.returncode != 0:
         detail = (done.stderr.strip() or f"exit status {done.returncode}").splitlines()[-1]
-        raise ApplyError("restart", f"systemctl restart {SERVICE}: {detail}")
+        raise ApplyError("restart", f"{what}: {detail}")
 
 
 def ask_baseline(socket: Path | None, timeout: float = BASELINE_TIMEOUT) -> dict[str, Any] | None:

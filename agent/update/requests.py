@@ -142,7 +142,9 @@ def precheck_bundle(
                 bundle_source(path, settings.max_bundle_bytes),
                 trust_dir=_metadata_dir(layout),
                 trusted_root=trusted_root(settings),
-                target=_target(settings, refused, automatic=False),
+                # A bundle in the inbox is an automatic source: a version rolled back here is
+                # refused (`update apply FILE` by hand can still take it).
+                target=_target(settings, refused, automatic=True),
                 wheel_cache=Path(work) / "wheels",
                 work_dir=Path(work),
                 also_in=[InstallLayout().wheel_cache],
