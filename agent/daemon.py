@@ -74,6 +74,7 @@ class Parts:
     uplink: Uplink | None
     inspection: Inspection
     drivers: Sequence[Driver]
+    update: UpdatePart
 
 
 class Daemon:
@@ -96,7 +97,6 @@ class Daemon:
         self.stop_requested = asyncio.Event()
         self.exit_code = 0  # what `edge-agent run` returns (4: the update gate was not met)
         self.started = asyncio.Event()  # set once every part runs and READY=1 was sent
-        self.update: UpdatePart | None = None
         self.operations = Operations(self)
         # Set once every part has started (for the demo's screen); cleared on the way out.
         self.parts: Parts | None = None
@@ -137,7 +137,6 @@ class Daemon:
             except TimeoutError:
                 log.error("stop deadline passed; the rest was cancelled")
             self.parts = None
-            self.update = None
             self._remove_signal_handlers(loop)
             log.info("agent stopped")
 
@@ -175,9 +174,10 @@ class Daemon:
         drivers: list[Driver] = []
         for spec in self._driver_specs:
             drivers.append(await stack.enter_async_context(spec.create(context)))
-        self.parts = parts = Parts(outbox, writer, uplink, inspection, drivers)
         inspection.set_polling_allowance(self._polling_allowance(drivers))
-        self.update = await stack.enter_async_context(self._update_part(writer, uplink))
+        # Its gate judges the agent once `started` is set, when every part runs.
+        update = await stack.enter_async_context(self._update_part(writer, uplink))
+        self.parts = parts = Parts(outbox, writer, uplink, inspection, drivers, update)
         await self._start_control(stack)
         stack.enter_context(ConfigWatcher(self.config_path, self._reload_requested))
         return parts
@@ -268,7 +268,7 @@ class Daemon:
             outbox=await parts.outbox.stats() if parts is not None else None,
             uplink=parts.uplink.state if parts is not None and parts.uplink else None,
             logs=self.log_counter.snapshot(window) if self.log_counter is not None else None,
-            update=self.update.summary if self.update is not None else None,
+            update=parts.update.summary if parts is not None else None,
         )
 
     async def observe(self) -> Observation:
@@ -304,7 +304,7 @@ class Daemon:
         return await self._running().inspection.flush_history()
 
     async def _metrics_snapshot(self) -> Snapshot:
-        announcements = self.update.announcements if self.update is not None else None
+        announcements = self.parts.update.announcements if self.parts is not None else None
         return Snapshot(
             await self.snapshot(),
             self.check_results(),
