@@ -57,6 +57,7 @@ test: lint types unit
 bench: $(VENV)/.dev
 	$(PY) bench/poll_scale.py
 	$(PY) bench/rtu_bus.py
+	$(PY) bench/update.py
 
 wheelhouse: $(VENV)/.runtime
 	PYTHON=$(PY) scripts/wheelhouse.sh build/wheelhouse-$(ARCH) $(ARCH)

@@ -10,6 +10,7 @@ import functools
 import http.server
 import io
 import json
+import shutil
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -21,9 +22,14 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
-from agent.update import release, trust
+from agent.config import load_config
+from agent.update import release, trust, update_cli
+from agent.update.apply import Installer
+from agent.update.layout import InstallLayout
 from agent.update.platforms import python_tag
+from agent.update.state import UpdateStore
 from agent.update.trust import Target, UpdateRejected
+from tests.agentproc import write_config
 from tests.update_repo import (
     GATEWAY_PLATFORM,
     make_wheel,
@@ -472,6 +478,53 @@ def test_delta_bundle_needs_the_cached_wheels(gw: Gateway) -> None:
     gw.verify_bundle(gw.bundle("0.1.0"), running="0.0.9")
     verified = gw.verify_bundle(delta)
     assert len(list(verified.wheelhouse.iterdir())) == 3
+
+
+def test_root_takes_a_delta_bundles_missing_wheels_from_the_packaged_wheelhouse(
+    gw: Gateway,
+) -> None:
+    """A gateway whose 0.1.0 came from the .deb has an empty wheel cache: `update apply` takes
+    the wheels the delta leaves out from /usr/lib/edge-agent/wheelhouse, each checked."""
+    delta = gw.bundle("0.2.0", "delta.tar", delta_from="0.1.0")
+    root = gw.tmp / "gateway"
+    config = gw.tmp / "config.yaml"
+    write_config(config, gw.tmp / "state", [], update={"trusted_root": str(gw.root)})
+    settings = load_config(config)
+    store = UpdateStore(settings.layout)
+
+    def apply_verify(packaged: Path | None) -> trust.Verified | UpdateRejected:
+        layout = InstallLayout(root)
+        shutil.rmtree(root, ignore_errors=True)
+        if packaged is not None:
+            shutil.copytree(packaged, layout.wheelhouse)
+        work = root / "work"
+        work.mkdir(parents=True)
+        installer = Installer(layout, store)
+        try:
+            verified = update_cli._verify_with_trust(
+                installer, settings.update, work, bundle=delta, version=None, automatic=False
+            )
+        except UpdateRejected as exc:
+            return exc
+        assert isinstance(verified, trust.Verified)
+        return verified
+
+    shipped = gw.repo.parent / "wh-stable-0.1.0"  # what `publish` released as 0.1.0
+    verified = apply_verify(shipped)
+    assert isinstance(verified, trust.Verified), verified
+    assert sorted(p.name for p in verified.wheelhouse.iterdir()) == sorted(verified.release.wheels)
+    assert sorted(p.name for p in InstallLayout(root).wheel_cache.iterdir()) == sorted(
+        verified.release.wheels
+    )
+    # The control: without the packaged wheels, or with one that is not the released file.
+    missing = apply_verify(None)
+    assert isinstance(missing, UpdateRejected) and missing.check == "incomplete", missing
+    tampered = gw.tmp / "tampered"
+    shutil.copytree(shipped, tampered)
+    make_wheel(tampered, "pyserial", "3.5", payload=b"# not the released bytes\n")
+    wrong = apply_verify(tampered)
+    assert isinstance(wrong, UpdateRejected) and wrong.check == "incomplete", wrong
+    assert "pyserial" in wrong.reason
 
 
 def test_online_fetches_only_the_missing_wheels(gw: Gateway) -> None:

@@ -147,7 +147,7 @@ def precheck_bundle(
                 target=_target(settings, refused, automatic=True),
                 wheel_cache=Path(work) / "wheels",
                 work_dir=Path(work),
-                also_in=[InstallLayout().wheel_cache],
+                also_in=[InstallLayout().wheel_cache, InstallLayout().wheelhouse],
             )
         except UpdateRejected as exc:
             return Verdict(False, exc.check, exc.reason, version)
@@ -182,7 +182,7 @@ def prepare_online(
                 wheel_cache=layout.update_downloads,
                 work_dir=Path(work),
                 version=version,
-                also_in=[InstallLayout().wheel_cache],
+                also_in=[InstallLayout().wheel_cache, InstallLayout().wheelhouse],
             )
         except UpdateRejected as exc:
             raise Rejected(exc.check, exc.reason) from None

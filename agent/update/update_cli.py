@@ -252,7 +252,9 @@ def _verify_with_trust(
     """`agent.update.trust.verify` with root's own trusted metadata (docs/updates.md).
 
     Wheels the agent fetched for a pending online update (`state_dir/update/downloads/`) are
-    taken from there, each checked again, rather than fetched twice.
+    taken from there, each checked again, rather than fetched twice; so are the wheels the .deb
+    shipped (`/usr/lib/edge-agent/wheelhouse/`): a release installed by the package has none in
+    the wheel cache, and a delta bundle made for it leaves them out.
     """
     from agent.update import trust
     from agent.update.platforms import gateway_platform, python_tag
@@ -281,7 +283,7 @@ def _verify_with_trust(
         wheel_cache=layout.wheel_cache,
         work_dir=work_dir,
         version=version,
-        also_in=[installer.store.layout.update_downloads],
+        also_in=[installer.store.layout.update_downloads, layout.wheelhouse],
     )
 
 
