@@ -16,6 +16,7 @@ from agent.update.rollout import (
     rollout_slot,
     seconds_until_open,
 )
+from agent.update.state import ends_at
 
 
 def test_rollout_slot_is_the_sha256_of_the_gateway_id_mod_100() -> None:
@@ -130,3 +131,9 @@ def test_status_shows_the_update_in_one_line() -> None:
     }
     assert str(update_line(rolled, now)) == "update     rolled back 0.3.0: watchdog killed it"
     assert update_line(None, now) is None
+
+
+def test_a_trial_window_is_never_shorter_than_the_probation() -> None:
+    start = datetime(2026, 3, 14, 12, 0, 0, 800_000, tzinfo=UTC)
+    assert ends_at(start, 5) == "2026-03-14T12:00:06Z"  # 5.2 s, not 4.2 s
+    assert ends_at(start.replace(microsecond=0), 5) == "2026-03-14T12:00:05Z"

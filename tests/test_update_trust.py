@@ -5,15 +5,11 @@ bundle safety."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import http.server
 import io
 import json
 import shutil
 import tarfile
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +35,7 @@ from tests.update_repo import (
     past,
     publish,
     resign,
+    serve,
     signers,
 )
 
@@ -160,33 +157,6 @@ def flipped(data: bytes) -> bytes:
 
 
 AGENT2 = "targets/wheels/edge_agent-0.2.0-py3-none-any.whl"
-
-
-class _Handler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@contextlib.contextmanager
-def serve(folder: Path) -> Iterator[tuple[str, list[str]]]:
-    """A loopback HTTP server of `folder`; yields its URL and the paths it was asked for."""
-    asked: list[str] = []
-
-    class Counting(_Handler):
-        def do_GET(self) -> None:
-            asked.append(self.path)
-            super().do_GET()
-
-    server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Counting, directory=str(folder))
-    )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/", asked
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 # -- a release that passes ---------------------------------------------------------------------

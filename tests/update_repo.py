@@ -7,7 +7,12 @@ The agent wheel requires exactly the dependency wheels made beside it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import threading
 import zipfile
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -126,3 +131,33 @@ def meta_of(data: bytes, version: int) -> MetaFile:
 
 def past(days: float = 1) -> datetime:
     return datetime.now(UTC).replace(microsecond=0) - timedelta(days=days)
+
+
+# -- a repository served over HTTP on loopback ---------------------------------------------
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(folder: Path) -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP server of `folder`; yields its URL and the paths it was asked for."""
+    asked: list[str] = []
+
+    class Counting(_Handler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            super().do_GET()
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Counting, directory=str(folder))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/", asked
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -45,6 +45,7 @@ from agent.update.state import (
     UpdateStore,
     add_outcome,
     boot_id,
+    ends_at,
     now_iso,
 )
 
@@ -311,7 +312,7 @@ class Installer:
             record.update(
                 state="trial",
                 step="switch",
-                trial_ends_at=now_iso(now + timedelta(seconds=self.probation)),
+                trial_ends_at=ends_at(now, self.probation),
                 trial_boot_id=boot_id(self.boot_id_file),
                 previous=before["current"],
                 current=version,

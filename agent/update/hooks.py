@@ -16,10 +16,8 @@ which lands here:
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from agent.update.apply import Installer
-from agent.update.state import UpdateStore, boot_id, now_iso, parse_iso
+from agent.update.state import UpdateStore, boot_id, ends_at, now_iso, parse_iso
 
 MAX_STARTS = 3
 """More starts than this on trial in one boot is a crash loop."""
@@ -40,7 +38,7 @@ def pre_start(installer: Installer) -> str | None:
         with store.edit() as record:
             if record["state"] == "trial":
                 record["trial_boot_id"] = boot
-                record["trial_ends_at"] = now_iso(now + timedelta(seconds=installer.probation))
+                record["trial_ends_at"] = ends_at(now, installer.probation)
     starts = store.add_starts(boot)
     if starts > MAX_STARTS:
         reason = f"crash loop: {starts} starts on trial"

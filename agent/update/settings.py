@@ -11,15 +11,18 @@ from agent.config_base import Frozen
 from agent.durations import PositiveDuration
 
 DEFAULT_CHANNEL = "stable"
+DEFAULT_TRUSTED_ROOT = Path("/usr/share/edge-agent/trusted-root.json")
 _WINDOW = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)-([01]\d|2[0-3]):([0-5]\d)$")
 
 
 class UpdateConfig(Frozen):
     """Signed updates: where they come from, when they may be applied, how they are judged."""
 
-    # The first root.json this gateway trusts (the package installs the vendor's). Without it
-    # (and without /opt/edge-agent/trust/root.json) every update is refused: "no trusted root".
-    trusted_root: Path | None = None
+    # The first root.json this gateway trusts: the vendor's, which the package installs here
+    # (scripts/build-deb.sh, TRUSTED_ROOT=). Once root's trust folder holds a root, that one (and
+    # the roots it rotates to) is trusted instead. Neither: every update is refused
+    # ("no-trusted-root").
+    trusted_root: Path | None = DEFAULT_TRUSTED_ROOT
     # URL of the vendor's repository folder (…/metadata/ and …/targets/ below it).
     repository_url: str | None = Field(default=None, pattern=r"^https?://[^\s]+$")
     channel: str = Field(default=DEFAULT_CHANNEL, pattern=r"^[a-z0-9][a-z0-9._-]{0,31}$")

@@ -25,7 +25,7 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +47,15 @@ UNDER_WAY: tuple[State, ...] = ("staging", "trial")
 def now_iso(at: datetime | None = None) -> str:
     """UTC, RFC 3339 with a Z, to the second (what the record and the events carry)."""
     return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def ends_at(start: datetime, seconds: float) -> str:
+    """`start + seconds` as the record writes it, rounded *up* to the second: a window is never
+    shorter than it was given (cut to the second, a 5 s probation lasted 4.2 s)."""
+    end = start + timedelta(seconds=seconds)
+    if end.microsecond:
+        end += timedelta(microseconds=1_000_000 - end.microsecond)
+    return now_iso(end)
 
 
 def parse_iso(text: str) -> datetime:
