@@ -8,6 +8,7 @@ project with its `version` changed). Every install makes a real venv (a few seco
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -140,10 +141,26 @@ def test_upgrade_keeps_previous_a_broken_release_changes_nothing_keep_n(
     assert after == before
     assert not layout.release("9.0.2").exists()
 
+    # The gateway keeps the wheels of its installed releases (a delta update takes them from
+    # there), each the wheelhouse's own bytes, listed in the release's .release.json.
+    cached = {p.name: p.read_bytes() for p in layout.wheel_cache.iterdir()}
+    assert cached == {p.name: p.read_bytes() for p in wheelhouse.glob("*.whl")} | {
+        "edge_agent-9.0.1-py3-none-any.whl": (
+            make_wheelhouse("9.0.1") / "edge_agent-9.0.1-py3-none-any.whl"
+        ).read_bytes()
+    }
+    listed = json.loads(layout.release_manifest("9.0.1").read_bytes())
+    assert sorted(listed["wheels"]) == sorted(
+        p.name for p in make_wheelhouse("9.0.1").glob("*.whl")
+    )
+
     # keep=2: the third good release pushes out the oldest; current and previous stay.
     install(make_wheelhouse("9.0.3"), layout, keep=2, out=out)
     kept = sorted(p.name for p in layout.releases_dir.iterdir() if not p.name.startswith("."))
     assert kept == ["9.0.1", "9.0.3"]
+    # ... and the agent wheel only the pruned release had leaves the wheel cache with it.
+    agents = sorted(p.name for p in layout.wheel_cache.glob("edge_agent-*"))
+    assert agents == ["edge_agent-9.0.1-py3-none-any.whl", "edge_agent-9.0.3-py3-none-any.whl"]
     assert f"removed old release {a}" in out.getvalue()
     assert layout.current.readlink().as_posix() == "releases/9.0.3"
     assert layout.previous.readlink().as_posix() == "releases/9.0.1"

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -271,7 +269,7 @@ class Installer:
             )
         if version == before["current"]:
             raise ApplyError("stage", f"{version} is the release running now")
-        self._cache_wheels(house)
+        installer.cache_wheels(self.layout, house)
         release = self.layout.release(version)
         marker = self.layout.marker(version)
         if marker.is_file() and marker.read_text(encoding="utf-8").strip() == house.digest:
@@ -283,21 +281,6 @@ class Installer:
                 installer.fsync_dir(release)
             return
         installer.build_and_test(self.layout, house, self.out, manifest=verified.release.manifest)
-
-    def _cache_wheels(self, house: installer.Wheelhouse) -> None:
-        """The verified wheels into the wheel cache (the next update takes them from there)."""
-        cache = self.layout.wheel_cache
-        cache.mkdir(mode=0o755, parents=True, exist_ok=True)
-        for wheel in house.wheels:
-            dest = cache / wheel.path.name
-            if dest.is_file() and dest.stat().st_size == wheel.path.stat().st_size:
-                continue
-            tmp = cache / f".{wheel.path.name}.tmp-{os.getpid()}"
-            shutil.copyfile(wheel.path, tmp)
-            with tmp.open("rb") as stream:
-                os.fsync(stream.fileno())
-            tmp.replace(dest)
-        installer.fsync_dir(cache)
 
     def _switch(
         self,

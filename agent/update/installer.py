@@ -21,7 +21,10 @@ Steps (paths from `InstallLayout`):
 4. Self-test: `<release>/bin/edge-agent --version` prints the version, and `config validate`
    passes on /etc/edge-agent/config.yaml (or the packaged example when there is none). A
    failure removes the new release, leaves `current` alone: exit 1 with the reason.
-5. Write the marker; `previous` ← the old `current` target (if any, and different), `current` ←
+5. Keep the wheels: each copied into the wheel cache (`/opt/edge-agent/wheels/`; a delta bundle
+   or an online update takes the unchanged ones from there, each checked against its signed
+   target) and listed in `releases/<v>/.release.json` (unsigned: it only keeps them from being
+   pruned). Write the marker; `previous` ← the old `current` target (if any, and different), `current` ←
    the new release, each a symlink made aside and renamed over (atomic), folder fsynced;
    `/usr/bin/edge-agent` → `/opt/edge-agent/current/bin/edge-agent` (relative, so it stays
    inside `--prefix`).
@@ -490,11 +493,12 @@ def install(
     with install_lock(layout):
         complete = _marker(layout, version) == house.digest
         current = release_of(layout, layout.current)
+        if not complete:
+            build_and_test(layout, house, out, manifest=wheel_list(house))
+        keep_wheels(layout, house)
         if complete and current == version and link_target(layout.bin_link) is not None:
             print(f"edge-agent {version} already installed", file=out)
             return version
-        if not complete:
-            build_and_test(layout, house, out)
         switch(layout, version)
         prune(layout, keep, out)
     print(f"edge-agent {version} installed in {release}", file=out)
@@ -544,6 +548,44 @@ def build_and_test(
         write_file(layout.release_manifest(version), manifest)
     write_file(layout.marker(version), (house.digest + "\n").encode())
     fsync_dir(release)
+
+
+def wheel_list(house: Wheelhouse) -> bytes:
+    """The `.release.json` of a release installed from a wheelhouse (the package's): the
+    wheels it was built from, so the wheel cache keeps them. Unsigned, and trusted by nothing:
+    a signed update checks every cached wheel against its own targets (length, sha256)."""
+    data = {"schema": 1, "version": house.version, "wheels": [w.path.name for w in house.wheels]}
+    return json.dumps(data, indent=1).encode() + b"\n"
+
+
+def cache_wheels(layout: InstallLayout, house: Wheelhouse) -> None:
+    """The wheelhouse's wheels into the wheel cache, each copied aside, synced and renamed in
+    (a wheel there already, of the same size, is left as it is)."""
+    cache = layout.wheel_cache
+    cache.mkdir(mode=0o755, parents=True, exist_ok=True)
+    copied = False
+    for wheel in house.wheels:
+        dest = cache / wheel.path.name
+        if dest.is_file() and dest.stat().st_size == wheel.path.stat().st_size:
+            continue
+        tmp = cache / f".{wheel.path.name}.tmp-{os.getpid()}"
+        shutil.copyfile(wheel.path, tmp)
+        with tmp.open("rb") as stream:
+            os.fsync(stream.fileno())
+        tmp.replace(dest)
+        copied = True
+    if copied:
+        fsync_dir(cache)
+
+
+def keep_wheels(layout: InstallLayout, house: Wheelhouse) -> None:
+    """The gateway keeps the wheels of its installed releases (docs/updates.md): a delta bundle
+    or an online update takes the unchanged ones from the cache. A release without a
+    `.release.json` (installed before there was one) gets the list of its wheels."""
+    cache_wheels(layout, house)
+    if not layout.release_manifest(house.version).exists():
+        write_file(layout.release_manifest(house.version), wheel_list(house))
+        fsync_dir(layout.release(house.version))
 
 
 def write_file(path: Path, data: bytes) -> None:

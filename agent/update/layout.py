@@ -7,7 +7,7 @@ Everything hangs off `prefix` ("/" on a gateway), so tests lay the whole tree un
 | `opt_dir` | ``/opt/edge-agent/`` | the releases and the two links |
 | `releases_dir` | ``/opt/edge-agent/releases/`` | one folder per version |
 | `release(v)` | ``/opt/edge-agent/releases/<v>/`` | a virtual environment with the agent, `bin/edge-agent` |
-| `release_manifest(v)` | ``/opt/edge-agent/releases/<v>/.release.json`` | the signed release manifest it was installed from (signed updates) |
+| `release_manifest(v)` | ``/opt/edge-agent/releases/<v>/.release.json`` | the signed release manifest it was installed from (signed updates), or the list of its wheels (`edge-agent install`) |
 | `current` | ``/opt/edge-agent/current`` | symlink → ``releases/<v>`` (what systemd runs) |
 | `previous` | ``/opt/edge-agent/previous`` | symlink → the release before (rollback target) |
 | `trust_dir` | ``/opt/edge-agent/trust/`` | root's TUF metadata: what `update apply` trusts |
@@ -28,7 +28,8 @@ from pathlib import Path
 INSTALLED_MARKER = ".installed"
 """Written last into a release folder: the digest of the wheelhouse it was built from."""
 RELEASE_MANIFEST = ".release.json"
-"""The verified release manifest a signed update installed the release from."""
+"""The verified release manifest a signed update installed the release from (from a
+wheelhouse: the list of its wheels, so the wheel cache keeps them)."""
 
 
 @dataclass(frozen=True, slots=True)

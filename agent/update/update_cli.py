@@ -17,7 +17,14 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.update.apply import ApplyError, Installer, VerifiedLike, Verifier
+from agent.update.apply import (
+    ApplyError,
+    Installer,
+    Restart,
+    VerifiedLike,
+    Verifier,
+    systemd_restart,
+)
 from agent.update.layout import InstallLayout
 from agent.update.settings import UpdateConfig
 from agent.update.state import BOOT_ID_FILE, StateError, UpdateStore, describe
@@ -110,18 +117,28 @@ def _load_config(args: argparse.Namespace, hook: bool) -> Config | None:
         return None
 
 
+def _restart_for(prefix: Path) -> Restart:
+    """systemd's edge-agent.service runs the installation at /: one under another `--prefix`
+    (a test's, an image being prepared) is not what it runs, so it is not restarted for it."""
+    if prefix.resolve() == Path("/"):
+        return systemd_restart
+    return lambda: None
+
+
 def _installer(args: argparse.Namespace, config: Config | None) -> Installer:
     layout = InstallLayout(args.prefix)
+    restart = _restart_for(args.prefix)
     if config is None:  # a hook with a broken config: the unit's own state folder
         from agent.storage.layout import StateLayout
 
-        return Installer(layout, UpdateStore(StateLayout(layout.state_dir)))
+        return Installer(layout, UpdateStore(StateLayout(layout.state_dir)), restart=restart)
     settings = config.update
     return Installer(
         layout,
         UpdateStore(config.layout),
         probation=float(settings.probation),
         keep=settings.keep,
+        restart=restart,
         control_socket=config.control.socket,
     )
 
