@@ -23,6 +23,7 @@ from pydantic import (
 
 from agent.check_settings import ChecksConfig, HealthConfig
 from agent.config_base import Frozen, TerminalModel
+from agent.diagnosis.settings import DiagnosisConfig
 from agent.durations import Duration, PositiveDuration
 from agent.protocols.modbus.config import (
     BIT_TABLES,
@@ -235,6 +236,7 @@ class Config(_Frozen):
     control: ControlConfig = ControlConfig()
     metrics: MetricsConfig = MetricsConfig()
     update: UpdateConfig = UpdateConfig()
+    diagnosis: DiagnosisConfig = DiagnosisConfig()
     terminals: list[Terminal] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -354,6 +356,14 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     }
     if update_paths:
         updates["update"] = config.update.model_copy(update=update_paths)
+    engineers = [
+        e.model_copy(update={"public_key": str((base / e.public_key).resolve())})
+        if not e.is_pem and not Path(e.public_key).is_absolute()
+        else e
+        for e in config.diagnosis.engineers
+    ]
+    if engineers != config.diagnosis.engineers:
+        updates["diagnosis"] = config.diagnosis.model_copy(update={"engineers": engineers})
     return config.model_copy(update=updates) if updates else config
 
 
