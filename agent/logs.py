@@ -111,7 +111,9 @@ class LogRing:
 
     def add(self, event: dict[str, Any]) -> None:
         """Keep one event (a plain dict, already JSON-able); the oldest go to make room."""
-        size = _size(event)
+        self._add(_size(event), event)
+
+    def _add(self, size: int, event: dict[str, Any]) -> None:
         with self._lock:
             self._events.append((size, event))
             self._bytes += size
@@ -136,10 +138,22 @@ class LogRing:
             "event": _plain(event_dict.get("event", "")),
             "logger": getattr(logger, "name", None),
         }
+        size = 4 * _OVERHEAD + 24 + _size(kept["event"])
         for key, value in event_dict.items():
-            if key not in kept and key != "timestamp":
-                kept[key] = _plain(value)
-        self.add(kept)
+            if key in kept or key == "timestamp":
+                continue
+            kind = type(value)
+            if kind is str:
+                if len(value) > MAX_VALUE_CHARS:
+                    value = value[:MAX_VALUE_CHARS] + "…"
+                size += len(key) + _OVERHEAD + len(value)
+            elif value is None or kind is int or kind is float or kind is bool:
+                size += len(key) + _OVERHEAD + 8
+            else:
+                value = _plain(value)
+                size += len(key) + _OVERHEAD + _size(value)
+            kept[key] = value
+        self._add(size, kept)
         return event_dict
 
     def recent(self, level: str, since: float | None, limit: int) -> list[dict[str, Any]]:

@@ -186,6 +186,12 @@ def _json_line(data: Any) -> bytes:
     return json.dumps(data, ensure_ascii=False, default=str).encode() + b"\n"
 
 
+def default_name(gateway: str, at: float | None = None) -> str:
+    """`edge-agent-support-<gateway>-<UTC time>.tar.gz`, the CLI's default file name."""
+    stamp = datetime.fromtimestamp(time.time() if at is None else at, UTC)
+    return f"edge-agent-support-{gateway}-{stamp.strftime('%Y%m%dT%H%M%SZ')}.tar.gz"
+
+
 def _utc(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
