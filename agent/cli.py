@@ -106,6 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("html", "md"), default="html")
     report.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
 
+    bundle = commands.add_parser(
+        "support-bundle", help="one .tar.gz for support: versions, config, status, logs (redacted)"
+    )
+    _config_arg(bundle)
+    _socket_arg(bundle)
+    bundle.add_argument(
+        "--since", default="24h", help="logs of this period: 24h, 2h ... (default 24h)"
+    )
+    bundle.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="file to write (default: edge-agent-support-<gateway>-<UTC time>.tar.gz here)",
+    )
+
     keys = commands.add_parser("keys", help="the device identity (Ed25519 key that signs uploads)")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     keys_init = keys_commands.add_parser("init", help="create the device key")
@@ -436,6 +451,48 @@ def cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_support_bundle(args: argparse.Namespace) -> int:
+    import base64
+
+    from agent.control import ControlError, NotRunning
+    from agent.diagnosis.support_bundle import OfflineSource, build, default_name
+    from agent.durations import parse_duration
+
+    try:
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        return _fail(f"--since: {exc}")
+    if since <= 0:
+        return _fail("--since: a positive period is required")
+    target = reach(args.config, args.socket)
+    running = True
+    try:
+        answer = ask(target, "support-bundle", {"since": since})
+        data, gateway = base64.b64decode(answer["base64"]), str(answer["gateway"])
+    except NotRunning:
+        if (config := target.config) is None:
+            return _unreached(target)
+        running = False
+        data = asyncio.run(
+            build(OfflineSource(config), since=time.time() - since, layout=config.layout)
+        )
+        gateway = config.gateway.id
+    except ControlError as exc:
+        return _unreached(target, str(exc)) if target.config is None else _fail(str(exc))
+    out = args.out or Path(default_name(gateway))
+    try:
+        write_atomic(out, data)
+    except OSError as exc:
+        return _fail(f"cannot write {out}: {exc.strerror or exc}")
+    print(f"wrote {out} ({len(data)} bytes)")
+    if not running:
+        print(
+            "the agent is not running: status, checks, logs and outbox are missing "
+            "(README.txt in the bundle says so)"
+        )
+    return EXIT_OK
+
+
 def cmd_sl651(args: argparse.Namespace) -> int:
     from agent.protocols.sl651 import describe_hex
     from agent.render import sl651_frame_view
@@ -523,6 +580,7 @@ COMMANDS = {
     "outbox": cmd_outbox,
     "sl651": cmd_sl651,
     "report": cmd_report,
+    "support-bundle": cmd_support_bundle,
     "release": run_release,
 }
 

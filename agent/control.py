@@ -6,7 +6,9 @@ Protocol (version 1): one JSON object per line each way. A request is
 status, checks (args: run), terminals, outbox (args: limit), poll (args: terminal), reload,
 query and sl651-query (args: terminal, elements), history-flush (writes the buffered history
 now; result `{"path": "<absolute path of history.db>"}`, which `edge-agent report` then reads),
-update-baseline (what a release on trial must match: terminals answering, uplink, failing checks).
+update-baseline (what a release on trial must match: terminals answering, uplink, failing checks),
+support-bundle (args: since, seconds of logs; result `{"gateway", "bytes", "base64"}`, the
+support bundle's .tar.gz).
 The socket is mode 0660, owned by the agent's user and the configured group, so only local
 users in that group can use it. Requests are bounded in size and time; nothing is ever
 unpickled or executed.

@@ -9,6 +9,7 @@ with a one-line reason for the person who asked.
 
 from __future__ import annotations
 
+import base64
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -18,12 +19,15 @@ from typing import Any, Protocol
 
 from agent.checks.framework import CheckResult, sort_results
 from agent.checks.view import AgentView
+from agent.diagnosis import support_bundle
+from agent.logs import LOG_RING
 from agent.protocols.driver import DriverError, PollAnswer
 from agent.render import poll_json
 from agent.status import message_summary, status_dict
 from agent.update.gate import Observation
 
 MAX_PEEK = 1000
+SUPPORT_BUNDLE_SINCE = 86400.0  # seconds of logs in a support bundle unless asked otherwise
 
 
 class OperationError(Exception):
@@ -111,6 +115,18 @@ class Operations:
             raise OperationError("no history is kept (checks.history.enabled is false)")
         return {"path": str(path)}
 
+    async def support_bundle(self, since: float = SUPPORT_BUNDLE_SINCE) -> dict[str, Any]:
+        """The support bundle with the logs of the last `since` seconds (agent/diagnosis/
+        support_bundle.py): `{"gateway", "bytes", "base64"}`, the .tar.gz base64-encoded."""
+        config = (await self.agent.snapshot()).config
+        source = support_bundle.AgentSource(self, config, LOG_RING.recent)
+        data = await support_bundle.build(source, since=time.time() - since, layout=config.layout)
+        return {
+            "gateway": config.gateway.id,
+            "bytes": len(data),
+            "base64": base64.b64encode(data).decode("ascii"),
+        }
+
     async def update_baseline(self) -> dict[str, Any]:
         """What a release on trial must match (asked by `update apply` before the switch)."""
         return (await self.agent.observe()).baseline()
@@ -143,6 +159,13 @@ def _count(args: Args, key: str) -> int:
     return value
 
 
+def _seconds(args: Args, key: str, default: float) -> float:
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise OperationError(f"{key}: a positive number of seconds is required")
+    return float(value)
+
+
 OPERATIONS: dict[str, Operation] = {
     op.name: op
     for op in (
@@ -172,6 +195,12 @@ OPERATIONS: dict[str, Operation] = {
         ),
         Operation("reload", True, lambda o, a: o.reload(), "apply the config file now"),
         Operation("history-flush", True, lambda o, a: o.history_flush(), "write the history now"),
+        Operation(
+            "support-bundle",
+            False,
+            lambda o, a: o.support_bundle(_seconds(a, "since", SUPPORT_BUNDLE_SINCE)),
+            "the support bundle (base64 .tar.gz); since: seconds of logs",
+        ),
         Operation(
             "update-baseline",
             False,
