@@ -274,7 +274,10 @@ def verify_envelope(
     except ValueError as exc:
         raise Unverifiable(f"the known key of {gateway} is unusable: {exc}") from exc
     if header.get("kid") != known["kid"]:
-        raise Unverifiable(f"signed by key {header.get('kid')}, not by {gateway}'s {known['kid']}")
+        raise Unverifiable(
+            f"signed by another key ({str(header.get('kid'))[:8]}…), "
+            f"not by {gateway}'s ({known['kid'][:8]}…)"
+        )
     try:
         public.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"))
     except (InvalidSignature, ValueError):
