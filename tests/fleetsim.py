@@ -124,20 +124,21 @@ def simulated_fleet(count: int) -> list[SimGateway]:
 async def publish_fleet(port: int, gateways: list[SimGateway], prefix: str = "edge") -> None:
     """Publish every gateway's retained state and health (QoS 1, each acknowledged)."""
     now = datetime.now(UTC)
+    messages: list[tuple[str, str]] = []
+    for g in gateways:
+        if g.state is not None:
+            messages.append((f"{prefix}/{g.id}/state", g.state))
+        if g.status is not None:
+            messages.append((f"{prefix}/{g.id}/health", g.health_token(now)))
     async with aiomqtt.Client("127.0.0.1", port, identifier="fleet-sim") as client:
-        publishes = []
-        for g in gateways:
-            if g.state is not None:
-                publishes.append(
-                    client.publish(f"{prefix}/{g.id}/state", g.state, qos=1, retain=True)
+        # A few at a time: aiomqtt warns when more than 10 publishes wait for their PUBACK.
+        for start in range(0, len(messages), 8):
+            await asyncio.gather(
+                *(
+                    client.publish(topic, payload, qos=1, retain=True)
+                    for topic, payload in messages[start : start + 8]
                 )
-            if g.status is not None:
-                publishes.append(
-                    client.publish(
-                        f"{prefix}/{g.id}/health", g.health_token(now), qos=1, retain=True
-                    )
-                )
-        await asyncio.gather(*publishes)
+            )
 
 
 def known_gateways(gateways: list[SimGateway]) -> dict[str, Any]:
