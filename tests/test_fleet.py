@@ -92,7 +92,7 @@ async def test_the_table_names_the_forged_gateway_first(broker: Mosquitto, tmp_p
     assert code == 1, err
     lines = [line for line in out.splitlines() if "gw-" in line]
     assert [line.split()[1] for line in lines] == ["gw-b", "gw-c", "gw-a"]
-    assert "FORGED" in lines[0] and "1 system.disk" in lines[1] and "verified" in lines[2]
+    assert "FORGED" in lines[0] and "1 failing: system.disk" in lines[1] and "verified" in lines[2]
     assert "3 gateways under edge/+: 1 FORGED, 1 failing, 1 ok" in out
 
 

@@ -318,16 +318,21 @@ def fleet_view(fleet: Fleet, prefix: str) -> RenderableType:
         "signature",
         "version",
         "update",
-        "failing",
+        "checks",
         "backlog",
         "last seen",
     ):
         table.add_column(column)
     for r in rows:
         online = {True: "online", False: "offline", None: "?"}[r["online"]]
-        failing = f"{len(r['failing'])} {_names(r['failing'])}" if r["failing"] else ""
         if r["problem"]:
-            failing = r["problem"]
+            checks = Text(r["problem"], "red")
+        elif r["failing"]:
+            checks = Text(f"{len(r['failing'])} failing: {_names(r['failing'])}", "red")
+        elif r["warning"]:
+            checks = Text(f"{len(r['warning'])} warning: {_names(r['warning'])}", "yellow")
+        else:
+            checks = Text("")
         table.add_row(
             r["gateway"],
             Text(r["condition"], STYLE[r["condition"]]),
@@ -335,7 +340,7 @@ def fleet_view(fleet: Fleet, prefix: str) -> RenderableType:
             Text(r["signature"] or "-", "bold red" if r["signature"] == "FORGED" else ""),
             r["version"] or "-",
             r["update"] or "-",
-            failing,
+            checks,
             "-" if r["backlog"] is None else str(r["backlog"]),
             "-" if r["age"] is None else f"{approximate_duration(r['age'])} ago",
         )
