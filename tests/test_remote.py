@@ -164,11 +164,13 @@ async def test_keygen_writes_a_private_key_0600_and_prints_the_public_one(tmp_pa
     assert code == 2 and "exists" in err
     assert EngineerKey.load(out_file).kid == key.kid
     out_file.chmod(0o644)
+    known = tmp_path / "known.json"
+    KnownGateways(known).add(GATEWAY, DeviceKey.generate().public_info())
     code, _, err = await cli(
         "remote", GATEWAY, "status", "--broker", "mqtt://127.0.0.1:1", "--key", out_file,
-        "--known", tmp_path / "none.json",
+        "--known", known,
     )  # fmt: skip
-    assert code == 2
+    assert code == 2 and "mode 0644 lets others read it" in err
 
 
 async def test_trust_adds_a_gateway_and_refuses_a_key_whose_kid_lies(tmp_path: Path) -> None:
