@@ -27,6 +27,8 @@ from rich.console import Console
 
 from agent import __version__
 from agent.config import Config, ConfigError, ControlConfig, default_config_path, load_config
+from agent.diagnosis.fleet import add_fleet_parser, run_fleet
+from agent.diagnosis.remote import add_remote_parser, run_remote
 from agent.logs import configure_logging
 from agent.storage.atomic import write_atomic
 from agent.update.installer import add_arguments as add_install_arguments
@@ -144,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_install_arguments(install)
     add_update_parser(commands)
     add_release_parser(commands)
+    add_remote_parser(commands)
+    add_fleet_parser(commands)
 
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -582,6 +586,8 @@ COMMANDS = {
     "report": cmd_report,
     "support-bundle": cmd_support_bundle,
     "release": run_release,
+    "remote": run_remote,
+    "fleet": run_fleet,
 }
 
 
