@@ -160,6 +160,9 @@ class Daemon:
                 gather_window=config.outbox.commit_window,
             )
         )
+        # Reports update outcomes through the writer; its gate judges the agent only once
+        # `started` is set, when every part runs.
+        update = await stack.enter_async_context(self._update_part(writer, uplink))
         self.restarts = await asyncio.to_thread(record_start, config.state_dir)
         inspection = await stack.enter_async_context(Inspection(config, writer, self.snapshot))
         if uplink is not None:
@@ -174,10 +177,8 @@ class Daemon:
         drivers: list[Driver] = []
         for spec in self._driver_specs:
             drivers.append(await stack.enter_async_context(spec.create(context)))
-        inspection.set_polling_allowance(self._polling_allowance(drivers))
-        # Its gate judges the agent once `started` is set, when every part runs.
-        update = await stack.enter_async_context(self._update_part(writer, uplink))
         self.parts = parts = Parts(outbox, writer, uplink, inspection, drivers, update)
+        inspection.set_polling_allowance(self._polling_allowance(drivers))
         await self._start_control(stack)
         stack.enter_context(ConfigWatcher(self.config_path, self._reload_requested))
         return parts
