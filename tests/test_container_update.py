@@ -109,6 +109,7 @@ class ModbusSite:
         asyncio.run_coroutine_threadsafe(self.device.stop(), self.loop).result(30)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()  # its self-pipe is a socket pair: closed here, not by the collector
 
 
 @pytest.fixture(scope="module")
