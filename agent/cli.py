@@ -27,6 +27,7 @@ from rich.console import Console
 
 from agent import __version__
 from agent.config import Config, ConfigError, ControlConfig, default_config_path, load_config
+from agent.diagnosis.diag_cli import add_diag_parser, run_diag
 from agent.logs import configure_logging
 from agent.storage.atomic import write_atomic
 from agent.update.installer import add_arguments as add_install_arguments
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_install_arguments(install)
     add_update_parser(commands)
     add_release_parser(commands)
+    add_diag_parser(commands)
 
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -524,6 +526,7 @@ COMMANDS = {
     "sl651": cmd_sl651,
     "report": cmd_report,
     "release": run_release,
+    "diag": run_diag,
 }
 
 

@@ -9,13 +9,20 @@ running agent through `ActionContext`.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.operations import Operations
+
+
+# Who asked for the action being run: the request's engineer (set by the part around each
+# action, in the action's own task), None when nobody remote asked.
+REQUESTER: ContextVar[str | None] = ContextVar("diagnosis_requester", default=None)
 
 
 class ActionError(Exception):
@@ -69,3 +76,10 @@ class ActionSpec:
     @property
     def needs_consent(self) -> bool:
         return self.site_data or self.changes
+
+
+def companion(module: str) -> Any:
+    """`agent.logs` (the log ring, `set_log_level`), `agent.diagnosis.redact` and
+    `agent.diagnosis.support_bundle`, imported when first used: they are built alongside this
+    part and typed `Any` here until both are in one tree (then import them directly)."""
+    return importlib.import_module(module)
