@@ -27,6 +27,7 @@ from rich.console import Console
 
 from agent import __version__
 from agent.config import Config, ConfigError, ControlConfig, default_config_path, load_config
+from agent.diagnosis.diag_cli import add_diag_parser, run_diag
 from agent.diagnosis.fleet import add_fleet_parser, run_fleet
 from agent.diagnosis.remote import add_remote_parser, run_remote
 from agent.logs import configure_logging
@@ -148,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_release_parser(commands)
     add_remote_parser(commands)
     add_fleet_parser(commands)
+    add_diag_parser(commands)
 
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -588,6 +590,7 @@ COMMANDS = {
     "release": run_release,
     "remote": run_remote,
     "fleet": run_fleet,
+    "diag": run_diag,
 }
 
 

@@ -2,7 +2,9 @@
 
 Every long-running part is an async context manager, entered in one `AsyncExitStack` in
 dependency order and left in reverse: outbox → uplink → writer → inspection (checks, history,
-watchdog) → local copy → protocol drivers → control socket → metrics → config watcher. So on
+watchdog) → local copy → protocol drivers → updates → diagnosis (with an uplink) → control
+socket → metrics → config watcher. The daemon is also what diagnosis actions may use of the
+running agent (`agent.diagnosis.registry.ActionContext`). So on
 the way out the drivers stop taking readings first, the history is saved, the writer stores
 what was taken, the uplink publishes it while the broker is there (briefly) and says
 `offline`, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE`; what is left
@@ -36,13 +38,17 @@ from agent.config import Config, ConfigError, parse_config_bytes
 from agent.config_watch import ConfigWatcher
 from agent.control import ControlServer
 from agent.credentials import resolve_uplink
+from agent.diagnosis.consent import ConsentStore, consent_event, consent_state
+from agent.diagnosis.part import DiagnosisPart
+from agent.diagnosis.registry import ActionError
 from agent.inspection import Inspection
 from agent.intake import SiteIntake
+from agent.logs import LOG_RING, set_log_level
 from agent.metrics import MetricsServer, ReadingCounter, Snapshot
 from agent.model import ReadingSink, TerminalClock, TerminalView
 from agent.operations import OPERATIONS, OperationError, Operations
 from agent.outbox import AsyncOutbox, Message, Outbox, Priority
-from agent.protocols.driver import Driver, DriverContext, DriverSpec, PollAnswer
+from agent.protocols.driver import Driver, DriverContext, DriverError, DriverSpec, PollAnswer
 from agent.protocols.registry import DRIVERS
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
@@ -75,6 +81,7 @@ class Parts:
     inspection: Inspection
     drivers: Sequence[Driver]
     update: UpdatePart
+    diagnosis: DiagnosisPart | None
 
 
 class Daemon:
@@ -105,6 +112,7 @@ class Daemon:
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self._config_bytes: bytes | None = None  # the file's content when the config was read
+        self.consent = ConsentStore(config.layout)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -177,8 +185,12 @@ class Daemon:
         drivers: list[Driver] = []
         for spec in self._driver_specs:
             drivers.append(await stack.enter_async_context(spec.create(context)))
-        self.parts = parts = Parts(outbox, writer, uplink, inspection, drivers, update)
+        # Made before it is entered: the parts exist, for every task the entering lets run.
+        diagnosis = self._diagnosis_part(writer, uplink) if uplink is not None else None
+        self.parts = parts = Parts(outbox, writer, uplink, inspection, drivers, update, diagnosis)
         inspection.set_polling_allowance(self._polling_allowance(drivers))
+        if diagnosis is not None:
+            await stack.enter_async_context(diagnosis)
         await self._start_control(stack)
         stack.enter_context(ConfigWatcher(self.config_path, self._reload_requested))
         return parts
@@ -198,6 +210,19 @@ class Daemon:
             started=self.started,
             stop=self.request_stop,
             subscribe=subscribe,
+        )
+
+    def _diagnosis_part(self, writer: OutboxWriter, uplink: Uplink) -> DiagnosisPart:
+        """Remote diagnosis: requests from the uplink's router, answers through the writer."""
+        config = self.config
+        return DiagnosisPart(
+            config.diagnosis,
+            config.layout,
+            config.gateway.id,
+            context=self,
+            answer=lambda body: writer.put("diag", body, Priority.EVENT),
+            report=lambda body: writer.put("event", body, Priority.EVENT),
+            subscribe=uplink.router.register,
         )
 
     def _open_outbox(self) -> Outbox:
@@ -270,6 +295,7 @@ class Daemon:
             uplink=parts.uplink.state if parts is not None and parts.uplink else None,
             logs=self.log_counter.snapshot(window) if self.log_counter is not None else None,
             update=parts.update.summary if parts is not None else None,
+            diagnosis=consent_state(self.config.diagnosis.consent, self.consent.read()),
         )
 
     async def observe(self) -> Observation:
@@ -303,6 +329,63 @@ class Daemon:
 
     async def flush_history(self) -> Path | None:
         return await self._running().inspection.flush_history()
+
+    # -- consent (`edge-agent diag grant/revoke/status`) -------------------------------------
+
+    async def grant_consent(
+        self, minutes: int, by: str, actions: Sequence[str] | None
+    ) -> dict[str, Any]:
+        """Open a consent window (the file), then say so upstream (an event)."""
+        writer = self._running().writer
+        try:
+            consent = await asyncio.to_thread(self.consent.grant, minutes, by, actions)
+        except ValueError as exc:
+            raise OperationError(str(exc)) from None
+        log.info("diagnosis consent granted", by=by, until=consent.to_dict()["until"])
+        await writer.put("event", consent_event("granted", consent, by), Priority.EVENT)
+        return self.consent_status()
+
+    async def revoke_consent(self, by: str) -> dict[str, Any]:
+        writer = self._running().writer
+        closed = await asyncio.to_thread(self.consent.revoke)
+        log.info("diagnosis consent revoked", by=by, was_open=closed is not None)
+        await writer.put("event", consent_event("revoked", closed, by), Priority.EVENT)
+        return {**self.consent_status(), "revoked": closed.to_dict() if closed else None}
+
+    def consent_status(self) -> dict[str, Any]:
+        settings = self.config.diagnosis
+        return {
+            **consent_state(settings.consent, self.consent.read()),
+            "without_consent": list(settings.without_consent),
+        }
+
+    # -- what diagnosis actions use (ActionContext) ------------------------------------------
+
+    def recent_logs(self, level: str, since: float | None, limit: int) -> list[dict[str, Any]]:
+        return LOG_RING.recent(level, since, limit)
+
+    def set_log_level(self, level: str, seconds: float) -> str:
+        try:
+            return set_log_level(level, seconds)
+        except ValueError as exc:
+            raise ActionError(str(exc)) from None
+
+    async def restart_terminal(self, name: str) -> dict[str, Any]:
+        try:
+            driver = self._driver_for(name)
+            answer = await driver.restart(name)
+        except (OperationError, DriverError) as exc:
+            raise ActionError(str(exc)) from None
+        except KeyError:
+            raise ActionError(f"no running terminal named {name!r}") from None
+        log.info("terminal restarted (remote diagnosis)", terminal=name)
+        return answer
+
+    async def ping_upstream(self) -> dict[str, Any]:
+        uplink = self._running().uplink
+        if uplink is None:
+            return {"broker": None, "connected": False, "error": "no uplink.broker configured"}
+        return await uplink.ping()
 
     async def _metrics_snapshot(self) -> Snapshot:
         announcements = self.parts.update.announcements if self.parts is not None else None

@@ -311,7 +311,7 @@ def set_log_level(level: str, seconds: float) -> str:
     _set_level(level)
     _LEVEL.revert = loop.call_later(seconds, _revert)
     structlog.get_logger(__name__).info(
-        "log level changed", level=level, seconds=seconds, reverts_to=_LEVEL.configured
+        "log level changed", to=level, seconds=seconds, reverts_to=_LEVEL.configured
     )
     return _LEVEL.configured
 
@@ -319,7 +319,7 @@ def set_log_level(level: str, seconds: float) -> str:
 def _revert() -> None:
     _LEVEL.revert = None
     _set_level(_LEVEL.configured)
-    structlog.get_logger(__name__).info("log level back", level=_LEVEL.configured)
+    structlog.get_logger(__name__).info("log level back", to=_LEVEL.configured)
 
 
 def log_level() -> str:

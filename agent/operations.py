@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -54,6 +54,14 @@ class RunningAgent(Protocol):
     async def flush_history(self) -> Path | None: ...
 
     async def observe(self) -> Observation: ...
+
+    async def grant_consent(
+        self, minutes: int, by: str, actions: Sequence[str] | None
+    ) -> dict[str, Any]: ...
+
+    async def revoke_consent(self, by: str) -> dict[str, Any]: ...
+
+    def consent_status(self) -> dict[str, Any]: ...
 
 
 class Operations:
@@ -131,6 +139,20 @@ class Operations:
         """What a release on trial must match (asked by `update apply` before the switch)."""
         return (await self.agent.observe()).baseline()
 
+    async def diag_grant(
+        self, minutes: int, by: str, actions: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Open the site owner's consent window for remote diagnosis (docs/diagnosis.md)."""
+        return await self.agent.grant_consent(minutes, by, actions)
+
+    async def diag_revoke(self, by: str) -> dict[str, Any]:
+        """Close the consent window now."""
+        return await self.agent.revoke_consent(by)
+
+    async def diag_status(self) -> dict[str, Any]:
+        """The consent mode and the open window, if any."""
+        return self.agent.consent_status()
+
 
 Args = Mapping[str, Any]
 
@@ -164,6 +186,22 @@ def _seconds(args: Args, key: str, default: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
         raise OperationError(f"{key}: a positive number of seconds is required")
     return float(value)
+
+
+def _actions(args: Args) -> list[str] | None:
+    value = args.get("actions")
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        raise OperationError("actions: a list of action names is required")
+    return value
+
+
+def _by(args: Args) -> str:
+    value = args.get("by")
+    if not isinstance(value, str) or not value.strip():
+        raise OperationError("by: who grants or revokes is required")
+    return value
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -207,5 +245,15 @@ OPERATIONS: dict[str, Operation] = {
             lambda o, a: o.update_baseline(),
             "terminals answering, uplink, failing checks (an update's gate)",
         ),
+        Operation(
+            "diag-grant",
+            True,
+            lambda o, a: o.diag_grant(_count(a, "minutes"), _by(a), _actions(a)),
+            "open a consent window for remote diagnosis",
+        ),
+        Operation(
+            "diag-revoke", True, lambda o, a: o.diag_revoke(_by(a)), "close the consent window"
+        ),
+        Operation("diag-status", False, lambda o, a: o.diag_status(), "remote-diagnosis consent"),
     )
 }

@@ -119,7 +119,7 @@ def status_dict(
         "outbox": view.outbox.to_dict() if view.outbox is not None else None,
         "terminals": terminals,
         "checks": checks,
-        "diagnosis": None,  # remote-diagnosis consent arrives with its issue
+        "diagnosis": dict(view.diagnosis) if view.diagnosis is not None else None,
     }
 
 

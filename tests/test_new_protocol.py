@@ -169,6 +169,9 @@ class CounterDriver:
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
         raise DriverError("counter terminals answer no requests")
 
+    async def restart(self, terminal: str) -> dict[str, Any]:
+        raise DriverError("counter terminals have no link to restart")
+
 
 def create(context: DriverContext) -> Driver:
     return CounterDriver(context)

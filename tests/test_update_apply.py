@@ -137,7 +137,8 @@ def test_apply_puts_the_release_on_trial_and_commit_keeps_it(
     assert done.stdout.strip() == "edge-agent 9.0.1"
 
     assert gateway.cli("update", "status") == 0
-    assert capsys.readouterr().out.startswith("on trial 9.0.1, 9m")
+    # 10 minutes of probation, rounded up to the second: 9m59s or, within that second, 10m00s.
+    assert capsys.readouterr().out.startswith(("on trial 9.0.1, 9m", "on trial 9.0.1, 10m00s"))
     # Another apply while on trial is refused, and recorded.
     with pytest.raises(ApplyError, match=r"busy: 9\.0\.1 is on trial"):
         installer.apply(hand_over(house), "bundle:test")
@@ -351,3 +352,29 @@ def test_a_pending_request_is_removed_whatever_the_outcome(
 
     assert gateway.cli("update", "apply", "--pending") == 2  # no request at all
     assert "no pending request" in capsys.readouterr().err
+
+
+def test_a_pending_rollback_request_rolls_back_with_its_reason(
+    gateway: Gateway, make_wheelhouse: Callable[..., Path]
+) -> None:
+    """Remote diagnosis' `update-rollback` writes `{"rollback": true, "reason": …}`; root's
+    `update apply --pending` performs it and removes the request."""
+    installer = gateway.installer()
+    installer.apply(hand_over(make_wheelhouse("9.0.1")), "bundle:a")
+    assert commit(gateway.store, "9.0.1")
+    pending = gateway.store.layout.update_pending
+    pending.mkdir(parents=True, exist_ok=True)
+    request = pending / "request.json"
+    request.write_text(json.dumps({"rollback": True, "reason": "remote: Li Wei: no readings"}))
+    assert gateway.cli("update", "apply", "--pending") == 0
+    assert not request.exists()
+    assert links(gateway.layout) == ("0.1.0", None)
+    record = gateway.store.read()
+    assert (record["state"], record["current"]) == ("rolled_back", "0.1.0")
+    last = record["outcomes"][-1]
+    assert (last["outcome"], last["version"], last["reason"]) == (
+        "rolled_back", "9.0.1", "remote: Li Wei: no readings",
+    )  # fmt: skip
+    request.write_text(json.dumps({"rollback": True, "reason": ""}))
+    assert gateway.cli("update", "apply", "--pending") == 1
+    assert not request.exists()

@@ -60,6 +60,8 @@ class AgentView:
     terminal_clocks: Mapping[str, TerminalClock] = field(default_factory=dict)
     version: str = __version__
     update: Mapping[str, Any] | None = None  # the update record's summary (UpdateStore.summary)
+    # The owner's consent to remote diagnosis: {"consent": mode, "window": {...} | None}.
+    diagnosis: Mapping[str, Any] | None = None
 
     @property
     def state_dir(self) -> Path:

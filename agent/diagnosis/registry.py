@@ -10,12 +10,18 @@ running agent through `ActionContext`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from agent.config import Config
     from agent.operations import Operations
+
+
+# Who asked for the action being run: the request's engineer (set by the part around each
+# action, in the action's own task), None when nobody remote asked.
+REQUESTER: ContextVar[str | None] = ContextVar("diagnosis_requester", default=None)
 
 
 class ActionError(Exception):

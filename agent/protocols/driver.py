@@ -3,7 +3,8 @@
 A driver owns one protocol's runtime (pollers and serial buses, a central station's listeners)
 for the terminals of its protocols. The daemon treats every driver alike: it enters it (start),
 hands it a new set of terminals on reload (`apply`), asks it for views (status, checks,
-metrics), for one poll of a terminal, or for a protocol's own request (`ask`), and leaves it
+metrics), for one poll of a terminal, for a protocol's own request (`ask`) or to restart one terminal's
+link (`restart`), and leaves it
 (stop: no reading is taken after `__aexit__` returns). A driver reaches the rest of the agent
 only through its `DriverContext`; it never imports the uplink, the outbox or another driver.
 """
@@ -100,6 +101,11 @@ class Driver(Protocol):
 
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
         """A protocol's own request to a terminal (e.g. SL651: ask for elements); DriverError."""
+        ...
+
+    async def restart(self, terminal: str) -> dict[str, Any]:
+        """Close and reopen one terminal's link, the others untouched (remote diagnosis'
+        `restart-terminal`); what was done. KeyError if unknown, DriverError if it cannot."""
         ...
 
 

@@ -25,12 +25,14 @@ files 0600, its folders 0700, state_dir itself 0750 (as the package lays it out)
 | `update_starts` | ``update/starts`` | 0600 | one line per start on trial: the boot id (pre-start hook) |
 | `update_inbox` | ``update/inbox/`` | 0700 | drop a bundle here to apply it (default of `update.inbox`) |
 | `update_pending` | ``update/pending/`` | 0700 | a bundle the agent asks root to apply (`request.json`) |
-| `update_request` | ``update/pending/request.json`` | 0600 | the agent's request: `{"bundle": name}` or `{"repository": true, "version": v}` |
+| `update_request` | ``update/pending/request.json`` | 0600 | the agent's request: `{"bundle": name}`, `{"repository": true, "version": v}` or `{"rollback": true, "reason": r}` |
 | `update_media` | ``update/media.json`` | 0600 | digests of removable-media bundles already taken |
 | `update_metadata` | ``update/metadata/`` | 0700 | the agent's own TUF metadata (for `update check`) |
 | `update_downloads` | ``update/downloads/`` | 0700 | wheels the agent fetched for a pending update |
-| `diagnosis_dir` | ``diagnosis/`` | 0700 | (coming) remote-diagnosis bundles |
-| `audit_log` | ``audit.log`` | 0600 | (coming) local audit trail |
+| `diagnosis_dir` | ``diagnosis/`` | 0700 | remote diagnosis (docs/diagnosis.md) |
+| `diagnosis_consent` | ``diagnosis/consent.json`` | 0600 | the site owner's consent window |
+| `diagnosis_replay` | ``diagnosis/replay.db`` (+ ``-wal``, ``-shm``) | 0600 | request ids seen |
+| `audit_log` | ``audit.log`` | 0600 | the diagnosis audit trail, hash-chained |
 | `runtime_dir` | ``/run/edge-agent/`` | 0750 | runtime only (systemd RuntimeDirectory) |
 | `control_socket` | ``<runtime_dir>/control.sock`` | 0660 | `edge-agent status` and friends |
 """
@@ -163,6 +165,14 @@ class StateLayout:
     @property
     def diagnosis_dir(self) -> Path:
         return self.state_dir / "diagnosis"
+
+    @property
+    def diagnosis_consent(self) -> Path:
+        return self.diagnosis_dir / "consent.json"
+
+    @property
+    def diagnosis_replay(self) -> Path:
+        return self.diagnosis_dir / "replay.db"
 
     @property
     def audit_log(self) -> Path:

@@ -12,7 +12,8 @@ folder, the trusted root) is gathered here once.
   `update.repository_url`, then write the request; raises `Rejected`.
 - `request_bundle(…)` / `request_repository(…)`: move a bundle into `pending/` and write
   `pending/request.json` (`{"bundle": name}` or `{"repository": true, "version": v}`), which
-  starts root's `edge-agent update apply --pending`.
+  starts root's `edge-agent update apply --pending`; `request_rollback(…)` asks it for a
+  rollback (`{"rollback": true, "reason": r}`, remote diagnosis' `update-rollback`).
 - `commit(store, version, reason)`: the trial passed its gate: state `committed`, outcome
   `committed` (only if the record still says this version is on trial).
 
@@ -217,6 +218,11 @@ def pending_request(layout: StateLayout) -> dict[str, Any] | None:
 
 def request_repository(layout: StateLayout, version: str) -> None:
     _write_request(layout, {"repository": True, "version": version})
+
+
+def request_rollback(layout: StateLayout, reason: str) -> None:
+    """Ask root to roll back to the previous release (the remote `update-rollback` action)."""
+    _write_request(layout, {"rollback": True, "reason": reason})
 
 
 def request_bundle(layout: StateLayout, bundle: Path) -> Path:

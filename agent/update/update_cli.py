@@ -204,6 +204,8 @@ def _apply_pending(installer: Installer, config: Config) -> int:
             return _fail(f"no pending request ({request})", EXIT_USAGE)
         except ValueError as exc:
             return _fail(f"{request}: not JSON ({exc})", EXIT_USAGE)
+        if isinstance(data, dict) and data.get("rollback") is True:
+            return _rollback_pending(installer, data)
         bundle, version = _pending_source(pending, data)
         if bundle is not None:
             try:
@@ -223,6 +225,17 @@ def _apply_pending(installer: Installer, config: Config) -> int:
         shutil.rmtree(config.layout.update_downloads, ignore_errors=True)
 
 
+def _rollback_pending(installer: Installer, data: dict[str, Any]) -> int:
+    """`{"rollback": true, "reason": R}`: the agent relays a rollback asked remotely
+    (docs/diagnosis.md, action `update-rollback`); the reason is recorded as given."""
+    reason = data.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ApplyError("request", "rollback: a reason is required")
+    installer.resume()
+    installer.rollback(reason.strip()[:500])
+    return EXIT_OK
+
+
 def _pending_source(pending: Path, data: Any) -> tuple[Path | None, str | None]:
     """(bundle file, None) or (None, version): what request.json asks for, checked."""
     if isinstance(data, dict) and isinstance(data.get("bundle"), str):
@@ -238,7 +251,11 @@ def _pending_source(pending: Path, data: Any) -> tuple[Path | None, str | None]:
         if version is not None and not isinstance(version, str):
             raise ApplyError("request", f"version {version!r}: not a string")
         return None, version
-    raise ApplyError("request", 'expected {"bundle": NAME} or {"repository": true, "version": V}')
+    raise ApplyError(
+        "request",
+        'expected {"bundle": NAME}, {"repository": true, "version": V} or {"rollback": true, '
+        '"reason": R}',
+    )
 
 
 def _verifier(
@@ -304,11 +321,13 @@ def _verify_with_trust(
     )
 
 
-def _check(installer: Installer, config: Config, as_json: bool) -> int:
-    """Is there a newer release? Read only: nothing is fetched but metadata.
+def newest_release(config: Config, prefix: Path = Path("/")) -> dict[str, Any]:
+    """`{"schema", "current", "available"}`: is there a newer release? Read only: nothing is
+    fetched but metadata. Raises ApplyError (no repository set) or `trust.UpdateRejected`.
 
     Root checks with its own trusted metadata; anyone else (the agent's user, an engineer in its
-    group) with the agent's copy in `state_dir/update/metadata/`.
+    group, the running agent for a remote `update-check`) with the agent's copy in
+    `state_dir/update/metadata/`.
     """
     from agent import __version__
     from agent.update import trust
@@ -316,10 +335,11 @@ def _check(installer: Installer, config: Config, as_json: bool) -> int:
 
     settings = config.update
     if not settings.repository_url:
-        return _fail("update.repository_url is not set in the config", EXIT_USAGE)
-    record = installer.store.read()
+        raise ApplyError("config", "update.repository_url is not set in the config")
+    install = InstallLayout(prefix)
+    record = UpdateStore(config.layout).read()
     running = record["current"] or __version__
-    trust_dir = installer.layout.trust_dir if os.geteuid() == 0 else config.layout.update_metadata
+    trust_dir = install.trust_dir if os.geteuid() == 0 else config.layout.update_metadata
     target = trust.Target(
         channel=settings.channel,
         platform=gateway_platform(),
@@ -328,22 +348,33 @@ def _check(installer: Installer, config: Config, as_json: bool) -> int:
         refused=frozenset(record["refused"]),
         automatic=False,
     )
+    release = trust.newest(
+        trust.repository_source(settings.repository_url),
+        trust_dir=trust_dir,
+        trusted_root=settings.trusted_root or install.trust_dir / "root.json",
+        target=target,
+    )
+    available = release.version if release is not None else None
+    return {"schema": 1, "current": running, "available": available}
+
+
+def _check(installer: Installer, config: Config, as_json: bool) -> int:
+    """`update check`: `newest_release` printed."""
+    from agent.update import trust
+
     try:
-        release = trust.newest(
-            trust.repository_source(settings.repository_url),
-            trust_dir=trust_dir,
-            trusted_root=settings.trusted_root or installer.layout.trust_dir / "root.json",
-            target=target,
-        )
+        found = newest_release(config, installer.layout.prefix)
+    except ApplyError as exc:
+        return _fail(exc.reason, EXIT_USAGE)
     except trust.UpdateRejected as exc:
         return _fail(f"{exc.check}: {exc.reason}")
-    available = release.version if release is not None else None
+    running, available = found["current"], found["available"]
     if as_json:
-        print(json.dumps({"schema": 1, "current": running, "available": available}))
+        print(json.dumps(found))
     elif available is None:
-        print(f"up to date: {running} is the newest release of {settings.channel}")
+        print(f"up to date: {running} is the newest release of {config.update.channel}")
     else:
-        print(f"{available} available on {settings.channel} (running {running})")
+        print(f"{available} available on {config.update.channel} (running {running})")
     return EXIT_OK
 
 

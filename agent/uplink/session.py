@@ -49,12 +49,14 @@ from agent.uplink.router import InboundCounters, InboundRouter
 log = structlog.get_logger(__name__)
 
 # The topic suffix of each message kind (docs/architecture.md, MQTT topics); health is retained.
-TOPICS = {"telemetry": "telemetry", "health": "health", "event": "events", "diag/resp": "diag/resp"}
+TOPICS = {"telemetry": "telemetry", "health": "health", "event": "events", "diag": "diag/resp"}
 RETAINED_KINDS = frozenset({"health"})
 REPEAT_SAME_ERROR_AFTER = 600.0  # a persisting failure is logged again this often
 REFUSED_RETRY_AFTER = 30.0  # a message the broker refused is offered again after this
 # On the way out, a connected session gets this long to publish what waits before `offline`.
 DRAIN_ON_STOP = 1.5
+PING_TOPIC = "diag/ping"  # `Uplink.ping`: an empty QoS-1 publish, timed to its PUBACK
+PING_TIMEOUT = 10.0
 
 
 class UplinkError(Exception):
@@ -261,6 +263,7 @@ class Uplink:
         self._task: asyncio.Task[None] | None = None
         # Called at every connection attempt and every turn of the publish loop (the watchdog).
         self.on_progress: Callable[[], None] | None = None
+        self._live: tuple[aiomqtt.Client, _PubackCodes] | None = None  # the session, connected
 
     async def __aenter__(self) -> Self:
         if self._task is not None:
@@ -353,6 +356,7 @@ class Uplink:
         codes = _PubackCodes(client)
         async with client:
             self._connected()
+            self._live = (client, codes)
             try:
                 await self._publish(client, codes, state_topic, b"online", retain=True)
                 await _first_failure(
@@ -367,7 +371,33 @@ class Uplink:
                         await self._publish(client, codes, state_topic, b"offline", retain=True)
                 raise
             finally:
+                self._live = None
                 self._disconnected()
+
+    async def ping(self, timeout: float = PING_TIMEOUT) -> dict[str, Any]:
+        """The broker's round trip now: an empty, non-retained QoS-1 publish on
+        `<prefix>/diag/ping`, timed from sending to its PUBACK (remote diagnosis' `ping-upstream`).
+        """
+        live = self._live
+        answer: dict[str, Any] = {"broker": self.config.broker, "connected": live is not None}
+        if live is None:
+            answer["error"] = self.state.last_error or "not connected"
+            return answer
+        client, codes = live
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._publish(client, codes, f"{self.prefix}/{PING_TOPIC}", b"")
+        except TimeoutError:
+            answer["error"] = f"no PUBACK within {timeout:g} s"
+        except UplinkError as exc:
+            answer["error"] = exc.reason
+        except aiomqtt.MqttError as exc:
+            answer["error"] = describe_failure(exc, self.config)
+        else:
+            answer["round_trip_ms"] = round((time.monotonic() - started) * 1000, 2)
+        answer["connected_since"] = self.state.connected_since
+        return answer
 
     async def _subscribe(self, client: aiomqtt.Client) -> None:
         """Subscribe to every registered filter now, and to each one registered later."""

@@ -136,6 +136,21 @@ class ModbusDriver:
                 task.add_done_callback(log_task_crash)
                 self._tasks[name] = task
 
+    async def restart(self, terminal: str) -> dict[str, Any]:
+        """Stop the terminal's poller and close its link, then start a fresh one; a shared
+        serial bus stays open for the other terminals on it."""
+        if terminal not in self.pollers:
+            raise KeyError(terminal)
+        link = self.pollers[terminal].link
+        await self._stop(terminal)
+        await self._run(self.terminals)
+        shared = isinstance(link, BusLink)
+        return {
+            "terminal": terminal,
+            "restarted": True,
+            "link": "serial bus (kept open for the others)" if shared else "tcp (reconnects)",
+        }
+
     async def _stop(self, name: str) -> None:
         poller = self.pollers.pop(name)
         task = self._tasks.pop(name)

@@ -91,6 +91,20 @@ class Sl651Driver:
             "'edge-agent status' or decode its frames with 'edge-agent sl651 decode'"
         )
 
+    async def restart(self, terminal: str) -> dict[str, Any]:
+        """Close the station's TCP connection (it connects again by itself); a station on a
+        serial line shares it with others, so it is not closed."""
+        state = next((s for s in self.centre.stations.values() if s.terminal == terminal), None)
+        if state is None:
+            raise KeyError(terminal)
+        link = state.link
+        if link is None:
+            raise DriverError(f"{terminal} is not connected: nothing to restart")
+        if self.station.is_serial(link):
+            raise DriverError(f"{terminal} is on a shared serial line: not closed for one station")
+        self.station.close_link(link)
+        return {"terminal": terminal, "restarted": True, "link": "tcp (the station reconnects)"}
+
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
         """Ask a station for specified elements (0x3A): `{"elements": ["Z", "PJ"]}`."""
         if not self.active:

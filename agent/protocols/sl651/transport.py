@@ -50,9 +50,14 @@ class _Link:
     """One way to a station: how to write to it, and its counters."""
 
     def __init__(
-        self, name: str, write: Callable[[bytes], None], close: Callable[[], None] | None = None
+        self,
+        name: str,
+        write: Callable[[bytes], None],
+        close: Callable[[], None] | None = None,
+        serial: bool = False,
     ) -> None:
         self.name = name
+        self.serial = serial
         self.write = write
         self.close = close or (lambda: None)
         self.frames = 0
@@ -152,6 +157,14 @@ class CentralStation:
 
     # -- links -------------------------------------------------------------------------------
 
+    def is_serial(self, link: object) -> bool:
+        return isinstance(link, _Link) and link.serial
+
+    def close_link(self, link: object) -> None:
+        """Close one link (a TCP connection: its handler ends and the station reconnects)."""
+        if isinstance(link, _Link) and link in self.links and not link.closed:
+            link.close()
+
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         name = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -214,7 +227,7 @@ class CentralStation:
     async def _read_serial(self, device: str, fd: int) -> OSError:
         """Read an open serial port until it fails; returns the error."""
         loop = asyncio.get_running_loop()
-        link = _Link(device, partial(_write_all, fd))
+        link = _Link(device, partial(_write_all, fd), serial=True)
         decoder = StreamDecoder(max_frame_bytes=self.config.max_frame_bytes)
         lost: asyncio.Future[OSError] = loop.create_future()
 
