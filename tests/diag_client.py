@@ -1,14 +1,16 @@
-"""The tests' support desk: an engineer's key, a signed request, a client that asks a gateway.
+"""The gateway tests' support desk: an engineer's key, any request payload signed, a client.
 
-Requests are signed with `cryptography` directly (not the agent's code), answers verified with
-joserfc against the device key (tests.collector.verify). The real `edge-agent remote` is the
-support desk's own module; this is only what the gateway's tests need.
+Keys, signing, answer verification and the joining of chunks are the support desk's own
+(`agent.diagnosis.engineer`: `EngineerKey`, `verify_envelope`, `Reassembler`); this module adds
+only what the gateway's tests need beyond `edge-agent remote`: a key made in memory, a request
+payload with any id, `iat` or lifetime (an expired one, one over 15 minutes, a replay), and a
+client that keeps every answer and event it sees. Every message is also verified with joserfc
+against the device key (tests.collector.verify): an implementation independent of ours.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import time
@@ -16,45 +18,22 @@ import uuid
 from typing import Any
 
 import aiomqtt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.signing import jwk_thumbprint
+from agent.diagnosis import engineer
+from agent.diagnosis.engineer import Reassembler, new_request_id, verify_envelope
+from agent.signing import DeviceKey
 from tests.collector import verify
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-class EngineerKey:
-    """An engineer's Ed25519 key: its public PEM for the gateway's config, and signing."""
+class EngineerKey(engineer.EngineerKey):
+    """The support desk's key, generated in memory; `sign` signs any payload (a test may need
+    one `sign_request` would never make)."""
 
     def __init__(self) -> None:
-        self.private = Ed25519PrivateKey.generate()
-        raw = self.private.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        self.kid = jwk_thumbprint(_b64(raw))
+        super().__init__(DeviceKey.generate())
 
-    def public_pem(self) -> str:
-        return (
-            self.private.public_key()
-            .public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-            .decode("ascii")
-        )
-
-    def sign(self, payload: dict[str, Any], kid: str | None = None) -> bytes:
-        header = {"alg": "EdDSA", "kid": kid or self.kid}
-        signing_input = (
-            _b64(json.dumps(header, separators=(",", ":")).encode())
-            + "."
-            + _b64(json.dumps(payload, separators=(",", ":")).encode())
-        )
-        signature = self.private.sign(signing_input.encode("ascii"))
-        return f"{signing_input}.{_b64(signature)}".encode("ascii")
+    def sign(self, payload: dict[str, Any]) -> bytes:
+        return self.sign_compact(json.dumps(payload, separators=(",", ":")).encode()).encode()
 
 
 def request(
@@ -66,10 +45,11 @@ def request(
     iat: int | None = None,
     lifetime: int = 300,
 ) -> dict[str, Any]:
-    """A request payload: a fresh id, issued now, valid for `lifetime` seconds."""
+    """A request payload: a fresh id, issued now, valid for `lifetime` seconds (any lifetime:
+    `sign_request` refuses one over 15 minutes, which a test of the gateway's refusal needs)."""
     now = int(time.time()) if iat is None else iat
     return {
-        "id": id or uuid.uuid4().hex,
+        "id": id or new_request_id(),
         "gw": gw,
         "action": action,
         "args": args or {},
@@ -79,12 +59,15 @@ def request(
 
 
 class DiagClient:
-    """Publishes requests on `<prefix>/diag/req`; collects every answer and event it sees."""
+    """Publishes requests on `<prefix>/diag/req`; collects every answer and event it sees,
+    each verified with the gateway's key (`device`: what `keys show --json` prints) twice:
+    by joserfc and, for answers, by the support desk's `verify_envelope`."""
 
-    def __init__(self, port: int, prefix: str, device_jwk: dict[str, Any] | None = None) -> None:
+    def __init__(self, port: int, prefix: str, gateway: str, device: dict[str, Any]) -> None:
         self.port = port
         self.prefix = prefix
-        self.device_jwk = device_jwk
+        self.gateway = gateway
+        self.device = device
         self.answers: list[dict[str, Any]] = []  # verified bodies from diag/resp
         self.events: list[dict[str, Any]] = []  # verified bodies from events
         self.topics: list[str] = []
@@ -113,16 +96,16 @@ class DiagClient:
         async for message in client.messages:
             payload = message.payload
             assert isinstance(payload, bytes)
-            assert self.device_jwk is not None, "set device_jwk before asking"
-            envelope = verify(payload, self.device_jwk)  # joserfc, the device key
+            envelope = verify(payload, self.device["jwk"])  # joserfc, the device key
             self.topics.append(str(message.topic))
             if str(message.topic).endswith("/diag/resp"):
-                assert envelope["kind"] == "diag"
+                desk = verify_envelope(payload, self.device, gateway=self.gateway, kind="diag")
+                assert desk == envelope
                 self.answers.append(envelope["body"])
             else:
                 self.events.append(envelope["body"])
 
-    async def publish(self, token: bytes) -> None:
+    async def publish(self, token: bytes | str) -> None:
         assert self._client is not None
         await self._client.publish(f"{self.prefix}/diag/req", token, qos=1)
 
@@ -130,25 +113,22 @@ class DiagClient:
         self, request_id: str, timeout: float = 15, nth: int = 1, whole: bool = False
     ) -> dict[str, Any]:
         """The `nth` whole answer to `request_id`, or (unless `whole`: a replay's refusal is
-        awaited) the chunked one with its chunks joined."""
+        awaited) the chunked one joined by `Reassembler`, with `chunks` its number of chunks."""
         deadline = time.monotonic() + timeout
         while True:
             mine = [a for a in self.answers if a["id"] == request_id]
             single = [a for a in mine if a["chunk"] is None]
             if len(single) >= nth:
                 return single[nth - 1]
-            mine = [a for a in mine if a["chunk"] is not None]
-            if not whole and mine and len(mine) >= mine[0]["chunk"]["of"]:
-                break
+            if not whole:
+                joiner = Reassembler(request_id)
+                for chunk in (a for a in mine if a["chunk"] is not None):
+                    joined = joiner.add(chunk)
+                    if joined is not None:
+                        return {**joined, "chunks": joiner.of}
             if time.monotonic() > deadline:
                 raise AssertionError(f"no answer to {request_id}; answers: {self.answers}")
             await asyncio.sleep(0.05)
-        if mine[0]["chunk"] is None:
-            return mine[0]
-        chunks = sorted(mine, key=lambda a: a["chunk"]["n"])
-        assert [c["chunk"]["n"] for c in chunks] == list(range(1, chunks[0]["chunk"]["of"] + 1))
-        joined = "".join(c["result"] for c in chunks)
-        return {**chunks[0], "result": json.loads(joined), "chunk": None, "chunks": len(chunks)}
 
     async def ask(
         self, key: EngineerKey, payload: dict[str, Any], timeout: float = 15

@@ -119,7 +119,7 @@ class Site:
         return agent
 
     def client(self) -> DiagClient:
-        return DiagClient(self.broker.port, PREFIX, load_key(self.state).public_jwk())
+        return DiagClient(self.broker.port, PREFIX, GW, load_key(self.state).public_info())
 
     async def status(self) -> dict[str, Any]:
         socket = Path(self.control_socket())

@@ -89,14 +89,15 @@ async def ping_upstream(ctx: ActionContext, args: Mapping[str, Any]) -> Any:
 
 
 async def update_check(ctx: ActionContext, args: Mapping[str, Any]) -> Any:
-    """What `edge-agent update check --json` prints, with the agent's own metadata."""
+    """What `edge-agent update check --json` prints, with the agent's own metadata (even when
+    the agent runs as root: root's trusted metadata is root's `update apply` business)."""
     _only(args)
     from agent.update.apply import ApplyError
     from agent.update.trust import UpdateRejected
     from agent.update.update_cli import newest_release
 
     try:
-        return await asyncio.to_thread(newest_release, ctx.config)
+        return await asyncio.to_thread(newest_release, ctx.config, agent_copy=True)
     except ApplyError as exc:
         raise ActionError(exc.reason) from None
     except UpdateRejected as exc:

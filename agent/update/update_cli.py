@@ -321,13 +321,15 @@ def _verify_with_trust(
     )
 
 
-def newest_release(config: Config, prefix: Path = Path("/")) -> dict[str, Any]:
+def newest_release(
+    config: Config, prefix: Path = Path("/"), *, agent_copy: bool = False
+) -> dict[str, Any]:
     """`{"schema", "current", "available"}`: is there a newer release? Read only: nothing is
     fetched but metadata. Raises ApplyError (no repository set) or `trust.UpdateRejected`.
 
     Root checks with its own trusted metadata; anyone else (the agent's user, an engineer in its
-    group, the running agent for a remote `update-check`) with the agent's copy in
-    `state_dir/update/metadata/`.
+    group) with the agent's copy in `state_dir/update/metadata/`, and so does the running agent
+    for a remote `update-check` (`agent_copy`), whichever user it runs as.
     """
     from agent import __version__
     from agent.update import trust
@@ -339,7 +341,8 @@ def newest_release(config: Config, prefix: Path = Path("/")) -> dict[str, Any]:
     install = InstallLayout(prefix)
     record = UpdateStore(config.layout).read()
     running = record["current"] or __version__
-    trust_dir = install.trust_dir if os.geteuid() == 0 else config.layout.update_metadata
+    own = agent_copy or os.geteuid() != 0
+    trust_dir = config.layout.update_metadata if own else install.trust_dir
     target = trust.Target(
         channel=settings.channel,
         platform=gateway_platform(),
