@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from agent.sim.serial_line import VirtualSerialLine
 from tests import releases
 from tests.agentproc import Agent
+from tests.broker import Mosquitto
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -157,3 +158,24 @@ def container_deb() -> Path:
     from tests import container
 
     return container.deb()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A mosquitto of the test's own on a free loopback port (a module may define its own)."""
+    mosquitto = Mosquitto(tmp_path / "broker").start()
+    yield mosquitto
+    mosquitto.stop()
+
+
+@pytest.fixture
+async def silent_terminal() -> AsyncIterator[int]:
+    """A TCP port that accepts and never answers: a poll of it takes its whole timeout."""
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    yield int(server.sockets[0].getsockname()[1])
+    server.close()

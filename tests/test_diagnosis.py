@@ -12,7 +12,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +30,6 @@ GW = "gw-test"
 PREFIX = f"edge/{GW}"
 SUPPORT = ["status", "checks", "logs", "poll", "read-point", "ping-upstream", "config", "outbox"]
 ADMIN = [*SUPPORT, "restart-terminal", "log-level", "update-rollback", "update-check"]
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    mosquitto = Mosquitto(tmp_path / "broker").start()
-    yield mosquitto
-    mosquitto.stop()
-
-
-@pytest.fixture
-async def silent_terminal() -> AsyncIterator[int]:
-    """A TCP port that accepts and never answers: a poll of it takes its whole timeout."""
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()
-        writer.close()
-
-    server = await asyncio.start_server(hold, "127.0.0.1", 0)
-    yield int(server.sockets[0].getsockname()[1])
-    server.close()
 
 
 class Site:
