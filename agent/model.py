@@ -174,9 +174,10 @@ def parse_timestamp(text: str) -> datetime:
     return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
-def format_timestamp(at: datetime) -> str:
-    """RFC 3339 UTC with milliseconds and a Z, the form every timestamp leaves the agent in."""
-    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+def format_timestamp(at: datetime, timespec: str = "milliseconds") -> str:
+    """RFC 3339 UTC with a Z, the form every timestamp leaves the agent in: to the millisecond,
+    or (`timespec="seconds"`) to the second where a record is read by people (update, consent)."""
+    return at.isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

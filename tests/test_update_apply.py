@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 
 from agent.cli import main
+from agent.model import parse_timestamp
 from agent.storage.layout import StateLayout
 from agent.update.apply import ApplyError, Installer, commit
 from agent.update.installer import release_of
 from agent.update.layout import InstallLayout
-from agent.update.state import UpdateStore, parse_iso
+from agent.update.state import UpdateStore
 from tests.agentproc import write_config
 from tests.conftest import PYTHON, ROOT
 from tests.releases import hand_over, manifest, seed
@@ -117,7 +118,7 @@ def test_apply_puts_the_release_on_trial_and_commit_keeps_it(
     assert links(layout) == ("9.0.1", "0.1.0")
     assert gateway.restarts == ["restart"]
     assert record["trial_boot_id"] == "boot-1"
-    ends = parse_iso(record["trial_ends_at"])
+    ends = parse_timestamp(record["trial_ends_at"])
     assert abs((ends - datetime.now(UTC)) - timedelta(seconds=600)) < timedelta(seconds=60)
     installed = record["outcomes"][-1]
     assert (installed["outcome"], installed["version"], installed["running"]) == (

@@ -34,11 +34,12 @@ import pytest
 from agent import __version__
 from agent.cli import main
 from agent.control import NotRunning, request
+from agent.model import parse_timestamp
 from agent.sim.modbus_device import SimulatedModbusDevice
 from agent.storage.layout import StateLayout
 from agent.update.installer import release_of, scan_wheelhouse
 from agent.update.layout import InstallLayout
-from agent.update.state import UpdateStore, parse_iso
+from agent.update.state import UpdateStore
 from tests import update_repo
 from tests.agentproc import Agent, short_socket_path, write_config
 from tests.broker import Mosquitto, free_port
@@ -593,7 +594,7 @@ async def test_a_release_on_trial_under_its_unit_passes_its_gate_and_commits(
             "committed", NEW, NEW,
         )  # fmt: skip
         assert committed["reason"].startswith("gate passed: 1 terminals answered")
-        assert datetime.now(UTC) < parse_iso(record["trial_ends_at"])  # within the window
+        assert datetime.now(UTC) < parse_timestamp(record["trial_ends_at"])  # within the window
         assert not gw.store.layout.update_active.exists()
         status = await ask(sock, "status")
         assert (status["update"]["state"], status["update"]["current"]) == ("committed", NEW)

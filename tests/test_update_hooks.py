@@ -20,12 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from agent.model import parse_timestamp
 from agent.storage.layout import StateLayout
 from agent.update.apply import Installer
 from agent.update.hooks import pre_start
 from agent.update.installer import release_of
 from agent.update.layout import InstallLayout
-from agent.update.state import UpdateStore, now_iso, parse_iso
+from agent.update.state import UpdateStore, now_iso
 from tests.agentproc import write_config
 from tests.conftest import PYTHON, ROOT
 
@@ -221,7 +222,7 @@ def test_a_power_cut_is_not_a_crash(supervisor: Supervisor) -> None:
     assert (record["state"], record["current"], record["trial_boot_id"]) == (
         "trial", TRIAL, "boot-2",
     )  # fmt: skip
-    left = parse_iso(str(record["trial_ends_at"])) - datetime.now(UTC)
+    left = parse_timestamp(str(record["trial_ends_at"])) - datetime.now(UTC)
     assert timedelta(seconds=500) < left <= timedelta(seconds=601)  # rounded up to the second
     assert supervisor.store.starts_this_boot("boot-2") == 1
 

@@ -11,11 +11,13 @@ import asyncio
 import base64
 import time
 from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from agent.diagnosis.redact import redact_config
 from agent.diagnosis.registry import REQUESTER, ActionContext, ActionError, ActionSpec
 from agent.diagnosis.support_bundle import build as build_support_bundle
+from agent.model import format_timestamp
 from agent.operations import OperationError
 
 T = TypeVar("T")
@@ -165,7 +167,7 @@ async def log_level(ctx: ActionContext, args: Mapping[str, Any]) -> Any:
     level = _level(args)
     minutes = _number(args, "minutes", 0, 1, 120)
     reverts_to = ctx.set_log_level(level, minutes * 60)
-    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + minutes * 60))
+    until = format_timestamp(datetime.fromtimestamp(time.time() + minutes * 60, UTC), "seconds")
     return {"level": level, "until": until, "reverts_to": reverts_to}
 
 

@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.model import format_timestamp
 from agent.storage.atomic import ensure_dir, open_private
 
 GENESIS = "0" * 64
 
 
 def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return format_timestamp(datetime.now(UTC))
 
 
 def _digest(line: bytes) -> str:

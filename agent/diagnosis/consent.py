@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from agent.diagnosis.settings import ACTION_NAMES
+from agent.model import format_timestamp, parse_timestamp
 from agent.storage.atomic import ensure_dir, fsync_dir, write_atomic
 from agent.storage.layout import StateLayout
 
@@ -29,16 +30,13 @@ MIN_MINUTES, MAX_MINUTES = 1, 24 * 60
 
 
 def _stamp(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_timestamp(datetime.fromtimestamp(unix, UTC), "seconds")
 
 
 def _unix(text: object) -> float:
     if not isinstance(text, str):
         raise ValueError("a time in RFC 3339 is required")
-    stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if stamp.tzinfo is None:
-        raise ValueError(f"{text}: no time zone")
-    return stamp.timestamp()
+    return parse_timestamp(text).timestamp()
 
 
 @dataclass(frozen=True, slots=True)

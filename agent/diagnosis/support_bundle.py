@@ -39,6 +39,7 @@ import yaml
 
 from agent import __version__
 from agent.diagnosis.redact import redact_config, redact_text, redact_value
+from agent.model import format_timestamp
 from agent.storage.layout import StateLayout
 from agent.update.state import StateError, UpdateStore
 
@@ -193,7 +194,7 @@ def default_name(gateway: str, at: float | None = None) -> str:
 
 
 def _utc(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_timestamp(datetime.fromtimestamp(at, UTC), "seconds")
 
 
 def _readme(config: Config, running: bool, now: float, since: float, notes: list[str]) -> bytes:

@@ -16,8 +16,9 @@ which lands here:
 
 from __future__ import annotations
 
+from agent.model import parse_timestamp
 from agent.update.apply import Installer
-from agent.update.state import UpdateStore, boot_id, ends_at, now_iso, parse_iso
+from agent.update.state import UpdateStore, boot_id, ends_at, now_iso
 
 MAX_STARTS = 3
 """More starts than this on trial in one boot is a crash loop."""
@@ -46,7 +47,9 @@ def pre_start(installer: Installer) -> str | None:
         reason = f"gate: {record['gate_failed']}"
     elif record["watchdog"]:
         reason = "watchdog killed it"
-    elif not new_boot and record["trial_ends_at"] and now > parse_iso(record["trial_ends_at"]):
+    elif (
+        not new_boot and record["trial_ends_at"] and now > parse_timestamp(record["trial_ends_at"])
+    ):
         reason = "probation ended without commit"
     else:
         fresh = ", a new boot: fresh window" if new_boot else ""

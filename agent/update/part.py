@@ -59,6 +59,7 @@ from watchdog.observers import Observer
 
 from agent import __version__
 from agent.logs import log_task_crash
+from agent.model import parse_timestamp
 from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, write_atomic
 from agent.storage.layout import StateLayout
 from agent.update import requests
@@ -70,7 +71,6 @@ from agent.update.state import (
     StateError,
     UpdateStore,
     add_outcome,
-    parse_iso,
     summarise,
     unreported,
 )
@@ -294,7 +294,7 @@ class UpdatePart:
             )
             return
         ends_text = record.get("trial_ends_at")
-        ends = parse_iso(ends_text) if ends_text else None
+        ends = parse_timestamp(ends_text) if ends_text else None
         left = (
             (ends - datetime.now(UTC)).total_seconds()
             if ends is not None

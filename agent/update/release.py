@@ -47,6 +47,7 @@ from tuf.api.metadata import (
 from tuf.api.serialization.json import JSONSerializer
 
 from agent.durations import parse_duration
+from agent.model import format_timestamp
 from agent.storage.atomic import write_atomic
 from agent.update.installer import AGENT_PROJECT, InstallError, scan_wheelhouse
 from agent.update.platforms import PlatformError, wheelhouse_platform, wheelhouse_python
@@ -412,7 +413,7 @@ def add(
         "platform": platform,
         "python": python,
         "downgrade": bool(downgrade),
-        "created": _now().strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": format_timestamp(_now(), "seconds"),
         "wheels": sorted(names),
     }
     data = json.dumps(manifest, indent=2).encode() + b"\n"

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from agent.model import format_timestamp, parse_timestamp
 from agent.storage.atomic import fsync_dir, write_atomic
 from agent.storage.layout import StateLayout
 
@@ -46,7 +47,7 @@ UNDER_WAY: tuple[State, ...] = ("staging", "trial")
 
 def now_iso(at: datetime | None = None) -> str:
     """UTC, RFC 3339 with a Z, to the second (what the record and the events carry)."""
-    return (at or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return format_timestamp(at or datetime.now(UTC), "seconds")
 
 
 def ends_at(start: datetime, seconds: float) -> str:
@@ -56,10 +57,6 @@ def ends_at(start: datetime, seconds: float) -> str:
     if end.microsecond:
         end += timedelta(microseconds=1_000_000 - end.microsecond)
     return now_iso(end)
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
 
 
 def boot_id(path: Path = BOOT_ID_FILE) -> str:
@@ -282,7 +279,7 @@ def describe(summary: dict[str, Any], now: datetime | None = None) -> str:
     state, current, last = summary["state"], summary.get("current"), summary.get("last") or {}
     if state == "trial":
         ends = summary.get("trial_ends_at")
-        left = (parse_iso(ends) - (now or datetime.now(UTC))).total_seconds() if ends else 0.0
+        left = (parse_timestamp(ends) - (now or datetime.now(UTC))).total_seconds() if ends else 0.0
         return (
             f"on trial {current}, {_left(left)} left"
             if left > 0
