@@ -69,26 +69,11 @@ class Verdict:
 # -- the gateway as verification sees it ---------------------------------------------------
 
 
-def trusted_root(settings: UpdateConfig, install: InstallLayout | None = None) -> Path:
-    """`update.trusted_root`, or the root the package installs in root's trust folder."""
-    if settings.trusted_root is not None:
-        return settings.trusted_root
-    return (install or InstallLayout()).trust_dir / "root.json"
-
-
 def _target(settings: UpdateConfig, refused: Iterable[str], automatic: bool) -> Target:
     from agent import __version__
-    from agent.update.platforms import gateway_platform, python_tag
     from agent.update.trust import Target
 
-    return Target(
-        channel=settings.channel,
-        platform=gateway_platform(),
-        python=python_tag(),
-        running=__version__,
-        refused=frozenset(refused),
-        automatic=automatic,
-    )
+    return Target.here(settings.channel, __version__, refused, automatic=automatic)
 
 
 # -- bundles -------------------------------------------------------------------------------
@@ -142,7 +127,7 @@ def precheck_bundle(
             verified = verify(
                 bundle_source(path, settings.max_bundle_bytes),
                 trust_dir=_metadata_dir(layout),
-                trusted_root=trusted_root(settings),
+                trusted_root=settings.root_to_trust(InstallLayout().trust_dir),
                 # A bundle in the inbox is an automatic source: a version rolled back here is
                 # refused (`update apply FILE` by hand can still take it).
                 target=_target(settings, refused, automatic=True),
@@ -178,7 +163,7 @@ def prepare_online(
             verified = verify(
                 repository_source(settings.repository_url),
                 trust_dir=_metadata_dir(layout),
-                trusted_root=trusted_root(settings),
+                trusted_root=settings.root_to_trust(InstallLayout().trust_dir),
                 target=_target(settings, refused, automatic=True),
                 wheel_cache=layout.update_downloads,
                 work_dir=Path(work),

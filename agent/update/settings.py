@@ -43,6 +43,10 @@ class UpdateConfig(Frozen):
     # A bundle larger than this is refused before it is read.
     max_bundle_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
 
+    def root_to_trust(self, trust_dir: Path) -> Path:
+        """The root that seeds an empty trust folder: `trusted_root`, else the folder's own."""
+        return self.trusted_root or trust_dir / "root.json"
+
     @field_validator("window")
     @classmethod
     def _window(cls, value: str | None) -> str | None:

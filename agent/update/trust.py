@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,7 +43,7 @@ from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 from agent.storage.atomic import fsync_dir, write_atomic
 from agent.update.bundle import BundleContents, BundleError, open_bundle
 from agent.update.installer import AGENT_PROJECT, InstallError, parse_wheel
-from agent.update.platforms import ANY_PLATFORM, python_matches
+from agent.update.platforms import ANY_PLATFORM, gateway_platform, python_matches, python_tag
 
 MANIFEST_SCHEMA = 1
 _BUNDLE_BASE = "https://bundle.invalid/"
@@ -87,6 +87,15 @@ class Target:
     running: str
     refused: frozenset[str] = frozenset()
     automatic: bool = False
+
+    @classmethod
+    def here(
+        cls, channel: str, running: str, refused: Iterable[str] = (), *, automatic: bool = False
+    ) -> Target:
+        """This gateway's target: its platform and Python, the channel and version given."""
+        return cls(
+            channel, gateway_platform(), python_tag(), running, frozenset(refused), automatic
+        )
 
 
 @dataclass(frozen=True)

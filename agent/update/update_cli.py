@@ -291,17 +291,11 @@ def _verify_with_trust(
     the wheel cache, and a delta bundle made for it leaves them out.
     """
     from agent.update import trust
-    from agent.update.platforms import gateway_platform, python_tag
 
     layout = installer.layout
     record = installer.store.read()
-    target = trust.Target(
-        channel=settings.channel,
-        platform=gateway_platform(),
-        python=python_tag(),
-        running=record["current"] or "0",
-        refused=frozenset(record["refused"]),
-        automatic=automatic,
+    target = trust.Target.here(
+        settings.channel, record["current"] or "0", record["refused"], automatic=automatic
     )
     if bundle is not None:
         source = trust.bundle_source(bundle, settings.max_bundle_bytes)
@@ -312,7 +306,7 @@ def _verify_with_trust(
     return trust.verify(
         source,
         trust_dir=layout.trust_dir,
-        trusted_root=settings.trusted_root or layout.trust_dir / "root.json",
+        trusted_root=settings.root_to_trust(layout.trust_dir),
         target=target,
         wheel_cache=layout.wheel_cache,
         work_dir=work_dir,
@@ -333,7 +327,6 @@ def newest_release(
     """
     from agent import __version__
     from agent.update import trust
-    from agent.update.platforms import gateway_platform, python_tag
 
     settings = config.update
     if not settings.repository_url:
@@ -343,18 +336,11 @@ def newest_release(
     running = record["current"] or __version__
     own = agent_copy or os.geteuid() != 0
     trust_dir = config.layout.update_metadata if own else install.trust_dir
-    target = trust.Target(
-        channel=settings.channel,
-        platform=gateway_platform(),
-        python=python_tag(),
-        running=running,
-        refused=frozenset(record["refused"]),
-        automatic=False,
-    )
+    target = trust.Target.here(settings.channel, running, record["refused"])
     release = trust.newest(
         trust.repository_source(settings.repository_url),
         trust_dir=trust_dir,
-        trusted_root=settings.trusted_root or install.trust_dir / "root.json",
+        trusted_root=settings.root_to_trust(install.trust_dir),
         target=target,
     )
     available = release.version if release is not None else None
