@@ -6,6 +6,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from agent.signing import DeviceKey, init_key, key_path
 from agent.sinks import JsonlSink
 from agent.status import health_path
 from agent.storage import sqlite as db
-from agent.storage.atomic import ensure_dir, write_atomic
+from agent.storage.atomic import copy_atomic, ensure_dir, move_durably, write_atomic
 from agent.storage.layout import StateLayout
 from tests.agentproc import write_config
 from tests.conftest import tcp_terminal
@@ -324,3 +325,35 @@ async def test_the_running_agent_leaves_no_file_readable_by_others(
     assert not_private(stopped, state) == {}
     assert running["."] == 0o750
     assert running["keys"] == running["state"] == 0o700
+
+
+def test_copy_atomic_gives_the_whole_file_with_exactly_its_mode(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    target = tmp_path / "copy"
+    target.write_bytes(b"old")
+    old_umask = os.umask(0o077)
+    try:
+        copy_atomic(source, target, mode=0o644)
+    finally:
+        os.umask(old_umask)
+    assert target.read_bytes() == source.read_bytes()
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy", "source"]  # no temp left
+
+
+def test_move_durably_crosses_file_systems(tmp_path: Path) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on another file system than the temp folder")
+    source = Path(tempfile.mkdtemp(dir=shm)) / "bundle"
+    try:
+        source.write_bytes(b"a bundle dropped on another mount")
+        target = tmp_path / "pending" / "bundle"
+        target.parent.mkdir()
+        move_durably(source, target)
+        assert target.read_bytes() == b"a bundle dropped on another mount"
+        assert target.stat().st_mode & 0o777 == 0o600
+        assert not source.exists()
+    finally:
+        shutil.rmtree(source.parent, ignore_errors=True)

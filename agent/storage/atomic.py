@@ -8,8 +8,10 @@ private by default (mode 0600, applied exactly, whatever the umask).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO
 
@@ -70,9 +72,41 @@ def remove_stale_temps(path: Path) -> int:
     return removed
 
 
+def copy_atomic(
+    source: Path, target: Path, *, mode: int = PRIVATE_FILE_MODE, sync_dir: bool = True
+) -> None:
+    """Copy `source` to `target` so that a crash leaves the old target or the whole copy: a
+    temp file beside it (`mode`, exactly), its bytes synced, renamed over. `sync_dir=False`
+    leaves the folder's fsync to a caller that copies several files."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        with source.open("rb") as src:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+            with os.fdopen(fd, "wb") as dst:
+                os.fchmod(fd, mode)
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+                dst.flush()
+                os.fsync(fd)
+        tmp.replace(target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    if sync_dir:
+        fsync_dir(target.parent)
+
+
 def move_durably(source: Path, target: Path) -> None:
-    """Rename `source` to `target` (same file system) and make the rename durable."""
-    source.replace(target)
+    """Rename `source` to `target` and make the rename durable. Across file systems (a bundle
+    dropped into an inbox on another mount) the file is copied atomically (0600), then the
+    source removed."""
+    try:
+        source.replace(target)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy_atomic(source, target, sync_dir=False)
+        source.unlink()
     fsync_dir(target.parent)
     if source.parent != target.parent:
         fsync_dir(source.parent)

@@ -1,7 +1,8 @@
-"""Installing and (later) updating releases: the install layout and the one installer.
+"""Signed updates: trust, bundles, the vendor's releases, the installer's state machine, the
+unit hooks and the agent's part (docs/updates.md).
 
-Stdlib only, here and in `layout` and `installer`: the Debian package's postinst runs the
-installer from the wheelhouse (zipimport) with the target's bare `python3` before any release
-exists, so nothing outside the standard library (bar the pypa `installer` library, imported
-where it is used) may be imported at module level.
+`layout` and `installer` import only the standard library and the project's own stdlib-only
+`agent.storage.atomic` at module level: the Debian package's postinst runs the installer from
+the wheelhouse (zipimport) with the target's bare `python3` before any release exists (the pypa
+`installer` library is imported where it is used).
 """

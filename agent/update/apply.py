@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
+from agent.storage.atomic import write_atomic
 from agent.update import installer
 from agent.update.installer import InstallError
 from agent.update.layout import InstallLayout
@@ -270,15 +271,15 @@ class Installer:
         if version == before["current"]:
             raise ApplyError("stage", f"{version} is the release running now")
         installer.cache_wheels(self.layout, house)
-        release = self.layout.release(version)
         marker = self.layout.marker(version)
         if marker.is_file() and marker.read_text(encoding="utf-8").strip() == house.digest:
             print(f"edge-agent {version} is built already (same wheels)", file=self.out)
             if not self.layout.release_manifest(version).exists():
-                installer.write_file(
-                    self.layout.release_manifest(version), verified.release.manifest
+                write_atomic(
+                    self.layout.release_manifest(version),
+                    verified.release.manifest,
+                    mode=installer.RELEASE_FILE_MODE,
                 )
-                installer.fsync_dir(release)
             return
         installer.build_and_test(self.layout, house, self.out, manifest=verified.release.manifest)
 

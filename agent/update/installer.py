@@ -57,10 +57,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from agent.storage.atomic import copy_atomic, fsync_dir, write_atomic
 from agent.update.layout import InstallLayout
 
 AGENT_PROJECT = "edge-agent"
 DEFAULT_KEEP = 3
+RELEASE_FILE_MODE = 0o644  # what root writes under /opt: the agent's user reads it
 SELF_TEST_TIMEOUT = 120.0
 
 _WHEEL_NAME = re.compile(
@@ -193,14 +195,6 @@ def scan_wheelhouse(folder: Path) -> Wheelhouse:
 
 
 # -- the filesystem -----------------------------------------------------------------------------
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def replace_symlink(link: Path, target: str) -> None:
@@ -545,9 +539,8 @@ def build_and_test(
         raise
     remove_tree(aside)
     if manifest is not None:
-        write_file(layout.release_manifest(version), manifest)
-    write_file(layout.marker(version), (house.digest + "\n").encode())
-    fsync_dir(release)
+        write_atomic(layout.release_manifest(version), manifest, mode=RELEASE_FILE_MODE)
+    write_atomic(layout.marker(version), (house.digest + "\n").encode(), mode=RELEASE_FILE_MODE)
 
 
 def wheel_list(house: Wheelhouse) -> bytes:
@@ -568,11 +561,7 @@ def cache_wheels(layout: InstallLayout, house: Wheelhouse) -> None:
         dest = cache / wheel.path.name
         if dest.is_file() and dest.stat().st_size == wheel.path.stat().st_size:
             continue
-        tmp = cache / f".{wheel.path.name}.tmp-{os.getpid()}"
-        shutil.copyfile(wheel.path, tmp)
-        with tmp.open("rb") as stream:
-            os.fsync(stream.fileno())
-        tmp.replace(dest)
+        copy_atomic(wheel.path, dest, mode=RELEASE_FILE_MODE, sync_dir=False)
         copied = True
     if copied:
         fsync_dir(cache)
@@ -584,18 +573,9 @@ def keep_wheels(layout: InstallLayout, house: Wheelhouse) -> None:
     `.release.json` (installed before there was one) gets the list of its wheels."""
     cache_wheels(layout, house)
     if not layout.release_manifest(house.version).exists():
-        write_file(layout.release_manifest(house.version), wheel_list(house))
-        fsync_dir(layout.release(house.version))
-
-
-def write_file(path: Path, data: bytes) -> None:
-    """A small file written whole: temp file, fsync, rename (the folder is fsynced by callers)."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with tmp.open("wb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    tmp.replace(path)
+        write_atomic(
+            layout.release_manifest(house.version), wheel_list(house), mode=RELEASE_FILE_MODE
+        )
 
 
 # -- the command line ------------------------------------------------------------------------------

@@ -60,7 +60,7 @@ from watchdog.observers import Observer
 from agent import __version__
 from agent.logs import log_task_crash
 from agent.model import parse_timestamp
-from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, write_atomic
+from agent.storage.atomic import PRIVATE_DIR_MODE, copy_atomic, ensure_dir, write_atomic
 from agent.storage.layout import StateLayout
 from agent.update import requests
 from agent.update.gate import Observation, missing
@@ -630,7 +630,5 @@ def _copy_into(source: Path, inbox: Path) -> Path:
     while target.exists():
         target = inbox / f"{source.stem}-{n}{source.suffix}"
         n += 1
-    tmp = inbox / f".{target.name}.part"
-    requests.copy_durably(source, tmp)
-    tmp.replace(target)
+    copy_atomic(source, target)
     return target

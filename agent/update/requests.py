@@ -23,11 +23,7 @@ python-tuf.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
-import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterable
@@ -35,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, fsync_dir, write_atomic
+from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, move_durably, write_atomic
 from agent.storage.layout import StateLayout
 from agent.update.layout import InstallLayout
 from agent.update.settings import UpdateConfig
@@ -214,7 +210,7 @@ def request_bundle(layout: StateLayout, bundle: Path) -> Path:
     """Move `bundle` into `pending/` (the same name), then ask root to apply it; the new path."""
     ensure_dir(layout.update_pending)
     target = layout.update_pending / bundle.name
-    move(bundle, target)
+    move_durably(bundle, target)
     _write_request(layout, {"bundle": bundle.name})
     return target
 
@@ -228,38 +224,8 @@ def reject_bundle(bundle: Path, inbox: Path) -> Path:
     while target.exists():
         target = folder / f"{bundle.name}.{n}"
         n += 1
-    move(bundle, target)
+    move_durably(bundle, target)
     return target
-
-
-def move(source: Path, target: Path) -> None:
-    """Rename durably; across file systems (an inbox elsewhere) copy, sync, then remove."""
-    try:
-        source.replace(target)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        copy_durably(source, tmp)
-        tmp.replace(target)
-        source.unlink()
-    fsync_dir(target.parent)
-    if source.parent != target.parent:
-        fsync_dir(source.parent)
-
-
-def copy_durably(source: Path, target: Path) -> None:
-    """Copy `source` to `target` (created 0600), its bytes synced; no partial file is left."""
-    try:
-        with source.open("rb") as src, target.open("xb") as dst:
-            target.chmod(0o600)
-            shutil.copyfileobj(src, dst, 1024 * 1024)
-            dst.flush()
-            os.fsync(dst.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()
-        raise
 
 
 def _write_request(layout: StateLayout, body: dict[str, Any]) -> None:

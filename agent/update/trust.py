@@ -40,7 +40,7 @@ from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.ngclient import FetcherInterface, Updater
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
-from agent.storage.atomic import fsync_dir, write_atomic
+from agent.storage.atomic import copy_atomic, fsync_dir, write_atomic
 from agent.update.bundle import BundleContents, BundleError, open_bundle
 from agent.update.installer import AGENT_PROJECT, InstallError, parse_wheel
 from agent.update.platforms import ANY_PLATFORM, gateway_platform, python_matches, python_tag
@@ -624,7 +624,7 @@ def verify(
         wheel_cache.mkdir(parents=True, exist_ok=True)
         for name, (path, fresh) in found.items():
             if fresh:
-                _place(path, wheel_cache / name)
+                copy_atomic(path, wheel_cache / name, mode=0o644, sync_dir=False)
         if any(fresh for _, fresh in found.values()):
             fsync_dir(wheel_cache)
         _commit_metadata(session, trust_dir)
@@ -658,15 +658,6 @@ def _copy_verified(
             return Path(copy)
         copy.unlink()
     return None
-
-
-def _place(path: Path, dest: Path) -> None:
-    """A verified download into the cache under its name, atomically."""
-    aside = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    shutil.copyfile(path, aside)
-    with aside.open("rb+") as stream:
-        os.fsync(stream.fileno())
-    aside.replace(dest)
 
 
 def _link(source: Path, dest: Path) -> None:
