@@ -77,39 +77,23 @@ sys.path.insert(0, str(ROOT))  # tests/releases.py: the wheelhouses the update t
 
 from agent.control import ControlError, NotRunning, request  # noqa: E402
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice  # noqa: E402
-from tests.releases import agent_wheelhouse, copy_project, pip_wheel, wheelhouse  # noqa: E402
+from tests.releases import agent_wheelhouse, wheelhouse  # noqa: E402
 
 HOOKS = ROOT / "agent" / "data" / "systemd"
 PROBATION = "5s"
 BASE, GOOD, FAULTY = "0.1.0", "0.2.0", "0.3.0"
 # The benchmark fault: the poller's decoded readings replaced by bad ones (0.3.0 only).
-POLLER = Path("agent/protocols/modbus/poller.py")
-DECODED = "readings.extend(decode_read(self.terminal.name, read, values, observed_at))"
+POLLER = "agent/protocols/modbus/poller.py"
 FAULT = (
+    POLLER,
+    "readings.extend(decode_read(self.terminal.name, read, values, observed_at))",
     "readings.extend(bad_readings(self.terminal.name, read.points, observed_at, "
-    '"benchmark fault (bench/update.py): decoded readings replaced by bad ones"))'
+    '"benchmark fault (bench/update.py): decoded readings replaced by bad ones"))',
 )
 TIMEOUT = 300.0  # for any one wait: a stuck step fails the run instead of hanging it
 
 
 # --- releases and the vendor repository ---------------------------------------------------
-
-
-def faulty_wheelhouse(base: Path, work: Path, version: str) -> Path:
-    """`base`'s dependency wheels and an agent wheel whose Modbus poller reads only bad values."""
-    project = copy_project(work / "src", version)
-    source = project / POLLER
-    text = source.read_text(encoding="utf-8")
-    if text.count(DECODED) != 1:
-        raise RuntimeError(f"{POLLER}: the line the fault replaces is not there once: {DECODED}")
-    source.write_text(text.replace(DECODED, FAULT), encoding="utf-8")
-    out = work / "wheelhouse"
-    out.mkdir()
-    for wheel in base.glob("*.whl"):
-        if not wheel.name.startswith("edge_agent-"):
-            os.link(wheel, out / wheel.name)
-    pip_wheel(project, out, "--no-deps")
-    return out
 
 
 def build_wheelhouses(work: Path) -> dict[str, Path]:
@@ -127,7 +111,7 @@ def build_wheelhouses(work: Path) -> dict[str, Path]:
         agent_wheelhouse(houses[BASE], work / f"build-{GOOD}", GOOD)
     if not houses[FAULTY].is_dir():
         shutil.rmtree(work / f"build-{FAULTY}", ignore_errors=True)
-        faulty_wheelhouse(houses[BASE], work / f"build-{FAULTY}", FAULTY)
+        agent_wheelhouse(houses[BASE], work / f"build-{FAULTY}", FAULTY, fault=FAULT)
     print(
         f"wheelhouses: {len(list(houses[BASE].glob('*.whl')))} wheels each, built in "
         f"{time.monotonic() - started:.1f} s (0.3.0: {POLLER} patched, decoded readings bad)"

@@ -49,9 +49,23 @@ def wheelhouse(out: Path) -> Path:
     return out
 
 
-def agent_wheelhouse(base: Path, work: Path, version: str, entry: str = ENTRY) -> Path:
-    """`base`'s dependency wheels (hard links) and an agent wheel of `version` and `entry`."""
+# A fault built into a release: (file in the project, the text replaced, its replacement).
+Fault = tuple[str, str, str]
+
+
+def agent_wheelhouse(
+    base: Path, work: Path, version: str, entry: str = ENTRY, fault: Fault | None = None
+) -> Path:
+    """`base`'s dependency wheels (hard links) and an agent wheel of `version` and `entry`,
+    with `fault` edited into its sources (a release that misbehaves on purpose)."""
     project = copy_project(work / "src", version, entry)
+    if fault is not None:
+        name, anchor, replacement = fault
+        source = project / name
+        text = source.read_text(encoding="utf-8")
+        if text.count(anchor) != 1:
+            raise RuntimeError(f"{name}: the text the fault replaces is not there once: {anchor}")
+        source.write_text(text.replace(anchor, replacement), encoding="utf-8")
     out = work / "wheelhouse"
     out.mkdir()
     for wheel in base.glob("*.whl"):

@@ -34,7 +34,7 @@ from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from tests.broker import free_port
 from tests.conftest import PYTHON
 from tests.container import UNIT, Container, figure
-from tests.releases import copy_project, pip_wheel
+from tests.releases import Fault, agent_wheelhouse
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -45,7 +45,6 @@ DROPINS = "/etc/systemd/system/edge-agent.service.d"
 PROBATION = 45  # seconds: the first round of checks and a few polls fit in it
 
 # Faults, as text edits of a copy of the sources: (file, anchor, replacement).
-Fault = tuple[str, str, str]
 EXITS_AT_START: Fault = (
     "agent/cli.py",
     "def cmd_run(args: argparse.Namespace) -> int:\n",
@@ -64,24 +63,6 @@ HANGS_AFTER_READY: Fault = (
     "            self.started.set()\n"
     '            __import__("time").sleep(1e6)  # a test fault: hangs after READY=1\n',
 )
-
-
-def build_release(base: Path, work: Path, version: str, fault: Fault | None) -> Path:
-    """A wheelhouse: the package's dependency wheels and this project's agent at `version`."""
-    project = copy_project(work / f"src-{version}", version)
-    if fault is not None:
-        name, anchor, replacement = fault
-        source = project / name
-        text = source.read_text(encoding="utf-8")
-        assert text.count(anchor) == 1, f"{name}: the fault's anchor is not there once"
-        source.write_text(text.replace(anchor, replacement), encoding="utf-8")
-    out = work / f"wheelhouse-{version}"
-    out.mkdir()
-    for wheel in base.glob("*.whl"):
-        if not wheel.name.startswith("edge_agent-"):
-            (out / wheel.name).hardlink_to(wheel)
-    pip_wheel(project, out, "--no-deps")
-    return out
 
 
 def release_cli(*args: str | Path) -> str:
@@ -125,7 +106,7 @@ def bundles(container_deb: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     faults = {"0.2.0": None, "0.3.0": EXITS_AT_START, "0.4.0": CANNOT_DECODE,
               "0.5.0": HANGS_AFTER_READY}  # fmt: skip
     for version, fault in faults.items():
-        wheelhouse = build_release(base, work, version, fault)
+        wheelhouse = agent_wheelhouse(base, work / f"build-{version}", version, fault=fault)
         release_cli("add", repo, "--channel", "stable", "--wheelhouse", wheelhouse)
         out = work / f"edge-agent-{version}.bundle"
         release_cli("bundle", repo, "--version", version, "--channel", "stable", "--out", out)
