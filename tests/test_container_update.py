@@ -217,8 +217,12 @@ def test_a_bundle_in_the_inbox_is_applied_by_root_and_committed_by_the_gate(
     committed = time.monotonic() - started
     assert (status["current"], status["previous"]) == ("0.2.0", "0.1.0")
     assert last(status)["outcome"] == "committed"
-    journal = box.ok("journalctl -u edge-agent-update.service --no-pager -o cat")
-    assert "edge-agent-update.service: Deactivated successfully" in journal or "Finished" in journal
+    # Root's oneshot, started by the path unit, ran the apply and succeeded; the request is gone.
+    applied = box.show(
+        "Result", "ExecMainStartTimestampMonotonic", unit="edge-agent-update.service"
+    )
+    assert applied["Result"] == "success" and applied["ExecMainStartTimestampMonotonic"] != "0"
+    assert box.sh("test -e /var/lib/edge-agent/update/pending/request.json").returncode != 0
     assert box.sh(f"test -e {INBOX}/edge-agent-0.2.0.bundle").returncode != 0
     figure(f"inbox -> on trial (root applied it): {on_trial:.0f} s; -> committed {committed:.0f} s")
 
