@@ -63,6 +63,7 @@ from agent.model import parse_timestamp
 from agent.storage.atomic import PRIVATE_DIR_MODE, copy_atomic, ensure_dir, write_atomic
 from agent.storage.layout import StateLayout
 from agent.update import requests
+from agent.update.apply import commit
 from agent.update.gate import Observation, missing
 from agent.update.rollout import in_rollout, seconds_until_open
 from agent.update.settings import UpdateConfig
@@ -324,7 +325,7 @@ class UpdatePart:
             passed.append("a publish acknowledged")
         reason = "gate passed: " + ", ".join(passed)
         timings = {"gate": round(time.monotonic() - self._entered, 3)}
-        done = await asyncio.to_thread(requests.commit, self.store, self.version, reason, timings)
+        done = await asyncio.to_thread(commit, self.store, self.version, reason, timings)
         if done:
             self.gate_result = "committed"
             log.info("update committed", version=self.version, reason=reason)

@@ -1,9 +1,9 @@
-"""The agent's side of an update request: pre-check, fetch, ask root, commit a trial.
+"""The agent's side of an update request: pre-check, fetch, ask root.
 
-The one adapter between the unprivileged part (`agent/update/part.py`) and verification
-(`agent/update/trust.py`) and the state machine's commit: the part calls only this module, in a
-worker thread, so what verification needs (the gateway's target, the agent's own metadata
-folder, the trusted root) is gathered here once.
+The adapter between the unprivileged part (`agent/update/part.py`) and verification
+(`agent/update/trust.py`): the part calls it in a worker thread, and what verification needs (the
+gateway's target, the agent's own metadata folder, the trusted root) is gathered here once. (A
+trial's commit is the state machine's own `agent.update.apply.commit`.)
 
 - `precheck_bundle(path, …)` → `Verdict`: the bundle's own checks first (size, a tar with a
   `bundle.json`: check `bundle`), then the full TUF verification with the agent's metadata
@@ -14,8 +14,6 @@ folder, the trusted root) is gathered here once.
   `pending/request.json` (`{"bundle": name}` or `{"repository": true, "version": v}`), which
   starts root's `edge-agent update apply --pending`; `request_rollback(…)` asks it for a
   rollback (`{"rollback": true, "reason": r}`, remote diagnosis' `update-rollback`).
-- `commit(store, version, reason)`: the trial passed its gate: state `committed`, outcome
-  `committed` (only if the record still says this version is on trial).
 
 `agent.update.trust` is imported when first needed: the agent starts without loading
 python-tuf.
@@ -35,7 +33,6 @@ from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, move_durably, wri
 from agent.storage.layout import StateLayout
 from agent.update.layout import InstallLayout
 from agent.update.settings import UpdateConfig
-from agent.update.state import UpdateStore
 
 if TYPE_CHECKING:
     from agent.update.trust import Target
@@ -231,15 +228,3 @@ def reject_bundle(bundle: Path, inbox: Path) -> Path:
 def _write_request(layout: StateLayout, body: dict[str, Any]) -> None:
     ensure_dir(layout.update_pending)
     write_atomic(layout.update_request, json.dumps(body, sort_keys=True).encode() + b"\n")
-
-
-# -- the trial's commit ----------------------------------------------------------------------
-
-
-def commit(
-    store: UpdateStore, version: str, reason: str, timings: dict[str, float] | None = None
-) -> bool:
-    """Commit `version` if the record still has it on trial; whether it did (the gate's call)."""
-    from agent.update.apply import commit as commit_trial
-
-    return commit_trial(store, version, reason, timings)
