@@ -13,9 +13,11 @@ import pytest
 from agent.config import ModbusRtuTerminal, ModbusTcpTerminal
 from agent.model import Quality
 from agent.protocols.modbus import codec
+from agent.protocols.modbus.adu import ReplyFault
 from agent.protocols.modbus.driver import ModbusDriver
-from agent.protocols.modbus.links import TcpLink
+from agent.protocols.modbus.links import ModbusFailure, TcpLink
 from agent.protocols.modbus.poller import Poller
+from agent.sim.hostile_modbus import Answer, HostileTcpDevice
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from tests.conftest import ListSink, make_config, tcp_terminal
 
@@ -180,7 +182,7 @@ async def test_a_garbled_reply_gives_bad_readings_and_the_next_poll_still_works(
         t = terminal(bad_port, [{"name": "a", "address": 0}], timeout="300ms")
         [r] = (await poll(t)).values()
         assert r.quality is Quality.BAD
-        assert r.error == "connection lost: the device closed it or sent an undecodable reply"
+        assert r.error == "wrong byte count: 153 bytes of data for 1 register (expected 2)"
     finally:
         for writer in writers:
             writer.close()
@@ -275,3 +277,89 @@ async def test_the_schedule_is_fixed_rate_without_drift(device: Device) -> None:
     assert len(stamps) >= 10
     span = stamps[-1] - stamps[0]
     assert span == pytest.approx(0.1 * (len(stamps) - 1), abs=0.03)
+
+
+HOSTILE_TCP = {
+    Answer.GARBAGE: (ReplyFault.UNPARSEABLE, "unparseable reply: not a Modbus TCP header"),
+    Answer.WRONG_TRANSACTION: (ReplyFault.WRONG_TRANSACTION, "wrong transaction id: "),
+    Answer.HUGE_LENGTH: (ReplyFault.BAD_LENGTH, "bad length: MBAP length 65535"),
+    Answer.WRONG_UNIT: (ReplyFault.WRONG_UNIT, "wrong unit id: unit 2 answered"),
+    Answer.WRONG_FUNCTION: (ReplyFault.WRONG_FUNCTION, "wrong function code: 0x10"),
+    Answer.WRONG_BYTE_COUNT: (
+        ReplyFault.WRONG_BYTE_COUNT,
+        "wrong byte count: 6 bytes of data for 2 registers (expected 4)",
+    ),
+}
+
+
+@pytest.mark.parametrize("answer", list(HOSTILE_TCP))
+async def test_a_malformed_reply_is_named_when_it_comes_and_the_next_read_is_good(
+    answer: Answer,
+) -> None:
+    fault, reason = HOSTILE_TCP[answer]
+    hostile = HostileTcpDevice([Answer.HONEST, answer])
+    port = await hostile.serve()
+    link = TcpLink("127.0.0.1", port)
+    try:
+        assert list(await link.read(1, "holding", 10, 2, 3.0)) == [10, 11]
+        started = time.monotonic()
+        with pytest.raises(ModbusFailure) as caught:
+            await link.read(1, "holding", 10, 2, 3.0)
+        elapsed = time.monotonic() - started
+        assert list(await link.read(1, "holding", 20, 2, 3.0)) == [20, 21]
+        assert list(await link.read(1, "holding", 30, 2, 3.0)) == [30, 31]
+    finally:
+        await link.close()
+        await hostile.stop()
+    assert caught.value.fault is fault
+    assert caught.value.reason.startswith(reason), caught.value.reason
+    assert elapsed < 3.0  # named as it came, not when the timeout ran out
+    # The connection that carried it is dropped; the healthy ones before and after are kept.
+    assert hostile.connections == 2
+
+
+async def test_a_reply_that_never_comes_stays_a_timeout_and_one_cut_short_says_so() -> None:
+    hostile = HostileTcpDevice([Answer.SILENT])
+    port = await hostile.serve()
+    t = terminal(port, [{"name": "a", "address": 0}], timeout="300ms")
+    try:
+        [silent] = (await poll(t)).values()
+    finally:
+        await hostile.stop()
+    assert silent.quality is Quality.BAD and silent.error == "no reply within 0.3s"
+
+    async def half(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await reader.readexactly(12)
+            writer.write(request[:2] + bytes.fromhex("00000005010302"))  # 11 announced, 9 sent
+            await writer.drain()
+            await reader.read()  # until the agent hangs up
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(half, "127.0.0.1", 0)
+    try:
+        t = terminal(
+            server.sockets[0].getsockname()[1], [{"name": "a", "address": 0}], timeout="300ms"
+        )
+        [cut] = (await poll(t)).values()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert cut.error == "bad length: the MBAP length announces 11 bytes, 9 came within 0.3s"
+
+
+async def test_a_hostile_reply_gives_bad_readings_with_its_reason() -> None:
+    hostile = HostileTcpDevice([Answer.WRONG_TRANSACTION])
+    port = await hostile.serve()
+    t = terminal(port, [{"name": "a", "address": 0}, {"name": "b", "address": 1}], retries=0)
+    try:
+        readings = await poll(t)
+    finally:
+        await hostile.stop()
+    for r in readings.values():
+        assert r.quality is Quality.BAD and r.value is None
+        assert r.error == (
+            "wrong transaction id: the reply carries 1001, the request 1 "
+            "(a late reply, or a gateway mixing up its clients)"
+        )

@@ -1,2 +1,2 @@
-"""Modbus TCP and RTU: config models, the register codec and read planner (sans-IO), the links
-(the only modules that import pymodbus), the pollers and the driver."""
+"""Modbus TCP and RTU: config models, the register codec, read planner and ADU framing (sans-IO),
+the links (TCP connections and serial buses), the pollers and the driver."""

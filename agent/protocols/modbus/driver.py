@@ -27,7 +27,6 @@ from agent.protocols.modbus.links import (
     SerialBus,
     SerialSettings,
     TcpLink,
-    quiet_undecodable_replies,
 )
 from agent.protocols.modbus.poller import Poller
 
@@ -87,7 +86,6 @@ class ModbusDriver:
 
     async def start(self) -> None:
         """Start a poller for every terminal."""
-        quiet_undecodable_replies(asyncio.get_running_loop())
         await self._run(self.terminals)
 
     async def stop(self) -> None:
@@ -200,7 +198,6 @@ def answer(terminal: ModbusTerminal, readings: Sequence[Reading]) -> PollAnswer:
 async def poll_once(config: Config, name: str) -> PollAnswer:
     """Read every point of one terminal once, without a running agent (`edge-agent poll`)."""
     terminal = config.terminal(name)
-    quiet_undecodable_replies(asyncio.get_running_loop())
     bus = None
     link: Link
     if isinstance(terminal, ModbusRtuTerminal):

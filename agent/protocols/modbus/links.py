@@ -1,17 +1,20 @@
-"""Modbus transports: the one module of the agent that imports pymodbus.
+"""Modbus transports: the IO around the sans-IO `adu` framing, one class per transport.
 
 `TcpLink` is one connection to one Modbus TCP terminal. `SerialBus` is the single owner of one
 serial device (an RS-485 bus shared by several unit ids): it serialises requests, serves the
 unit ids round-robin so none starves, keeps the inter-frame silence, and measures how busy the
-line is. Both expose `read(unit, table, address, count, timeout)` and translate every pymodbus
-error into `ModbusFailure`, whose `reason` tells a field engineer what to check.
+line is. Both expose `read(unit, table, address, count, timeout)`, frame the request and parse
+the reply with `agent.protocols.modbus.adu`, and raise `ModbusFailure`, whose `reason` tells a
+field engineer what to check: a reply that never came, or what is wrong with the one that did
+(`ReplyFault`). After anything but a good reply or an exception reply the link starts afresh
+(TCP: a new connection; serial: the line drained until quiet and the tty's input flushed), so
+that a hostile or garbled reply costs at most that request, never the next ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import termios
 import time
@@ -21,10 +24,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
-from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.client.base import ModbusBaseClient
-from pymodbus.exceptions import ModbusException
-from pymodbus.pdu import ExceptionResponse, ModbusPDU
+import serial
+
+from agent.protocols.modbus.adu import (
+    ExceptionReply,
+    ReadRequest,
+    Reply,
+    ReplyError,
+    ReplyFault,
+    encode_rtu,
+    encode_tcp,
+    parse_rtu,
+    parse_tcp,
+    rtu_at_silence,
+    rtu_frame_size,
+    tcp_cut_short,
+)
 
 Values = Sequence[int] | Sequence[bool]
 FailureKind = Literal["connect", "timeout", "exception", "garbled"]
@@ -43,39 +58,32 @@ EXCEPTION_MEANINGS = {
 }
 RETRYABLE_EXCEPTIONS = frozenset({5, 6, 11})
 LATE_REPLY_GUARD = 0.5  # seconds a serial line is given for a late reply after a timeout
-
-# pymodbus logs every failed request itself; the agent reports failures once, at its own level.
-logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-
-def quiet_undecodable_replies(loop: asyncio.AbstractEventLoop) -> None:
-    """Keep pymodbus's undecodable-reply errors out of the loop's error log.
-
-    pymodbus raises inside `data_received` for a reply it cannot decode; asyncio then closes the
-    connection and logs a traceback. The poller already reports that request as failed, with a
-    reason, so the traceback is noise; every other loop error goes to the previous handler.
-    """
-    previous = loop.get_exception_handler()
-
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-        if isinstance(context.get("exception"), ModbusException):
-            return
-        if previous is not None:
-            previous(loop, context)
-        else:
-            loop.default_exception_handler(context)
-
-    loop.set_exception_handler(handler)
+# A serial frame whose header gives no size (garbage, a foreign function code) ends when the line
+# has been quiet this long; at least this much, because USB adapters deliver bytes in bursts.
+QUIET_FLOOR = 0.1
+READ_CHUNK = 4096
 
 
 class ModbusFailure(Exception):
-    """A read that gave no values; `reason` is one line for people, `kind` for code."""
+    """A read that gave no values; `reason` is one line for people, `kind` for code, and
+    `fault` what was wrong with a reply that came (None when none came or it was refused)."""
 
-    def __init__(self, kind: FailureKind, reason: str, exception_code: int | None = None) -> None:
+    def __init__(
+        self,
+        kind: FailureKind,
+        reason: str,
+        exception_code: int | None = None,
+        fault: ReplyFault | None = None,
+    ) -> None:
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
         self.exception_code = exception_code
+        self.fault = fault
+
+    @classmethod
+    def rejected(cls, error: ReplyError, suffix: str = "") -> ModbusFailure:
+        return cls("garbled", error.reason + suffix, fault=error.fault)
 
     @property
     def retryable(self) -> bool:
@@ -99,110 +107,98 @@ def exception_failure(code: int) -> ModbusFailure:
     return ModbusFailure("exception", f"exception {code:#04x}: {meaning}", code)
 
 
-async def _call(
-    client: ModbusBaseClient, unit: int, table: str, address: int, count: int
-) -> Values:
-    """One request through pymodbus; every foreign error becomes a ModbusFailure."""
-    try:
-        if table == "holding":
-            pdu: ModbusPDU = await client.read_holding_registers(
-                address, count=count, device_id=unit
-            )
-        elif table == "input":
-            pdu = await client.read_input_registers(address, count=count, device_id=unit)
-        elif table == "coil":
-            pdu = await client.read_coils(address, count=count, device_id=unit)
-        else:
-            pdu = await client.read_discrete_inputs(address, count=count, device_id=unit)
-    except ModbusException as exc:
-        text = str(exc).removeprefix("Modbus Error: ")
-        if "No response received" in text:
-            raise ModbusFailure("timeout", "no valid reply (timeout or garbled frame)") from exc
-        raise ModbusFailure("garbled", f"bad reply: {text}") from exc
-    if isinstance(pdu, ExceptionResponse) or pdu.isError():
-        raise exception_failure(int(getattr(pdu, "exception_code", 0)))
-    if table in ("coil", "discrete"):
-        bits = list(pdu.bits)
-        if len(bits) < count:
-            raise ModbusFailure("garbled", f"short reply: {len(bits)} of {count} bits")
-        return bits[:count]
-    registers = list(pdu.registers)
-    if len(registers) != count:
-        raise ModbusFailure("garbled", f"short reply: {len(registers)} of {count} registers")
-    return registers
+def _values(reply: Reply) -> Values:
+    if isinstance(reply, ExceptionReply):
+        raise exception_failure(reply.code)
+    return list(reply.values)
 
 
-async def _tcp_connect_reason(host: str, port: int, timeout: float) -> str:
-    """Why a TCP connection cannot be made, in words (pymodbus only says it failed)."""
+async def _connect(
+    host: str, port: int, timeout: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A TCP connection, or ModbusFailure saying in words why none can be made."""
     try:
         async with asyncio.timeout(timeout):
-            _, writer = await asyncio.open_connection(host, port)
+            return await asyncio.open_connection(host, port)
     except TimeoutError:
-        return "no answer to the connection attempt (device off, wrong address, or firewalled)"
+        reason = "no answer to the connection attempt (device off, wrong address, or firewalled)"
     except ConnectionRefusedError:
-        return "connection refused (is the Modbus TCP server on, and the port right?)"
+        reason = "connection refused (is the Modbus TCP server on, and the port right?)"
     except OSError as exc:
-        return exc.strerror or str(exc)
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return "connection dropped by the device (too many clients connected?)"
+        reason = exc.strerror or str(exc)
+    raise ModbusFailure("connect", f"cannot connect to {host}:{port}: {reason}")
 
 
 class TcpLink:
-    """One Modbus TCP connection, opened on first use and again after any failure."""
+    """One Modbus TCP connection, opened on first use and again after any failure other than
+    an exception reply (a connection that carried a wrong reply is out of step: never reused)."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self._client: AsyncModbusTcpClient | None = None
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._transaction = 0
 
     async def read(self, unit: int, table: str, address: int, count: int, timeout: float) -> Values:
-        client = await self._connected(timeout)
+        reader, writer = await self._connected(timeout)
+        self._transaction = self._transaction % 0xFFFF + 1
+        request = ReadRequest(unit, table, address, count, self._transaction)
+        buffer = b""
         try:
             async with asyncio.timeout(timeout):
-                return await _call(client, unit, table, address, count)
+                writer.write(encode_tcp(request))
+                await writer.drain()
+                while (reply := parse_tcp(buffer, request)) is None:
+                    chunk = await reader.read(READ_CHUNK)
+                    if not chunk:
+                        break
+                    buffer += chunk
         except TimeoutError:
-            dropped = not client.connected
-            # A reply that arrives later would be taken for the next request's: start afresh.
             await self.close()
-            if dropped:
-                raise ModbusFailure(
-                    "garbled", "connection lost: the device closed it or sent an undecodable reply"
+            if buffer:  # it began to answer, then stopped
+                raise ModbusFailure.rejected(
+                    tcp_cut_short(buffer, request), f" within {timeout:g}s"
                 ) from None
             raise ModbusFailure("timeout", f"no reply within {timeout:g}s") from None
-        except ModbusFailure as failure:
-            if failure.kind != "exception":
-                await self.close()
-            raise
+        except ReplyError as error:
+            await self.close()
+            raise ModbusFailure.rejected(error) from None
+        except OSError as exc:
+            await self.close()
+            raise ModbusFailure(
+                "garbled", f"connection lost: {exc.strerror or exc} (the device reset it)"
+            ) from exc
+        if reply is None:  # the device closed the connection
+            await self.close()
+            if buffer:
+                raise ModbusFailure.rejected(
+                    tcp_cut_short(buffer, request), " before the device closed the connection"
+                )
+            raise ModbusFailure(
+                "garbled",
+                "connection closed by the device without a reply (too many clients connected?)",
+            )
+        if len(buffer) > reply.size:  # bytes after the reply: the stream is out of step
+            await self.close()
+        return _values(reply)  # an exception reply is a proper answer: the connection stays
 
-    async def _connected(self, timeout: float) -> AsyncModbusTcpClient:
-        if self._client is not None and self._client.connected:
-            return self._client
-        await self.close()
-        client = AsyncModbusTcpClient(
-            self.host,
-            port=self.port,
-            timeout=timeout,
-            retries=0,
-            reconnect_delay=0,  # the poller owns retries and backoff
-        )
-        try:
-            async with asyncio.timeout(timeout):
-                ok = await client.connect()
-        except TimeoutError:
-            ok = False
-        if not ok:
-            client.close()
-            reason = await _tcp_connect_reason(self.host, self.port, timeout)
-            raise ModbusFailure("connect", f"cannot connect to {self.host}:{self.port}: {reason}")
-        self._client = client
-        return client
+    async def _connected(self, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = self._reader, self._writer
+        if reader is not None and writer is not None:
+            if not writer.is_closing() and not reader.at_eof():
+                return reader, writer
+            await self.close()  # the device closed it while idle
+        self._reader, self._writer = await _connect(self.host, self.port, timeout)
+        return self._reader, self._writer
 
     async def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        writer, self._reader, self._writer = self._writer, None, None
+        if writer is not None:
+            writer.close()
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
 
 
 @dataclass
@@ -225,6 +221,75 @@ class SerialSettings:
     frame_gap: float
 
 
+class _SerialPort:
+    """One open serial device, its input gathered by the event loop into `received`."""
+
+    def __init__(self, handle: serial.Serial, fd: int) -> None:
+        self._handle = handle
+        self._fd = fd
+        self.received = bytearray()
+        self.last_byte_at = 0.0
+        self.broken: str | None = None
+        self._arrived = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(fd, self._readable)
+
+    @classmethod
+    def open(cls, s: SerialSettings) -> _SerialPort:
+        try:
+            handle = serial.Serial(
+                s.device,
+                baudrate=s.baudrate,
+                parity=s.parity,
+                stopbits=s.stopbits,
+                bytesize=s.bytesize,
+                timeout=0,
+            )
+        except (serial.SerialException, OSError, ValueError) as exc:
+            raise ModbusFailure("connect", f"cannot open serial device {s.device}: {exc}") from exc
+        return cls(handle, handle.fileno())
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.broken = exc.strerror or str(exc)
+            self._loop.remove_reader(self._fd)
+            data = b""
+        if data:
+            # Bounded: a reply is parsed (and rejected) long before this; more is line noise.
+            if len(self.received) < 4 * READ_CHUNK:
+                self.received += data
+            self.last_byte_at = self._loop.time()
+        self._arrived.set()
+
+    async def arrival(self, until: float) -> bool:
+        """Wait for more bytes until the loop time `until`; False if none came."""
+        self._arrived.clear()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(until):
+                await self._arrived.wait()
+            return True
+        return False
+
+    def write(self, frame: bytes) -> None:
+        self._handle.write(frame)
+
+    def discard(self) -> None:
+        """Forget every byte received so far, here and in the tty's input queue."""
+        with contextlib.suppress(OSError):
+            termios.tcflush(self._fd, termios.TCIFLUSH)
+        self.received.clear()
+
+    def close(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self._fd)
+        with contextlib.suppress(OSError, serial.SerialException):
+            self._handle.close()
+
+
 class SerialBus:
     """The single owner of one serial device: every request on that line goes through here.
 
@@ -239,7 +304,7 @@ class SerialBus:
         self._queues: dict[int, deque[_Request]] = {}
         self._turns: deque[int] = deque()
         self._wakeup = asyncio.Event()
-        self._client: AsyncModbusSerialClient | None = None
+        self._port: _SerialPort | None = None
         self._worker: asyncio.Task[None] | None = None
         self._busy: deque[tuple[float, float]] = deque()  # (end, seconds busy)
         self._started = clock()
@@ -248,6 +313,11 @@ class SerialBus:
     @property
     def device(self) -> str:
         return self.settings.device
+
+    @property
+    def quiet(self) -> float:
+        """Silence that ends a frame whose header does not give its size."""
+        return max(QUIET_FLOOR, 4 * self.settings.frame_gap)
 
     async def read(self, unit: int, table: str, address: int, count: int, timeout: float) -> Values:
         if self._worker is None or self._worker.done():
@@ -302,42 +372,81 @@ class SerialBus:
             return request
         return None
 
-    async def _transact(self, request: _Request) -> Values:
-        client = await self._opened()
+    async def _transact(self, r: _Request) -> Values:
+        port = self._opened()
+        request = ReadRequest(r.unit, r.table, r.address, r.count)
+        port.discard()
         try:
-            async with asyncio.timeout(request.timeout):
-                return await _call(
-                    client, request.unit, request.table, request.address, request.count
-                )
-        except TimeoutError:
-            await self._discard_late_reply(request.timeout)
-            raise ModbusFailure("timeout", f"no reply within {request.timeout:g}s") from None
+            port.write(encode_rtu(request))
+        except (serial.SerialException, OSError) as exc:
+            self._reset()
+            raise ModbusFailure("connect", f"cannot write to {self.device}: {exc}") from exc
+        deadline = asyncio.get_running_loop().time() + r.timeout
+        try:
+            reply = await self._receive(port, request, deadline)
+        except ReplyError as error:
+            await self._drain(port)
+            raise ModbusFailure.rejected(error) from None
+        if port.broken is not None:
+            self._reset()
+            raise ModbusFailure("connect", f"serial device {self.device} failed: {port.broken}")
+        if reply is None:
+            await self._discard_late_reply(port, r.timeout)
+            raise ModbusFailure("timeout", f"no reply within {r.timeout:g}s")
+        if len(port.received) > reply.size:  # junk after the reply: let it end, then drop it
+            await self._drain(port)
+        return _values(reply)
 
-    async def _discard_late_reply(self, timeout: float) -> None:
+    async def _receive(
+        self, port: _SerialPort, request: ReadRequest, deadline: float
+    ) -> Reply | None:
+        """The reply, None if nothing came before `deadline`; raises ReplyError.
+
+        A frame whose header gives its size is awaited until the deadline; bytes whose header
+        gives none (garbage, a foreign function code) are judged once the line is quiet.
+        """
+        while port.broken is None:
+            buffer = bytes(port.received)
+            reply = parse_rtu(buffer, request)
+            if reply is not None:
+                return reply
+            until = deadline
+            if buffer and rtu_frame_size(buffer, request) is None:
+                until = min(deadline, port.last_byte_at + self.quiet)
+            if not await port.arrival(until):
+                if buffer:
+                    raise rtu_at_silence(buffer, request)
+                return None
+        return None
+
+    async def _drain(self, port: _SerialPort) -> None:
+        """Let the rest of a bad reply arrive (until the line is quiet), then drop it all."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + LATE_REPLY_GUARD
+        while await port.arrival(min(give_up, loop.time() + self.quiet)):
+            if loop.time() >= give_up:
+                break
+        port.discard()
+
+    async def _discard_late_reply(self, port: _SerialPort, timeout: float) -> None:
         """After a timeout, let a late reply arrive and throw it away.
 
-        RTU frames carry no transaction id and pymodbus matches a reply by unit id only: a late
-        reply to this request would be taken for the next one's (wrong values on another
-        point). So the port is closed, the line given up to LATE_REPLY_GUARD to finish, and the
-        tty's input queue flushed before the bus goes on.
+        RTU frames carry no transaction id: a late reply to this request would be taken for the
+        next one's (wrong values on another point). So the line is given up to LATE_REPLY_GUARD
+        to finish, and everything received is dropped before the bus goes on.
         """
-        self._reset()
         await asyncio.sleep(min(timeout, LATE_REPLY_GUARD))
-        with contextlib.suppress(OSError):
-            fd = os.open(self.settings.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
-            try:
-                termios.tcflush(fd, termios.TCIFLUSH)
-            finally:
-                os.close(fd)
+        port.discard()
 
     def _reset(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._port is not None:
+            self._port.close()
+            self._port = None
 
-    async def _opened(self) -> AsyncModbusSerialClient:
-        if self._client is not None and self._client.connected:
-            return self._client
+    def _opened(self) -> _SerialPort:
+        if self._port is not None and self._port.broken is None:
+            return self._port
+        self._reset()
         s = self.settings
         if not Path(s.device).exists():
             raise ModbusFailure(
@@ -349,21 +458,8 @@ class SerialBus:
                 f"no permission to open {s.device} (add the service user to its group, "
                 "usually dialout)",
             )
-        client = AsyncModbusSerialClient(
-            s.device,
-            baudrate=s.baudrate,
-            parity=s.parity,
-            stopbits=s.stopbits,
-            bytesize=s.bytesize,
-            timeout=60,  # each request carries its own timeout
-            retries=0,
-            reconnect_delay=0,
-        )
-        if not await client.connect():
-            client.close()
-            raise ModbusFailure("connect", f"cannot open serial device {s.device}")
-        self._client = client
-        return client
+        self._port = _SerialPort.open(s)
+        return self._port
 
     async def close(self) -> None:
         if self._worker is not None:
