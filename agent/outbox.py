@@ -333,7 +333,9 @@ class Outbox:
             )
             return
         self._deferred = False
-        if not self._full and not self._make_reserve():
+        # At start, as when leaving the state: room for the reserve and as much again, or
+        # the disk counts as full (no flapping on a disk that is full but for a WAL's worth).
+        if not self._full and (not self._make_reserve() or self._free_bytes() < self.reserve_bytes):
             self._enter_full(None)
 
     def _open_locked(self) -> None:
@@ -565,7 +567,7 @@ class Outbox:
             path=str(self.path),
             free_bytes=self._free_bytes(),
             reserve_bytes=self._reserve_size(),
-            error=str(exc) if exc is not None else "no room for the reserve",
+            error=str(exc) if exc is not None else "less free than the reserve at start",
         )
 
     def _probe(self) -> None:
