@@ -12,13 +12,15 @@ check loop and the watchdog; leaving stops them and saves the history.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import structlog
 
@@ -43,6 +45,7 @@ log = structlog.get_logger(__name__)
 
 ViewSource = Callable[[], Awaitable[AgentView]]
 CHECKS_ALLOWANCE = 600.0  # the check loop beats at least every round; rounds are <= 5 min apart
+SAVE_LOG_INTERVAL = 60.0  # a failing save of the alarm state is logged at most this often
 
 
 class Inspection:
@@ -62,6 +65,8 @@ class Inspection:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_flush = time.monotonic()
         self._latest_view: AgentView | None = None
+        self._saver: asyncio.Task[None] | None = None
+        self._alarm_save_logged = -SAVE_LOG_INTERVAL
 
     @property
     def sinks(self) -> list[ReadingSink]:
@@ -137,10 +142,11 @@ class Inspection:
             log.error("could not record a round of checks", error=f"{type(exc).__name__}: {exc}")
 
     async def _handle(self, done: Round) -> None:
-        events = await asyncio.to_thread(self.alarms.update, done.results)  # saves its state
+        events = self.alarms.update(done.results)
         for event in events:
             log.warning("alarm", check=event.get("check"), status=event.get("status"))
         self._store_events(events)
+        self._save_alarms_soon()  # also retries a save that failed before
         if self.history is not None:
             self.history.record_results(done.results, done.changed)
             self.history.record_alarms(events)
@@ -162,9 +168,38 @@ class Inspection:
             except OSError as exc:
                 log.warning("cannot save the health report", error=str(exc))
 
-    def _store_events(self, events: list[dict[str, object]]) -> None:
+    def _store_events(self, events: list[dict[str, Any]]) -> None:
+        """Alarm events to the writer; a status is announced once its event is stored, and an
+        event the writer gives up is handed out again by the tracker's next round."""
         for event in events:
-            self.writer.put("event", event, Priority.EVENT)
+            future = self.writer.put("event", event, Priority.EVENT)
+            future.add_done_callback(functools.partial(self._event_settled, event))
+
+    def _event_settled(self, event: dict[str, Any], future: asyncio.Future[int]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            self.alarms.not_stored(event)
+        else:
+            self.alarms.stored(event)
+            self._save_alarms_soon()
+
+    def _save_alarms_soon(self) -> None:
+        if self.alarms.dirty and (self._saver is None or self._saver.done()):
+            self._saver = asyncio.create_task(self._save_alarms(), name="alarm state")
+            self._saver.add_done_callback(log_task_crash)
+
+    async def _save_alarms(self) -> None:
+        """Keep the announced statuses on disk; a failure (a full disk) leaves them dirty for
+        the next round to try again."""
+        while self.alarms.dirty:
+            data = self.alarms.take_state()
+            try:
+                await asyncio.to_thread(self.alarms.write_state, data)
+            except OSError as exc:
+                self.alarms.dirty = True
+                if time.monotonic() - self._alarm_save_logged >= SAVE_LOG_INTERVAL:
+                    self._alarm_save_logged = time.monotonic()
+                    log.warning("cannot save the alarm state; trying again", error=str(exc))
+                return
 
     def results(self) -> list[CheckResult]:
         return self.runner.results
@@ -176,6 +211,7 @@ class Inspection:
         self.runner.replace(build_checks(config, self.settings, monitor=self.monitor))
         cleared = self.alarms.retire([c.id for c in self.runner.checks])
         self._store_events(cleared)
+        self._save_alarms_soon()
         if self.history is not None:
             self.history.set_terminals(terminal_plans(config))
 
@@ -195,6 +231,11 @@ class Inspection:
             # coroutine is not swallowed (wait returns on their end, and raises for ours).
             await asyncio.wait(self._tasks)
         self.runner.close()
+        if self._saver is not None:
+            await asyncio.wait({self._saver})
+        if self.alarms.dirty:
+            with contextlib.suppress(OSError):  # a full disk: logged already, if it persists
+                await asyncio.to_thread(self.alarms.save)
         if self.history is not None:
             try:
                 await asyncio.to_thread(self.history.flush)

@@ -96,7 +96,9 @@ def test_announced_statuses_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "state" / "alarms.json"
     before = AlarmTracker(AlarmSettings(min_interval=0), state_path=path)
     before.update([result(FAIL, 0), result(FAIL, 0, "system.memory")])
-    before.update([result(FAIL, 1), result(FAIL, 1, "system.memory")])
+    for event in before.update([result(FAIL, 1), result(FAIL, 1, "system.memory")]):
+        before.stored(event)
+    before.save()
     assert before.announced == {"system.disk": FAIL, "system.memory": FAIL}
     after = AlarmTracker(AlarmSettings(min_interval=0), state_path=path)
     after.load()
@@ -111,9 +113,41 @@ def test_announced_statuses_survive_a_restart(tmp_path: Path) -> None:
     assert damaged.announced == {}
 
 
+def test_a_status_is_announced_only_once_its_event_is_stored() -> None:
+    tracker = AlarmTracker(AlarmSettings(min_interval=0))
+    [raised] = feed(tracker, [FAIL, FAIL])
+    assert tracker.announced == {"system.disk": OK}  # made, not stored yet
+    assert tracker.update([result(FAIL, 2)]) == []  # and not made twice while on its way
+    tracker.stored(raised)
+    assert tracker.announced == {"system.disk": FAIL}
+    assert tracker.dirty
+
+
+def test_an_event_the_outbox_gave_up_is_handed_out_again_with_its_original_time() -> None:
+    tracker = AlarmTracker(AlarmSettings(min_interval=0))
+    [raised] = feed(tracker, [FAIL, FAIL])
+    tracker.not_stored(raised)
+    again = tracker.update([result(FAIL, 30)])
+    assert again == [raised]
+    assert again[0]["at"] == "2026-11-22T08:01:00.000Z"
+    assert tracker.update([result(FAIL, 31)]) == []  # handed out once, not every round
+    assert tracker.announced == {"system.disk": OK}
+
+
+def test_only_stored_statuses_are_kept_for_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "alarms.json"
+    before = AlarmTracker(AlarmSettings(min_interval=0), state_path=path)
+    feed(before, [FAIL, FAIL])  # the event never got stored (the agent stopped first)
+    before.save()
+    after = AlarmTracker(AlarmSettings(min_interval=0), state_path=path)
+    after.load()
+    assert [e["action"] for e in feed(after, [FAIL, FAIL])] == ["raised"]  # raised again
+
+
 def test_a_removed_check_has_its_standing_alarm_cleared() -> None:
     tracker = AlarmTracker(AlarmSettings(min_interval=0))
-    feed(tracker, [FAIL, FAIL])
+    for event in feed(tracker, [FAIL, FAIL]):
+        tracker.stored(event)
     events = tracker.retire(["system.memory"], T0 + timedelta(hours=1))
     assert [(e["check"], e["action"], e["message"]) for e in events] == [
         ("system.disk", "cleared", "the check was removed")

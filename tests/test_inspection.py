@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -190,5 +191,52 @@ async def test_a_reload_gives_the_data_checks_the_new_poll_periods(tmp_path: Pat
         assert inspection.monitor.intervals == {"plc": 1.0}
         await inspection.reload(after)
         assert inspection.monitor.intervals == {"plc": 10.0, "new": 5.0}
+    finally:
+        box.close()
+
+
+async def test_an_alarm_is_stored_even_when_its_state_file_cannot_be_saved(tmp_path: Path) -> None:
+    """A failed save of the alarm state (a full disk, say) must not skip the event: the event
+    is stored, the status announced once it is, and the save tried again by the next round."""
+    from agent.check_settings import AlarmSettings
+    from agent.checks import AlarmTracker, CheckResult, Status
+    from agent.checks.framework import Round, utc_now
+    from agent.inspection import Inspection
+    from agent.outbox import AsyncOutbox, Outbox
+    from agent.signing import init_key
+    from agent.writer import OutboxWriter
+    from tests.conftest import make_config
+
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where the state folder should be: every save fails\n")
+    box = Outbox(tmp_path / "outbox.db", init_key(tmp_path), "gw-test")
+    box.open()
+    try:
+        async with OutboxWriter(AsyncOutbox(box), retry=0.05) as writer:
+            config = make_config([tcp_terminal(1502, [{"name": "a", "address": 0}])])
+            inspection = Inspection(config, writer, view=None)  # type: ignore[arg-type]
+            tracker = AlarmTracker(AlarmSettings(raise_after=1), blocker / "alarms.json")
+            inspection.alarms = tracker
+            inspection.health.sent(time.monotonic())  # no health report due in this test
+            now = utc_now()
+            failing = CheckResult("system.disk", "system", Status.FAIL, 99, "%", 95, "", now, now)
+            await inspection._on_round(Round(now, [failing], []))
+            deadline = time.monotonic() + 10
+            while box.stats().events < 1 or tracker.announced != {"system.disk": Status.FAIL}:
+                assert time.monotonic() < deadline, box.stats()
+                await asyncio.sleep(0.02)
+            [message] = box.pending(10)
+            assert message.kind == "event"
+            while inspection._saver is not None and not inspection._saver.done():
+                await asyncio.sleep(0.02)
+            assert tracker.dirty  # not saved: kept to try again
+            blocker.unlink()
+            await inspection._on_round(Round(now, [failing], []))
+            while tracker.dirty or not (blocker / "alarms.json").exists():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            saved = json.loads((blocker / "alarms.json").read_text())
+            assert saved["checks"]["system.disk"]["announced"] == "fail"
+            assert box.stats().events == 1  # the retried save raised nothing new
     finally:
         box.close()

@@ -16,8 +16,13 @@ most one raise and one clear per `min_interval` per check — while a real worse
 back and the last announced status always catches up with a lasting one.
 
 Events are plain dicts (see HEALTH.md, "Alarm events") that the daemon puts into the outbox with
-kind "event" at EVENT priority. The announced statuses can be kept in a state file (atomically)
-so that a restart neither repeats alarms nor forgets to clear them.
+kind "event" at EVENT priority. A status is *said* once its event is made (the hysteresis works
+on what was said, so a change is never proposed twice) and *announced* only once that event is
+stored (`stored`): only announced statuses are kept in the state file (atomically), so that a
+restart neither repeats alarms nor forgets to clear them — and an alarm whose event never got
+stored (a full disk, an agent stopped first) is raised again rather than forgotten. An event the
+outbox gave up (`not_stored`) is handed out again, unchanged (its original time), by the next
+`update`.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, write_atomic
 @dataclass
 class _Track:
     family: str
-    announced: Status = Status.OK
+    announced: Status = Status.OK  # the last status whose event is stored (what upstream knows)
+    said: Status = Status.OK  # the last status an event was made for (stored or on its way)
     candidate: Status | None = None
     streak: int = 0
     candidate_since: datetime | None = None
@@ -77,38 +83,51 @@ class AlarmTracker:
         self.settings = settings or AlarmSettings()
         self.state_path = state_path
         self._tracks: dict[str, _Track] = {}
+        self._unsent: list[dict[str, Any]] = []  # events the outbox gave up: handed out again
         self.held_back = 0  # confirmed changes that waited for min_interval
+        self.dirty = False  # announced statuses changed since the last save
 
     @property
     def announced(self) -> dict[str, Status]:
+        """Each check's status whose event is stored."""
         return {i: t.announced for i, t in self._tracks.items()}
 
     def update(
         self, results: Iterable[CheckResult], now: datetime | None = None
     ) -> list[dict[str, Any]]:
-        """Feed one round of results; returns the alarm events to publish now."""
-        events = []
+        """Feed one round of results; returns the alarm events to store now (events given up
+        before come first, unchanged). Report each one's fate with `stored` or `not_stored`."""
+        events, self._unsent = self._unsent, []
         for r in results:
             event = self._update_one(r, now or r.checked_at)
             if event is not None:
                 events.append(event)
-        if events:
-            self.save()
         return events
+
+    def stored(self, event: dict[str, Any]) -> None:
+        """`event` is durable in the outbox: its status is announced (`save` keeps it)."""
+        track = self._tracks.get(str(event["check"]))
+        if track is not None:
+            track.announced = Status(event["status"])
+            self.dirty = True
+
+    def not_stored(self, event: dict[str, Any]) -> None:
+        """The outbox gave `event` up: the next `update` hands it out again, as it is."""
+        self._unsent.append(event)
 
     def _update_one(self, r: CheckResult, now: datetime) -> dict[str, Any] | None:
         track = self._tracks.setdefault(r.id, _Track(r.family))
         s, cfg = r.status, self.settings
         if s is Status.UNKNOWN:
             return None
-        if s is track.announced:
+        if s is track.said:
             track.candidate, track.streak, track.candidate_since = None, 0, None
             return None
         if s is track.candidate:
             track.streak += 1
         else:
             track.candidate, track.streak, track.candidate_since = s, 1, r.checked_at
-        worse = s.severity > track.announced.severity
+        worse = s.severity > track.said.severity
         confirmed = track.streak >= (cfg.raise_after if worse else cfg.clear_after)
         if not confirmed and cfg.confirm_after is not None and track.candidate_since is not None:
             confirmed = r.checked_at - track.candidate_since >= timedelta(seconds=cfg.confirm_after)
@@ -118,8 +137,8 @@ class AlarmTracker:
         if not worse and last is not None and now - last < timedelta(seconds=cfg.min_interval):
             self.held_back += 1
             return None
-        event = alarm_event(r, track.announced, s, now)
-        track.announced, track.last_alarm_at = s, now
+        event = alarm_event(r, track.said, s, now)
+        track.said, track.last_alarm_at = s, now
         track.candidate, track.streak, track.candidate_since = None, 0, None
         return event
 
@@ -132,13 +151,12 @@ class AlarmTracker:
         events = []
         for check_id in [i for i in self._tracks if i not in keep]:
             track = self._tracks.pop(check_id)
-            if track.announced is not Status.OK:
+            self.dirty = True
+            if track.said is not Status.OK:
                 gone = CheckResult(check_id, track.family, Status.OK, None, "", None, "", now, now)
                 events.append(
-                    alarm_event(gone, track.announced, Status.OK, now, "the check was removed")
+                    alarm_event(gone, track.said, Status.OK, now, "the check was removed")
                 )
-        if events:
-            self.save()
         return events
 
     # -- persistence -----------------------------------------------------------------------
@@ -153,6 +171,7 @@ class AlarmTracker:
                 check_id: _Track(
                     str(entry["family"]),
                     Status(entry["announced"]),
+                    Status(entry["announced"]),
                     last_alarm_at=parse_timestamp(entry["last_alarm_at"])
                     if entry.get("last_alarm_at")
                     else None,
@@ -164,9 +183,12 @@ class AlarmTracker:
         self._tracks = tracks
 
     def save(self) -> None:
-        """Write the non-ok announced statuses (only they matter after a restart)."""
-        if self.state_path is None:
-            return
+        """Write the non-ok announced statuses now (only they matter after a restart)."""
+        self.write_state(self.take_state())
+
+    def take_state(self) -> bytes:
+        """The state file's content as of now (on the loop: the tracks are the loop's), and
+        `dirty` cleared; if writing it fails, set `dirty` again so a later save retries."""
         body = {
             "checks": {
                 check_id: {
@@ -178,7 +200,14 @@ class AlarmTracker:
                 if t.announced is not Status.OK
             }
         }
+        self.dirty = False
+        return json.dumps(body, indent=1).encode()
+
+    def write_state(self, data: bytes) -> None:
+        """Write what `take_state` gave (any thread); OSError if it cannot (a full disk)."""
+        if self.state_path is None:
+            return
         # Normally state/ (StateLayout.alarms), made 0700 at start by record_start; a folder a
         # caller named keeps its mode.
         ensure_dir(self.state_path.parent, PRIVATE_DIR_MODE, tighten=False)
-        write_atomic(self.state_path, json.dumps(body, indent=1).encode())
+        write_atomic(self.state_path, data)
