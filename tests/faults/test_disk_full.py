@@ -15,7 +15,11 @@ from typing import Any
 
 import pytest
 
+from agent.check_settings import ChecksConfig
+from agent.checks import AgentView, Status, system
 from agent.control import ControlError, NotRunning, request
+from agent.losses import LossLedger
+from agent.metrics import Snapshot, families
 from agent.model import Quality, Reading
 from agent.outbox import AsyncOutbox, Outbox, OutboxError, OutboxFull, Priority
 from agent.signing import DeviceKey, read_envelope
@@ -23,7 +27,7 @@ from agent.writer import OutboxWriter
 from tests.agentproc import Agent, short_socket_path, write_config
 from tests.broker import Mosquitto, persistent
 from tests.collector import Collector, verify
-from tests.conftest import tcp_terminal
+from tests.conftest import make_config, tcp_terminal
 from tests.faults.conftest import SmallFs
 from tests.test_store_forward import keys_show
 
@@ -308,6 +312,26 @@ async def test_agent_on_a_full_disk_polls_counts_losses_drains_restarts_and_repo
             timeout=15,
         )
         assert drained["outbox"]["state"] == "disk full"
+        jwk = keys_show(config)["jwk"]
+        # The alarm raised on the full disk reaches upstream; so does a health report that
+        # shows the disk full state and the count of lost readings.
+        await collector.wait_for(
+            "the disk alarm",
+            lambda: any(
+                (b := verify(m.payload, jwk)["body"]).get("type") == "alarm"
+                and b.get("check") in ("system.disk", "system.fs_writable")
+                and b.get("status") == "fail"
+                for m in collector.on("events")
+            ),
+        )
+        await collector.wait_for(
+            "a health report of the full disk",
+            lambda: any(
+                (h := verify(m.payload, jwk)["body"])["outbox"]["state"] == "disk full"
+                and h["outbox"]["lost"]["terminals"].get("plc", {}).get("readings", 0) > 0
+                for m in collector.on("health")
+            ),
+        )
         connects = agent.events("uplink connected") + agent.events("uplink connected again")
         assert len(connects) <= 2  # one connection (and a reconnect at most)
         assert await agent.stop() == 0
@@ -325,7 +349,6 @@ async def test_agent_on_a_full_disk_polls_counts_losses_drains_restarts_and_repo
         await wait_status(
             config, "telemetry taken again", lambda s: s["outbox"]["state"] == "ok", timeout=10
         )
-        jwk = keys_show(config)["jwk"]
         await collector.wait_for(
             "the loss event",
             lambda: any(
@@ -380,3 +403,41 @@ async def test_agent_on_a_full_disk_polls_counts_losses_drains_restarts_and_repo
 
 def upstream(collector: Collector, jwk: dict[str, Any]) -> list[dict[str, Any]]:
     return [verify(m.payload, jwk) for m in collector.on("telemetry")]
+
+
+# -- what the checks and the metrics say ---------------------------------------------------------
+
+
+def test_the_disk_and_write_checks_say_disk_full_in_words(small_fs: SmallFs) -> None:
+    config = make_config([], state_dir=str(small_fs.path))
+    view = AgentView(config)
+    settings = ChecksConfig()
+    small_fs.fill()
+    outcome = system.disk(view, settings)
+    assert outcome.status is Status.FAIL
+    assert outcome.message.startswith("disk full: ")
+    written = system.writable(view, settings)
+    assert written.status is Status.FAIL
+    assert written.message.endswith("disk full (no space left)")
+    small_fs.release()
+    assert not system.disk(view, settings).message.startswith("disk full")
+
+
+def test_metrics_count_lost_readings_per_terminal_and_the_disk_full_state(
+    small_fs: SmallFs, key: DeviceKey
+) -> None:
+    with make_outbox(small_fs, key) as box:
+        fill_until_telemetry_refused(small_fs, box)
+        ledger = LossLedger()
+        ledger.add("plc", "2026-03-01T00:00:00.000Z", "disk full", 7)
+        box.note_lost(ledger)
+        stats = box.stats()
+    view = AgentView(make_config([], state_dir=str(small_fs.path)), outbox=stats)
+    samples = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in families(Snapshot(view, []))
+        for s in family.samples
+    }
+    assert samples[("edge_agent_readings_lost_total", ("plc",))] == 7
+    assert samples[("edge_agent_readings_lost_unreported", ())] == 7
+    assert samples[("edge_agent_outbox_disk_full", ())] == 1
