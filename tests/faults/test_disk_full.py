@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from agent.check_settings import ChecksConfig
 from agent.checks import AgentView, Status, system
+from agent.checks.history import History
 from agent.control import ControlError, NotRunning, request
 from agent.losses import LossLedger
 from agent.metrics import Snapshot, families
@@ -441,3 +443,23 @@ def test_metrics_count_lost_readings_per_terminal_and_the_disk_full_state(
     assert samples[("edge_agent_readings_lost_total", ("plc",))] == 7
     assert samples[("edge_agent_readings_lost_unreported", ())] == 7
     assert samples[("edge_agent_outbox_disk_full", ())] == 1
+
+
+def test_the_history_opens_on_a_full_disk_and_writes_once_there_is_room(small_fs: SmallFs) -> None:
+    path = small_fs.path / "history.db"
+    with History(path):
+        pass  # made and closed: its -wal and -shm are gone, as after a clean stop
+    small_fs.fill()
+    history = History(path)
+    history.open()  # a WAL database cannot even be read without room for its -shm
+    history.set_meta("gateway", "gw-test")
+    history.record_start()
+    with pytest.raises(sqlite3.Error):
+        history.flush()
+    small_fs.release()
+    history.set_meta("gateway", "gw-test")
+    history.record_start()
+    history.flush()
+    assert history.meta("gateway") == "gw-test"
+    assert len(history.starts(T0 - timedelta(days=3650), T0 + timedelta(days=3650))) == 1
+    history.close()
