@@ -109,6 +109,9 @@ class OutboxConfig(_Frozen):
     # A report that must be durable before it is confirmed (SL651) waits this long for others
     # to share its transaction: a little latency for many fewer transactions under load.
     commit_window: Duration = Field(default=0.005, le=1.0)
+    # Room kept on the disk (<state_dir>/outbox.db.reserve, allocated) so that acknowledgements,
+    # alarms, health and the count of lost readings are still written when the disk is full.
+    reserve_bytes: int = Field(default=4 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024)
 
 
 # A systemd credential's name (LoadCredential=): a file name in $CREDENTIALS_DIRECTORY.

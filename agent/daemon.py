@@ -33,7 +33,7 @@ import structlog
 
 from agent import sdnotify
 from agent.checks.framework import CheckResult, Status
-from agent.checks.view import AgentView, LogCounter, record_start
+from agent.checks.view import AgentView, LogCounter, load_restarts, record_start
 from agent.config import Config, ConfigError, parse_config_bytes
 from agent.config_watch import ConfigWatcher
 from agent.control import ControlServer
@@ -171,7 +171,7 @@ class Daemon:
         # Reports update outcomes through the writer; its gate judges the agent only once
         # `started` is set, when every part runs.
         update = await stack.enter_async_context(self._update_part(writer, uplink))
-        self.restarts = await asyncio.to_thread(record_start, config.state_dir)
+        self.restarts = await asyncio.to_thread(self._record_start)
         inspection = await stack.enter_async_context(Inspection(config, writer, self.snapshot))
         if uplink is not None:
             inspection.progress.register("uplink", uplink_allowance(config))
@@ -194,6 +194,15 @@ class Daemon:
         await self._start_control(stack)
         stack.enter_context(ConfigWatcher(self.config_path, self._reload_requested))
         return parts
+
+    def _record_start(self) -> list[datetime]:
+        """Note this start (the restarts check); on a full disk the agent starts anyway."""
+        state_dir = self.config.state_dir
+        try:
+            return record_start(state_dir)
+        except OSError as exc:
+            log.error("cannot record this start; starting anyway", error=str(exc))
+            return load_restarts(state_dir)
 
     def _update_part(self, writer: OutboxWriter, uplink: Uplink | None) -> UpdatePart:
         """Signed updates' part: reports through the writer, listens on the uplink's router."""
@@ -240,6 +249,7 @@ class Daemon:
             max_bytes=o.max_bytes,
             max_age=o.max_age,
             synchronous=o.synchronous,
+            reserve_bytes=o.reserve_bytes,
         )
 
     async def _start_control(self, stack: AsyncExitStack) -> None:

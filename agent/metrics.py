@@ -143,6 +143,30 @@ def families(s: Snapshot) -> Iterator[Metric]:
             "Telemetry messages evicted from a full outbox.",
             value=o.evicted,
         )
+        yield GaugeMetricFamily(
+            "edge_agent_outbox_disk_full",
+            "1 while the disk is full: telemetry refused, the reserve in use.",
+            value=int(o.disk_full or not o.opened),
+        )
+        yield GaugeMetricFamily(
+            "edge_agent_outbox_reserve_bytes",
+            "Bytes of the outbox's reserve allocated now (of outbox.reserve_bytes).",
+            value=o.reserve_bytes,
+        )
+        lost = CounterMetricFamily(
+            "edge_agent_readings_lost",
+            "Readings that could not be stored (disk full, overflow ...), by terminal, "
+            "since the agent started.",
+            labels=["terminal"],
+        )
+        for terminal, n in sorted(o.lost_counted.items()):
+            lost.add_metric([terminal], n)
+        yield lost
+        yield GaugeMetricFamily(
+            "edge_agent_readings_lost_unreported",
+            "Readings lost and not yet reported upstream in a loss event.",
+            value=o.lost.readings,
+        )
 
     if view.uplink is not None:
         u = view.uplink

@@ -19,6 +19,20 @@ the reservation is used; if the database is lost or corrupt, the fresh one conti
 reservation, so upstream sees a gap (a loss, reported) and never a repeat. Only if the state file
 is gone too does seq restart from a clock floor (milliseconds since the epoch), a last resort.
 
+A full disk is a state, not a crash. The outbox keeps a reserve: a file ``<db>.reserve`` of
+`reserve_bytes` (4 MiB by default) allocated on the disk (posix_fallocate) while there is room.
+When a write finds the disk full, the outbox enters the *disk full* state: telemetry is refused
+(`OutboxFull`; the writer counts its readings as lost, never the reserve's space), while
+acknowledgements, events, health reports and the loss record release the reserve a quarter at
+a time and are tried again, so they are still written. The database is opened the same way:
+a start on a full disk uses the reserve (or, with none left, runs without the database and
+opens it once there is room). Every call checks, at most once per `probe_interval`, whether
+the disk has room again (the reserve and as much again free); then the reserve is re-made and
+telemetry accepted. Readings given up anywhere (the writer tells `note_lost`) are counted per
+terminal (agent/losses.py), kept with the counters, and reported upstream as one loss event in
+the first transaction that stores messages outside the disk full state: the event and the reset
+of the count commit together, so a loss is reported exactly once.
+
 Threads: one SQLite connection guarded by a lock; every method may be called from any thread
 (`asyncio.to_thread`). `AsyncOutbox` is the face for the event loop. One process owns an
 outbox at a time (an exclusive lock on ``<db>.lock``).
@@ -29,21 +43,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import errno
 import fcntl
 import json
+import math
 import os
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 import structlog
 
+from agent.losses import LossLedger, loss_event
 from agent.model import format_timestamp
 from agent.signing import encode_body, envelope_from_encoded, utc_stamp
 from agent.storage import sqlite as db
@@ -59,6 +77,11 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Room kept on the disk for acknowledgements, events, health and the loss record.
+DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
+MIN_RESERVE_BYTES = 256 * 1024
+PROBE_INTERVAL = 1.0  # while the disk is full, look for room again at most this often
+LOSS_SAVE_INTERVAL = 30.0  # losses counted while nothing else is stored are saved this often
 # seq values reserved in the state file at a time: one atomic file write per this many
 # messages, and at most this big a jump of seq after the database is lost.
 SEQ_BLOCK = 10_000
@@ -89,7 +112,11 @@ INSERT OR IGNORE INTO counters (name, value)
     VALUES ('seq', 0), ('evicted', 0), ('evicted_bytes', 0), ('last_evicted_at', NULL);
 """
 # The schema's history, oldest first (agent.storage.sqlite.migrate): append, never edit.
-MIGRATIONS: list[db.Migration] = [_SCHEMA]
+# Readings given up and not reported yet (agent/losses.py, as JSON), and how many were reported.
+_LOSSES = """
+INSERT OR IGNORE INTO counters (name, value) VALUES ('lost', NULL), ('lost_reported', 0);
+"""
+MIGRATIONS: list[db.Migration] = [_SCHEMA, _LOSSES]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -115,6 +142,10 @@ class Signer(Protocol):
 
 class OutboxError(Exception):
     """The outbox cannot be opened or written (disk, permissions, another owner)."""
+
+
+class OutboxFull(OutboxError):
+    """The disk is full: telemetry is refused (acks, events and health still use the reserve)."""
 
 
 class OutboxCorruptError(OutboxError):
@@ -150,6 +181,21 @@ class OutboxStats:
     over_budget: bool  # over max_bytes with no telemetry left to evict
     last_seq: int
     recovered_from: Path | None  # where a damaged database was set aside at open
+    disk_full: bool = False  # telemetry refused; acks, events, health use the reserve
+    opened: bool = True  # False: the disk was full at start, the database opens once there is room
+    full_since: datetime | None = None
+    reserve_bytes: int = 0  # allocated now
+    reserve_target: int = 0  # what it is re-made to
+    lost: LossLedger = field(default_factory=LossLedger)  # given up, not reported yet
+    lost_reported: int = 0  # readings reported lost upstream (loss events), ever
+    lost_counted: Mapping[str, int] = field(default_factory=dict)  # per terminal, since open
+
+    @property
+    def state(self) -> str:
+        """ok · disk full (read-only: draining, telemetry refused) · unavailable (not open)."""
+        if not self.opened:
+            return "unavailable"
+        return "disk full" if self.disk_full else "ok"
 
     @property
     def messages(self) -> int:
@@ -174,6 +220,11 @@ class OutboxStats:
             "over_budget": self.over_budget,
             "last_seq": self.last_seq,
             "recovered_from": str(self.recovered_from) if self.recovered_from else None,
+            "state": self.state,
+            "full_since": format_timestamp(self.full_since) if self.full_since else None,
+            "reserve": {"bytes": self.reserve_bytes, "target": self.reserve_target},
+            "lost": self.lost.to_dict(),
+            "lost_reported": self.lost_reported,
         }
 
 
@@ -199,12 +250,19 @@ class Outbox:
         seq_block: int = SEQ_BLOCK,
         warn_interval: float = WARN_INTERVAL,
         clock: Callable[[], float] = time.time,
+        reserve_bytes: int = DEFAULT_RESERVE_BYTES,
+        probe_interval: float = PROBE_INTERVAL,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
+        if reserve_bytes < MIN_RESERVE_BYTES:
+            raise ValueError(f"reserve_bytes must be at least {MIN_RESERVE_BYTES}")
         self.path = Path(path)
         self.seq_path = self.path.with_name(self.path.name + ".seq")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self.reserve_path = self.path.with_name(self.path.name + ".reserve")
+        self.reserve_bytes = reserve_bytes
+        self.probe_interval = probe_interval
         self.signer = signer
         self.gateway_id = gateway_id
         self.max_bytes = max_bytes
@@ -228,6 +286,17 @@ class Outbox:
         self._over_budget = False
         self._warned_at: dict[str, float] = {}
         self._unwarned = _Eviction()
+        # The disk full state (module docstring); `_deferred`: not open for want of room.
+        self._full = False
+        self._full_since: float | None = None
+        self._deferred = False
+        self._probed_at = -math.inf
+        # Losses: counted (from any thread) and not saved yet · saved in the counters.
+        self._loss_lock = threading.Lock()
+        self._lost_new = LossLedger()
+        self._lost_stored = LossLedger()
+        self._lost_reported = 0
+        self._lost_counted: Counter[str] = Counter()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -242,10 +311,32 @@ class Outbox:
             self._take_ownership()
             try:
                 remove_stale_temps(self.seq_path)
-                self._open_locked()
+                self._open_or_defer()
             except BaseException:
                 self._release_ownership()
                 raise
+
+    def _open_or_defer(self) -> None:
+        """Open, using the reserve if the disk is full; with none left, run unopened (the
+        disk full state) and open once there is room. Then make the reserve if missing."""
+        try:
+            self._with_reserve(self._open_locked, privileged=True)
+        except OutboxError as exc:
+            if not db.is_disk_full(exc):
+                raise
+            self._deferred = True
+            log.error(
+                "disk full: the outbox cannot be opened yet; running on, telemetry counted as "
+                "lost, opening it once there is room",
+                path=str(self.path),
+                error=str(exc),
+            )
+            return
+        self._deferred = False
+        # At start, as when leaving the state: room for the reserve and as much again, or
+        # the disk counts as full (no flapping on a disk that is full but for a WAL's worth).
+        if not self._full and (not self._make_reserve() or self._free_bytes() < self.reserve_bytes):
+            self._enter_full(None)
 
     def _open_locked(self) -> None:
         reserved, had_reservation = self._read_reservation()
@@ -294,6 +385,13 @@ class Outbox:
         self._last_seq = last_seq
         self._evicted = int(counters["evicted"])
         self._evicted_bytes = int(counters["evicted_bytes"])
+        self._lost_reported = int(counters.get("lost_reported") or 0)
+        self._lost_stored = LossLedger()
+        if counters.get("lost"):
+            try:
+                self._lost_stored = LossLedger.from_dict(json.loads(counters["lost"]))
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("outbox loss record unreadable; its count is lost", error=str(exc))
         at = counters["last_evicted_at"]
         self._last_evicted_at = float(at) if at is not None else None
         self._reserved = reserved if reserved is not None else -1
@@ -324,11 +422,18 @@ class Outbox:
         return floor
 
     def close(self) -> None:
+        """Save the losses counted since the last save (the reserve may pay for it), close."""
         with self._lock:
+            if self._conn is not None:
+                try:
+                    self._save_losses_locked()
+                except OutboxError as exc:
+                    log.error("losses not saved on the way out", error=str(exc))
             self._close_locked()
             self._release_ownership()
 
     def _close_locked(self) -> None:
+        self._deferred = False
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
@@ -397,6 +502,178 @@ class Outbox:
             ) from exc
         self._reserved = reserved
 
+    # -- the reserve and the disk full state ------------------------------------------------
+
+    def _reserve_size(self) -> int:
+        try:
+            return self.reserve_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
+    def _make_reserve(self) -> bool:
+        """Allocate the reserve file to `reserve_bytes` (blocks on the disk, not a sparse
+        file); False if the disk has no room for it."""
+        if self._reserve_size() >= self.reserve_bytes:
+            return True
+        try:
+            fd = open_private(self.reserve_path, os.O_RDWR)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                log.error(
+                    "cannot make the outbox reserve", path=str(self.reserve_path), error=str(exc)
+                )
+            return False
+        return True
+
+    def _release_reserve_step(self) -> bool:
+        """Give a quarter of the reserve back to the file system; False if none is left."""
+        size = self._reserve_size()
+        if size == 0:
+            return False
+        step = max(self.reserve_bytes // 4, 64 * 1024)
+        left = max(0, size - step)
+        try:
+            os.truncate(self.reserve_path, left)
+        except OSError as exc:
+            log.error("cannot release the outbox reserve", error=str(exc))
+            return False
+        log.warning(
+            "disk full: released part of the outbox reserve for a write that must be made",
+            released=size - left,
+            reserve_left=left,
+        )
+        return True
+
+    def _enter_full(self, exc: BaseException | None) -> None:
+        if self._full:
+            return
+        self._full = True
+        self._full_since = self.clock()
+        self._probed_at = time.monotonic()
+        log.error(
+            "disk full: the outbox refuses telemetry (counted as lost) and keeps acknowledging, "
+            "storing events and health with its reserve",
+            path=str(self.path),
+            free_bytes=self._free_bytes(),
+            reserve_bytes=self._reserve_size(),
+            error=str(exc) if exc is not None else "less free than the reserve at start",
+        )
+
+    def _probe(self) -> None:
+        """In the disk full state, at most once per `probe_interval`: if there is room again
+        (the missing reserve and as much again), re-make the reserve, open a database that
+        could not be opened, and take telemetry again."""
+        if not self._full:
+            return
+        now = time.monotonic()
+        if now - self._probed_at < self.probe_interval:
+            return
+        self._probed_at = now
+        missing = self.reserve_bytes - self._reserve_size()
+        if self._free_bytes() < missing + self.reserve_bytes or not self._make_reserve():
+            return
+        if self._conn is None and self._deferred:
+            try:
+                self._with_reserve(self._open_locked, privileged=True)
+            except OutboxError as exc:
+                log.error("outbox still cannot be opened", path=str(self.path), error=str(exc))
+                return
+            self._deferred = False
+        full_for = self.clock() - (self._full_since or self.clock())
+        self._full = False
+        self._full_since = None
+        log.warning(
+            "the disk has room again: outbox reserve re-made, telemetry accepted",
+            path=str(self.path),
+            full_for=round(full_for, 1),
+            free_bytes=self._free_bytes(),
+        )
+
+    def _with_reserve(self, write: Callable[[], T], *, privileged: bool) -> T:
+        """`write()`; if the disk is full: the disk full state, and OutboxFull unless
+        `privileged`, else the reserve released a step at a time and `write` tried again."""
+        while True:
+            try:
+                return write()
+            except OutboxError as exc:
+                if not db.is_disk_full(exc):
+                    raise
+                self._enter_full(exc)
+                if not privileged:
+                    raise OutboxFull(f"{self.path}: disk full: telemetry not stored") from exc
+                if not self._release_reserve_step():
+                    raise OutboxError(
+                        f"{self.path}: disk full and the outbox reserve is used up: {exc}"
+                    ) from exc
+
+    @property
+    def disk_full(self) -> bool:
+        return self._full
+
+    # -- losses ------------------------------------------------------------------------------
+
+    def note_lost(self, ledger: LossLedger) -> None:
+        """Readings given up elsewhere (the writer): kept in memory now (any thread, never
+        waits for a write), saved with the next transaction, reported once writes are taken."""
+        if not ledger:
+            return
+        with self._loss_lock:
+            self._lost_new.merge(ledger)
+            for name, loss in ledger.terminals.items():
+                self._lost_counted[name] += loss.readings
+
+    def _take_losses(self) -> LossLedger:
+        with self._loss_lock:
+            taken, self._lost_new = self._lost_new, LossLedger()
+        return taken
+
+    def _give_back_losses(self, taken: LossLedger) -> None:
+        """A transaction that carried `taken` failed: they wait for the next one."""
+        if taken:
+            with self._loss_lock:
+                taken.merge(self._lost_new)
+                self._lost_new = taken
+
+    def save_losses(self) -> None:
+        """Save the losses counted since the last save (the reserve pays if the disk is
+        full): a restart keeps counting from there. Does nothing when there are none."""
+        with self._lock:
+            self._probe()
+            self._save_losses_locked()
+
+    def _save_losses_locked(self) -> None:
+        if self._conn is None:
+            return
+        taken = self._take_losses()
+        if not taken:
+            return
+        losses = self._lost_stored.copy()
+        losses.merge(taken)
+        text = json.dumps(losses.to_dict())
+
+        def write() -> None:
+            conn = self._open_conn()
+            with self._write_transaction(conn):
+                conn.execute("UPDATE counters SET value = ? WHERE name = 'lost'", (text,))
+
+        try:
+            self._with_reserve(write, privileged=True)
+        except BaseException:
+            self._give_back_losses(taken)
+            raise
+        self._lost_stored = losses
+
     # -- writing ---------------------------------------------------------------------------
 
     def put(self, kind: str, body: Any, priority: Priority) -> int:
@@ -417,24 +694,45 @@ class Outbox:
             if not _KIND.match(kind):
                 raise ValueError(f"kind {kind!r} is not a topic suffix like 'telemetry'")
             prepared.append((kind, Priority(priority), encode_body(body)))
+        telemetry = any(priority is Priority.TELEMETRY for _, priority, _ in prepared)
         with self._lock:
-            conn = self._open_conn()
-            now = self.clock()
-            ts = utc_stamp(now)
-            first = self._last_seq + 1
-            rows = []
-            for seq, (kind, priority, body_json) in enumerate(prepared, start=first):
-                envelope = envelope_from_encoded(self.gateway_id, seq, kind, ts, body_json)
+            self._probe()
+            if telemetry and self._full:
+                raise OutboxFull(f"{self.path}: disk full: telemetry not stored")
+            # Telemetry never eats the reserve: only messages without it may use it.
+            return self._with_reserve(lambda: self._put_locked(prepared), privileged=not telemetry)
+
+    def _put_locked(self, prepared: list[tuple[str, Priority, str]]) -> list[int]:
+        conn = self._open_conn()
+        now = self.clock()
+        ts = utc_stamp(now)
+        first = self._last_seq + 1
+        rows = []
+        for seq, (kind, priority, body_json) in enumerate(prepared, start=first):
+            envelope = envelope_from_encoded(self.gateway_id, seq, kind, ts, body_json)
+            payload = self.signer.sign_compact(envelope)
+            if len(payload) > self.max_message_bytes:
+                raise ValueError(
+                    f"a {kind} message of {len(payload)} bytes is over the limit of "
+                    f"{self.max_message_bytes}: send smaller batches"
+                )
+            rows.append((seq, int(priority), now, len(payload), kind, payload))
+        taken = self._take_losses()
+        try:
+            losses = self._lost_stored.copy()
+            losses.merge(taken)
+            # Writes are taken again: the losses go upstream in this transaction, once.
+            report = bool(losses) and not self._full
+            if report:
+                seq = first + len(rows)
+                body = encode_body(loss_event(losses))
+                envelope = envelope_from_encoded(self.gateway_id, seq, "event", ts, body)
                 payload = self.signer.sign_compact(envelope)
-                if len(payload) > self.max_message_bytes:
-                    raise ValueError(
-                        f"a {kind} message of {len(payload)} bytes is over the limit of "
-                        f"{self.max_message_bytes}: send smaller batches"
-                    )
-                rows.append((seq, int(priority), now, len(payload), kind, payload))
+                rows.append((seq, int(Priority.EVENT), now, len(payload), "event", payload))
             last = first + len(rows) - 1
             if last > self._reserved:
                 self._reserve(last)  # durable before any seq past the old reservation is
+            saved = None if report or not losses else json.dumps(losses.to_dict())
 
             def insert() -> None:
                 conn.executemany(
@@ -443,10 +741,32 @@ class Outbox:
                     rows,
                 )
                 conn.execute("UPDATE counters SET value = ? WHERE name = 'seq'", (last,))
+                if taken or report:
+                    conn.execute("UPDATE counters SET value = ? WHERE name = 'lost'", (saved,))
+                if report:
+                    conn.execute(
+                        "UPDATE counters SET value = ? WHERE name = 'lost_reported'",
+                        (self._lost_reported + losses.readings,),
+                    )
 
             self._transaction(insert, rows, now)
-            self._last_seq = last
-            return list(range(first, last + 1))
+        except BaseException:
+            self._give_back_losses(taken)
+            raise
+        self._last_seq = last
+        if report:
+            self._lost_stored = LossLedger()
+            self._lost_reported += losses.readings
+            log.warning(
+                "readings lost were reported upstream",
+                seq=last,
+                readings=losses.readings,
+                reasons=losses.reasons,
+                terminals=len(losses.terminals),
+            )
+        else:
+            self._lost_stored = losses
+        return list(range(first, first + len(prepared)))
 
     def _transaction(
         self,
@@ -565,7 +885,10 @@ class Outbox:
         if self.max_age is None:
             return
         with self._lock:
-            self._transaction(lambda: None, [], self.clock())
+            self._probe()
+            self._with_reserve(
+                lambda: self._transaction(lambda: None, [], self.clock()), privileged=True
+            )
 
     # -- reading and acknowledging ----------------------------------------------------------
 
@@ -576,6 +899,7 @@ class Outbox:
         they are handed out again (a duplicate upstream, recognisable by its seq).
         """
         with self._lock, self._sqlite_errors():
+            self._probe()
             conn = self._open_conn()
             if exclude:
                 cursor = conn.execute(
@@ -601,18 +925,23 @@ class Outbox:
         if not id_list:
             return 0
         with self._lock:
-            conn = self._open_conn()
-            with self._write_transaction(conn):
-                removed = conn.execute(
-                    "DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?)) "
-                    "RETURNING priority, size",
-                    (json.dumps(id_list),),
-                ).fetchall()
-            for priority, size in removed:
-                self._count[priority] -= 1
-                self._bytes[priority] -= size
-            self._over_budget = sum(self._bytes) > self.max_bytes
-            return len(removed)
+            self._probe()
+            # An acknowledgement frees space but needs some first (the WAL): the reserve's.
+            return self._with_reserve(lambda: self._ack_locked(id_list), privileged=True)
+
+    def _ack_locked(self, id_list: list[int]) -> int:
+        conn = self._open_conn()
+        with self._write_transaction(conn):
+            removed = conn.execute(
+                "DELETE FROM messages WHERE seq IN (SELECT value FROM json_each(?)) "
+                "RETURNING priority, size",
+                (json.dumps(id_list),),
+            ).fetchall()
+        for priority, size in removed:
+            self._count[priority] -= 1
+            self._bytes[priority] -= size
+        self._over_budget = sum(self._bytes) > self.max_bytes
+        return len(removed)
 
     # -- reporting -------------------------------------------------------------------------
 
@@ -622,10 +951,11 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         with self._lock, self._sqlite_errors():
-            conn = self._open_conn()
+            self._probe()  # the check loop asks every round: the periodic look for room
+            conn = self._conn
             oldest: float | None = None
             for priority in Priority:
-                if self._count[priority]:
+                if self._count[priority] and conn is not None:
                     row = conn.execute(
                         "SELECT created_at FROM messages WHERE priority = ? ORDER BY seq LIMIT 1",
                         (int(priority),),
@@ -649,7 +979,26 @@ class Outbox:
                 over_budget=self._over_budget,
                 last_seq=self._last_seq,
                 recovered_from=self.recovered_from,
+                disk_full=self._full,
+                opened=self._conn is not None,
+                full_since=(
+                    datetime.fromtimestamp(self._full_since, UTC)
+                    if self._full_since is not None
+                    else None
+                ),
+                reserve_bytes=self._reserve_size(),
+                reserve_target=self.reserve_bytes,
+                lost=self.unreported_losses(),
+                lost_reported=self._lost_reported,
+                lost_counted=dict(self._lost_counted),
             )
+
+    def unreported_losses(self) -> LossLedger:
+        """Readings given up and not reported upstream yet (saved or not)."""
+        with self._loss_lock:
+            out = self._lost_stored.copy()
+            out.merge(self._lost_new)
+        return out
 
     def _summary(self) -> dict[str, int]:
         return {
@@ -688,6 +1037,8 @@ class Outbox:
 
     def _open_conn(self) -> sqlite3.Connection:
         if self._conn is None:
+            if self._deferred:
+                raise OutboxError(f"{self.path}: disk full: the outbox is not open yet")
             raise OutboxError(f"{self.path}: outbox is not open")
         return self._conn
 
@@ -749,6 +1100,17 @@ class AsyncOutbox:
 
     async def stats(self) -> OutboxStats:
         return await asyncio.to_thread(self.outbox.stats)
+
+    def note_lost(self, ledger: LossLedger) -> None:
+        """Readings given up (`Outbox.note_lost`): in memory at once, never waits on the disk."""
+        self.outbox.note_lost(ledger)
+
+    async def save_losses(self) -> None:
+        await asyncio.to_thread(self.outbox.save_losses)
+
+    @property
+    def disk_full(self) -> bool:
+        return self.outbox.disk_full
 
     async def expire(self) -> None:
         await asyncio.to_thread(self.outbox.expire)

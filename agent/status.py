@@ -241,6 +241,29 @@ def _outbox_line(outbox: dict[str, Any] | None) -> Text:
         line.append(f", {outbox['evicted']} evicted", "yellow")
     if outbox.get("recovered_from"):
         line.append(f", damaged database kept at {outbox['recovered_from']}", "red")
+    state = outbox.get("state")
+    if state == "disk full":
+        line.append(
+            "\n           DISK FULL since "
+            f"{outbox.get('full_since') or '-'}: read-only, telemetry refused (counted as lost); "
+            "acknowledgements, alarms and health use the reserve",
+            "bold red",
+        )
+    elif state == "unavailable":
+        line.append(
+            "\n           DISK FULL: the outbox could not be opened; telemetry counted as lost, "
+            "opened once there is room",
+            "bold red",
+        )
+    lost = outbox.get("lost") or {}
+    if lost.get("readings"):
+        spans = ", ".join(
+            f"{name} {t['readings']} ({t['from']} … {t['to']})"
+            for name, t in lost.get("terminals", {}).items()
+        )
+        line.append(
+            f"\n           {lost['readings']} readings lost, not reported yet: {spans}", "red"
+        )
     return line
 
 

@@ -16,7 +16,13 @@ telemetry message in the next: one signature and one row for many reports, not o
 - a message that can never be stored (its content: too large, not JSON): that message alone
   fails with `NotStored`, counted and logged; the others are stored;
 - more than `max_waiting` messages queued: the oldest telemetry is given up first (events and
-  health only when no telemetry is left), each counted by kind, logged, its future failed.
+  health only when no telemetry is left), each counted by kind, logged, its future failed;
+- the disk is full (`OutboxFull`): telemetry is given up at once (it never waits for room nor
+  takes the outbox's reserve), everything else stored with the reserve.
+Every reading given up — disk full, overflow, not storable, the writer stopped — is counted per
+terminal with the span of its `observed_at` and handed to the outbox (`note_lost`), which keeps
+the count and reports it upstream as a loss event (agent/losses.py). Readings of a report that
+waits for its confirm are not counted: not confirmed, the station sends them again.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ from typing import Any, Self
 import structlog
 
 from agent.logs import log_task_crash
-from agent.model import NotStored, Reading
-from agent.outbox import AsyncOutbox, OutboxError, Priority
+from agent.losses import DISK_FULL, NOT_STORABLE, OVERFLOW, STOPPED, LossLedger
+from agent.model import NotStored, Reading, format_timestamp
+from agent.outbox import LOSS_SAVE_INTERVAL, AsyncOutbox, OutboxError, OutboxFull, Priority
 from agent.signing import EncodedJSON
 from agent.sinks import records
 
@@ -72,6 +79,8 @@ class _Waiting:
     future: asyncio.Future[int]
     # Settled with this message, in the same step (no extra turn of the loop per waiter).
     joins: list[_Join] = field(default_factory=list)
+    # Telemetry: its readings (encoded array items) counted as lost if it is given up.
+    readings: list[str] = field(default_factory=list)
 
     def settle(self, seq: int) -> None:
         _settle(self.future, seq)
@@ -91,6 +100,7 @@ class WriterStats:
     stored: int = 0
     failures: int = 0  # batches the outbox could not take (tried again)
     lost: dict[str, int] = field(default_factory=dict)
+    lost_readings: int = 0  # readings given up (per terminal: the outbox's loss record)
 
     @property
     def lost_total(self) -> int:
@@ -124,8 +134,9 @@ class OutboxWriter:
         self.stats = WriterStats()
         self._queue: list[_Waiting] = []
         self._in_flight = 0  # the head of the queue being stored now
-        # Gathered readings, encoded as JSON once per poll or report: (array items, how many).
-        self._gathered: list[tuple[str, int]] = []
+        # Gathered readings, encoded as JSON once per poll or report: (array items, how many,
+        # whether they count as lost if given up — not a report's, which is sent again).
+        self._gathered: list[tuple[str, int, bool]] = []
         self._gathered_count = 0
         self._timer: asyncio.TimerHandle | None = None
         # Completes when the gathered readings some caller needs durable now are committed.
@@ -135,6 +146,7 @@ class OutboxWriter:
         self._drained.set()
         self._task: asyncio.Task[None] | None = None
         self._logged_at: dict[str, float] = {}
+        self._losses_saved_at = time.monotonic()
 
     @property
     def waiting(self) -> int:
@@ -189,10 +201,12 @@ class OutboxWriter:
         self._in_flight = 0
         if self._gathered:
             self._count_lost("telemetry")
+            self._lose([text for text, _, counts in self._gathered if counts], STOPPED)
             self._gathered, self._gathered_count = [], 0
         exc = NotStored(why)
         for item in unstored:
             self._count_lost(item.kind)
+            self._lose(item.readings, STOPPED)
             item.fail(exc)
         urgent, self._urgent = self._urgent, None
         if urgent is not None and not urgent.done():
@@ -206,18 +220,21 @@ class OutboxWriter:
 
     def put(self, kind: str, body: Any, priority: Priority) -> asyncio.Future[int]:
         """Queue one message; the future gives its seq once committed, or raises NotStored."""
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        return self._put(_Waiting(kind, body, priority, _new_future()))
+
+    def _put(self, item: _Waiting) -> asyncio.Future[int]:
         if self._closed:  # stopped (or crashed): counted, logged once a minute, refused
-            self._count_lost(kind)
+            self._count_lost(item.kind)
+            self._lose(item.readings, STOPPED)
             if self._may_log("closed"):
-                log.error("the outbox writer is stopped: message not stored", kind=kind)
-            _fail(future, NotStored(f"{kind}: the outbox writer is stopped"))
-            return future
+                log.error("the outbox writer is stopped: message not stored", kind=item.kind)
+            item.fail(NotStored(f"{item.kind}: the outbox writer is stopped"))
+            return item.future
         self._make_room()
-        self._queue.append(_Waiting(kind, body, priority, future))
+        self._queue.append(item)
         self._ready.set()
         self._drained.clear()
-        return future
+        return item.future
 
     def submit(self, readings: Sequence[Reading]) -> None:
         """Polled readings: gathered into telemetry messages (a `ReadingSink`)."""
@@ -236,7 +253,7 @@ class OutboxWriter:
         if not readings:
             return _done()
         try:
-            self._gather(readings)
+            self._gather(readings, counts=False)
         except NotStored as exc:
             failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             failed.set_exception(exc)
@@ -258,19 +275,21 @@ class OutboxWriter:
         urgent, self._urgent = self._urgent, None
         if urgent is not None:
             joins.append(_Join(urgent, len(bodies)))
-        for body in bodies:
-            self.put("telemetry", body, Priority.TELEMETRY)
-            self._queue[-1].joins.extend(joins)
+        for body, pieces in bodies:
+            self._put(_Waiting("telemetry", body, Priority.TELEMETRY, _new_future(), joins, pieces))
         if not bodies:
             for join in joins:
                 join.future.set_result(None)
         return committed
 
-    def _gather(self, readings: Sequence[Reading]) -> None:
+    def _gather(self, readings: Sequence[Reading], counts: bool = True) -> None:
         """Encode readings once, on their way in (not in the writer's turn, which the reports
-        waiting for their confirm are waiting for), in pieces of at most `batch` readings."""
+        waiting for their confirm are waiting for), in pieces of at most `batch` readings.
+        `counts`: counted as lost if given up (a report's are not: it is sent again)."""
         if self._closed:
             self._count_lost("telemetry")
+            if counts:
+                self._lose_readings(readings, STOPPED)
             if self._may_log("closed"):
                 log.error("the outbox writer is stopped: readings not stored", count=len(readings))
             raise NotStored("telemetry: the outbox writer is stopped")
@@ -281,26 +300,31 @@ class OutboxWriter:
                 text = _encode(piece)[1:-1]
             except (ValueError, TypeError) as exc:  # NaN, say: not JSON, so not sent
                 self._count_lost("telemetry")
+                self._lose_readings(readings[i : i + self.batch], NOT_STORABLE)
                 log.error(
                     "readings cannot be stored and are dropped", count=len(piece), error=str(exc)
                 )
                 raise NotStored(f"telemetry: {exc}") from None
-            self._gathered.append((text, len(piece)))
+            self._gathered.append((text, len(piece), counts))
             self._gathered_count += len(piece)
 
-    def _telemetry_bodies(self) -> list[EncodedJSON]:
-        """The gathered readings as telemetry bodies of at most `batch` readings each."""
-        bodies: list[EncodedJSON] = []
+    def _telemetry_bodies(self) -> list[tuple[EncodedJSON, list[str]]]:
+        """The gathered readings as telemetry bodies of at most `batch` readings each, each
+        with the pieces of it that count as lost if it is given up."""
+        bodies: list[tuple[EncodedJSON, list[str]]] = []
         items: list[str] = []
+        counted: list[str] = []
         count = 0
-        for text, n in self._gathered:
+        for text, n, counts in self._gathered:
             if items and count + n > self.batch:
-                bodies.append(_telemetry_body(items))
-                items, count = [], 0
+                bodies.append((_telemetry_body(items), counted))
+                items, counted, count = [], [], 0
             items.append(text)
+            if counts:
+                counted.append(text)
             count += n
         if items:
-            bodies.append(_telemetry_body(items))
+            bodies.append((_telemetry_body(items), counted))
         self._gathered, self._gathered_count = [], 0
         return bodies
 
@@ -317,6 +341,7 @@ class OutboxWriter:
             return  # everything queued is being written: the queue may grow by one
         item = self._queue.pop(victim)
         self._count_lost(item.kind)
+        self._lose(item.readings, OVERFLOW)
         item.fail(NotStored(f"{item.kind}: given up, more than {self.max_waiting} wait"))
         if self._may_log("overflow"):
             log.error(
@@ -327,6 +352,21 @@ class OutboxWriter:
 
     def _count_lost(self, kind: str) -> None:
         self.stats.lost[kind] = self.stats.lost.get(kind, 0) + 1
+
+    def _lose(self, pieces: Sequence[str], reason: str) -> None:
+        """Readings (encoded pieces) given up: counted per terminal, handed to the outbox."""
+        if not pieces:
+            return
+        ledger = LossLedger()
+        self.stats.lost_readings += ledger.add_encoded(pieces, reason)
+        self.outbox.note_lost(ledger)
+
+    def _lose_readings(self, readings: Sequence[Reading], reason: str) -> None:
+        ledger = LossLedger()
+        for r in readings:
+            ledger.add(r.terminal, format_timestamp(r.observed_at), reason)
+        self.stats.lost_readings += len(readings)
+        self.outbox.note_lost(ledger)
 
     # -- storing -----------------------------------------------------------------------------
 
@@ -362,6 +402,8 @@ class OutboxWriter:
                 self._refuse(batch[0], exc)
                 return 1
             return await self._store_singly(batch)
+        except OutboxFull:
+            return await self._store_without_telemetry(batch)
         except (OutboxError, OSError, sqlite3.Error) as exc:
             self._failed(exc, len(batch))
             return 0
@@ -369,6 +411,55 @@ class OutboxWriter:
             item.settle(seq)
         self.stats.stored += len(batch)
         return len(batch)
+
+    async def _store_without_telemetry(self, batch: list[_Waiting]) -> int:
+        """The disk is full: the batch's telemetry is given up (counted per terminal), the
+        rest stored with the outbox's reserve — or kept and tried again."""
+        telemetry = [w for w in batch if w.priority is Priority.TELEMETRY]
+        others = [w for w in batch if w.priority is not Priority.TELEMETRY]
+        exc = NotStored("telemetry: the disk is full")
+        lost = 0
+        for item in telemetry:
+            self._count_lost(item.kind)
+            before = self.stats.lost_readings
+            self._lose(item.readings, DISK_FULL)
+            lost += self.stats.lost_readings - before
+            item.fail(exc)
+        if self._may_log("disk full"):
+            log.error(
+                "disk full: readings not stored, counted as lost per terminal",
+                readings=lost,
+                lost_total=self.stats.lost_readings,
+            )
+        await self._save_losses()
+        if not others:
+            return len(batch)
+        try:
+            seqs = await self.outbox.put_batch([(w.kind, w.body, w.priority) for w in others])
+        except (ValueError, TypeError, OutboxError, OSError, sqlite3.Error) as error:
+            # Keep the others at the head of the queue, in order; the telemetry is gone.
+            self._queue[: len(batch)] = others
+            self._in_flight = len(others)
+            if isinstance(error, ValueError | TypeError):
+                return await self._store_singly(others)
+            self._failed(error, len(others))
+            return 0
+        for item, seq in zip(others, seqs, strict=True):
+            item.settle(seq)
+        self.stats.stored += len(others)
+        return len(batch)
+
+    async def _save_losses(self) -> None:
+        """Save the loss count now and then while only losses happen (a restart keeps it)."""
+        now = time.monotonic()
+        if now - self._losses_saved_at < LOSS_SAVE_INTERVAL:
+            return
+        self._losses_saved_at = now
+        try:
+            await self.outbox.save_losses()
+        except (OutboxError, OSError, sqlite3.Error) as exc:
+            if self._may_log("save losses"):
+                log.error("cannot save the count of lost readings now", error=str(exc))
 
     async def _store_singly(self, batch: list[_Waiting]) -> int:
         """One message of the batch cannot be stored: find it, store the others."""
@@ -389,6 +480,7 @@ class OutboxWriter:
 
     def _refuse(self, item: _Waiting, exc: ValueError | TypeError) -> None:
         self._count_lost(item.kind)
+        self._lose(item.readings, NOT_STORABLE)
         log.error("a message cannot be stored and is dropped", kind=item.kind, error=str(exc))
         item.fail(NotStored(f"{item.kind}: {exc}"))
 
@@ -408,6 +500,10 @@ class OutboxWriter:
             return False
         self._logged_at[what] = now
         return True
+
+
+def _new_future() -> asyncio.Future[int]:
+    return asyncio.get_running_loop().create_future()
 
 
 def _settle(future: asyncio.Future[int], seq: int) -> None:

@@ -200,3 +200,11 @@ def test_each_format_error_says_which_format_is_expected() -> None:
         "e.g. 0012345678",
         "uplink.broker: 'tcp://x' is not a broker URL: mqtt://host:1883 or mqtts://host:8883",
     ]
+
+
+def test_the_outbox_reserve_is_bounded_and_defaults_to_4_mib() -> None:
+    assert parse_config(GOOD, "config.yaml").outbox.reserve_bytes == 4 * 1024 * 1024
+    errors = errors_of(GOOD + "outbox: {reserve_bytes: 1000}\n")
+    assert errors == [
+        "outbox.reserve_bytes: Input should be greater than or equal to 262144 (got 1000)"
+    ]

@@ -17,7 +17,7 @@ from rich.console import Console
 
 from agent.control import ControlError, request
 from agent.sim.modbus_device import SimulatedModbusDevice
-from agent.status import status_view
+from agent.status import _outbox_line, status_view
 from tests.agentproc import Agent, short_socket_path, write_config
 from tests.broker import free_port
 from tests.conftest import PYTHON, ROOT, tcp_terminal
@@ -262,3 +262,22 @@ async def test_metrics_are_scraped_and_parse_with_prometheus_client(
     assert families["edge_agent_poll_duration_seconds"].type == "histogram"
     assert samples[("edge_agent_poll_duration_seconds_count", (("terminal", "live"),))] >= 10
     assert any(name == "edge_agent_check_status" for name, _ in samples)
+
+
+def test_the_screen_says_disk_full_and_the_readings_lost_per_terminal() -> None:
+    outbox = {
+        "messages": {"events": 2, "health": 1, "telemetry": 0}, "bytes": 4096,
+        "oldest_age": 3.0, "evicted": 0, "recovered_from": None, "state": "disk full",
+        "full_since": "2026-11-22T09:00:00.000Z",
+        "lost": {"readings": 120, "reasons": {"disk full": 120},
+                 "terminals": {"dam-plc": {"readings": 120, "from": "2026-11-22T09:00:00.100Z",
+                                           "to": "2026-11-22T09:00:59.900Z"}}},
+    }  # fmt: skip
+    console = Console(width=200, color_system=None, record=True, file=io.StringIO())
+    console.print(_outbox_line(outbox))
+    lines = console.export_text().splitlines()
+    assert lines[1].strip().startswith("DISK FULL since 2026-11-22T09:00:00.000Z: read-only")
+    assert lines[2].strip() == (
+        "120 readings lost, not reported yet: dam-plc 120 "
+        "(2026-11-22T09:00:00.100Z … 2026-11-22T09:00:59.900Z)"
+    )

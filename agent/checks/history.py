@@ -10,7 +10,8 @@ Rules: writes are buffered in memory (`observe`, `record_*` are cheap and safe o
 loop) and written by `flush()` in one transaction (call it off the loop, every
 `history.flush_interval` and at stop). Everything older than `retention` is pruned, and each
 event table is capped at `max_events` rows, so the file stays bounded. The history is not the
-data path: a damaged file is set aside and a fresh one started.
+data path: a damaged file is set aside and a fresh one started, and a full disk at start
+leaves it unopened (logged) until a later `flush` can open it.
 """
 
 from __future__ import annotations
@@ -26,11 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from agent.checks.data import Anomaly, numeric
 from agent.checks.framework import CheckResult, Status
 from agent.model import Quality, Reading, parse_timestamp
 from agent.storage import sqlite as db
 from agent.storage.atomic import STATE_DIR_MODE, ensure_dir
+
+log = structlog.get_logger(__name__)
 
 HOUR = 3600
 DAY = 86400.0
@@ -214,6 +219,8 @@ class History:
         self._db_lock = threading.Lock()
         self._buf_lock = threading.Lock()
         self._pruned_at = 0.0
+        self._deferred = False  # the disk was full at open: opened by a later flush
+        self._meta_pending: dict[str, str] = {}  # meta not written yet (a full disk)
         self._reset_buffers()
 
     def _reset_buffers(self) -> None:
@@ -226,24 +233,36 @@ class History:
     # -- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
+        """Open (or create) the database; on a full disk, run without it: each `flush` tries to
+        open it (what it cannot write is dropped: the history is not the data path)."""
         with self._db_lock:
             if self._conn is not None:
                 return
-            # state_dir as the package lays it out; an existing folder keeps its mode.
-            ensure_dir(self.path.parent, STATE_DIR_MODE, tighten=False)
-            opened = db.open_database(
-                self.path,
-                MIGRATIONS,
-                aside_label=f"damaged-{int(self.clock())}",
-                synchronous="normal",  # history is not the data path
+            try:
+                self._open_locked()
+            except db.StorageError as exc:
+                if not db.is_disk_full(exc):
+                    raise
+                self._deferred = True
+                log.warning("disk full: the history is kept in memory until there is room")
+
+    def _open_locked(self) -> None:
+        # state_dir as the package lays it out; an existing folder keeps its mode.
+        ensure_dir(self.path.parent, STATE_DIR_MODE, tighten=False)
+        opened = db.open_database(
+            self.path,
+            MIGRATIONS,
+            aside_label=f"damaged-{int(self.clock())}",
+            synchronous="normal",  # history is not the data path
+        )
+        self._conn = opened.conn
+        self._deferred = False
+        if opened.set_aside is not None:
+            self.recovered_from = opened.set_aside
+            self._conn.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('recovered', ?)",
+                (f"{opened.set_aside}: {opened.reason}",),
             )
-            self._conn = opened.conn
-            if opened.set_aside is not None:
-                self.recovered_from = opened.set_aside
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO meta VALUES ('recovered', ?)",
-                    (f"{opened.set_aside}: {opened.reason}",),
-                )
 
     def close(self) -> None:
         if self._conn is None:
@@ -264,6 +283,8 @@ class History:
     @contextlib.contextmanager
     def _db(self) -> Iterator[sqlite3.Connection]:
         with self._db_lock:
+            if self._conn is None and self._deferred:
+                self._open_locked()  # StorageError (a sqlite3 error) while the disk is full
             if self._conn is None:
                 raise RuntimeError(f"{self.path}: history used before open()")
             yield self._conn
@@ -363,12 +384,14 @@ class History:
         with self._buf_lock:
             terminals, points, checks = self._terminals, self._points, self._checks
             events, plans = self._events, self._plans
+            meta = dict(self._meta_pending)
             self._reset_buffers()
-        if not (terminals or points or checks or plans or any(events.values())):
+        if not (terminals or points or checks or plans or meta or any(events.values())):
             return  # nothing to write: no transaction (a report reader must not lock the file)
         with self._db() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
                 self._write_plans(conn, plans)
                 conn.executemany(
                     "INSERT INTO terminal_hours VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
@@ -425,8 +448,13 @@ class History:
                     self._pruned_at = now
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
+        with self._buf_lock:
+            for key, value in meta.items():
+                if self._meta_pending.get(key) == value:
+                    del self._meta_pending[key]
 
     def _write_plans(
         self, conn: sqlite3.Connection, plans: tuple[dict[str, TerminalPlan], float] | None
@@ -471,8 +499,23 @@ class History:
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
-        with self._db() as conn:
-            conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        """Written now; on a full disk (or before the database could be opened), with the
+        next flush."""
+        with self._buf_lock:
+            self._meta_pending[key] = value
+        try:
+            with self._db() as conn:
+                if conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone() != (
+                    value,
+                ):
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+        except sqlite3.Error as exc:
+            if not db.is_disk_full(exc):
+                raise
+            return
+        with self._buf_lock:
+            if self._meta_pending.get(key) == value:
+                del self._meta_pending[key]
 
     def terminals(self, since: datetime, until: datetime) -> list[TerminalFigures]:
         """Every terminal planned or seen in the period, with expected and received figures."""

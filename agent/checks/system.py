@@ -25,6 +25,8 @@ from agent.durations import format_duration
 from agent.timesync import clock_synchronised
 
 FAMILY = "system"
+# Less free than this on state_dir's file system is a full disk, said in those words.
+DISK_FULL_BYTES = 1024 * 1024
 COMMAND_TIMEOUT = 3.0
 # adjtimex(2) return value when the kernel clock is not synchronised (STA_UNSYNC).
 # Thermal zone types that measure the CPU/SoC, preferred over the others (battery, wifi...).
@@ -97,6 +99,14 @@ def disk(view: AgentView, settings: ChecksConfig) -> Outcome:
         return unknown(f"{where}: the filesystem reports no size")
     percent = round(100.0 * free / total, 2)
     text = f"{human_bytes(free)} free of {human_bytes(total)} ({percent:g}%) at {where}"
+    if free < DISK_FULL_BYTES:
+        return Outcome(
+            Status.FAIL,
+            percent,
+            "%",
+            d.fail_free_percent,
+            f"disk full: {text}; readings are not stored (counted as lost) until there is room",
+        )
     if d.fail_free_bytes is not None and free < d.fail_free_bytes:
         return Outcome(
             Status.FAIL,
@@ -228,7 +238,7 @@ def writable(view: AgentView, settings: ChecksConfig) -> Outcome:
         why = {
             errno.EROFS: "the filesystem is read-only",
             errno.EIO: "I/O error (the storage may be failing)",
-            errno.ENOSPC: "no space left",
+            errno.ENOSPC: "disk full (no space left)",
             errno.EDQUOT: "disk quota exceeded",
             errno.EACCES: "permission denied",
             errno.EPERM: "permission denied",

@@ -13,6 +13,7 @@ touches it, so its -wal and -shm are private too; an existing file that is too o
 from __future__ import annotations
 
 import contextlib
+import errno
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,29 @@ def is_corruption(exc: sqlite3.DatabaseError) -> bool:
     if code is None:
         return False
     return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+
+
+# What SQLite says when the file system has no room: SQLITE_FULL, or, for the shared-memory
+# file a WAL database needs even to be read, SQLITE_IOERR_SHMSIZE.
+_FULL_CODES = frozenset({sqlite3.SQLITE_FULL, getattr(sqlite3, "SQLITE_IOERR_SHMSIZE", 4874)})
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """The error (or one it was raised from) says the file system is full: SQLite's
+    SQLITE_FULL or SQLITE_IOERR_SHMSIZE, an OSError ENOSPC or EDQUOT."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of `raise ... from`; bounded
+        if seen is None:
+            return False
+        if isinstance(seen, sqlite3.Error):
+            code = getattr(seen, "sqlite_errorcode", None)
+            if code is not None and (code in _FULL_CODES or code & 0xFF == sqlite3.SQLITE_FULL):
+                return True
+        if isinstance(seen, OSError) and seen.errno in _FULL_ERRNOS:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def make_private_files(path: Path) -> None:
