@@ -10,8 +10,9 @@ what was taken, the uplink publishes it while the broker is there (briefly) and 
 `offline`, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE`; what is left
 then is cancelled. SIGHUP and a change of the config file reload the terminals without a
 restart; a new config with errors is refused, its errors logged, and the running config kept.
-Signal handlers only set events. This module names no protocol: the drivers come from
-agent/protocols/registry.py.
+Signal handlers only set events. At start it raises the descriptor soft limit to the hard one
+(agent/limits.py) before any part opens a file. This module names no protocol: the drivers
+come from agent/protocols/registry.py.
 """
 
 from __future__ import annotations
@@ -43,12 +44,20 @@ from agent.diagnosis.part import DiagnosisPart
 from agent.diagnosis.registry import ActionError
 from agent.inspection import Inspection
 from agent.intake import SiteIntake
+from agent.limits import raise_descriptor_limit
 from agent.logs import LOG_RING, set_log_level
 from agent.metrics import MetricsServer, ReadingCounter, Snapshot
 from agent.model import ReadingSink, TerminalClock, TerminalView
 from agent.operations import OPERATIONS, OperationError, Operations
 from agent.outbox import AsyncOutbox, Message, Outbox, Priority
-from agent.protocols.driver import Driver, DriverContext, DriverError, DriverSpec, PollAnswer
+from agent.protocols.driver import (
+    Driver,
+    DriverContext,
+    DriverError,
+    DriverSpec,
+    PollAnswer,
+    driver_counters,
+)
 from agent.protocols.registry import DRIVERS
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
@@ -117,6 +126,12 @@ class Daemon:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         sdnotify.claim()
+        # Before any part opens a file or socket: listeners size themselves from it.
+        limit = raise_descriptor_limit()
+        if limit.error is not None:
+            log.warning("descriptor limit not raised", **limit.to_log())
+        else:
+            log.info("descriptor limit", **limit.to_log())
         with contextlib.suppress(OSError):
             self._config_bytes = self.config_path.read_bytes()
         self._install_signal_handlers(loop)
@@ -306,6 +321,7 @@ class Daemon:
             logs=self.log_counter.snapshot(window) if self.log_counter is not None else None,
             update=parts.update.summary if parts is not None else None,
             diagnosis=consent_state(self.config.diagnosis.consent, self.consent.read()),
+            counters=driver_counters(drivers),
         )
 
     async def observe(self) -> Observation:

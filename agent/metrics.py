@@ -186,6 +186,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
         )
 
     yield from update_families(view.update, s.announcements)
+    yield driver_family(view.counters)
 
     checks = GaugeMetricFamily(
         "edge_agent_check_status",
@@ -196,6 +197,20 @@ def families(s: Snapshot) -> Iterator[Metric]:
         for status in Status:
             checks.add_metric([r.id, r.family, status.value], 1 if r.status is status else 0)
     yield checks
+
+
+def driver_family(counters: Mapping[str, int]) -> Metric:
+    """Drivers' own counters (a listener's refusals, drops and evictions; `status` shows the
+    same under `counters`), one sample each, by name."""
+    family = GaugeMetricFamily(
+        "edge_agent_driver_counter",
+        "Drivers' own counters by name (e.g. sl651.refused_connections, sl651.dropped_slow); "
+        "most only grow, sl651.connections and sl651.m3_bytes are levels.",
+        labels=["counter"],
+    )
+    for name, value in sorted(counters.items()):
+        family.add_metric([name], value)
+    return family
 
 
 def update_families(

@@ -120,6 +120,7 @@ def status_dict(
         "terminals": terminals,
         "checks": checks,
         "diagnosis": dict(view.diagnosis) if view.diagnosis is not None else None,
+        "counters": dict(sorted(view.counters.items())),
     }
 
 

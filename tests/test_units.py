@@ -25,6 +25,8 @@ import pytest
 
 from agent.config import DEFAULT_CONFIG_PATH, Config, ControlConfig
 from agent.credentials import UNIT_PREFIX
+from agent.limits import RESERVE_MIN, RESERVE_SHARE
+from agent.protocols.sl651.config import Sl651Config
 from agent.storage.layout import DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, StateLayout
 from tests.agentproc import write_config
 from tests.conftest import PYTHON, ROOT
@@ -507,3 +509,11 @@ def test_the_agent_runs_checks_and_stops_under_the_units_filter_and_wx(tmp_path:
     statuses = {c["id"]: c["status"] for c in json.loads(check.stdout)}
     for check_id in ("system.memory", "system.load", "system.clock_sync", "system.fs_writable"):
         assert statuses[check_id] != "unknown", (check_id, check.stdout)
+
+
+def test_the_units_descriptor_limit_holds_the_default_sl651_connections_and_the_reserve() -> None:
+    """LimitNOFILE= sets soft and hard; the agent keeps its reserve (agent/limits.py) and caps
+    sl651.max_connections below the rest: the default must fit uncapped."""
+    limit = int(one(parse_unit(SERVICE), "Service", "LimitNOFILE"))
+    reserve = max(RESERVE_MIN, limit // RESERVE_SHARE)
+    assert limit - reserve >= Sl651Config().max_connections

@@ -62,6 +62,8 @@ class AgentView:
     update: Mapping[str, Any] | None = None  # the update record's summary (UpdateStore.summary)
     # The owner's consent to remote diagnosis: {"consent": mode, "window": {...} | None}.
     diagnosis: Mapping[str, Any] | None = None
+    # Drivers' own counters (agent.protocols.driver.CountingDriver), e.g. sl651.dropped_slow.
+    counters: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def state_dir(self) -> Path:

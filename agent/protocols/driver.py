@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from agent.config_base import TerminalModel
 from agent.model import Intake, Quality, Reading, TerminalClock, TerminalView
@@ -107,6 +107,26 @@ class Driver(Protocol):
         """Close and reopen one terminal's link, the others untouched (remote diagnosis'
         `restart-terminal`); what was done. KeyError if unknown, DriverError if it cannot."""
         ...
+
+
+@runtime_checkable
+class CountingDriver(Protocol):
+    """A driver that also counts what it refused or dropped at its own level (a listener's
+    refused connections, peers dropped by a budget), beyond each terminal's stats."""
+
+    def counters(self) -> dict[str, int]:
+        """Counter name (prefixed with the driver's name, e.g. `sl651.refused_connections`) ->
+        value; shown in `status` and as metrics."""
+        ...
+
+
+def driver_counters(drivers: Sequence[object]) -> dict[str, int]:
+    """Every counting driver's counters, merged."""
+    out: dict[str, int] = {}
+    for driver in drivers:
+        if isinstance(driver, CountingDriver):
+            out.update(driver.counters())
+    return out
 
 
 @dataclass(frozen=True)

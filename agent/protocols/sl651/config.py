@@ -63,8 +63,24 @@ class Sl651Config(Frozen):
     utc_offset: str = Field(default="+08:00", pattern=r"^[+-]\d\d:\d\d$")  # station clocks
     packet_timeout: PositiveDuration = 30.0  # M3: NAK a missing packet after this silence
     idle_timeout: PositiveDuration = 900.0  # close a station connection silent this long
+    # At most this many TCP connections at once; capped below what the descriptor limit allows
+    # (transport.connection_cap). While full, no connection is accepted.
     max_connections: int = Field(default=2000, ge=1)
     max_frame_bytes: int = Field(default=8192, ge=256, le=65536)
+    # Per-connection budgets (TCP). Bytes that are not yet a whole good frame (a frame under
+    # way, or bytes that make none) must become one within frame_timeout of the first of them,
+    # and keep coming at min_rate bytes/s on average (from the fifth second on); a connection
+    # may send max_rate bytes/s on average (bursts of two seconds' worth), more is read later.
+    frame_timeout: PositiveDuration = 30.0
+    min_rate: float = Field(default=16.0, gt=0)
+    max_rate: int = Field(default=32768, ge=1024)
+    max_unknown_per_link: int = Field(default=8, ge=1)  # unconfigured stations on one link
+    # M3 multi-packet transfers being collected: packets announced by one transfer, bytes held
+    # per station and for all stations, age of a transfer. Beyond, the transfer is dropped.
+    m3_max_packets: int = Field(default=1024, ge=1, le=4095)
+    m3_max_bytes: int = Field(default=4 * 1024 * 1024, ge=65536)
+    m3_max_total_bytes: int = Field(default=32 * 1024 * 1024, ge=65536)
+    m3_max_age: PositiveDuration = 900.0
 
     @model_validator(mode="after")
     def _listen_addresses(self) -> Sl651Config:
@@ -72,6 +88,11 @@ class Sl651Config(Frozen):
             host, _, port = item.rpartition(":")
             if not host or not port.isdigit() or not 0 <= int(port) < 65536:
                 raise ValueError(f"listen address {item!r} is not host:port")
+        if self.m3_max_total_bytes < self.m3_max_bytes:
+            raise ValueError(
+                f"m3_max_total_bytes ({self.m3_max_total_bytes}) is below m3_max_bytes "
+                f"({self.m3_max_bytes})"
+            )
         return self
 
     @property

@@ -82,6 +82,11 @@ class Sl651Driver:
     def buses(self) -> dict[str, float]:
         return {}
 
+    def counters(self) -> dict[str, int]:
+        if not self.active:
+            return {}
+        return {f"sl651.{name}": value for name, value in self.station.counters().items()}
+
     def watch_allowance(self) -> float | None:
         return None  # stations report when they will; the checks watch for silence
 

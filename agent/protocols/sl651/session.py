@@ -13,6 +13,11 @@ means its section n):
 - M3 multi-packet: packets are collected; once all have arrived the joined body is decoded and
   confirmed once (SYN, total, total); a packet missing when the last one arrives, or when the
   link has been quiet for `packet_timeout`, is asked for again with NAK (one packet per NAK).
+  What is held is bounded: a transfer announcing more than `m3_max_packets` is refused, one
+  older than `m3_max_age` dropped, and beyond `m3_max_bytes` for a station (`m3_max_total_bytes`
+  for all) its (the) oldest transfer is dropped; each is counted in `evicted` by reason.
+- unknown stations (with `accept_unknown`): at most `max_unknown_per_link` on one link; frames
+  of more are refused and counted (`unknown_refused`).
 - M4: real-time data (37) is queried every `query_period` while the station is online;
   responses are matched to the request by function and station.
 - the station's clock is compared with ours at every report; with `clock_sync`, and only when
@@ -24,6 +29,7 @@ means its section n):
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -63,7 +69,10 @@ class Outcome:
 @dataclass
 class _Assembly:
     total: int
+    started_at: float = 0.0  # monotonic, its first packet
     packets: dict[int, Frame] = field(default_factory=dict)
+    bytes: int = 0  # held by its packets (raw and body)
+    refused: bool = False  # announced more packets than allowed: its packets are not kept
     last_at: float = 0.0
     nak_sent: int | None = None
     naks: int = 0  # NAKs sent without the packet coming (given up after MAX_NAKS)
@@ -87,6 +96,7 @@ class StationState:
     pending: dict[int, float] = field(default_factory=dict)  # function -> monotonic sent
     asked: list[str] = field(default_factory=list)  # elements to ask for (0x3A), when online
     assemblies: dict[int, _Assembly] = field(default_factory=dict)
+    m3_bytes: int = 0  # held by its assemblies
     flags: dict[str, bool] = field(default_factory=dict)
     password_warned: bool = False
     frames: int = 0
@@ -120,6 +130,9 @@ class Centre:
         self._synchronised = clock_synchronised
         self._clock = clock
         self.refused = 0  # frames from unconfigured stations, refused by config
+        self.unknown_refused = 0  # frames of unknown stations beyond max_unknown_per_link
+        self.evicted: Counter[str] = Counter()  # M3 transfers dropped, by bound
+        self.m3_bytes = 0  # held by every station's assemblies
 
     def configure(self, terminals: Sequence[Sl651Terminal]) -> None:
         """Use these configured stations (at start, and after a reload); others are unknown."""
@@ -127,6 +140,7 @@ class Centre:
         for code, state in list(self.stations.items()):
             terminal = self.terminals.get(code)
             if terminal is None and state.configured:
+                self._drop_assemblies(state)
                 del self.stations[code]
             elif terminal is not None:
                 state.terminal, state.configured = terminal.name, True
@@ -140,9 +154,8 @@ class Centre:
         out = Outcome()
         if frame.direction != "up":
             return out  # a centre only listens to stations
-        state = self._state(frame.station)
+        state = self._state(frame.station, link)
         if state is None:
-            self.refused += 1
             return out
         mono = self._clock()
         if state.link is not link:
@@ -180,11 +193,17 @@ class Centre:
             out.send.extend(self._requests(state, now, mono))
         return out
 
-    def _state(self, station: str) -> StationState | None:
+    def _state(self, station: str, link: object) -> StationState | None:
         code = station.upper()
         state = self.stations.get(code)
         if state is None:
             if not self.config.accept_unknown:
+                self.refused += 1
+                return None
+            here = self._on_link.get(link, ())
+            unknown = sum(1 for c in here if (s := self.stations.get(c)) and not s.configured)
+            if unknown >= self.config.max_unknown_per_link:
+                self.unknown_refused += 1
                 return None
             state = self.stations[code] = StationState(code, f"sl651-{code}", False)
         return state
@@ -193,12 +212,30 @@ class Centre:
         out = Outcome()
         assert frame.packet is not None
         total, seq = frame.packet
+        if not 1 <= seq <= total:
+            state.last_error = f"function 0x{frame.function:02X}: packet {seq} of {total}"
+            return out
         assembly = state.assemblies.get(frame.function)
         if assembly is None or assembly.total != total or seq == 1:
             # Packet 1 always starts a transfer: packets of an abandoned one must not complete it.
-            assembly = state.assemblies[frame.function] = _Assembly(total)
-        assembly.packets[seq] = frame
+            if assembly is not None:
+                self._drop(state, frame.function)
+            assembly = state.assemblies[frame.function] = _Assembly(total, started_at=mono)
+            if total > self.config.m3_max_packets:
+                assembly.refused = True
+                self._evict(state, frame.function, "packets", drop=False)
         assembly.last_at = mono
+        if assembly.refused:
+            return out
+        size = len(frame.raw) + len(frame.body)
+        old = assembly.packets.get(seq)
+        grown = size - (len(old.raw) + len(old.body) if old is not None else 0)
+        assembly.packets[seq] = frame
+        assembly.bytes += grown
+        state.m3_bytes += grown
+        self.m3_bytes += grown
+        if not self._within_bounds(state, frame.function):
+            return out
         if seq == total or frame.end == Ctrl.ETX:
             assembly.ended = True
         if seq == assembly.nak_sent:
@@ -209,7 +246,7 @@ class Centre:
             if missing and assembly.ended and assembly.nak_sent is None:
                 out.send.append(self._nak(state, frame.function, assembly, missing[0], now))
             return out
-        del state.assemblies[frame.function]
+        self._drop(state, frame.function)
         ordered = [assembly.packets[i] for i in range(1, total + 1)]
         try:
             message = decode_packets(ordered)
@@ -228,6 +265,40 @@ class Centre:
         )  # fmt: skip
         out.send.extend(self._requests(state, now, mono))
         return out
+
+    def _within_bounds(self, state: StationState, function: int) -> bool:
+        """Drop transfers until the station's and everyone's bytes are within bounds; whether
+        the transfer of `function` is still there."""
+        while state.m3_bytes > self.config.m3_max_bytes:
+            oldest = min(state.assemblies, key=lambda f: state.assemblies[f].started_at)
+            self._evict(state, oldest, "bytes")
+        while self.m3_bytes > self.config.m3_max_total_bytes:
+            owner, oldest = min(
+                ((st, f) for st in self.stations.values() for f in st.assemblies),
+                key=lambda pair: pair[0].assemblies[pair[1]].started_at,
+            )
+            self._evict(owner, oldest, "total_bytes")
+        return function in state.assemblies
+
+    def _evict(self, state: StationState, function: int, bound: str, *, drop: bool = True) -> None:
+        assembly = state.assemblies[function]
+        if drop:
+            self._drop(state, function)
+        self.evicted[bound] += 1
+        state.stats.failed_polls += 1
+        state.last_error = (
+            f"function 0x{function:02X}: M3 transfer of {assembly.total} packets dropped "
+            f"({len(assembly.packets)} held, {assembly.bytes} bytes): over m3 {bound} bound"
+        )
+
+    def _drop(self, state: StationState, function: int) -> None:
+        assembly = state.assemblies.pop(function)
+        state.m3_bytes -= assembly.bytes
+        self.m3_bytes -= assembly.bytes
+
+    def _drop_assemblies(self, state: StationState) -> None:
+        for function in list(state.assemblies):
+            self._drop(state, function)
 
     @staticmethod
     def _missing(assembly: _Assembly) -> list[int]:
@@ -300,12 +371,20 @@ class Centre:
                 continue
             self._expire(state, mono)
             for function, assembly in list(state.assemblies.items()):
+                if mono - assembly.started_at >= self.config.m3_max_age:
+                    if assembly.refused:
+                        del state.assemblies[function]  # held nothing; counted when refused
+                    else:
+                        self._evict(state, function, "age")
+                    continue
+                if assembly.refused:
+                    continue
                 missing = self._missing(assembly)
                 quiet = mono - assembly.last_at >= self.config.packet_timeout
                 if not (missing and quiet):
                     continue
                 if assembly.naks >= MAX_NAKS:
-                    del state.assemblies[function]
+                    self._drop(state, function)
                     state.last_error = (
                         f"function 0x{function:02X}: packet {missing[0]} of {assembly.total} "
                         f"never came after {assembly.naks} NAKs; transfer dropped"
@@ -347,11 +426,12 @@ class Centre:
             if state is None or state.link is not link:
                 continue
             if not state.configured:
+                self._drop_assemblies(state)
                 del self.stations[code]  # an unknown station leaves no state behind
                 continue
             state.link = None
             state.pending.clear()
-            state.assemblies.clear()  # a transfer does not survive its link
+            self._drop_assemblies(state)  # a transfer does not survive its link
 
     def _online(self, state: StationState, mono: float) -> bool:
         """Still listening: it spoke within the 10 minutes an ESC keeps it online."""

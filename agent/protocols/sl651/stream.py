@@ -7,6 +7,15 @@ one byte after the rejected start marker, so a good frame hidden in a damaged on
 span is still found. Events depend only on the bytes, never on how they were split; the
 decoder never raises on input and always makes progress.
 
+Cost: a candidate is a whole header found by a regular expression (a start marker with a start
+character where the header puts it), so junk and runs of markers are skipped in C; the length
+and the end character are checked before any CRC. Looking inside a rejected candidate's span
+is paid from a credit earned by the bytes decided (at most CREDIT_SPANS frames' worth): each
+rejection costs REJECT_COST plus the bytes its CRC covered. With the credit spent, the decoder
+resynchronises coarsely: it resumes after the rejected candidate's whole claimed span. So a
+peer whose frames each claim 4,095 bytes, or whose headers overlap, costs at most about one
+CRC over its own bytes, and an honest link with a damaged frame now and then never notices.
+
 Bounds: between calls the decoder holds at most one incomplete frame (< max_frame_bytes) or
 one byte of a possible start marker; junk is counted, not kept (a run of junk is reported as
 one `bad_start` event, carrying its first 64 bytes, when the next frame candidate starts, at
@@ -18,6 +27,7 @@ NEED_DATA before feeding more.
 from __future__ import annotations
 
 import enum
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -64,9 +74,18 @@ class Rejected:
 Event = Frame | Rejected | NeedData
 
 JUNK_SAMPLE: Final = 64
+REJECT_COST: Final = 256  # a rejected candidate's own cost, in bytes of credit
+CREDIT_SPANS: Final = 2  # the credit holds up to this many max_frame_bytes
 _HEX_DIGITS: Final = frozenset(b"0123456789ABCDEFabcdef")
 _START = frozenset({Ctrl.STX, Ctrl.SYN})
 _SOH: Final = 0x01
+# Whole headers only (NOTES §3.1, §5): the start character where the header puts it. A HEX
+# header is found from its run of markers, then its start character in the 12 bytes after the
+# run (a regular expression for the whole header costs 13 steps at every byte of a long run).
+_MARKERS: Final = re.compile(rb"\x7e{2,}")
+_START_CHAR: Final = re.compile(rb"[\x02\x16]")
+_ASCII_HEAD: Final = re.compile(rb"\x01[0-9A-Fa-f]{18}[08][0-9A-Fa-f]{3}[\x02\x16]")
+_COARSE: Final = frozenset({RejectReason.BAD_END, RejectReason.BAD_CRC})
 
 
 class _Skip(enum.Enum):
@@ -104,6 +123,10 @@ class StreamDecoder:
         self._junk_head = bytearray()
         self._pending.clear()
         self._flushing = False
+        self._offset = 0  # stream offset of _buf[0]
+        self._credit = self._credit_cap = CREDIT_SPANS * self.max_frame_bytes
+        self._credit_at = 0  # stream offset up to which the credit was earned
+        self.coarse = 0  # rejections after which the decoder skipped the whole claimed span
 
     @property
     def buffered(self) -> int:
@@ -155,31 +178,61 @@ class StreamDecoder:
         buf, pos, n = self._buf, self._pos, len(self._buf)
         if pos >= n:
             return self._exhausted()
-        h = buf.find(HEX_START, pos)
-        limit = n if h < 0 else h
-        while self.accept_ascii:
-            a = buf.find(_SOH, pos, limit)
-            if a < 0:
-                break
-            self._junk_range(pos, a)
-            outcome = self._examine_ascii(a)
-            if outcome is _Skip.SKIP:
-                self._junk_range(a, a + 1)
-                pos = self._pos = a + 1
-                continue
-            return self._settle(a, outcome)
-        if h < 0:
+        found = self._find_hex(pos)
+        h = n if found < 0 else found
+        if self.accept_ascii:
+            # An ASCII header holds no 7E: one that starts before `h` also ends before it.
+            ascii_head = _ASCII_HEAD.search(buf, pos, h)
+            if ascii_head is not None:
+                a = ascii_head.start()
+                self._junk_range(pos, a)
+                return self._settle(a, self._examine_ascii(a))
+        if found >= 0:
+            self._junk_range(pos, h)
+            return self._settle(h, self._examine_hex(h))
+        # No whole header: keep what may be the start of one at the end.
+        t = self._partial_header(pos, n)
+        if t < 0:
             keep = 1 if buf[n - 1] == 0x7E and not self._flushing else 0
             self._junk_range(pos, n - keep)
             self._pos = n - keep
             return self._exhausted() if not keep else self._wait()
-        self._junk_range(pos, h)
-        outcome = self._examine_hex(h)
-        if outcome is _Skip.SKIP:
-            self._junk_range(h, h + 1)
-            self._pos = h + 1
-            return False
-        return self._settle(h, outcome)
+        self._junk_range(pos, t)
+        return self._settle(t, _Skip.NEED)
+
+    def _find_hex(self, pos: int) -> int:
+        """The first whole HEX header at or after `pos`, or -1."""
+        buf = self._buf
+        while (first := buf.find(HEX_START, pos)) >= 0:
+            run = _MARKERS.match(buf, first)
+            assert run is not None
+            end = run.end()
+            # A header at p has its start character at p + 13, its second 7E at p + 1 < end.
+            start = _START_CHAR.search(buf, max(end, first + HEX_HEADER - 1), end + 12)
+            if start is not None:
+                return start.start() - (HEX_HEADER - 1)
+            # The next header needs a start character 13 bytes on: skip the runs before it.
+            later = _START_CHAR.search(buf, end)
+            if later is None:
+                return -1
+            pos = max(end, later.start() - (HEX_HEADER - 1))
+        return -1
+
+    def _partial_header(self, pos: int, n: int) -> int:
+        """Where an incomplete header at the end of the buffer may start, or -1."""
+        buf = self._buf
+        found = buf.find(HEX_START, max(pos, n - HEX_HEADER + 1))
+        if self.accept_ascii:
+            at = max(pos, n - ASCII_HEADER + 1)
+            end = n if found < 0 else found
+            while (a := buf.find(_SOH, at, end)) >= 0:
+                if all(
+                    c in _HEX_DIGITS and (k != 19 or c in b"08")
+                    for k, c in enumerate(buf[a + 1 : n], 1)
+                ):
+                    return a
+                at = a + 1
+        return found
 
     def _settle(self, at: int, outcome: Frame | tuple[Rejected, int] | _Skip) -> bool:
         if outcome is _Skip.NEED:
@@ -203,7 +256,19 @@ class StreamDecoder:
             rejected, span = outcome
             self._pending.append(rejected)
             self._quiet = max(self._quiet, at + span)
-            self._pos = at + 1
+            self._pos = at + 1 if self._afford(at, rejected, span) else at + span
+        return False
+
+    def _afford(self, at: int, rejected: Rejected, span: int) -> bool:
+        """Whether to look inside the rejected span (else skip it whole): see the docstring."""
+        where = self._offset + at
+        credit = min(self._credit_cap, self._credit + where - self._credit_at)
+        self._credit_at = where
+        credit -= REJECT_COST + (span if rejected.reason is RejectReason.BAD_CRC else 0)
+        self._credit = max(credit, -self._credit_cap)
+        if credit >= 0 or rejected.reason not in _COARSE:
+            return True
+        self.coarse += 1
         return False
 
     def _wait(self) -> bool:
@@ -214,12 +279,14 @@ class StreamDecoder:
         if self._flushing:
             self._emit_junk()
             self._flushing = False
+        self._offset += len(self._buf)
         self._buf.clear()
         self._pos = self._quiet = 0
         return True
 
     def _compact(self) -> None:
         if self._pos:
+            self._offset += self._pos
             del self._buf[: self._pos]
             self._quiet = max(0, self._quiet - self._pos)
             self._pos = 0
