@@ -220,13 +220,28 @@ async def test_a_peer_below_min_rate_is_dropped_as_slow(monkeypatch: pytest.Monk
     monkeypatch.setattr("agent.protocols.sl651.transport.RATE_GRACE", 0.5)
     async with central([], min_rate=100) as site:
         _, writer = await asyncio.open_connection("127.0.0.1", site.port)
-        for _ in range(30):
-            writer.write(b"x")  # junk, 10 bytes/s
+        for byte in bytes.fromhex("7E7E010012345678123432") * 3:  # a header, 10 bytes/s
+            writer.write(bytes([byte]))
             await asyncio.sleep(0.1)
             if site.central.dropped["slow"]:
                 break
         assert site.central.dropped["slow"] == 1
         assert site.central.counters()["dropped_slow"] == 1
+        writer.close()
+
+
+async def test_a_modems_heartbeat_between_frames_starts_no_frame_clock() -> None:
+    """Bytes that make no frame are thrown away: a DTU's heartbeat does not get its station cut
+    off by frame_timeout or min_rate; only idle_timeout, counted from the last good frame."""
+    async with central([], frame_timeout="500ms", min_rate=1000, idle_timeout="3s") as site:
+        _, writer = await asyncio.open_connection("127.0.0.1", site.port)
+        began = time.monotonic()
+        while not site.central.dropped["idle"]:
+            writer.write(b"www.usr.cn heartbeat\r\n")  # every 0.2 s: each byte resets nothing
+            await asyncio.sleep(0.2)
+            assert time.monotonic() - began < 10, site.central.dropped
+        assert time.monotonic() - began >= 2.5  # held until idle_timeout, not frame_timeout
+        assert site.central.dropped["frame_timeout"] == 0 and site.central.dropped["slow"] == 0
         writer.close()
 
 

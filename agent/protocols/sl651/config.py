@@ -62,14 +62,16 @@ class Sl651Config(Frozen):
     accept_unknown: bool = True  # frames from stations not configured: report them, or refuse
     utc_offset: str = Field(default="+08:00", pattern=r"^[+-]\d\d:\d\d$")  # station clocks
     packet_timeout: PositiveDuration = 30.0  # M3: NAK a missing packet after this silence
-    idle_timeout: PositiveDuration = 900.0  # close a station connection silent this long
+    idle_timeout: PositiveDuration = (
+        900.0  # close a station connection with no good frame this long
+    )
     # At most this many TCP connections at once; capped below what the descriptor limit allows
     # (transport.connection_cap). While full, no connection is accepted.
     max_connections: int = Field(default=2000, ge=1)
     max_frame_bytes: int = Field(default=8192, ge=256, le=65536)
-    # Per-connection budgets (TCP). Bytes that are not yet a whole good frame (a frame under
-    # way, or bytes that make none) must become one within frame_timeout of the first of them,
-    # and keep coming at min_rate bytes/s on average (from the fifth second on); a connection
+    # Per-connection budgets (TCP). A frame begun (bytes the decoder holds undecided; bytes it
+    # throws away, e.g. a modem's heartbeat, start no clock) must be whole within frame_timeout
+    # of its first byte, and keep coming at min_rate bytes/s on average (from the fifth second on); a connection
     # may send max_rate bytes/s on average (bursts of two seconds' worth), more is read later.
     frame_timeout: PositiveDuration = 30.0
     min_rate: float = Field(default=16.0, gt=0)

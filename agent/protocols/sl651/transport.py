@@ -7,14 +7,14 @@ an outcome that carries readings or events are written only once the intake has 
 durable (a station deletes a report once it is confirmed), and in order on each link. If they
 cannot be stored, nothing is confirmed and the station sends the report again. A one-second
 tick lets the centre send what its timers ask for (M3 NAKs, periodic queries). A bad frame is counted and logged,
-never fatal; a link silent for `idle_timeout` is closed.
+never fatal; a link that brings no good frame for `idle_timeout` is closed.
 
 Limits that hold under a flood: the listening sockets are ours, and while `connection_cap`
 connections are open (max_connections, capped below the descriptor limit) they are not read at
 all: no accept, no descriptor, no traceback. Once a second, while still full, what waits in
 the backlog is accepted and closed at once (refused, counted: the station retries later); a
 slot that frees resumes accepting. Each connection has budgets (config): `frame_timeout` and
-`min_rate` for bytes that are not yet a good frame (a trickler is dropped), `max_rate` bytes/s
+`min_rate` for a frame begun and not finished (a trickler is dropped), `max_rate` bytes/s
 (reading pauses beyond it, so one peer cannot take the CPU), a small read buffer. Refusals,
 drops and the centre's evicted M3 transfers are counted (`counters()`) and logged at most once
 a minute each.
@@ -103,10 +103,12 @@ class _Link:
         self.frames = 0
         self.rejected = 0
         self.opened_at = time.time()
-        # Budgets: bytes received since the first one that is not yet part of a good frame.
+        # Budgets: bytes the decoder holds undecided (a frame begun), since the first of them;
+        # bytes it threw away (a modem's heartbeat, noise) start no span. `idle_timeout` runs
+        # from the last good frame, so no byte that is not one keeps the link open.
         self.span_start: float | None = None
         self.span_bytes = 0
-        self.last_read_at = time.monotonic()
+        self.last_frame_at = time.monotonic()
         self.tokens = 0.0  # max_rate's bucket
         self.tokens_at = time.monotonic()
         # Frames waiting for their commit, in order: later frames on this link go after them.
@@ -387,15 +389,17 @@ class CentralStation:
             if not data:
                 return
             now = time.monotonic()
-            link.last_read_at = now
             if link.span_start is None:
                 link.span_start, link.span_bytes = now, 0
             link.span_bytes += len(data)
             decoder.feed(data)
             if self._drain(link, decoder):
+                link.last_frame_at = now
                 # A good frame: what is left buffered is the start of the next one.
                 link.span_start = now if decoder.buffered else None
                 link.span_bytes = decoder.buffered
+            elif not decoder.buffered:
+                link.span_start = None  # all thrown away: nothing is on its way
             # max_rate: a bucket of tokens; in deficit, wait before reading more (the kernel's
             # buffers fill and TCP slows the peer down).
             link.tokens = min(
@@ -414,7 +418,7 @@ class CentralStation:
     def _deadline(self, link: _Link, now: float) -> tuple[str, float]:
         """The budget that runs out first for this link, and when (if no byte comes)."""
         config = self.config
-        deadlines = [("idle", link.last_read_at + config.idle_timeout)]
+        deadlines = [("idle", link.last_frame_at + config.idle_timeout)]
         if link.span_start is not None:
             deadlines.append(("frame_timeout", link.span_start + config.frame_timeout))
             deadlines.append(
