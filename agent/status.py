@@ -294,7 +294,7 @@ def status_view(status: dict[str, Any]) -> RenderableType:
         )
         if u["last_error"]:
             line.append(f" · {u['last_error']}", "red")
-        if u.get("acks_unsaved"):
+        if u.get("ack_error"):
             line.append(
                 f" · {u['acks_unsaved']} delivered messages not yet removed from the outbox"
                 f" ({u['ack_error']})",

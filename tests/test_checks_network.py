@@ -178,6 +178,8 @@ def test_acknowledgements_late_beyond_ack_warn_warn_and_unsaved_ones_warn_too() 
     late = outcome(NOW + timedelta(seconds=25))
     assert (late.status, late.value, late.threshold) == (Status.WARN, 25.0, 20.0)
     assert late.message.startswith("connected, no acknowledgement for 25 s (9 publishes wait")
+    state.acks_unsaved = 4  # acknowledged, being deleted from the outbox: no finding
+    assert outcome(NOW + timedelta(seconds=5)).status is Status.OK
     state.connected = False  # disconnected: network.uplink says so
     assert outcome(NOW + timedelta(seconds=25)).status is Status.UNKNOWN
     state.acks_unsaved, state.ack_error = 60, "database or disk is full"

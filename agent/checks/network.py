@@ -154,7 +154,7 @@ def acks(view: AgentView, now: datetime, settings: ChecksConfig) -> Outcome:
     if u is None:
         return unknown("the uplink is not running")
     warn = settings.network.ack_warn
-    if u.acks_unsaved:
+    if u.ack_error is not None:
         return Outcome(
             Status.WARN,
             u.acks_unsaved,

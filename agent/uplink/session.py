@@ -98,7 +98,7 @@ class UplinkState:
     # a reconnect does not reset it); None when nothing waits.
     unacked_since: float | None = None
     acks_unsaved: int = 0  # acknowledged by the broker, not yet removed from the outbox
-    ack_error: str | None = None  # why the outbox `ack` fails, while it does
+    ack_error: str | None = None  # why the outbox `ack` fails, while it does (None: it works)
     last_ack_at: float | None = None
     last_error: str | None = None
     connected_seconds: float = 0.0  # total, for the connected-time ratio
@@ -677,6 +677,7 @@ class Uplink:
                 self._failed(exc.reason)
         if acked:
             self._acked.update(acked)
+            self.state.acks_unsaved = len(self._acked)
             self._to_ack.set()
             self.state.published += len(acked)
             self.state.last_ack_at = time.time()

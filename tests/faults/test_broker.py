@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from agent.config import UplinkConfig
 from agent.outbox import AsyncOutbox, Outbox, Priority
@@ -245,24 +246,31 @@ async def test_an_ack_that_cannot_be_saved_never_ends_the_session_nor_repeats_me
     )
     uplink = Uplink(settings, AsyncOutbox(outbox), PREFIX, "edge-agent-gw-test")
     try:
-        async with Collector(mosquitto.port, f"{PREFIX}/telemetry") as collector, uplink:
+        with structlog.testing.capture_logs() as logs:
+            async with (
+                Collector(mosquitto.port, f"{PREFIX}/telemetry") as collector,
+                uplink,
+            ):
 
-            def received() -> Counter[int]:
-                return Counter(seq_of(m.payload) for m in collector.messages)
+                def received() -> Counter[int]:
+                    return Counter(seq_of(m.payload) for m in collector.messages)
 
-            await collector.wait_for("every message", lambda: len(received()) == count)
-            await eventually("an ack failure", lambda: uplink.state.ack_error is not None)
-            await asyncio.sleep(3)  # time for repeats, if any were to come
-            assert uplink.state.connects == 1  # the session was never torn down
-            assert uplink.state.acks_unsaved == count
-            assert outbox.stats().messages == count  # nothing removed yet: still unwritable
-            assert max(received().values()) == 1
+                await collector.wait_for("every message", lambda: len(received()) == count)
+                await eventually("an ack failure", lambda: uplink.state.ack_error is not None)
+                await asyncio.sleep(3)  # time for repeats, if any were to come
+                assert uplink.state.connects == 1  # the session was never torn down
+                assert uplink.state.acks_unsaved == count
+                assert outbox.stats().messages == count  # nothing removed: still unwritable
+                assert max(received().values()) == 1
+                failed = [e for e in logs if e["event"].startswith("outbox ack failed")]
+                assert len(failed) == 1  # retried with a backoff, logged at most once a minute
 
-            release()
-            await eventually("the outbox emptied", lambda: outbox.stats().messages == 0, 20)
-            assert uplink.state.acks_unsaved == 0
-            assert uplink.state.ack_error is None
-            assert uplink.state.connects <= 2
-            assert max(received().values()) <= 2
+                release()
+                await eventually("the outbox emptied", lambda: outbox.stats().messages == 0, 20)
+                assert uplink.state.acks_unsaved == 0
+                assert uplink.state.ack_error is None
+                assert uplink.state.connects <= 2
+                assert max(received().values()) <= 2
+        assert any(e["event"] == "outbox ack works again" for e in logs)
     finally:
         outbox.close()
