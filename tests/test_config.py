@@ -200,3 +200,13 @@ def test_each_format_error_says_which_format_is_expected() -> None:
         "e.g. 0012345678",
         "uplink.broker: 'tcp://x' is not a broker URL: mqtt://host:1883 or mqtts://host:8883",
     ]
+
+
+def test_the_publish_timeout_and_ack_warn_are_durations_above_zero() -> None:
+    text = GOOD + "uplink: {broker: 'mqtt://h:1883', publish_timeout: 0s}\n"
+    text += "checks: {network: {ack_warn: soon}}\n"
+    errors = errors_of(text)
+    assert any("uplink.publish_timeout: Input should be greater than 0" in e for e in errors)
+    assert any("checks.network.ack_warn: expected a duration" in e for e in errors)
+    good = GOOD + "uplink: {broker: 'mqtt://h:1883', publish_timeout: 90s}\n"
+    assert parse_config(good, "config.yaml").uplink.publish_timeout == 90.0

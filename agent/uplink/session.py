@@ -643,7 +643,7 @@ class Uplink:
         else:
             self._sent[message.id] = None
             while len(self._sent) > REMEMBER_SENT * self.config.inflight:
-                del self._sent[next(iter(self._sent))]  # the oldest: it left the outbox
+                del self._sent[next(iter(self._sent))]  # the oldest: evicted, most likely
         topic = topic_for(self.prefix, message.kind)
         retain = message.kind in RETAINED_KINDS
         return asyncio.create_task(

@@ -226,17 +226,20 @@ class Locked:
 
 @pytest.mark.parametrize("fault", ["disk full", "database locked"])
 async def test_an_ack_that_cannot_be_saved_never_ends_the_session_nor_repeats_messages(
-    small_fs: SmallFs, mosquitto: Mosquitto, fault: str
+    request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto, fault: str
 ) -> None:
     """The broker is back, the outbox's `ack` fails: delivered messages are kept in memory and
     not sent again, the session stays up, and the outbox empties once it can be written."""
-    key = init_key(small_fs.path / "state")
-    outbox = Outbox(small_fs.path / "outbox.db", key, "gw-test", synchronous="normal")
+    # A full disk needs a small file system of its own (root); a lock does not.
+    small_fs: SmallFs | None = request.getfixturevalue("small_fs") if fault == "disk full" else None
+    where = small_fs.path if small_fs is not None else tmp_path
+    key = init_key(where / "state")
+    outbox = Outbox(where / "outbox.db", key, "gw-test", synchronous="normal")
     outbox.open()
     count = 60
     outbox.put_many([("telemetry", {"n": i}, Priority.TELEMETRY) for i in range(count)])
     release: Any
-    if fault == "disk full":
+    if small_fs is not None:
         small_fs.fill()
         release = small_fs.release
     else:
