@@ -123,6 +123,8 @@ class NetworkChecks(_Frozen):
     uplink_ratio: UplinkRatioSettings = UplinkRatioSettings(warn=0.9, fail=0.5)
     backlog: BacklogSettings = BacklogSettings()
     eviction_window: PositiveDuration = 86400.0  # warn while an eviction happened this recently
+    # Connected, but no PUBACK for this long while messages wait for one: warn (`network.acks`).
+    ack_warn: PositiveDuration = 20.0
 
 
 class TerminalChecks(_Frozen):

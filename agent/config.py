@@ -160,6 +160,9 @@ class UplinkConfig(_Frozen):
     keepalive: PositiveDuration = 30.0
     inflight: int = Field(default=32, ge=1, le=1000)  # messages awaiting PUBACK at once
     connect_timeout: PositiveDuration = 10.0
+    # No PUBACK at all for this long while messages wait for one: the session is renewed (after a
+    # backoff that grows with each such session) and what waits is sent again, marked DUP.
+    publish_timeout: PositiveDuration = 60.0
     backoff_min: PositiveDuration = 1.0  # reconnect delay: doubles from this, with jitter ...
     backoff_max: PositiveDuration = 120.0  # ... up to this
     # Messages that come down (diag requests, update announcements) larger than this are refused.

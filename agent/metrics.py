@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,7 +181,18 @@ def families(s: Snapshot) -> Iterator[Metric]:
         )
         published.add_metric(["acknowledged"], u.published)
         published.add_metric(["refused"], u.refused)
+        published.add_metric(["resent"], u.resent)  # sent again (DUP) for want of a PUBACK
         yield published
+        yield GaugeMetricFamily(
+            "edge_agent_uplink_unacknowledged_seconds",
+            "How long publishes have waited for a PUBACK with none arriving (0: none waits).",
+            value=0.0 if u.unacked_since is None else max(0.0, time.time() - u.unacked_since),
+        )
+        yield CounterMetricFamily(
+            "edge_agent_uplink_ack_timeouts",
+            "Sessions renewed because the broker sent no PUBACK for publish_timeout.",
+            value=u.ack_timeouts,
+        )
         yield CounterMetricFamily(
             "edge_agent_uplink_connects", "Successful connections to the broker.", value=u.connects
         )

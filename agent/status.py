@@ -21,6 +21,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from agent.check_settings import checks_settings
 from agent.checks.framework import CheckResult, Status
 from agent.checks.health import summarise
 from agent.checks.view import AgentView
@@ -76,6 +77,7 @@ def status_dict(
             "refused": u.refused,
             "last_error": u.last_error,
         }
+        uplink.update(_acknowledgements(view, now))
     terminals = []
     for name, t in sorted(view.terminals.items()):
         s = t.stats
@@ -121,6 +123,25 @@ def status_dict(
         "checks": checks,
         "diagnosis": dict(view.diagnosis) if view.diagnosis is not None else None,
         "counters": dict(sorted(view.counters.items())),
+    }
+
+
+def _acknowledgements(view: AgentView, now: datetime) -> dict[str, Any]:
+    """How long the broker has left our publishes without a PUBACK, and acknowledgements the
+    outbox could not save yet (`status --json` uplink fields; README, status)."""
+    u = view.uplink
+    assert u is not None
+    waited = None
+    if u.connected and u.unacked_since is not None:
+        waited = round(max(0.0, now.timestamp() - u.unacked_since), 1)
+    warn = checks_settings(view.config).network.ack_warn
+    return {
+        "inflight": u.inflight,
+        "no_ack_for": waited,
+        "ack_late": waited is not None and waited >= warn,
+        "resent": u.resent,
+        "acks_unsaved": u.acks_unsaved,
+        "ack_error": u.ack_error,
     }
 
 
@@ -286,7 +307,9 @@ def status_view(status: dict[str, Any]) -> RenderableType:
         parts.append(Text("uplink     none configured (readings wait in the outbox)"))
     else:
         line = Text("uplink     ")
-        if u["connected"]:
+        if u["connected"] and u.get("ack_late"):
+            line.append(f"connected, no acknowledgement for {u['no_ack_for']:.0f} s", "bold yellow")
+        elif u["connected"]:
             line.append("connected", "green")
         else:
             line.append("down", "bold red")
@@ -295,6 +318,12 @@ def status_view(status: dict[str, Any]) -> RenderableType:
         )
         if u["last_error"]:
             line.append(f" · {u['last_error']}", "red")
+        if u.get("ack_error"):
+            line.append(
+                f" · {u['acks_unsaved']} delivered messages not yet removed from the outbox"
+                f" ({u['ack_error']})",
+                "red",
+            )
         parts.append(line)
     parts.append(_outbox_line(status["outbox"]))
     if (update := update_line(status.get("update"))) is not None:

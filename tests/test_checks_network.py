@@ -15,7 +15,7 @@ import pytest
 from agent.check_settings import ChecksConfig
 from agent.checks import AgentView, Status
 from agent.checks.framework import CheckResult, CheckRunner
-from agent.checks.network import Backlog, UplinkRatio
+from agent.checks.network import Backlog, UplinkRatio, acks
 from agent.checks.registry import build_checks
 from agent.outbox import Outbox, Priority
 from agent.signing import DeviceKey
@@ -82,7 +82,7 @@ async def test_a_broker_name_that_does_not_resolve_fails_the_dns_check() -> None
 
 def test_without_a_broker_there_are_no_broker_checks() -> None:
     ids = {c.id for c in build_checks(make_config([], state_dir="/tmp/unused"))}
-    assert not {"network.broker_tcp", "network.broker_dns", "network.uplink"} & ids
+    assert not {"network.broker_tcp", "network.broker_dns", "network.uplink", "network.acks"} & ids
     assert {"network.backlog", "network.evictions"} <= ids
 
 
@@ -162,3 +162,32 @@ async def test_evictions_from_a_full_outbox_warn(tmp_path: Path) -> None:
     finally:
         outbox.close()
     assert (await run(AgentView(config), "network.backlog")).status is Status.UNKNOWN
+
+
+def test_acknowledgements_late_beyond_ack_warn_warn_and_unsaved_ones_warn_too() -> None:
+    view = view_with_broker("mqtt://127.0.0.1:1883")
+    state = UplinkState(broker="mqtt://127.0.0.1:1883", connected=True, inflight=9)
+    settings = ChecksConfig.model_validate({"network": {"ack_warn": "20s"}})
+
+    def outcome(at: datetime) -> Any:
+        return acks(AgentView(view.config, uplink=state), at, settings)
+
+    assert outcome(NOW).status is Status.OK  # nothing waits for a PUBACK
+    state.unacked_since = NOW.timestamp()
+    assert outcome(NOW + timedelta(seconds=19)).status is Status.OK
+    late = outcome(NOW + timedelta(seconds=25))
+    assert (late.status, late.value, late.threshold) == (Status.WARN, 25.0, 20.0)
+    assert late.message.startswith("connected, no acknowledgement for 25 s (9 publishes wait")
+    state.acks_unsaved = 4  # acknowledged, being deleted from the outbox: no finding
+    assert outcome(NOW + timedelta(seconds=5)).status is Status.OK
+    state.connected = False  # disconnected: network.uplink says so
+    assert outcome(NOW + timedelta(seconds=25)).status is Status.UNKNOWN
+    state.acks_unsaved, state.ack_error = 60, "database or disk is full"
+    unsaved = outcome(NOW + timedelta(seconds=25))
+    assert (unsaved.status, unsaved.value) == (Status.WARN, 60)
+    assert "database or disk is full" in unsaved.message
+
+
+def test_with_a_broker_acknowledgements_are_checked() -> None:
+    ids = {c.id for c in build_checks(view_with_broker("mqtt://127.0.0.1:1883").config)}
+    assert "network.acks" in ids

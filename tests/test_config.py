@@ -208,3 +208,13 @@ def test_the_outbox_reserve_is_bounded_and_defaults_to_4_mib() -> None:
     assert errors == [
         "outbox.reserve_bytes: Input should be greater than or equal to 262144 (got 1000)"
     ]
+
+
+def test_the_publish_timeout_and_ack_warn_are_durations_above_zero() -> None:
+    text = GOOD + "uplink: {broker: 'mqtt://h:1883', publish_timeout: 0s}\n"
+    text += "checks: {network: {ack_warn: soon}}\n"
+    errors = errors_of(text)
+    assert any("uplink.publish_timeout: Input should be greater than 0" in e for e in errors)
+    assert any("checks.network.ack_warn: expected a duration" in e for e in errors)
+    good = GOOD + "uplink: {broker: 'mqtt://h:1883', publish_timeout: 90s}\n"
+    assert parse_config(good, "config.yaml").uplink.publish_timeout == 90.0

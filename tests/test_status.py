@@ -8,6 +8,7 @@ import io
 import json
 import stat
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from agent.checks import AgentView
 from agent.control import ControlError, request
 from agent.sim.modbus_device import SimulatedModbusDevice
-from agent.status import _outbox_line, status_view
+from agent.status import _outbox_line, status_dict, status_view
+from agent.uplink import UplinkState
 from tests.agentproc import Agent, short_socket_path, write_config
 from tests.broker import free_port
-from tests.conftest import PYTHON, ROOT, tcp_terminal
+from tests.conftest import PYTHON, ROOT, make_config, tcp_terminal
 
 Device = tuple[SimulatedModbusDevice, int]
 
@@ -281,3 +284,29 @@ def test_the_screen_says_disk_full_and_the_readings_lost_per_terminal() -> None:
         "120 readings lost, not reported yet: dam-plc 120 "
         "(2026-11-22T09:00:00.100Z … 2026-11-22T09:00:59.900Z)"
     )
+
+
+def test_a_broker_that_does_not_acknowledge_is_named_on_the_uplink_line() -> None:
+    """Connected, no PUBACK for longer than `checks.network.ack_warn`; acks the outbox could
+    not save are said too."""
+    config = make_config([], state_dir="/tmp/unused", uplink={"broker": "mqtt://b.example:1883"})
+    now = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+    state = UplinkState(
+        broker="mqtt://b.example:1883", connected=True, connected_since=now.timestamp() - 60,
+        inflight=33, unacked_since=now.timestamp() - 42.4, resent=64,
+        acks_unsaved=3, ack_error="database or disk is full",
+    )  # fmt: skip
+    status = status_dict(AgentView(config, uplink=state, started_at=now), [], now)
+    uplink = status["uplink"]
+    assert (uplink["no_ack_for"], uplink["ack_late"], uplink["inflight"]) == (42.4, True, 33)
+    assert (uplink["resent"], uplink["acks_unsaved"]) == (64, 3)
+    console = Console(width=250, color_system=None, record=True, file=io.StringIO())
+    console.print(status_view(status))
+    line = next(x for x in console.export_text().splitlines() if x.startswith("uplink"))
+    assert line.startswith("uplink     connected, no acknowledgement for 42 s since ")
+    assert line.endswith(
+        " · 3 delivered messages not yet removed from the outbox (database or disk is full)"
+    )
+    state.unacked_since = now.timestamp() - 5  # under the default ack_warn (20 s)
+    uplink = status_dict(AgentView(config, uplink=state, started_at=now), [], now)["uplink"]
+    assert (uplink["no_ack_for"], uplink["ack_late"]) == (5.0, False)

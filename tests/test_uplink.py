@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import inspect
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as paho
 import pytest
 
 from agent.config import UplinkConfig
@@ -16,6 +19,7 @@ from agent.credentials import resolve_uplink
 from agent.outbox import AsyncOutbox, Outbox, Priority
 from agent.signing import DeviceKey, init_key
 from agent.uplink import Uplink, describe_failure
+from agent.uplink.session import _resend, marking_dup
 from tests.broker import Mosquitto, free_port
 from tests.certs import TestCA
 from tests.collector import Collector, verify
@@ -309,3 +313,18 @@ def test_connection_refused_by_the_broker_is_explained() -> None:
         "broker broker.example:1883 refused the connection: Bad user name or password "
         "(check uplink.username and uplink.password)"
     )
+
+
+def test_paho_still_sends_a_publish_through_send_publish_with_dup_sixth() -> None:
+    """`marking_dup` (the DUP flag on re-sends) wraps paho's private `_send_publish`: this fails
+    when a paho upgrade changes what it wraps (tests/faults/test_broker.py sees DUP on the wire)."""
+    parameters = list(inspect.signature(paho.Client._send_publish).parameters)
+    assert parameters[:7] == ["self", "mid", "topic", "payload", "qos", "retain", "dup"]
+    assert "self._send_publish(" in inspect.getsource(paho.Client.publish)
+    sent: list[tuple[Any, ...]] = []
+    send = marking_dup(lambda *args, **kwargs: sent.append(args))
+    send(7, b"t", b"p", 1, False, False, None, None)
+    assert sent[-1][5] is False
+    context = contextvars.copy_context()
+    context.run(lambda: (_resend.set(True), send(8, b"t", b"p", 1, False, False, None, None)))
+    assert sent[-1][:6] == (8, b"t", b"p", 1, False, True)

@@ -80,6 +80,13 @@ def build_health(
             "refused": u.refused,
             "last_ack_at": _stamp(u.last_ack_at),
             "last_error": u.last_error,
+            # Acknowledgements (HEALTH.md): what waits for a PUBACK, since when, re-sends.
+            "inflight": u.inflight,
+            "unacked_since": _stamp(u.unacked_since),
+            "resent": u.resent,
+            "ack_timeouts": u.ack_timeouts,
+            "acks_unsaved": u.acks_unsaved,
+            "ack_error": u.ack_error,
         }
         if u is not None
         else None

@@ -38,6 +38,7 @@ def checks(settings: ChecksConfig, broker: str | None) -> list[Check]:
             make("network.broker_dns", lambda v, now: broker_dns(v, settings)),
             make("network.broker_tcp", lambda v, now: broker_tcp(v, settings)),
             make("network.uplink", UplinkRatio(settings)),
+            make("network.acks", lambda v, now: acks(v, now, settings)),
         ]
     out += [
         make("network.backlog", Backlog(settings)),
@@ -144,6 +145,39 @@ class UplinkRatio:
         if w is not None and ratio < w:
             return Outcome(Status.WARN, ratio, "", w, f"{shown}, below {w:.0%}")
         return Outcome(Status.OK, ratio, "", w, shown)
+
+
+def acks(view: AgentView, now: datetime, settings: ChecksConfig) -> Outcome:
+    """Warn while connected with publishes left without a PUBACK for `ack_warn` or more, and
+    while acknowledged messages cannot be removed from the outbox (its `ack` fails)."""
+    u = view.uplink
+    if u is None:
+        return unknown("the uplink is not running")
+    warn = settings.network.ack_warn
+    if u.ack_error is not None:
+        return Outcome(
+            Status.WARN,
+            u.acks_unsaved,
+            "",
+            0,
+            f"{u.acks_unsaved} messages the broker acknowledged cannot be removed from the "
+            f"outbox ({u.ack_error}); they are not sent again",
+        )
+    if not u.connected:
+        return unknown(f"not connected ({u.last_error or 'no session yet'})")
+    if u.unacked_since is None:
+        return Outcome(Status.OK, 0.0, "s", warn, "connected, nothing waits for a PUBACK")
+    waited = round(max(0.0, now.timestamp() - u.unacked_since), 1)
+    if waited >= warn:
+        return Outcome(
+            Status.WARN,
+            waited,
+            "s",
+            warn,
+            f"connected, no acknowledgement for {waited:.0f} s ({u.inflight} publishes wait "
+            f"for a PUBACK; {u.resent} sent again so far)",
+        )
+    return Outcome(Status.OK, waited, "s", warn, f"connected, acknowledged within {warn:g} s")
 
 
 class Backlog:

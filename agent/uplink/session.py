@@ -1,12 +1,19 @@
 """The MQTT session upstream: publishes the outbox, acknowledges only what the broker acknowledged.
 
 One reconnect loop (capped exponential backoff with jitter) around one aiomqtt session (MQTT 5,
-QoS 1). The session announces `…/state` = `online` (retained; the last will says `offline`),
-then keeps up to `inflight` messages awaiting their PUBACK. A message leaves the outbox only after
-its PUBACK arrived with a success reason code; one the broker refuses (an ACL, say) stays in the
-outbox, is retried later, and the refusal is reported. Failures are logged once per distinct
-reason, in words, never as a traceback per retry, and never reach acquisition: the outbox takes
-readings whatever the uplink does.
+QoS 1). The session announces `…/state` = `online` (retained; the last will says `offline`)
+without waiting for its PUBACK, and keeps up to `inflight` outbox messages awaiting theirs. A
+message leaves the outbox only after its PUBACK arrived with a success reason code; one the broker
+refuses (an ACL, say) stays in the outbox, is retried later, and the refusal is reported. Failures
+are logged once per distinct reason, in words, never as a traceback per retry, and never reach
+acquisition: the outbox takes readings whatever the uplink does.
+
+A broker that stops acknowledging: after `publish_timeout` without any PUBACK while messages
+wait, the session is renewed after a backoff that doubles with each such session in a row (reset
+by the first PUBACK), and every message published before without a PUBACK is sent again with the
+DUP flag — once per session, never in a tight loop. A PUBACK whose outbox `ack` fails (the disk
+is full) is kept in memory: that message is never published again, and the `ack` is retried in
+the background with a backoff; it never ends the session.
 
 Messages that come down: each session subscribes at QoS 1 to every filter registered on
 `Uplink.router` (agent.uplink.router) and hands what it receives to the router, which runs the
@@ -28,6 +35,7 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import math
 import random
 import ssl
 import time
@@ -57,6 +65,11 @@ REFUSED_RETRY_AFTER = 30.0  # a message the broker refused is offered again afte
 DRAIN_ON_STOP = 1.5
 PING_TOPIC = "diag/ping"  # `Uplink.ping`: an empty QoS-1 publish, timed to its PUBACK
 PING_TIMEOUT = 10.0
+# paho's window beside the outbox's `inflight`: the `…/state` message and a ping.
+EXTRA_INFLIGHT = 2
+ACK_RETRY_MIN, ACK_RETRY_MAX = 1.0, 60.0  # a failed outbox `ack` is retried after this, doubling
+ACK_LOG_EVERY = 60.0  # a failing outbox `ack` is logged at most this often
+REMEMBER_SENT = 10  # x `inflight`: re-send marks kept for messages that left the window
 
 
 class UplinkError(Exception):
@@ -78,6 +91,14 @@ class UplinkState:
     connects: int = 0
     published: int = 0
     refused: int = 0
+    resent: int = 0  # publishes marked DUP: sent before without a PUBACK
+    ack_timeouts: int = 0  # sessions renewed for want of a PUBACK (`publish_timeout`)
+    inflight: int = 0  # publishes awaiting their PUBACK now
+    # Wall clock since when a PUBACK is awaited and none came (the oldest unacknowledged wait;
+    # a reconnect does not reset it); None when nothing waits.
+    unacked_since: float | None = None
+    acks_unsaved: int = 0  # acknowledged by the broker, not yet removed from the outbox
+    ack_error: str | None = None  # why the outbox `ack` fails, while it does (None: it works)
     last_ack_at: float | None = None
     last_error: str | None = None
     connected_seconds: float = 0.0  # total, for the connected-time ratio
@@ -197,10 +218,38 @@ async def _first_failure(*parts: tuple[Coroutine[Any, Any, None], str]) -> None:
 
 
 _last_mid: contextvars.ContextVar[int] = contextvars.ContextVar("last_mid")
+_resend: contextvars.ContextVar[bool] = contextvars.ContextVar("resend", default=False)
+
+
+def marking_dup(send_publish: Callable[..., Any]) -> Callable[..., Any]:
+    """paho's `_send_publish`, with the DUP flag set for publishes made as re-sends.
+
+    paho's public `publish` has no DUP argument: paho sets DUP itself only when it re-sends the
+    in-flight messages of a session it keeps across a reconnect. Ours starts clean each time (see
+    the module docstring) and the agent re-sends from the outbox, so it marks DUP here, for a
+    publish made in a task that set `_resend`. The positional signature of paho 2.2's
+    `Client._send_publish(mid, topic, payload, qos, retain, dup, info, properties)` is asserted by
+    tests/test_uplink.py, and DUP on the wire by tests/faults/test_broker.py.
+    """
+
+    def send(
+        mid: int,
+        topic: bytes,
+        payload: bytes = b"",
+        qos: int = 0,
+        retain: bool = False,
+        dup: bool = False,
+        *rest: Any,
+        **kwargs: Any,
+    ) -> Any:
+        return send_publish(mid, topic, payload, qos, retain, dup or _resend.get(), *rest, **kwargs)
+
+    return send
 
 
 class _PubackCodes:
-    """Remembers the reason code of each PUBACK (aiomqtt drops it; MQTT 5 needs it).
+    """Remembers the reason code of each PUBACK (aiomqtt drops it; MQTT 5 needs it), and marks
+    re-sends DUP (`marking_dup`).
 
     aiomqtt's `publish` returns once a PUBACK arrives, whatever its reason code, so a publish the
     broker refused (not authorized for the topic) would look delivered. This wraps the paho client
@@ -212,6 +261,7 @@ class _PubackCodes:
         paho = client._client  # the one place we reach into aiomqtt
         self.codes: dict[int, ReasonCode] = {}
         publish, on_publish = paho.publish, paho.on_publish
+        paho._send_publish = marking_dup(paho._send_publish)  # type: ignore[method-assign]
 
         def publish_keeping_mid(*args: Any, **kwargs: Any) -> Any:
             info = publish(*args, **kwargs)
@@ -258,6 +308,13 @@ class Uplink:
         self.state = UplinkState(broker=config.broker, inbound=self.router.counters)
         self._jitter = jitter
         self._held: dict[int, float] = {}  # refused message id -> monotonic time to retry
+        # Published without a PUBACK yet (in flight, or in flight when a session ended): the next
+        # publish of these is a re-send, marked DUP. Insertion order: the oldest first.
+        self._sent: dict[int, None] = {}
+        # PUBACK received, outbox `ack` not yet durable: never published again (`_acknowledge`).
+        self._acked: set[int] = set()
+        self._to_ack = asyncio.Event()
+        self._stalls = 0  # sessions in a row renewed for want of a PUBACK
         self._logged: tuple[str, float] | None = None
         self._socket_errors = _SocketErrors()
         self._task: asyncio.Task[None] | None = None
@@ -303,6 +360,12 @@ class Uplink:
                 if (await self.outbox.stats()).messages == 0:
                     return
                 await asyncio.sleep(0.05)
+        if self._acked:
+            log.warning(
+                "uplink stopping with acknowledged messages still in the outbox",
+                count=len(self._acked),
+                error=self.state.ack_error,
+            )
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -314,7 +377,45 @@ class Uplink:
 
     async def run(self) -> None:
         async with self.router:
-            await self._reconnect()
+            await _first_failure(
+                (self._reconnect(), "uplink session"), (self._acknowledge(), "uplink ack")
+            )
+
+    async def _acknowledge(self) -> None:
+        """Remove what the broker acknowledged from the outbox; on failure keep it in memory
+        (excluded from `pending`, so never published again) and retry with a backoff."""
+        failures = 0
+        logged_at: float | None = None
+        while True:
+            await self._to_ack.wait()
+            self._to_ack.clear()
+            ids = list(self._acked)
+            if not ids:
+                continue
+            try:
+                await self.outbox.ack(ids)
+            except OutboxError as exc:
+                failures += 1
+                self.state.ack_error = str(exc)
+                self.state.acks_unsaved = len(self._acked)
+                now = time.monotonic()
+                if logged_at is None or now - logged_at >= ACK_LOG_EVERY:
+                    log.warning(
+                        "outbox ack failed: delivered messages stay in the outbox until it "
+                        "works; they are not sent again",
+                        count=len(self._acked),
+                        failures=failures,
+                        error=str(exc),
+                    )
+                    logged_at = now
+                await asyncio.sleep(min(ACK_RETRY_MAX, ACK_RETRY_MIN * 2 ** (failures - 1)))
+                self._to_ack.set()
+                continue
+            self._acked.difference_update(ids)
+            self.state.acks_unsaved = len(self._acked)
+            if failures:
+                log.info("outbox ack works again", failures=failures)
+                failures, logged_at, self.state.ack_error = 0, None, None
 
     async def _reconnect(self) -> None:
         failures = 0
@@ -329,8 +430,10 @@ class Uplink:
                 self._failed(describe_failure(exc, self.config, self._socket_errors.take()))
             except OutboxError as exc:  # e.g. disk errors: retry after the backoff
                 self._failed(f"outbox: {exc}")
-            # Back off from the first retry after a session that worked; double after each failure.
+            # Back off from the first retry after a session that worked; double after each failure
+            # and after each session in a row that got no PUBACK (the broker took the connection).
             failures = 1 if self.state.connects > connects else failures + 1
+            failures = max(failures, self._stalls)
             delay = min(self.config.backoff_max, self.config.backoff_min * 2 ** (failures - 1))
             await asyncio.sleep(delay * (0.5 + self._jitter() / 2))
 
@@ -347,7 +450,7 @@ class Uplink:
             timeout=self.config.connect_timeout,
             will=aiomqtt.Will(state_topic, b"offline", qos=1, retain=True),
             tls_context=tls_context(self.config),
-            max_inflight_messages=self.config.inflight,
+            max_inflight_messages=self.config.inflight + EXTRA_INFLIGHT,
             # A clean session each time: the subscriptions are made anew on every connect, and so
             # the broker sends each registered topic's retained message again (see the docstring).
             clean_start=True,
@@ -358,15 +461,15 @@ class Uplink:
             self._connected()
             self._live = (client, codes)
             try:
-                await self._publish(client, codes, state_topic, b"online", retain=True)
                 await _first_failure(
-                    (self._pump(client, codes), "uplink publish"),
+                    (self._pump(client, codes, state_topic), "uplink publish"),
                     (self._subscribe(client), "uplink subscribe"),
                     (self._receive(client), "uplink receive"),
                 )
             except asyncio.CancelledError:
                 # Stopping: say so before leaving (a clean disconnect does not send the will).
-                with contextlib.suppress(aiomqtt.MqttError, UplinkError):
+                # A broker that does not acknowledge gets 2 s (TimeoutError: the stop goes on).
+                with contextlib.suppress(aiomqtt.MqttError, UplinkError, TimeoutError):
                     async with asyncio.timeout(2):
                         await self._publish(client, codes, state_topic, b"offline", retain=True)
                 raise
@@ -435,62 +538,87 @@ class Uplink:
         topic: str,
         payload: str | bytes,
         retain: bool = False,
+        resend: bool = False,
     ) -> None:
-        """Publish at QoS 1; returns once the broker acknowledged it with success."""
-        await client.publish(topic, payload, qos=1, retain=retain)
+        """Publish at QoS 1 (DUP if `resend`); returns once the broker acknowledged it with
+        success. No timeout of its own: the pump applies `publish_timeout` to the session."""
+        token = _resend.set(resend)
+        try:
+            await client.publish(topic, payload, qos=1, retain=retain, timeout=math.inf)
+        finally:
+            _resend.reset(token)
         code = codes.take()
         if code is not None and code.is_failure:
             raise UplinkError(f"broker refused a publish on {topic}: {code} (check the ACL)")
 
-    async def _pump(self, client: aiomqtt.Client, codes: _PubackCodes) -> None:
-        inflight: dict[asyncio.Task[None], Message] = {}
+    async def _pump(self, client: aiomqtt.Client, codes: _PubackCodes, state_topic: str) -> None:
+        """Publish from the outbox, up to `inflight` at once, beside the `online` state message.
+
+        Ends the session (UplinkError) when no PUBACK came for `publish_timeout` while something
+        waited for one. A PUBACK puts the message's id in `_acked` for `_acknowledge`.
+        """
+        online = asyncio.create_task(
+            self._publish(client, codes, state_topic, b"online", retain=True),
+            name="publish online",
+        )
+        inflight: dict[asyncio.Task[None], Message | None] = {online: None}  # None: the state
+        waiting_since = time.monotonic()  # no PUBACK since (this session), while something waits
+        if self.state.unacked_since is None:
+            self.state.unacked_since = time.time()
         wakeup = asyncio.create_task(self.outbox.changed.wait())
+        read_again = False  # the outbox could not be read: try again in a second
         try:
             while True:
                 self._beat()
-                room = self.config.inflight - len(inflight)
+                ours = [m for m in inflight.values() if m is not None]
+                room = self.config.inflight - len(ours)
+                read_again = False
                 if room > 0:
                     self.outbox.changed.clear()
                     now = time.monotonic()
                     self._held = {i: t for i, t in self._held.items() if t > now}
-                    busy = [m.id for m in inflight.values()] + list(self._held)
-                    for message in await self.outbox.pending(room, busy):
-                        topic = topic_for(self.prefix, message.kind)
-                        retain = message.kind in RETAINED_KINDS
-                        task = asyncio.create_task(
-                            self._publish(client, codes, topic, message.payload, retain),
-                            name=f"publish {message.seq}",
-                        )
-                        inflight[task] = message
+                    busy = [m.id for m in ours] + list(self._held) + list(self._acked)
+                    try:
+                        messages = await self.outbox.pending(room, busy)
+                    except OutboxError as exc:
+                        self._failed(f"outbox: {exc}")
+                        messages, read_again = [], True
+                    if messages and not inflight:
+                        waiting_since = time.monotonic()
+                        if self.state.unacked_since is None:
+                            self.state.unacked_since = time.time()
+                    for message in messages:
+                        inflight[self._send(client, codes, message)] = message
+                self.state.inflight = len(inflight)
                 if wakeup.done():
                     wakeup = asyncio.create_task(self.outbox.changed.wait())
                 waiting: set[asyncio.Task[Any]] = set(inflight)
-                if len(inflight) < self.config.inflight:
+                if sum(m is not None for m in inflight.values()) < self.config.inflight:
                     # With the window full only a PUBACK can make room: new messages must not
                     # wake the loop to find none (that spun at 100 % CPU on a slow link).
                     waiting.add(wakeup)
-                timeout = 1.0 if self._held else self.config.keepalive
+                timeout = 1.0 if self._held or read_again else self.config.keepalive
+                if inflight:
+                    deadline = waiting_since + self.config.publish_timeout
+                    timeout = max(0.0, min(timeout, deadline - time.monotonic()))
                 done, _ = await asyncio.wait(
                     waiting, timeout=timeout, return_when="FIRST_COMPLETED"
                 )
-                acked = []
-                for task in done:
-                    message = inflight.pop(task, None)  # type: ignore[arg-type]
-                    if message is None:
-                        continue
-                    exc = task.exception()
-                    if exc is None:
-                        acked.append(message.id)
-                    elif isinstance(exc, UplinkError):
-                        self.state.refused += 1
-                        self._held[message.id] = time.monotonic() + REFUSED_RETRY_AFTER
-                        self._failed(exc.reason)
-                    else:
-                        raise exc
-                if acked:
-                    await self.outbox.ack(acked)
-                    self.state.published += len(acked)
-                    self.state.last_ack_at = time.time()
+                if self._settle(inflight, done):
+                    if self._stalls:
+                        log.info("uplink acknowledged again", broker=self.config.broker)
+                        self._stalls, self._logged = 0, None
+                    waiting_since = time.monotonic()
+                    self.state.unacked_since = time.time() if inflight else None
+                self.state.inflight = len(inflight)
+                if inflight and time.monotonic() - waiting_since >= self.config.publish_timeout:
+                    self._stalls += 1
+                    self.state.ack_timeouts += 1
+                    raise UplinkError(
+                        f"broker {self.config.host}:{self.config.port} sent no PUBACK for "
+                        f"{self.config.publish_timeout:g}s: session renewed, unacknowledged "
+                        "messages sent again (DUP)"
+                    )
         finally:
             wakeup.cancel()
             for task in inflight:
@@ -501,17 +629,73 @@ class Uplink:
                 for task in inflight:
                     if not task.cancelled():
                         task.exception()  # retrieved: no "never retrieved" noise
+            self.state.inflight = 0
+            if not self._sent:
+                self.state.unacked_since = None
+
+    def _send(
+        self, client: aiomqtt.Client, codes: _PubackCodes, message: Message
+    ) -> asyncio.Task[None]:
+        """Publish one outbox message as its own task; DUP when it was published before."""
+        resend = message.id in self._sent
+        if resend:
+            self.state.resent += 1
+        else:
+            self._sent[message.id] = None
+            while len(self._sent) > REMEMBER_SENT * self.config.inflight:
+                del self._sent[next(iter(self._sent))]  # the oldest: evicted, most likely
+        topic = topic_for(self.prefix, message.kind)
+        retain = message.kind in RETAINED_KINDS
+        return asyncio.create_task(
+            self._publish(client, codes, topic, message.payload, retain, resend=resend),
+            name=f"publish {message.seq}",
+        )
+
+    def _settle(
+        self, inflight: dict[asyncio.Task[None], Message | None], done: set[asyncio.Task[Any]]
+    ) -> bool:
+        """Take the publishes that ended out of `inflight`; True if the broker answered any."""
+        answered = False
+        acked = []
+        for task in done:
+            if task not in inflight:
+                continue
+            message = inflight.pop(task)
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, UplinkError):
+                raise exc
+            answered = True
+            if message is not None:
+                self._sent.pop(message.id, None)
+            if exc is None:
+                if message is not None:
+                    acked.append(message.id)
+            else:
+                if message is not None:
+                    self.state.refused += 1
+                    self._held[message.id] = time.monotonic() + REFUSED_RETRY_AFTER
+                self._failed(exc.reason)
+        if acked:
+            self._acked.update(acked)
+            self.state.acks_unsaved = len(self._acked)
+            self._to_ack.set()
+            self.state.published += len(acked)
+            self.state.last_ack_at = time.time()
+        return answered
 
     def _connected(self) -> None:
         s = self.state
         s.connected, s.connected_since, s.disconnected_since = True, time.time(), None
         s.connects += 1
-        if s.last_error is not None:
+        if self._stalls:
+            pass  # a session renewed for want of a PUBACK: its warning stands (logged once)
+        elif s.last_error is not None:
             log.info("uplink connected again", broker=self.config.broker, after=s.last_error)
+            self._logged = None
         else:
             log.info("uplink connected", broker=self.config.broker)
+            self._logged = None
         s.last_error = None
-        self._logged = None
 
     def _disconnected(self) -> None:
         s = self.state
