@@ -224,14 +224,16 @@ class Locked:
         self.conn.close()
 
 
-@pytest.mark.parametrize("fault", ["disk full", "database locked"])
+@pytest.mark.parametrize("fault", ["disk full, reserve used up", "database locked"])
 async def test_an_ack_that_cannot_be_saved_never_ends_the_session_nor_repeats_messages(
     request: pytest.FixtureRequest, tmp_path: Path, mosquitto: Mosquitto, fault: str
 ) -> None:
     """The broker is back, the outbox's `ack` fails: delivered messages are kept in memory and
     not sent again, the session stays up, and the outbox empties once it can be written."""
     # A full disk needs a small file system of its own (root); a lock does not.
-    small_fs: SmallFs | None = request.getfixturevalue("small_fs") if fault == "disk full" else None
+    small_fs: SmallFs | None = (
+        request.getfixturevalue("small_fs") if fault.startswith("disk") else None
+    )
     where = small_fs.path if small_fs is not None else tmp_path
     key = init_key(where / "state")
     outbox = Outbox(where / "outbox.db", key, "gw-test", synchronous="normal")
@@ -240,6 +242,10 @@ async def test_an_ack_that_cannot_be_saved_never_ends_the_session_nor_repeats_me
     outbox.put_many([("telemetry", {"n": i}, Priority.TELEMETRY) for i in range(count)])
     release: Any
     if small_fs is not None:
+        # A full disk alone no longer fails an ack (the outbox's reserve pays for it): the
+        # reserve used up as well is the case where the ack really cannot be written.
+        small_fs.fill()
+        outbox.reserve_path.unlink()
         small_fs.fill()
         release = small_fs.release
     else:
