@@ -17,7 +17,12 @@ Its CPU is utime+stime from /proc/<pid>/stat, its memory VmRSS from /proc/<pid>/
 2. Other stations' confirm latency: the S stations (agent/sim/sl651_station.py frames) each send
    a timed report every 0.2 s, one connection each; latency is from the write to the confirm
    decoded. Measured for D seconds alone, then for D seconds while F flooder processes each
-   push frames claiming 4,095 bytes (bad CRC) as fast as the agent reads them.
+   push frames claiming 4,095 bytes (bad CRC) as fast as the agent reads them. Meanwhile the
+   agent polls a simulated Modbus TCP device (a child process) every 200 ms: how late each
+   poll started, rebuilt from the readings' `observed_at` in the agent's JSON-lines copy (a poll
+   n slots after the first is due at first + n × period; the least late poll of the run is
+   taken as on time, so lateness is under-stated by at most that one's), and the polls made
+   against the slots of each window.
 3. RSS: before and after 4,000 packets (about 4 KB each) of an M3 transfer whose packet 1
    never comes (as in the issue; refused by m3_max_packets), 1,000 packets of a transfer within
    that bound (4 MB: over m3_max_bytes, evicted), and N idle connections; the agent's counters
@@ -48,11 +53,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from agent.model import parse_timestamp  # noqa: E402
 from agent.protocols.sl651 import StreamDecoder, build_frame, crc16  # noqa: E402
 from agent.protocols.sl651.frame import Ctrl, Frame, LinkAddress  # noqa: E402
 from agent.sim.sl651_station import SimulatedStation  # noqa: E402
 
 MIB = 1 << 20
+POLL_PERIOD = 0.2  # the Modbus terminal's period
 PAD = b"\x00" * 4112
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -220,12 +227,12 @@ async def main(args: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     print("== the agent with its default budgets (sl651.max_rate 32 KiB/s per connection)")
-    async with running_agent(args, {}) as (port, pid, _):
-        await latency(args, port, pid)
+    async with running_agent(args, {}) as (port, pid, config):
+        await latency(args, port, pid, config)
     print("\n== sl651.max_rate raised to 1 GiB/s: the decoder sets the pace")
     async with running_agent(args, {"max_rate": 1 << 30}) as (port, pid, config):
         await decoder_cost(port, pid)
-        await latency(args, port, pid)
+        await latency(args, port, pid, config)
         await memory(args, port, pid, config)
     resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
@@ -237,10 +244,21 @@ async def running_agent(
     with tempfile.TemporaryDirectory(prefix="ea-hostile-") as tmp:
         port = free_port()
         config = Path(tmp) / "config.yaml"
-        terminals = [
+        device = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--modbus-device",
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        assert device.stdout is not None
+        modbus_port = int((await device.stdout.readline()).decode())
+        terminals: list[dict[str, Any]] = [
             {"name": f"st{k}", "protocol": "sl651", "station": code(k), "password": "1234"}
             for k in range(1, args.stations + 1)
         ]
+        terminals.append({
+            "name": "plc", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": modbus_port,
+            "period": f"{POLL_PERIOD * 1000:g}ms", "timeout": "500ms",
+            "points": [{"name": "level", "address": 0}],
+        })  # fmt: skip
         config.write_text(
             yaml.safe_dump(
                 {
@@ -248,6 +266,7 @@ async def running_agent(
                     "state_dir": str(Path(tmp) / "state"),
                     "control": {"socket": str(Path(tmp) / "control.sock")},
                     "log": {"level": "info", "format": "json"},
+                    "jsonl": {"enabled": True},  # the poll times, for their lateness
                     "sl651": {"listen": [f"127.0.0.1:{port}"], **sl651},
                     "terminals": terminals,
                 }
@@ -265,6 +284,9 @@ async def running_agent(
         finally:
             agent.send_signal(signal.SIGTERM)
             await asyncio.wait_for(agent.wait(), 15)
+            assert device.stdin is not None
+            device.stdin.close()
+            await asyncio.wait_for(device.wait(), 15)
             lines = log_path.read_text(errors="replace").splitlines()
             tracebacks = sum("Traceback" in line for line in lines)
             print(f"   agent log: {len(lines)} lines, {tracebacks} with a traceback")
@@ -294,7 +316,8 @@ async def decoder_cost(port: int, pid: int) -> None:
         )
 
 
-async def latency(args: argparse.Namespace, port: int, pid: int) -> None:
+async def latency(args: argparse.Namespace, port: int, pid: int, config: Path) -> None:
+    jsonl = config.parent / "state" / "readings.jsonl"
     print(f"\n2. confirm latency, {args.stations} stations each reporting every 0.2 s")
     stations = [Honest(k) for k in range(1, args.stations + 1)]
     for s in stations:
@@ -303,7 +326,9 @@ async def latency(args: argparse.Namespace, port: int, pid: int) -> None:
     await asyncio.sleep(0.5)
     for s in stations:
         s.latencies.clear()
+    alone_window = (time.time(), 0.0)
     await asyncio.gather(*(s.run(args.duration) for s in stations))
+    alone_window = (alone_window[0], time.time())
     await asyncio.sleep(0.5)
     alone = [x for s in stations for x in s.latencies]
     for s in stations:
@@ -317,7 +342,9 @@ async def latency(args: argparse.Namespace, port: int, pid: int) -> None:
     ]
     await asyncio.sleep(0.5)
     started = time.monotonic()
+    flood_window = (time.time(), 0.0)
     await asyncio.gather(*(s.run(args.duration) for s in stations))
+    flood_window = (flood_window[0], time.time())
     elapsed = time.monotonic() - started + 0.5
     flooded = 0
     for f in flooders:
@@ -338,8 +365,52 @@ async def latency(args: argparse.Namespace, port: int, pid: int) -> None:
         f" ({flooded / MIB / elapsed:.1f} MiB/s); agent CPU {cpu / elapsed:.2f} CPU-s per s;"
         f" reports unconfirmed {missing}"
     )
+    polls = poll_times(jsonl)
+    for label, window in (
+        ("alone", alone_window),
+        (f"under {args.flooders} flooders", flood_window),
+    ):
+        late = lateness(polls, window)
+        slots = int((window[1] - window[0]) / POLL_PERIOD)
+        print(
+            f"   Modbus poll every {POLL_PERIOD * 1000:.0f} ms, {label:12s} polls {len(late):3d} of"
+            f" {slots} slots  lateness p50 {percentile(late, 50) * 1000:5.1f} ms"
+            f"  p99 {percentile(late, 99) * 1000:5.1f} ms  max {max(late, default=0) * 1000:5.1f} ms"
+        )
     for s in stations:
         s.writer.close()
+
+
+def poll_times(jsonl: Path) -> list[float]:
+    """When each poll of the Modbus terminal was made (POSIX seconds), from the readings copy."""
+    stamps = set()
+    for line in jsonl.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("terminal") == "plc":
+            stamps.add(record["observed_at"])
+    return sorted(parse_timestamp(t).timestamp() for t in stamps)
+
+
+def lateness(polls: list[float], window: tuple[float, float]) -> list[float]:
+    """How late each poll in `window` started against the fixed-rate schedule (see above)."""
+    if not polls:
+        return []
+    first = polls[0]
+    offsets = [t - first - round((t - first) / POLL_PERIOD) * POLL_PERIOD for t in polls]
+    zero = min(offsets)
+    return [o - zero for t, o in zip(polls, offsets, strict=True) if window[0] <= t < window[1]]
+
+
+async def serve_modbus_device() -> None:
+    """A simulated Modbus TCP device until stdin closes; prints its port."""
+    from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
+
+    memory = RegisterMap(size=8)
+    memory.set_registers("holding", 0, [1234] * 8)
+    device = SimulatedModbusDevice({1: memory})
+    print(await device.serve_tcp("127.0.0.1", 0), flush=True)
+    await asyncio.to_thread(sys.stdin.read)
+    await device.stop()
 
 
 async def memory(args: argparse.Namespace, port: int, pid: int, config: Path) -> None:
@@ -370,6 +441,9 @@ async def memory(args: argparse.Namespace, port: int, pid: int, config: Path) ->
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--flood":
         flood(int(sys.argv[2]))
+        sys.exit(0)
+    if sys.argv[1:] == ["--modbus-device"]:
+        asyncio.run(serve_modbus_device())
         sys.exit(0)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stations", type=int, default=20)

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.protocols.crc16 import crc16
 from agent.protocols.modbus.adu import (
     ExceptionReply,
     ReadRequest,
     ReplyError,
     ReplyFault,
     Values,
-    crc16,
     encode_rtu,
     encode_tcp,
     parse_rtu,

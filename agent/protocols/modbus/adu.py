@@ -20,6 +20,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from agent.protocols.crc16 import crc16
+
 FUNCTION: Final = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 MBAP_HEADER: Final = 7  # transaction id, protocol id, length (2 bytes each), unit id
 # The MBAP length counts the unit id and the PDU; a PDU is at most 253 bytes (MBAP 3.1.3).
@@ -115,27 +117,6 @@ class ExceptionReply:
 
 
 Reply = Values | ExceptionReply
-
-
-def crc16(data: bytes) -> int:
-    """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF); sent low byte first."""
-    crc = 0xFFFF
-    for byte in data:
-        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
-    return crc
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE: Final = _crc_table()
 
 
 def _pdu(request: ReadRequest) -> bytes:

@@ -18,6 +18,7 @@ The authority is docs/sl651-notes.md (our reading of the standard; "NOTES §n" i
 is its section n); clause numbers in docstrings are the standard's.
 """
 
+from agent.protocols.crc16 import crc16
 from agent.protocols.sl651 import encode
 from agent.protocols.sl651.body import decode_body, decode_packets, frame_serial, join_packets
 from agent.protocols.sl651.describe import decode_hex_frame, describe_hex, error_json, frame_json
@@ -35,7 +36,6 @@ from agent.protocols.sl651.frame import (
     LinkAddress,
     RejectReason,
     build_frame,
-    crc16,
     parse_frame,
 )
 from agent.protocols.sl651.items import (

@@ -11,10 +11,11 @@ included (docs/sl651-notes.md §3.2). The CRC is CRC-16/MODBUS written high byte
 from __future__ import annotations
 
 import enum
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
+
+from agent.protocols.crc16 import crc16
 
 Encoding = Literal["hex", "ascii"]
 Direction = Literal["up", "down"]
@@ -160,43 +161,6 @@ MAX_LENGTH: Final = 0xFFF  # 12-bit body length (NOTES §3.2)
 MAX_HEX_FRAME: Final = HEX_HEADER + MAX_LENGTH + HEX_TRAILER
 MAX_ASCII_FRAME: Final = ASCII_HEADER + MAX_LENGTH + ASCII_TRAILER
 MAX_FRAME: Final = max(MAX_HEX_FRAME, MAX_ASCII_FRAME)
-
-
-def _crc_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC_TABLE: Final = _crc_table()
-# Two bytes per step: the register after 16 shifts depends only on (register XOR the two input
-# bytes, first byte low), so one 64K table replaces two lookups (halves the loop; ~2 MB).
-_CRC_TABLE2: Final = tuple(
-    (t >> 8) ^ _CRC_TABLE[t & 0xFF]
-    for t in ((w >> 8) ^ _CRC_TABLE[w & 0xFF] for w in range(0x10000))
-)
-_LITTLE: Final = sys.byteorder == "little"
-
-
-def crc16(data: bytes | bytearray | memoryview) -> int:
-    """CRC-16/MODBUS (init 0xFFFF, reflected 0xA001, no final XOR) as every interoperable
-    implementation computes it (NOTES §3.4); crc16(b"123456789") == 0x4B37."""
-    crc = 0xFFFF
-    table = _CRC_TABLE
-    view = memoryview(data)
-    n = len(view)
-    if _LITTLE and n > 1:
-        table2 = _CRC_TABLE2
-        for word in view[: n & ~1].cast("H"):
-            crc = table2[crc ^ word]
-        view = view[n & ~1 :]
-    for byte in view:
-        crc = (crc >> 8) ^ table[(crc ^ byte) & 0xFF]
-    return crc
 
 
 class RejectReason(enum.StrEnum):

@@ -32,6 +32,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from agent.protocols.crc16 import crc16
 from agent.protocols.sl651.frame import (
     ASCII_HEADER,
     ASCII_TRAILER,
@@ -44,7 +45,6 @@ from agent.protocols.sl651.frame import (
     Frame,
     RejectReason,
     ascii_frame_from,
-    crc16,
     hex_frame_from,
     is_hex_text,
 )
