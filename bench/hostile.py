@@ -54,54 +54,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.model import parse_timestamp  # noqa: E402
-from agent.protocols.sl651 import StreamDecoder, build_frame, crc16  # noqa: E402
+from agent.protocols.sl651 import StreamDecoder, build_frame  # noqa: E402
 from agent.protocols.sl651.frame import Ctrl, Frame, LinkAddress  # noqa: E402
+from agent.sim.hostile_sl651 import KINDS, claims  # noqa: E402
 from agent.sim.sl651_station import SimulatedStation  # noqa: E402
+from tests.procstat import cpu_seconds, rss_mb  # noqa: E402
 
 MIB = 1 << 20
 POLL_PERIOD = 0.2  # the Modbus terminal's period
 PAD = b"\x00" * 4112
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def claims(n: int) -> bytes:
-    out = bytearray()
-    while len(out) < n:
-        frame = bytes.fromhex("7E7E010012345678123432") + b"\x0f\xff\x02" + os.urandom(4095)
-        frame += b"\x03"
-        out += frame + (crc16(frame) ^ 0x5555).to_bytes(2, "big")
-    return bytes(out[:n])
-
-
-def overlapping(n: int) -> bytes:
-    head = bytes.fromhex("7E7E0100123456") + b"\x03" + bytes.fromhex("1234320FFF02")
-    return (head * (n // len(head) + 1))[:n]
-
-
-def ascii_claims(n: int) -> bytes:
-    head = b"\x01" + b"0" * 18 + b"0FFF\x02"
-    return (head * (n // len(head) + 1))[:n]
-
-
-KINDS = {
-    "4095-byte claims, bad CRC": claims,
-    "overlapping headers (end on ETX)": overlapping,
-    "random bytes": os.urandom,
-    "start markers only (7E)": lambda n: b"\x7e" * n,
-    "ASCII headers claiming FFF": ascii_claims,
-}
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def free_port() -> int:

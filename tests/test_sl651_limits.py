@@ -14,10 +14,11 @@ import pytest
 
 from agent.config import Sl651Config, Sl651Terminal
 from agent.limits import RESERVE_MIN, descriptor_budget, raise_descriptor_limit
-from agent.protocols.sl651 import StreamDecoder, build_frame, crc16, encode, parse_frame
+from agent.protocols.sl651 import StreamDecoder, build_frame, encode, parse_frame
 from agent.protocols.sl651.frame import Ctrl, LinkAddress
 from agent.protocols.sl651.session import Centre
 from agent.protocols.sl651.transport import connection_cap
+from agent.sim.hostile_sl651 import claims, overlapping_headers
 from agent.sim.sl651_station import SimulatedStation
 from tests.test_sl651_central import central, terminal, until
 
@@ -261,23 +262,7 @@ async def test_a_flooding_peer_is_read_no_faster_than_max_rate() -> None:
 # -- the decoder's cost ---------------------------------------------------------------------------
 
 
-def hostile_claims(n: int) -> bytes:
-    """Frames that each claim 4,095 bytes, end character in place, CRC wrong."""
-    out = bytearray()
-    while len(out) < n:
-        frame = bytes.fromhex("7E7E010012345678123432") + b"\x0f\xff\x02" + os.urandom(4095)
-        frame += b"\x03"
-        out += frame + (crc16(frame) ^ 0x5555).to_bytes(2, "big")
-    return bytes(out[:n])
-
-
-def overlapping_headers(n: int) -> bytes:
-    """Headers 14 bytes apart, each claiming 4,095 bytes, whose end lands on a header's 0x03."""
-    head = bytes.fromhex("7E7E0100123456") + b"\x03" + bytes.fromhex("1234320FFF02")
-    return (head * (n // len(head) + 1))[:n]
-
-
-@pytest.mark.parametrize("make", [hostile_claims, overlapping_headers], ids=["claims", "overlap"])
+@pytest.mark.parametrize("make", [claims, overlapping_headers], ids=["claims", "overlap"])
 def test_hostile_frames_cost_about_one_crc_over_the_input(make: object) -> None:
     """Each CRC covers up to 4 KB: without the credit, overlapping headers cost one per 14
     bytes. The decoder's own CRC work stays within twice the input plus its credit."""

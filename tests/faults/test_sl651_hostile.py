@@ -23,16 +23,17 @@ from typing import Any
 
 import pytest
 
-from agent.protocols.sl651 import StreamDecoder, build_frame, crc16
+from agent.protocols.sl651 import StreamDecoder, build_frame
 from agent.protocols.sl651.frame import Ctrl, Frame, LinkAddress
+from agent.sim.hostile_sl651 import claims
 from agent.sim.sl651_station import SimulatedStation
 from agent.storage.layout import StateLayout
 from tests.agentproc import Agent, write_config
 from tests.broker import free_port
 from tests.conftest import PYTHON, ROOT
+from tests.procstat import cpu_seconds, rss_mb
 
 STATION = "0012345678"
-TICKS = os.sysconf("SC_CLK_TCK")
 NOFILE = 256  # the agent's descriptor limit in these tests: 1,200 connections exceed it
 
 Start = Callable[[Path], Awaitable[Agent]]
@@ -77,18 +78,6 @@ def configure(tmp_path: Path, port: int, **sl651: Any) -> Path:
 
 async def started(agent: Agent) -> None:
     await agent.wait_for("the listener", lambda: agent.events("SL651 central station listening"))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 def counters(config: Path) -> dict[str, int]:
@@ -181,16 +170,6 @@ async def test_a_trickler_is_dropped_within_its_frame_timeout(
     assert closed_after is not None and closed_after < 6.0  # 2 s budget, a tick, a margin
     assert counters(config)["sl651.dropped_frame_timeout"] == 1
     assert await agent.stop() == 0
-
-
-def claims(n: int) -> bytes:
-    """Frames that each claim 4,095 bytes, end character in place, CRC wrong."""
-    out = bytearray()
-    while len(out) < n:
-        frame = bytes.fromhex("7E7E010012345678123432") + b"\x0f\xff\x02" + os.urandom(4095)
-        frame += b"\x03"
-        out += frame + (crc16(frame) ^ 0x5555).to_bytes(2, "big")
-    return bytes(out[:n])
 
 
 async def test_a_mib_of_4095_byte_claims_costs_little_cpu_and_another_station_is_confirmed(
