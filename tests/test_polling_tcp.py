@@ -117,6 +117,23 @@ async def test_an_exception_response_gives_bad_readings_with_its_meaning(device:
         )
 
 
+async def test_reads_made_at_once_on_one_link_take_turns_and_each_gets_its_own_reply(
+    device: Device,
+) -> None:
+    """A poll and an engineer's read-point share the terminal's link: neither may fail because
+    the other is waiting for its reply."""
+    sim, port = device
+    sim.units[1].set_registers("holding", 0, list(range(100, 120)))
+    link = TcpLink("127.0.0.1", port)
+    try:
+        values = await asyncio.gather(
+            *(link.read(1, "holding", address, 1, 2.0) for address in range(20))
+        )
+    finally:
+        await link.close()
+    assert [list(v) for v in values] == [[100 + a] for a in range(20)]
+
+
 async def test_a_refused_coalesced_read_falls_back_to_one_read_per_point(device: Device) -> None:
     sim, port = device
     sim.units[1].holes.add(3)  # an unmapped register between the two points

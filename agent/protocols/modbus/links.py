@@ -131,7 +131,11 @@ async def _connect(
 
 class TcpLink:
     """One Modbus TCP connection, opened on first use and again after any failure other than
-    an exception reply (a connection that carried a wrong reply is out of step: never reused)."""
+    an exception reply (a connection that carried a wrong reply is out of step: never reused).
+
+    One request at a time (many devices answer no other way): a read made while another is
+    under way (a poll and an engineer's `read-point`, say) waits its turn, and its timeout
+    runs from when its own request goes on the wire."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -139,8 +143,15 @@ class TcpLink:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._transaction = 0
+        self._turn = asyncio.Lock()
 
     async def read(self, unit: int, table: str, address: int, count: int, timeout: float) -> Values:
+        async with self._turn:
+            return await self._read(unit, table, address, count, timeout)
+
+    async def _read(
+        self, unit: int, table: str, address: int, count: int, timeout: float
+    ) -> Values:
         reader, writer = await self._connected(timeout)
         self._transaction = self._transaction % 0xFFFF + 1
         request = ReadRequest(unit, table, address, count, self._transaction)
