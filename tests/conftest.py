@@ -111,7 +111,7 @@ async def agent_factory(tmp_path: Path) -> AsyncIterator[Any]:
     """Starts `edge-agent run --config PATH` processes; kills any left at the end."""
     agents: list[Agent] = []
 
-    async def start(config: Path) -> Agent:
+    async def start(config: Path, preexec_fn: Callable[[], None] | None = None) -> Agent:
         process = await asyncio.create_subprocess_exec(
             PYTHON,
             "-m",
@@ -122,6 +122,7 @@ async def agent_factory(tmp_path: Path) -> AsyncIterator[Any]:
             cwd=ROOT,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=preexec_fn,  # e.g. resource limits of the child
         )
         agent = Agent(process, tmp_path / "state")
         agents.append(agent)

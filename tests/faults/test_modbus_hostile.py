@@ -165,25 +165,7 @@ async def test_a_running_agent_reports_the_hostile_reply_in_readings_and_status_
 ) -> None:
     hostile = HostileTcpDevice([Answer.WRONG_TRANSACTION] * 10)
     port = await hostile.serve()
-    config = tmp_path / "config.yaml"
-    write_config(
-        config,
-        tmp_path / "state",
-        [
-            {
-                "name": "plc",
-                "protocol": "modbus-tcp",
-                "host": "127.0.0.1",
-                "port": port,
-                "unit": 1,
-                "period": "100ms",
-                "backoff_max": "200ms",
-                "timeout": "2s",
-                "retries": 0,
-                "points": [{"name": "level", "address": 5}],
-            }
-        ],
-    )
+    config = agent_config(tmp_path, port, period="100ms", backoff_max="200ms")
     agent: Agent = await agent_factory(config)
     try:
         await agent.wait_for(
@@ -213,24 +195,7 @@ async def test_status_shows_the_hostile_reply_as_the_terminals_last_error(
 ) -> None:
     hostile = HostileTcpDevice([Answer.HUGE_LENGTH] * 1000)
     port = await hostile.serve()
-    config = tmp_path / "config.yaml"
-    write_config(
-        config,
-        tmp_path / "state",
-        [
-            {
-                "name": "plc",
-                "protocol": "modbus-tcp",
-                "host": "127.0.0.1",
-                "port": port,
-                "unit": 1,
-                "period": "200ms",
-                "timeout": "2s",
-                "retries": 0,
-                "points": [{"name": "level", "address": 5}],
-            }
-        ],
-    )
+    config = agent_config(tmp_path, port, period="200ms")
     agent: Agent = await agent_factory(config)
     try:
         await agent.wait_for("a hostile reply", lambda: len(agent.readings()) >= 1, timeout=10)
@@ -240,6 +205,17 @@ async def test_status_shows_the_hostile_reply_as_the_terminals_last_error(
         await agent.stop()
     [plc] = status["terminals"]
     assert plc["last_error"] == "bad length: MBAP length 65535, a reply has 3 to 254"
+
+
+def agent_config(tmp_path: Path, port: int, **terminal: str) -> Path:
+    """A running agent's config: one Modbus TCP terminal `plc` on the hostile device's port."""
+    config = tmp_path / "config.yaml"
+    plc = {
+        "name": "plc", "protocol": "modbus-tcp", "host": "127.0.0.1", "port": port, "unit": 1,
+        "timeout": "2s", "retries": 0, "points": [{"name": "level", "address": 5}], **terminal,
+    }  # fmt: skip
+    write_config(config, tmp_path / "state", [plc])
+    return config
 
 
 async def _status(config: Path) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import resource
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,27 +40,17 @@ Start = Callable[[Path], Awaitable[Agent]]
 
 
 @pytest.fixture
-async def limited_agent(tmp_path: Path) -> AsyncIterator[Start]:
+def limited_agent(agent_factory: Any) -> Start:
     """Like tests/conftest.py's agent_factory, with RLIMIT_NOFILE = NOFILE in the child."""
-    agents: list[Agent] = []
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, NOFILE))
 
     async def start(config: Path) -> Agent:
-        process = await asyncio.create_subprocess_exec(
-            PYTHON, "-m", "agent", "run", "--config", str(config), cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, preexec_fn=limit,
-        )  # fmt: skip
-        agent = Agent(process, tmp_path / "state")
-        agents.append(agent)
+        agent: Agent = await agent_factory(config, preexec_fn=limit)
         return agent
 
-    yield start
-    for agent in agents:
-        if agent.process.returncode is None:
-            agent.process.kill()
-            await agent.process.wait()
+    return start
 
 
 def configure(tmp_path: Path, port: int, **sl651: Any) -> Path:
