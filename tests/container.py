@@ -128,15 +128,12 @@ class Container:
         log.close()
         deadline = time.monotonic() + 60
         while not self.init_pid:
-            children = subprocess.run(
-                ["pgrep", "-P", str(self.nspawn.pid)], capture_output=True, text=True, check=False
-            ).stdout.split()
-            if children:
-                self.init_pid = int(children[0])
-            elif self.nspawn.poll() is not None or time.monotonic() > deadline:
+            self.init_pid = self._container_init()
+            if self.init_pid:
+                break
+            if self.nspawn.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the container did not boot: {self.console()}")
-            else:
-                time.sleep(0.1)
+            time.sleep(0.1)
         while True:
             state = self.sh("systemctl is-system-running").stdout.strip()
             if state in ("running", "degraded"):
@@ -144,6 +141,25 @@ class Container:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the boot did not finish ({state}): {self.console()}")
             time.sleep(0.2)
+
+    def _container_init(self) -> int:
+        """nspawn's child that runs the container's systemd, or 0 while there is none yet.
+
+        nspawn first forks an intermediate child, which starts the container's init and exits:
+        taking whichever child comes first once picked that one on a busy machine, and every
+        command afterwards entered a process that was gone (the boot "did not finish")."""
+        assert self.nspawn is not None
+        children = subprocess.run(
+            ["pgrep", "-P", str(self.nspawn.pid)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in children:
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm == "systemd":
+                return int(pid)
+        return 0
 
     def console(self) -> str:
         return (self.workdir / "console.log").read_text(errors="replace")[-2000:]
