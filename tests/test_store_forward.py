@@ -166,7 +166,7 @@ async def test_killing_the_agent_mid_publish_loses_nothing_and_repeats_only_by_s
         await asyncio.sleep(1.2)  # the collector's session is on disk (autosave 1 s)
         broker.kill()
         first: Agent = await agent_factory(config)
-        await first.wait_for("backlog", lambda: len(first.readings()) >= 400)
+        await first.wait_for("backlog", lambda: len(first.readings()) >= 400, timeout=20)
         broker.start()
         await collector.wait_for("draining", lambda: len(collector.on("telemetry")) >= 3)
         first.process.send_signal(signal.SIGKILL)
