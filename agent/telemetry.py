@@ -32,6 +32,7 @@ _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
 _GOOD = Quality.GOOD
+_ABSENT: Any = object()  # a point not in this poll (yet)
 
 # (point name, unit, source) of one configured point, in the terminal's order.
 PointMeta = tuple[str, str, str]
@@ -168,15 +169,14 @@ class Schema2:
         extras: Sequence[Reading] = group
         if points is not None:
             extras = []
-            values: list[Any] = [None] * len(points)
+            values: list[Any] = [_ABSENT] * len(points)
             flags: list[list[Any]] = []
-            seen: set[int] = set()
             width = 0
             for r in group:
                 slot = points.get(r.point)
                 if (
                     slot is None
-                    or slot[0] in seen
+                    or values[slot[0]] is not _ABSENT  # twice in one poll
                     or r.unit != slot[1]
                     or r.source != slot[2]
                     or (r.quality is _GOOD and (r.value is None or r.error is not None))
@@ -184,14 +184,14 @@ class Schema2:
                     extras.append(r)  # the meta does not describe it: carried whole
                     continue
                 index = slot[0]
-                seen.add(index)
                 values[index] = r.value
                 if r.quality is not _GOOD:
                     flags.append([index, r.quality.value, r.error])
                 if index >= width:
                     width = index + 1
             if width:
-                text = _encode(values[:width] if width < len(values) else values)
+                shown = [None if v is _ABSENT else v for v in values[:width]]
+                text = _encode(shown)
                 piece.text = f"{text},{_encode(flags)}" if flags else text
         for r in extras:
             head = _encode([r.terminal, r.point])[1:-1]

@@ -23,11 +23,12 @@ from joserfc.jwk import OKPKey
 
 from agent.model import Quality, Reading
 from agent.outbox import AsyncOutbox, Outbox, Priority
-from agent.signing import DeviceKey, envelope_from_encoded, init_key
+from agent.signing import DeviceKey, envelope_from_encoded, init_key, load_key
 from agent.sim.modbus_device import SimulatedModbusDevice
 from agent.sinks import records
 from agent.telemetry import (
     Meta,
+    Receiver,
     Schema1,
     Schema2,
     UnknownMeta,
@@ -331,3 +332,49 @@ async def test_the_documented_decoder_gives_back_every_reading_a_running_agent_t
     assert {e["kind"] for e in envelopes()} >= {"meta", "telemetry"}
     assert any(r["quality"] == "bad" and r["error"] for r in received())
     assert received() == polled  # one terminal: in the order taken, every field as the local copy
+
+
+def test_eviction_never_takes_the_meta_and_it_still_leaves_before_any_telemetry(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    with Outbox(tmp_path / "state" / "outbox.db", key, "gw", max_bytes=20_000) as box:
+        box.put("meta", META.body, Priority.HEALTH)
+        for i in range(100):
+            box.put("telemetry", {"readings": [{"n": i, "pad": "x" * 400}]}, Priority.TELEMETRY)
+        stats = box.stats()
+        first = box.pending(1)
+    assert stats.evicted > 0 and stats.health == 1
+    assert [m.kind for m in first] == ["meta"]
+
+
+async def test_a_reload_that_changes_the_points_publishes_a_new_meta_that_telemetry_names(
+    tmp_path: Path, device: tuple[SimulatedModbusDevice, int], agent_factory: Any
+) -> None:
+    _sim, port = device
+    config = tmp_path / "config.yaml"
+    state = tmp_path / "state"
+    level = {"name": "level", "address": 0, "type": "uint16", "unit": "m"}
+    write_config(config, state, [tcp_terminal(port, [level], period="100ms")])
+    agent: Agent = await agent_factory(config)
+    await agent.wait_for("readings", lambda: len(agent.readings()) >= 3)
+    flow = {"name": "flow", "address": 1, "type": "uint16", "unit": "m3/s"}
+    write_config(config, state, [tcp_terminal(port, [flow, level], period="100ms")])
+    await agent.wait_for("reload", lambda: agent.events("config reloaded"))
+    await agent.wait_for("flow", lambda: any(r["point"] == "flow" for r in agent.readings()))
+    assert await agent.stop() == 0
+    with Outbox(state / "outbox.db", load_key(state), "gw-test") as box:
+        envelopes = [
+            open_token(m.payload) for m in sorted(box.pending(10_000), key=lambda m: m.seq)
+        ]
+    metas = [e["body"] for e in envelopes if e["kind"] == "meta"]
+    assert [[p[0] for p in m["terminals"]["plc"]["points"]] for m in metas] == [
+        ["level"],
+        ["flow", "level"],
+    ]
+    named = [e["body"]["meta"] for e in envelopes if e["kind"] == "telemetry"]
+    assert named[0] == metas[0]["id"] and named[-1] == metas[1]["id"]
+    switched = named.index(metas[1]["id"])
+    assert set(named[:switched]) == {metas[0]["id"]} and set(named[switched:]) == {metas[1]["id"]}
+    expanded = Receiver().readings(envelopes)
+    assert {r["unit"] for r in expanded if r["point"] == "flow"} == {"m3/s"}
+    assert len(expanded) == len(agent.readings())
