@@ -5,9 +5,10 @@ Telemetry, events, health reports and (later) diagnosis answers all enter the ou
 seq); `submit` gathers polled readings into telemetry messages of up to `batch` readings, cut
 when that many wait or `linger` seconds after the first (so a polled reading is durable at
 most `linger` late — documented) and encoded once, per poll, in the configured schema
-(agent/telemetry.py; `set_meta` gives the point lists schema 2 refers to); `commit_readings` is for a report that must be durable before
-it is confirmed: its readings join the gathered ones, which are cut at the writer's next turn,
-and the future completes once they are committed.
+(agent/telemetry.py; `set_meta` gives the point lists schema 2 refers to); `commit_readings`
+is for a report that must be durable before it is confirmed: its readings join the gathered
+ones, which are cut at the writer's next turn, and the future completes once they are
+committed.
 
 One writer task stores everything waiting in one transaction (group commit: while one batch is
 being made durable, the next gathers). Reports that arrive while a transaction runs share one
@@ -310,6 +311,7 @@ class OutboxWriter:
                 log.error("the outbox writer is stopped: readings not stored", count=len(readings))
             raise NotStored("telemetry: the outbox writer is stopped")
         encoder = self.encoder
+        refused: NotStored | None = None
         for group in encoder.groups(readings, self.batch):
             try:
                 piece = encoder.encode(group)
@@ -319,9 +321,12 @@ class OutboxWriter:
                 log.error(
                     "readings cannot be stored and are dropped", count=len(group), error=str(exc)
                 )
-                raise NotStored(f"telemetry: {exc}") from None
+                refused = NotStored(f"telemetry: {exc}")
+                continue  # the other polls of the batch are stored
             self._gathered.append((piece, counts))
             self._gathered_count += piece.count
+        if refused is not None:
+            raise refused
 
     def _telemetry_bodies(self) -> list[tuple[EncodedJSON, list[Piece]]]:
         """The gathered readings as telemetry bodies of at most `batch` readings each, each

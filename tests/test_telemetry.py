@@ -378,3 +378,30 @@ async def test_a_reload_that_changes_the_points_publishes_a_new_meta_that_teleme
     expanded = Receiver().readings(envelopes)
     assert {r["unit"] for r in expanded if r["point"] == "flow"} == {"m3/s"}
     assert len(expanded) == len(agent.readings())
+
+
+async def test_a_poll_that_is_not_json_is_counted_lost_and_the_other_polls_are_stored(
+    tmp_path: Path, key: DeviceKey
+) -> None:
+    later = AT + timedelta(seconds=1)
+    with Outbox(tmp_path / "state" / "outbox.db", key, "gw", synchronous="normal") as box:
+        async with OutboxWriter(AsyncOutbox(box)) as writer:
+            writer.set_meta(META)
+            good = [plc(0, 1.0), plc(1, 2.0)]
+            writer.submit(
+                [
+                    plc(0, float("nan")),
+                    plc(1, 3.0),
+                    *[plc(i, v, later) for i, v in ((0, 1.0), (1, 2.0))],
+                ]
+            )
+            await writer.cut()
+        envelopes = [open_token(m.payload) for m in box.pending(10)]
+    assert writer.stats.lost_readings == 2
+    [loss] = [e["body"] for e in envelopes if e["kind"] == "event"]  # reported upstream, once
+    assert loss["reason"] == "not storable"
+    assert loss["terminals"] == {
+        "plc": {"readings": 2, "from": "2026-03-01T08:00:00.123Z", "to": "2026-03-01T08:00:00.123Z"}
+    }
+    stored = Receiver().readings(envelopes)
+    assert stored == records([plc(i, r.value, later) for i, r in enumerate(good)])
