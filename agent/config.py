@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import (
+    ConfigDict,
     Field,
     ValidationError,
     model_validator,
@@ -112,6 +113,29 @@ class OutboxConfig(_Frozen):
     # Room kept on the disk (<state_dir>/outbox.db.reserve, allocated) so that acknowledgements,
     # alarms, health and the count of lost readings are still written when the disk is full.
     reserve_bytes: int = Field(default=4 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024)
+
+
+class TelemetryConfig(_Frozen):
+    """How readings travel upstream (docs/telemetry.md)."""
+
+    model_config = ConfigDict(
+        **_Frozen.model_config, validate_by_name=True, serialize_by_alias=True
+    )
+
+    # 2: readings grouped by terminal and poll time against the retained `…/meta` message;
+    # 1: one JSON object per reading (for receivers that need the old body).
+    # (`schema` in the file: a pydantic model has a `schema` attribute of its own.)
+    body_schema: Literal[1, 2] = Field(default=2, alias="schema")
+    # The payload of telemetry and meta messages compressed before signing (the protected
+    # header says `"cty":"zlib"`, application/zlib); none: plain JSON.
+    compression: Literal["none", "zlib"] = "zlib"
+
+    @property
+    def compressed_kinds(self) -> dict[str, str]:
+        """Message kind -> compression, for the outbox."""
+        if self.compression == "none":
+            return {}
+        return {"telemetry": self.compression, "meta": self.compression}
 
 
 # A systemd credential's name (LoadCredential=): a file name in $CREDENTIALS_DIRECTORY.
@@ -235,6 +259,7 @@ class Config(_Frozen):
     log: LogConfig = LogConfig()
     jsonl: JsonlConfig = JsonlConfig()
     outbox: OutboxConfig = OutboxConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     uplink: UplinkConfig = UplinkConfig()
     sl651: Sl651Config = Sl651Config()
     checks: ChecksConfig = ChecksConfig()

@@ -33,3 +33,10 @@ class TerminalModel(Frozen):
     @property
     def info(self) -> TerminalInfo:
         raise NotImplementedError(f"{type(self).__name__} must describe itself in `info`")
+
+    @property
+    def points_meta(self) -> tuple[tuple[str, str, str], ...] | None:
+        """(name, unit, source) of each configured point, in order, for the `…/meta` message
+        telemetry refers to (agent/telemetry.py); None where the terminal decides what it
+        sends (its readings are then carried whole)."""
+        return None

@@ -62,6 +62,7 @@ from agent.protocols.registry import DRIVERS
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
 from agent.sinks import FanOut, JsonlSink
+from agent.telemetry import Meta
 from agent.timesync import clock_synchronised
 from agent.update.gate import Observation
 from agent.update.part import UpdatePart
@@ -181,8 +182,11 @@ class Daemon:
                 batch=config.outbox.batch,
                 linger=config.outbox.linger,
                 gather_window=config.outbox.commit_window,
+                schema=config.telemetry.body_schema,
             )
         )
+        # Before any driver hands a reading over: the point lists telemetry refers to.
+        writer.set_meta(Meta.of(config.terminals))
         # Reports update outcomes through the writer; its gate judges the agent only once
         # `started` is set, when every part runs.
         update = await stack.enter_async_context(self._update_part(writer, uplink))
@@ -265,6 +269,7 @@ class Daemon:
             max_age=o.max_age,
             synchronous=o.synchronous,
             reserve_bytes=o.reserve_bytes,
+            compression=self.config.telemetry.compressed_kinds,
         )
 
     async def _start_control(self, stack: AsyncExitStack) -> None:
@@ -487,6 +492,8 @@ class Daemon:
                 log.warning("config change needs a restart to take effect", key=key)
         parts = self._running()
         applied = self.config.model_copy(update={"terminals": new.terminals})
+        # The new point lists before the new terminals' first readings (queued if changed).
+        parts.writer.set_meta(Meta.of(applied.terminals))
         for driver in parts.drivers:
             await driver.apply(applied)
         await parts.inspection.reload(applied)

@@ -6,6 +6,9 @@ message leaves only through `ack` (the broker's PUBACK) or, for telemetry only, 
 the byte budget or the age limit, which is counted persistently and logged. Alarms/events and
 health are never evicted.
 
+Compression (`compression`, per kind: telemetry and meta as `telemetry.compression` says) is
+applied to the envelope before it is signed, in the same worker thread (agent/signing.py).
+
 Durability (`synchronous`): the database runs in WAL mode. With ``"full"`` (the default) every
 commit fsyncs the WAL, so a message acknowledged by `put` survives a power cut. ``"normal"``
 fsyncs only at checkpoints: still safe against a crash or kill -9 of the agent, but a power cut
@@ -137,7 +140,7 @@ QUEUE_NAMES: dict[Priority, str] = {
 
 
 class Signer(Protocol):
-    def sign_compact(self, payload: bytes) -> str: ...
+    def sign_compact(self, payload: bytes, compress: str | None = None) -> str: ...
 
 
 class OutboxError(Exception):
@@ -252,6 +255,7 @@ class Outbox:
         clock: Callable[[], float] = time.time,
         reserve_bytes: int = DEFAULT_RESERVE_BYTES,
         probe_interval: float = PROBE_INTERVAL,
+        compression: Mapping[str, str] | None = None,
     ) -> None:
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be 'full' or 'normal', not {synchronous!r}")
@@ -263,6 +267,8 @@ class Outbox:
         self.reserve_path = self.path.with_name(self.path.name + ".reserve")
         self.reserve_bytes = reserve_bytes
         self.probe_interval = probe_interval
+        # kind -> how its payloads are compressed before signing (signing.COMPRESSIONS).
+        self.compression = dict(compression or {})
         self.signer = signer
         self.gateway_id = gateway_id
         self.max_bytes = max_bytes
@@ -710,7 +716,7 @@ class Outbox:
         rows = []
         for seq, (kind, priority, body_json) in enumerate(prepared, start=first):
             envelope = envelope_from_encoded(self.gateway_id, seq, kind, ts, body_json)
-            payload = self.signer.sign_compact(envelope)
+            payload = self.signer.sign_compact(envelope, self.compression.get(kind))
             if len(payload) > self.max_message_bytes:
                 raise ValueError(
                     f"a {kind} message of {len(payload)} bytes is over the limit of "

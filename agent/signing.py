@@ -4,8 +4,12 @@ The device key is one Ed25519 key in ``<state_dir>/keys/device-ed25519.pem`` (PK
 file mode 0600, folder 0700). Its key id is the RFC 7638 JWK thumbprint of the public key, so
 anyone holding the public key computes the same `kid`. Every upstream payload is a JWS
 (RFC 7515) in compact serialization with the protected header ``{"alg":"EdDSA","kid":…}``
-(RFC 8037) and nothing else: no ``typ``, because the payload is our envelope, not a JWT. The
-envelope is compact JSON: ``{"gw","seq","kind","ts","body"}`` in that order.
+(RFC 8037), and ``"cty":"zlib"`` when the payload is compressed: its content type is then
+application/zlib (RFC 6713; RFC 7515 4.1.10 drops the ``application/`` prefix), a zlib stream
+of the JSON envelope (docs/telemetry.md). A registered parameter, so every JOSE library takes it
+(``zip`` is registered for JWE only, and strict libraries refuse names they do not know).
+No ``typ``, because the payload is our envelope, not a JWT. The envelope is compact JSON: ``{"gw","seq","kind","ts","body"}`` in that order.
+A compressed payload is signed as it is sent: a receiver verifies, then decompresses.
 
 The functions a CLI needs (`init_key`, `load_key`, `DeviceKey.public_info`) return data and
 raise `KeyStoreError` subclasses whose message is a one-line reason for people.
@@ -17,6 +21,7 @@ import base64
 import hashlib
 import json
 import stat
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,10 @@ from agent.storage.atomic import ensure_dir, fsync_dir, remove_stale_temps, writ
 from agent.storage.layout import StateLayout
 
 ALG = "EdDSA"
+# The protected header parameter saying the payload is compressed, and how (docs/telemetry.md):
+# the payload's content type, "zlib" for application/zlib.
+COMPRESS_HEADER = "cty"
+COMPRESSIONS = ("none", "zlib")  # what `telemetry.compression` may say
 KEY_FILE_MODE = 0o600
 KEY_DIR_MODE = 0o700
 _EXISTS = "a device key already exists; use --force to replace it (the gateway's identity changes)"
@@ -82,7 +91,7 @@ def jwk_thumbprint(x: str) -> str:
 class DeviceKey:
     """The gateway's signing key. Build it with `init_key`, `load_key` or `from_pem`."""
 
-    __slots__ = ("_header", "_private", "kid", "path", "x")
+    __slots__ = ("_header", "_headers", "_private", "kid", "path", "x")
 
     def __init__(self, private_key: Ed25519PrivateKey, path: Path | None = None) -> None:
         self._private = private_key
@@ -92,9 +101,16 @@ class DeviceKey:
         )
         self.x = b64url(raw)
         self.kid = jwk_thumbprint(self.x)
-        # Signing runs for every outbox message: encode the header once.
-        header = json.dumps({"alg": ALG, "kid": self.kid}, separators=(",", ":"))
-        self._header = _b64url_bytes(header.encode("ascii")) + b"."
+        # Signing runs for every outbox message: encode the header once (per compression).
+        self._header = self._encode_header({"alg": ALG, "kid": self.kid})
+        self._headers = {
+            method: self._encode_header({"alg": ALG, "kid": self.kid, COMPRESS_HEADER: method})
+            for method in COMPRESSIONS[1:]
+        }
+
+    @staticmethod
+    def _encode_header(header: dict[str, str]) -> bytes:
+        return _b64url_bytes(json.dumps(header, separators=(",", ":")).encode("ascii")) + b"."
 
     @classmethod
     def generate(cls) -> DeviceKey:
@@ -142,9 +158,14 @@ class DeviceKey:
         """What `edge-agent keys show --json` prints: ``{"kid", "public_key_pem", "jwk"}``."""
         return {"kid": self.kid, "public_key_pem": self.public_pem(), "jwk": self.public_jwk()}
 
-    def sign_compact(self, payload: bytes) -> str:
-        """The JWS compact serialization of `payload`: ``header.payload.signature``."""
-        signing_input = self._header + _b64url_bytes(payload)
+    def sign_compact(self, payload: bytes, compress: str | None = None) -> str:
+        """The JWS compact serialization of `payload`: ``header.payload.signature``; with
+        `compress` (``zlib``) the payload is compressed first and the header says so."""
+        header = self._header
+        if compress is not None and compress != "none":
+            header = self._headers[compress]
+            payload = compress_payload(payload, compress)
+        signing_input = header + _b64url_bytes(payload)
         signature = self._private.sign(signing_input)
         return (signing_input + b"." + _b64url_bytes(signature)).decode("ascii")
 
@@ -252,16 +273,33 @@ def utc_stamp(unix_seconds: float) -> str:
     return format_timestamp(datetime.fromtimestamp(unix_seconds, UTC))
 
 
+def compress_payload(payload: bytes, method: str) -> bytes:
+    """The payload compressed as `method` says: ``zlib`` is RFC 1950 (zlib format), level 6."""
+    if method == "zlib":
+        return zlib.compress(payload, 6)
+    raise ValueError(f"unknown compression {method!r}")
+
+
+def decompress_payload(payload: bytes, method: str) -> bytes:
+    if method == "zlib":
+        return zlib.decompress(payload)
+    raise ValueError(f"unknown compression {method!r}")
+
+
 def read_envelope(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The protected header and payload of a compact JWS, NOT verified (for inspection only:
-    `edge-agent outbox peek`). Raises ValueError for text that is not a compact JWS."""
+    """The protected header and payload of a compact JWS (decompressed if the header says
+    so), NOT verified (for inspection only: `edge-agent outbox peek`, the agent's own outbox).
+    Raises ValueError for text that is not a compact JWS."""
     parts = token.split(".")
     if len(parts) != 3:
         raise ValueError("not a compact JWS (three dot-separated parts)")
     try:
         header = json.loads(base64.urlsafe_b64decode(parts[0] + "=" * (-len(parts[0]) % 4)))
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, TypeError) as exc:
+        data = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        if isinstance(header, dict) and header.get(COMPRESS_HEADER):
+            data = decompress_payload(data, str(header[COMPRESS_HEADER]))
+        payload = json.loads(data)
+    except (ValueError, TypeError, zlib.error) as exc:
         raise ValueError(f"not a compact JWS: {exc}") from exc
     if not isinstance(header, dict) or not isinstance(payload, dict):
         raise ValueError("not a compact JWS: header and payload must be JSON objects")

@@ -30,6 +30,7 @@ from agent.model import TerminalView, format_timestamp
 from agent.outbox import QUEUE_NAMES
 from agent.signing import read_envelope
 from agent.storage.layout import StateLayout
+from agent.telemetry import count_readings
 from agent.update.state import StateError, UpdateStore, describe
 
 SCHEMA = 1
@@ -418,9 +419,10 @@ def message_summary(
     out["header"] = header
     out["ts"] = body.get("ts")
     out["gw"] = body.get("gw")
-    content = body.get("body")
-    if isinstance(content, dict) and isinstance(content.get("readings"), list):
-        out["readings"] = len(content["readings"])
+    if body.get("kind") == "telemetry":
+        count = count_readings(body.get("body"))
+        if count is not None:
+            out["readings"] = count
     return out
 
 

@@ -4,9 +4,11 @@ Telemetry, events, health reports and (later) diagnosis answers all enter the ou
 `put` queues one message and returns a future that completes once it is committed (with its
 seq); `submit` gathers polled readings into telemetry messages of up to `batch` readings, cut
 when that many wait or `linger` seconds after the first (so a polled reading is durable at
-most `linger` late — documented); `commit_readings` is for a report that must be durable before
-it is confirmed: its readings join the gathered ones, which are cut at the writer's next turn,
-and the future completes once they are committed.
+most `linger` late — documented) and encoded once, per poll, in the configured schema
+(agent/telemetry.py; `set_meta` gives the point lists schema 2 refers to); `commit_readings`
+is for a report that must be durable before it is confirmed: its readings join the gathered
+ones, which are cut at the writer's next turn, and the future completes once they are
+committed.
 
 One writer task stores everything waiting in one transaction (group commit: while one batch is
 being made durable, the next gathers). Reports that arrive while a transaction runs share one
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 import time
 from collections.abc import Sequence
@@ -44,11 +45,9 @@ from agent.losses import DISK_FULL, NOT_STORABLE, OVERFLOW, STOPPED, LossLedger
 from agent.model import NotStored, Reading, format_timestamp
 from agent.outbox import LOSS_SAVE_INTERVAL, AsyncOutbox, OutboxError, OutboxFull, Priority
 from agent.signing import EncodedJSON
-from agent.sinks import records
+from agent.telemetry import ENCODERS, Meta, Piece
 
 log = structlog.get_logger(__name__)
-# One encoder for every reading: compact, and NaN refused as the envelope's own encoder does.
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
 LOG_INTERVAL = 60.0  # a persisting failure is logged at most this often
 
@@ -79,8 +78,8 @@ class _Waiting:
     future: asyncio.Future[int]
     # Settled with this message, in the same step (no extra turn of the loop per waiter).
     joins: list[_Join] = field(default_factory=list)
-    # Telemetry: its readings (encoded array items) counted as lost if it is given up.
-    readings: list[str] = field(default_factory=list)
+    # Telemetry: its readings (encoded pieces) counted as lost if it is given up.
+    readings: list[Piece] = field(default_factory=list)
 
     def settle(self, seq: int) -> None:
         _settle(self.future, seq)
@@ -121,8 +120,12 @@ class OutboxWriter:
         max_batch: int = 512,
         gather_window: float = 0.005,
         stop_timeout: float = 3.0,
+        schema: int = 2,
     ) -> None:
         self.outbox = outbox
+        # How readings become telemetry bodies (agent/telemetry.py); `set_meta` gives the
+        # point list schema 2 refers to (until then every reading is carried whole).
+        self.encoder = ENCODERS[schema](None)
         self.batch = batch
         self.linger = linger
         self.retry = retry
@@ -134,9 +137,9 @@ class OutboxWriter:
         self.stats = WriterStats()
         self._queue: list[_Waiting] = []
         self._in_flight = 0  # the head of the queue being stored now
-        # Gathered readings, encoded as JSON once per poll or report: (array items, how many,
-        # whether they count as lost if given up — not a report's, which is sent again).
-        self._gathered: list[tuple[str, int, bool]] = []
+        # Gathered readings, encoded once per poll or report: (the piece, whether its readings
+        # count as lost if given up — not a report's, which is sent again).
+        self._gathered: list[tuple[Piece, bool]] = []
         self._gathered_count = 0
         self._timer: asyncio.TimerHandle | None = None
         # Completes when the gathered readings some caller needs durable now are committed.
@@ -147,6 +150,7 @@ class OutboxWriter:
         self._task: asyncio.Task[None] | None = None
         self._logged_at: dict[str, float] = {}
         self._losses_saved_at = time.monotonic()
+        self._meta_set = False
 
     @property
     def waiting(self) -> int:
@@ -201,7 +205,7 @@ class OutboxWriter:
         self._in_flight = 0
         if self._gathered:
             self._count_lost("telemetry")
-            self._lose([text for text, _, counts in self._gathered if counts], STOPPED)
+            self._lose([piece for piece, counts in self._gathered if counts], STOPPED)
             self._gathered, self._gathered_count = [], 0
         exc = NotStored(why)
         for item in unstored:
@@ -235,6 +239,18 @@ class OutboxWriter:
         self._ready.set()
         self._drained.clear()
         return item.future
+
+    def set_meta(self, meta: Meta) -> asyncio.Future[int] | None:
+        """Describe the terminals' points from now on (at start, and on reload when they
+        change): what was gathered is cut first, with the meta it was encoded against; the meta
+        message is queued (retained upstream; health priority, so it is stored and sent before
+        the telemetry that refers to it, and never evicted). None: the same meta as now."""
+        if self._meta_set and meta.id == self.encoder.meta.id:
+            return None
+        self.cut()
+        self.encoder.meta = meta
+        self._meta_set = True
+        return self.put("meta", meta.body, Priority.HEALTH)
 
     def submit(self, readings: Sequence[Reading]) -> None:
         """Polled readings: gathered into telemetry messages (a `ReadingSink`)."""
@@ -284,8 +300,9 @@ class OutboxWriter:
 
     def _gather(self, readings: Sequence[Reading], counts: bool = True) -> None:
         """Encode readings once, on their way in (not in the writer's turn, which the reports
-        waiting for their confirm are waiting for), in pieces of at most `batch` readings.
-        `counts`: counted as lost if given up (a report's are not: it is sent again)."""
+        waiting for their confirm are waiting for), in pieces of at most `batch` readings (a
+        poll each, in schema 2). `counts`: counted as lost if given up (a report's are not:
+        it is sent again)."""
         if self._closed:
             self._count_lost("telemetry")
             if counts:
@@ -293,38 +310,42 @@ class OutboxWriter:
             if self._may_log("closed"):
                 log.error("the outbox writer is stopped: readings not stored", count=len(readings))
             raise NotStored("telemetry: the outbox writer is stopped")
-        recs = records(readings)
-        for i in range(0, len(recs), self.batch):
-            piece = recs[i : i + self.batch]
+        encoder = self.encoder
+        refused: NotStored | None = None
+        for group in encoder.groups(readings, self.batch):
             try:
-                text = _encode(piece)[1:-1]
+                piece = encoder.encode(group)
             except (ValueError, TypeError) as exc:  # NaN, say: not JSON, so not sent
                 self._count_lost("telemetry")
-                self._lose_readings(readings[i : i + self.batch], NOT_STORABLE)
+                self._lose_readings(group, NOT_STORABLE)
                 log.error(
-                    "readings cannot be stored and are dropped", count=len(piece), error=str(exc)
+                    "readings cannot be stored and are dropped", count=len(group), error=str(exc)
                 )
-                raise NotStored(f"telemetry: {exc}") from None
-            self._gathered.append((text, len(piece), counts))
-            self._gathered_count += len(piece)
+                refused = NotStored(f"telemetry: {exc}")
+                continue  # the other polls of the batch are stored
+            self._gathered.append((piece, counts))
+            self._gathered_count += piece.count
+        if refused is not None:
+            raise refused
 
-    def _telemetry_bodies(self) -> list[tuple[EncodedJSON, list[str]]]:
+    def _telemetry_bodies(self) -> list[tuple[EncodedJSON, list[Piece]]]:
         """The gathered readings as telemetry bodies of at most `batch` readings each, each
         with the pieces of it that count as lost if it is given up."""
-        bodies: list[tuple[EncodedJSON, list[str]]] = []
-        items: list[str] = []
-        counted: list[str] = []
+        bodies: list[tuple[EncodedJSON, list[Piece]]] = []
+        items: list[Piece] = []
+        counted: list[Piece] = []
         count = 0
-        for text, n, counts in self._gathered:
-            if items and count + n > self.batch:
-                bodies.append((_telemetry_body(items), counted))
+        body = self.encoder.body
+        for piece, counts in self._gathered:
+            if items and count + piece.count > self.batch:
+                bodies.append((body(items), counted))
                 items, counted, count = [], [], 0
-            items.append(text)
+            items.append(piece)
             if counts:
-                counted.append(text)
-            count += n
+                counted.append(piece)
+            count += piece.count
         if items:
-            bodies.append((_telemetry_body(items), counted))
+            bodies.append((body(items), counted))
         self._gathered, self._gathered_count = [], 0
         return bodies
 
@@ -353,12 +374,12 @@ class OutboxWriter:
     def _count_lost(self, kind: str) -> None:
         self.stats.lost[kind] = self.stats.lost.get(kind, 0) + 1
 
-    def _lose(self, pieces: Sequence[str], reason: str) -> None:
+    def _lose(self, pieces: Sequence[Piece], reason: str) -> None:
         """Readings (encoded pieces) given up: counted per terminal, handed to the outbox."""
         if not pieces:
             return
         ledger = LossLedger()
-        self.stats.lost_readings += ledger.add_encoded(pieces, reason)
+        self.stats.lost_readings += sum(piece.lose(ledger, reason) for piece in pieces)
         self.outbox.note_lost(ledger)
 
     def _lose_readings(self, readings: Sequence[Reading], reason: str) -> None:
@@ -515,11 +536,6 @@ def _fail(future: asyncio.Future[int], exc: NotStored) -> None:
     if not future.done():
         future.set_exception(exc)
         future.exception()  # retrieved: fire-and-forget callers must not log it as unhandled
-
-
-def _telemetry_body(items: list[str]) -> EncodedJSON:
-    """`{"readings": [...]}` from readings already encoded (the shape in README.md)."""
-    return EncodedJSON('{"readings":[' + ",".join(items) + "]}")
 
 
 def _done() -> asyncio.Future[None]:

@@ -22,17 +22,24 @@ from typing import Any
 
 import structlog
 
-from agent.model import Quality, Reading, format_timestamp
+from agent.config import TelemetryConfig
+from agent.model import Quality, Reading
 from agent.outbox import AsyncOutbox, Outbox, Priority, Synchronous
 from agent.signing import DeviceKey, encode_body, envelope_from_encoded
+from agent.telemetry import ENCODERS, Meta
 
 TELEMETRY = Priority.TELEMETRY
 
 
-def poll_body(poll: int, per_message: int) -> dict[str, Any]:
-    """One poll's readings, shaped as the daemon sends them."""
+# The daemon's defaults: schema 2 bodies, telemetry compressed (agent/telemetry.py).
+DEFAULTS = TelemetryConfig()
+COMPRESSION = DEFAULTS.compressed_kinds
+
+
+def poll_body(poll: int, per_message: int, schema: int = DEFAULTS.body_schema) -> Any:
+    """One poll's readings, shaped as the daemon sends them (schema 2 by default: against a
+    meta naming the 8 terminals' points, as the daemon's writer encodes them)."""
     observed = datetime.now(UTC)
-    stamp = format_timestamp(observed)
     readings = [
         Reading(
             terminal=f"rtu-{poll % 8}",
@@ -42,10 +49,23 @@ def poll_body(poll: int, per_message: int) -> dict[str, Any]:
             quality=Quality.GOOD,
             observed_at=observed,
             source=f"holding:{40 + 2 * n}",
-        ).to_dict(stamp)
+        )
         for n in range(per_message)
     ]
-    return {"readings": readings}
+    encoder = ENCODERS[schema](_meta(per_message))
+    return encoder.body([encoder.encode(group) for group in encoder.groups(readings, 10_000)])
+
+
+def _meta(points: int) -> Meta:
+    return Meta(
+        {
+            f"rtu-{t}": (
+                "modbus-tcp",
+                [(f"level_{n:02d}", "m", f"holding:{40 + 2 * n}") for n in range(points)],
+            )
+            for t in range(8)
+        }
+    )
 
 
 def fresh_dir(base: Path, name: str) -> Path:
@@ -73,22 +93,21 @@ def fsync_latency(directory: Path) -> float:
         path.unlink()
 
 
-def sign_only(key: DeviceKey, bodies: list[dict[str, Any]], per_message: int) -> float:
+def sign_only(key: DeviceKey, bodies: list[Any], per_message: int) -> float:
     """Readings/s of encoding and signing alone (no database): the CPU ceiling."""
     start = time.perf_counter()
     for seq, body in enumerate(bodies, start=1):
         key.sign_compact(
             envelope_from_encoded(
                 "gw-bench", seq, "telemetry", "2025-01-01T00:00:00.000Z", encode_body(body)
-            )
+            ),
+            COMPRESSION.get("telemetry"),
         )
     return len(bodies) * per_message / (time.perf_counter() - start)
 
 
-def enqueue_one_per_tx(
-    path: Path, key: DeviceKey, bodies: list[dict[str, Any]], sync: Synchronous
-) -> float:
-    with Outbox(path, key, "gw-bench", synchronous=sync) as ob:
+def enqueue_one_per_tx(path: Path, key: DeviceKey, bodies: list[Any], sync: Synchronous) -> float:
+    with Outbox(path, key, "gw-bench", synchronous=sync, compression=COMPRESSION) as ob:
         start = time.perf_counter()
         for body in bodies:
             ob.put("telemetry", body, TELEMETRY)
@@ -96,9 +115,9 @@ def enqueue_one_per_tx(
 
 
 def enqueue_batched(
-    path: Path, key: DeviceKey, bodies: list[dict[str, Any]], sync: Synchronous, batch: int
+    path: Path, key: DeviceKey, bodies: list[Any], sync: Synchronous, batch: int
 ) -> float:
-    with Outbox(path, key, "gw-bench", synchronous=sync) as ob:
+    with Outbox(path, key, "gw-bench", synchronous=sync, compression=COMPRESSION) as ob:
         start = time.perf_counter()
         for i in range(0, len(bodies), batch):
             ob.put_many([("telemetry", b, TELEMETRY) for b in bodies[i : i + batch]])
@@ -106,14 +125,16 @@ def enqueue_batched(
 
 
 def enqueue_async(
-    path: Path, key: DeviceKey, bodies: list[dict[str, Any]], sync: Synchronous, pollers: int
+    path: Path, key: DeviceKey, bodies: list[Any], sync: Synchronous, pollers: int
 ) -> float:
     """`pollers` tasks each awaiting one durable put per poll: group commit joins them."""
 
     async def run() -> float:
-        async with AsyncOutbox(Outbox(path, key, "gw-bench", synchronous=sync)) as aob:
+        async with AsyncOutbox(
+            Outbox(path, key, "gw-bench", synchronous=sync, compression=COMPRESSION)
+        ) as aob:
 
-            async def poller(mine: list[dict[str, Any]]) -> None:
+            async def poller(mine: list[Any]) -> None:
                 for body in mine:
                     await aob.put("telemetry", body, TELEMETRY)
 
@@ -175,7 +196,7 @@ def main() -> None:
         path = d / "outbox.db"
         print(f"backlog of {messages * per:,} readings ({messages:,} messages):")
         start = time.perf_counter()
-        with Outbox(path, key, "gw-bench") as ob:
+        with Outbox(path, key, "gw-bench", compression=COMPRESSION) as ob:
             for i in range(0, messages, args.batch):
                 n = min(args.batch, messages - i)
                 ob.put_many(
@@ -192,7 +213,7 @@ def main() -> None:
             f" (payloads {stored.bytes / (messages * per):.0f} bytes/reading, {stored.bytes / messages:,.0f} bytes/message)"
         )
         start = time.perf_counter()
-        ob = Outbox(path, key, "gw-bench")
+        ob = Outbox(path, key, "gw-bench", compression=COMPRESSION)
         ob.open()
         t_open = time.perf_counter() - start
         print(f"  reopen (incl. quick_check):           {t_open:6.2f} s")

@@ -5,8 +5,10 @@ registers each) in separate child processes on 127.0.0.1, then the real daemon
 (`python -m agent run`) in its own child process on a generated config: K modbus-tcp terminals,
 R consecutive uint16 points each (one coalesced read per poll), period P, everything else at its
 defaults — readings go, signed, into the durable outbox (its budget raised so that nothing is
-evicted during the run; no broker). `--local-copy` also turns on the JSON-lines copy, to
-measure what it costs. The config is block YAML with every point written out. After
+evicted during the run; no broker, unless `--broker`). `--local-copy` also turns on the
+JSON-lines copy, to measure what it costs. The simulated registers change: each starts at a
+random value below `--values-max` (10000: a 4-digit sensor count) and takes a random step of at
+most `--step` every period. The config is block YAML with every point written out. After
 a warmup it samples both processes at the start and end of a measurement window of S seconds
 and prints:
 
@@ -30,6 +32,12 @@ and prints:
   0.6/1.1/2.0 ms in-process against 0/1/2 ms from the file.)
 - polls on time: slots in the window that were polled, over the slots the schedule has in the
   window (about K * S / P); the agent skips a slot it cannot start, so a missing poll is a miss.
+- with `--broker`: a mosquitto on a free loopback port (as tests/broker.py starts it), the agent
+  publishing to it and the script subscribed to `edge/bench/#`; bytes at the broker per reading =
+  payload bytes of the `…/telemetry` messages that arrived in the window / the readings in them
+  (expanded by agent/telemetry.py with the `…/meta` messages received), for the body
+  `--schema` and `--compression` say (the agent's defaults: 2, zlib). The readings analysed are
+  then those received at the broker (the outbox forgets what the broker acknowledged).
 
 The script stops the agent with SIGTERM, stops the simulators, and removes its temporary files;
 children also get SIGTERM if the script itself dies (PR_SET_PDEATHSIG).
@@ -39,11 +47,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import math
 import os
+import random
 import select
 import shlex
 import sqlite3
@@ -53,13 +61,17 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from procs import cpu_seconds, cpu_times, describe_tree, die_with_parent, memory_kib, stop
+from uplink_drain import start_mosquitto
+
+from agent.telemetry import Receiver, open_token
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMESTAMP_RESOLUTION = 0.001  # observed_at carries milliseconds (truncated)
@@ -69,20 +81,39 @@ LATE = 0.1  # a poll starting later than this is counted as late (the K=200 targ
 # --- simulator child process -------------------------------------------------------------
 
 
-async def serve_devices(count: int, registers: int) -> None:
-    """Serve `count` simulated devices until stdin closes; prints their ports as one JSON line."""
+async def serve_devices(
+    count: int, registers: int, values_max: int, step: int, period: float
+) -> None:
+    """Serve `count` simulated devices until stdin closes; prints their ports as one JSON line.
+    Every register walks: a random start below `values_max`, a step of at most `step` each
+    `period` (values that change, as a sensor's do)."""
     from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 
+    rng = random.Random(count * 7919 + registers)
     devices = []
     ports = []
-    for i in range(count):
+    memories = []
+    values = []
+    for _ in range(count):
         memory = RegisterMap(size=registers)
-        memory.set_registers("holding", 0, [(i * 31 + j) & 0xFFFF for j in range(registers)])
+        start = [rng.randrange(values_max) for _ in range(registers)]
+        memory.set_registers("holding", 0, start)
         device = SimulatedModbusDevice({1: memory})
         ports.append(await device.serve_tcp("127.0.0.1", 0))
         devices.append(device)
+        memories.append(memory)
+        values.append(start)
     print(json.dumps({"ports": ports}), flush=True)
 
+    async def walk() -> None:
+        while True:
+            await asyncio.sleep(period)
+            for memory, current in zip(memories, values, strict=True):
+                for j, v in enumerate(current):
+                    current[j] = min(values_max - 1, max(0, v + rng.randint(-step, step)))
+                memory.set_registers("holding", 0, current)
+
+    walker = asyncio.create_task(walk())
     loop = asyncio.get_running_loop()
     closed = asyncio.Event()
 
@@ -93,6 +124,7 @@ async def serve_devices(count: int, registers: int) -> None:
 
     loop.add_reader(sys.stdin.fileno(), on_stdin)
     await closed.wait()
+    walker.cancel()
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(5):
             for device in devices:
@@ -119,12 +151,25 @@ def sample(agent: subprocess.Popen[bytes], sims: list[subprocess.Popen[bytes]]) 
 
 
 def start_simulators(
-    devices: int, registers: int, processes: int
+    devices: int, registers: int, processes: int, args: argparse.Namespace
 ) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
     sims: list[subprocess.Popen[bytes]] = []
     share = [devices // processes + (i < devices % processes) for i in range(processes)]
     for n in share:
-        command = [sys.executable, __file__, "--serve", str(n), "--registers", str(registers)]
+        command = [
+            sys.executable,
+            __file__,
+            "--serve",
+            str(n),
+            "--registers",
+            str(registers),
+            "--values-max",
+            str(args.values_max),
+            "--step",
+            str(args.step),
+            "--period",
+            str(args.period),
+        ]
         sims.append(
             subprocess.Popen(
                 command,
@@ -153,13 +198,17 @@ def write_config(
     registers: int,
     period: float,
     local_copy: bool = False,
+    broker: int | None = None,
+    telemetry: dict[str, object] | None = None,
 ) -> None:
-    config = {
+    config: dict[str, object] = {
         "gateway": {"id": "bench"},
         "state_dir": str(state_dir),
         "log": {"level": "info", "format": "json"},
         "jsonl": {"enabled": local_copy, "max_bytes": 1 << 40},  # no rotation during the run
         "outbox": {"max_bytes": 16 << 30},  # keep every reading of the run for the analysis
+        "telemetry": telemetry or {},
+        "uplink": {"broker": f"mqtt://127.0.0.1:{broker}" if broker else None},
         "terminals": [
             {
                 "name": f"t{i:04d}",
@@ -205,20 +254,59 @@ def schedule_phase(times: list[float], period: float) -> float:
     return phases[costs.index(min(costs))]
 
 
-def outbox_readings(database: Path) -> Iterator[dict[str, object]]:
-    """Every reading in the telemetry messages of an outbox (payloads read, not verified)."""
+def outbox_readings(database: Path) -> list[dict[str, Any]]:
+    """Every reading in the telemetry messages of an outbox (payloads read, not verified;
+    expanded by the reference decoder with the meta messages stored beside them)."""
     conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
     try:
-        for (payload,) in conn.execute("SELECT payload FROM messages WHERE kind = 'telemetry'"):
-            middle = payload.split(".")[1]
-            envelope = json.loads(base64.urlsafe_b64decode(middle + "=" * (-len(middle) % 4)))
-            yield from envelope["body"]["readings"]
+        rows = conn.execute(
+            "SELECT payload FROM messages WHERE kind IN ('telemetry', 'meta') ORDER BY seq"
+        ).fetchall()
     finally:
         conn.close()
+    return Receiver().readings(open_token(payload) for (payload,) in rows)
+
+
+class BrokerTap:
+    """Subscribed to everything the agent publishes: (arrival time, topic, payload)."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.received: list[tuple[float, str, bytes]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="poll-scale-tap")
+        self.client.on_message = lambda _c, _u, m: self.received.append(
+            (time.time(), m.topic, m.payload)
+        )
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe("edge/bench/#", qos=1)
+        self.client.loop_start()
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+    def wire(self, begin: float, end: float) -> tuple[int, int, int]:
+        """(telemetry messages, their payload bytes, their readings) arrived in [begin, end)."""
+        receiver = Receiver()
+        receiver.readings(open_token(p) for _, t, p in self.received if t.endswith("/meta"))
+        messages = size = readings = 0
+        for at, topic, payload in self.received:
+            if topic.endswith("/telemetry") and begin <= at < end:
+                messages += 1
+                size += len(payload)
+                readings += len(receiver.readings([open_token(payload)]))
+        return messages, size, readings
+
+    def readings(self) -> list[dict[str, Any]]:
+        envelopes = [
+            open_token(p) for _, t, p in self.received if t.endswith(("/telemetry", "/meta"))
+        ]
+        return Receiver().readings(envelopes)
 
 
 def analyse(
-    readings: Iterable[dict[str, object]], terminals: int, period: float, begin: float, end: float
+    readings: Iterable[dict[str, Any]], terminals: int, period: float, begin: float, end: float
 ) -> Polls:
     """Polls and lateness per terminal from the readings delivered (see the module docstring)."""
     stamps: dict[str, float] = {}
@@ -274,14 +362,26 @@ def run(args: argparse.Namespace) -> None:
         f"parameters: devices={k} registers={r} period={p:g}s duration={s:g}s "
         f"warmup={args.warmup:g}s simulator processes={sim_procs} cores={os.cpu_count()}"
     )
+    telemetry = {"schema": args.schema, "compression": args.compression}
+    print(
+        f"values: random walk below {args.values_max}, step <= {args.step} per period; "
+        f"telemetry: schema {args.schema}, compression {args.compression}"
+        + (" (published to a local mosquitto)" if args.broker else " (no broker)")
+    )
     with tempfile.TemporaryDirectory(prefix="bench-poll-") as tmp:
         state_dir = Path(tmp) / "state"
         config = Path(tmp) / "config.yaml"
         agent: subprocess.Popen[bytes] | None = None
         sims: list[subprocess.Popen[bytes]] = []
+        mosquitto: subprocess.Popen[bytes] | None = None
+        tap: BrokerTap | None = None
         try:
-            sims, ports = start_simulators(k, r, sim_procs)
-            write_config(config, state_dir, ports, r, p, args.local_copy)
+            broker = None
+            if args.broker:
+                mosquitto, broker = start_mosquitto(Path(tmp))
+                tap = BrokerTap(broker)
+            sims, ports = start_simulators(k, r, sim_procs, args)
+            write_config(config, state_dir, ports, r, p, args.local_copy, broker, telemetry)
             launched = time.time()
             with (Path(tmp) / "agent.log").open("wb") as log:
                 agent = subprocess.Popen(
@@ -308,8 +408,18 @@ def run(args: argparse.Namespace) -> None:
                     proc.stdin.close()
             for proc in sims:
                 stop(proc)
+            if tap is not None:
+                time.sleep(1.0)  # what the agent published on its way out
+                tap.close()
+            if mosquitto is not None:
+                mosquitto.terminate()
+                mosquitto.wait()
         log_lines = (Path(tmp) / "agent.log").read_text(errors="replace").splitlines()
-        polls = analyse(outbox_readings(state_dir / "outbox.db"), k, p, a.wall, b.wall)
+        if tap is not None:
+            polls = analyse(tap.readings(), k, p, a.wall, b.wall)
+            wire = tap.wire(a.wall, b.wall)
+        else:
+            polls = analyse(outbox_readings(state_dir / "outbox.db"), k, p, a.wall, b.wall)
 
     window = b.wall - a.wall
     late = polls.lateness
@@ -341,6 +451,13 @@ def run(args: argparse.Namespace) -> None:
         f"polls on time: {ratio:.1%} ({polls.polled_slots} of {polls.expected_slots} "
         f"scheduled slots polled; K*S/P = {k * window / p:.0f})"
     )
+    if tap is not None:
+        messages, size, readings = wire
+        print(
+            f"bytes at the broker per reading: {size / max(1, readings):.2f} "
+            f"({size:,} payload bytes of {messages} telemetry messages, {readings:,} readings; "
+            f"{readings / max(1, messages):.0f} readings a message)"
+        )
     print(
         "state_dir at end: "
         + ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in sorted(state_bytes.items()))
@@ -370,10 +487,23 @@ def main() -> None:
     parser.add_argument(
         "--sim-processes", type=int, default=0, help="simulator processes (default: 1 per 500)"
     )
+    parser.add_argument(
+        "--values-max", type=int, default=10_000, help="registers walk below this (<= 65536)"
+    )
+    parser.add_argument("--step", type=int, default=50, help="largest step of a register a period")
+    parser.add_argument(
+        "--broker", action="store_true", help="publish to a local mosquitto, measure bytes there"
+    )
+    parser.add_argument("--schema", type=int, choices=(1, 2), default=2, help="telemetry.schema")
+    parser.add_argument(
+        "--compression", choices=("none", "zlib"), default="zlib", help="telemetry.compression"
+    )
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve_devices(args.serve, args.registers))
+        asyncio.run(
+            serve_devices(args.serve, args.registers, args.values_max, args.step, args.period)
+        )
     else:
         run(args)
 

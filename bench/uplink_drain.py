@@ -32,7 +32,7 @@ from agent.uplink import Uplink
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import contextlib
 
-from outbox import poll_body
+from outbox import COMPRESSION, poll_body
 
 
 def free_port() -> int:
@@ -99,7 +99,9 @@ def main() -> None:
     try:
         key = init_key(workdir / "state")
         messages = args.backlog // args.per_message
-        box = Outbox(workdir / "outbox.db", key, "bench", max_bytes=4 * 1024**3)
+        box = Outbox(
+            workdir / "outbox.db", key, "bench", max_bytes=4 * 1024**3, compression=COMPRESSION
+        )
         box.open()
         started = time.perf_counter()
         for first in range(0, messages, 100):
@@ -115,7 +117,9 @@ def main() -> None:
             f"backlog: {messages:,} messages x {args.per_message} = {args.backlog:,} readings "
             f"(built in {built:.1f} s)"
         )
-        box = Outbox(workdir / "outbox.db", key, "bench", max_bytes=4 * 1024**3)
+        box = Outbox(
+            workdir / "outbox.db", key, "bench", max_bytes=4 * 1024**3, compression=COMPRESSION
+        )
         reopen_started = time.perf_counter()
         box.open()
         print(

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 import warnings
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ import aiomqtt
 from joserfc import jws
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
+
+from agent.telemetry import Receiver
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ class Collector:
 
 
 def verify(token: bytes, jwk: dict[str, Any]) -> dict[str, Any]:
-    """Verify a JWS with joserfc (not the agent's code) and return its JSON payload."""
+    """Verify a JWS with joserfc (not the agent's code) and return its JSON payload, inflated
+    first if the protected header says it is compressed (docs/telemetry.md)."""
     key = OKPKey.import_key(jwk)
     with warnings.catch_warnings():
         # joserfc flags the name EdDSA as superseded by RFC 9864's Ed25519; docs/architecture.md names EdDSA.
@@ -87,5 +91,23 @@ def verify(token: bytes, jwk: dict[str, Any]) -> dict[str, Any]:
         obj = jws.deserialize_compact(token.decode(), key, algorithms=["EdDSA"])
     assert obj.protected["alg"] == "EdDSA"
     assert obj.protected["kid"] == jwk["kid"]
-    result: dict[str, Any] = json.loads(obj.payload)
+    data = obj.payload
+    if obj.protected.get("cty") is not None:
+        assert obj.protected["cty"] == "zlib"  # application/zlib: the envelope compressed
+        data = zlib.decompress(data)
+    result: dict[str, Any] = json.loads(data)
     return result
+
+
+def telemetry(collector: Collector, jwk: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every telemetry payload received, verified, its body expanded to `{"readings": […]}`
+    (either schema) by the reference decoder, agent.telemetry, with the meta messages received."""
+    receiver = Receiver()
+    for m in collector.on("meta"):
+        receiver.readings([verify(m.payload, jwk)])
+    out = []
+    for m in collector.on("telemetry"):
+        payload = verify(m.payload, jwk)
+        payload["body"] = {"readings": receiver.readings([payload])}
+        out.append(payload)
+    return out

@@ -15,8 +15,6 @@ the daemon and the driver then see it in `config.terminals` as they would see an
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from agent.outbox import Outbox
 from agent.protocols.driver import Driver, DriverContext, DriverError, DriverSpec, PollAnswer
 from agent.protocols.registry import DRIVERS
 from agent.signing import load_key
+from agent.telemetry import expand, open_token
 from tests.agentproc import short_socket_path
 from tests.conftest import make_config
 
@@ -141,7 +140,7 @@ class CounterDriver:
             db.close()
         stored = [(kind, body_of(payload)) for kind, payload in rows]
         TRACE.report_durable_when_committed = ("event", event) in stored and any(
-            kind == "telemetry" and -1 in [r["value"] for r in body["readings"]]
+            kind == "telemetry" and -1 in [r["value"] for r in expand(body, {})]
             for kind, body in stored
         )
         TRACE.committed.set()
@@ -182,8 +181,7 @@ COUNTER = DriverSpec("counter", (CounterTerminal,), create)
 
 def body_of(payload: str) -> Any:
     """The body of a stored message (a JWS), not verified (tests/test_signing.py does that)."""
-    part = payload.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))["body"]
+    return open_token(payload)["body"]
 
 
 def bodies(outbox: Outbox, kind: str) -> list[Any]:
@@ -237,7 +235,7 @@ async def test_a_protocol_registered_through_a_driver_spec_runs_in_the_daemon_en
 
     outbox = Outbox(config.outbox_path, load_key(state), "gw-test")
     with outbox:
-        telemetry = [r for b in bodies(outbox, "telemetry") for r in b["readings"]]
+        telemetry = [r for b in bodies(outbox, "telemetry") for r in expand(b, {})]
         events = bodies(outbox, "event")
     counted = [r["value"] for r in telemetry if r["terminal"] == "c1" and r["value"] > 0]
     assert len(counted) >= 4 and counted == sorted(counted)  # every reading stored, in order

@@ -27,7 +27,7 @@ from agent.protocols.sl651.items import Group, Value
 from agent.protocols.sl651.stream import StreamDecoder
 from tests.agentproc import Agent, write_config
 from tests.broker import Mosquitto, free_port, persistent
-from tests.collector import Collector, verify
+from tests.collector import Collector, telemetry, verify
 from tests.test_store_forward import keys_show
 
 PREFIX = "edge/gw-test"
@@ -123,7 +123,7 @@ async def test_every_confirmed_sl651_report_is_upstream_though_the_agent_is_kill
     config = sl651_config(tmp_path, port, broker)
     station = Station(port)
     serial = 1
-    async with Collector(broker.port, f"{PREFIX}/telemetry") as collector:
+    async with Collector(broker.port, f"{PREFIX}/#") as collector:
         for _kill in range(5):
             agent: Agent = await agent_factory(config)
             await agent.wait_for(
@@ -145,8 +145,8 @@ async def test_every_confirmed_sl651_report_is_upstream_though_the_agent_is_kill
         def upstream() -> set[float]:
             return {
                 r["value"]
-                for message in collector.messages
-                for r in verify(message.payload, jwk)["body"]["readings"]
+                for payload in telemetry(collector, jwk)
+                for r in payload["body"]["readings"]
                 if r["point"] == "Z"
             }
 

@@ -22,7 +22,7 @@ import pytest
 from agent.sim.modbus_device import SimulatedModbusDevice
 from tests.agentproc import Agent, write_config
 from tests.broker import Mosquitto, persistent
-from tests.collector import Collector, verify
+from tests.collector import Collector, telemetry, verify
 from tests.conftest import ROOT, tcp_terminal
 
 Device = tuple[SimulatedModbusDevice, int]
@@ -70,8 +70,8 @@ def start_config(tmp_path: Path, port: int, broker: Mosquitto, period: str = "10
 
 
 def upstream(collector: Collector, jwk: dict[str, Any]) -> list[dict[str, Any]]:
-    """The verified telemetry payloads."""
-    return [verify(m.payload, jwk) for m in collector.on("telemetry")]
+    """The verified telemetry payloads, their bodies expanded to `{"readings": […]}`."""
+    return telemetry(collector, jwk)
 
 
 def signed(collector: Collector, jwk: dict[str, Any]) -> list[dict[str, Any]]:

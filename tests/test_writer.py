@@ -18,6 +18,7 @@ from structlog.testing import capture_logs
 from agent.model import NotStored, Quality, Reading
 from agent.outbox import AsyncOutbox, Outbox, OutboxError, Priority
 from agent.signing import DeviceKey, init_key
+from agent.telemetry import expand
 from agent.writer import OutboxWriter
 
 EVENT, HEALTH, TELEMETRY = Priority.EVENT, Priority.HEALTH, Priority.TELEMETRY
@@ -134,7 +135,7 @@ async def test_submitted_readings_are_stored_as_one_telemetry_message_after_ling
 
     [(_, kind, telemetry)] = stored(box)
     assert kind == "telemetry"
-    assert [r["point"] for r in telemetry["readings"]] == ["p1", "p2", "p3"]
+    assert [r["point"] for r in expand(telemetry, {})] == ["p1", "p2", "p3"]
 
 
 async def test_batch_readings_are_cut_at_once_without_waiting_for_linger(box: Outbox) -> None:
@@ -147,7 +148,7 @@ async def test_batch_readings_are_cut_at_once_without_waiting_for_linger(box: Ou
         messages = stored(box)
         assert [k for _, k, _ in messages] == ["telemetry", "telemetry"]
         # A poll's readings stay together in one message when it fits.
-        assert [[r["point"] for r in b["readings"]] for _, _, b in messages] == [
+        assert [[r["point"] for r in expand(b, {})] for _, _, b in messages] == [
             ["p1", "p2"],
             ["p3", "p4"],
         ]
@@ -159,7 +160,7 @@ async def test_a_poll_larger_than_batch_is_split_into_messages_of_batch_readings
     async with OutboxWriter(AsyncOutbox(box), batch=3, linger=30) as writer:
         writer.submit([reading(i) for i in range(1, 8)])
         await until(lambda: len(box.pending(10)) == 3)
-        sizes = [len(b["readings"]) for _, _, b in stored(box)]
+        sizes = [len(expand(b, {})) for _, _, b in stored(box)]
         assert sizes == [3, 3, 1]
 
 
@@ -172,7 +173,7 @@ async def test_cut_stores_the_gathered_readings_now_and_its_future_completes_at_
         assert not done.done() and writer.waiting == 1
         await asyncio.wait_for(done, 3)
         [(_, kind, telemetry)] = stored(box)
-        assert kind == "telemetry" and telemetry["readings"][0]["point"] == "p1"
+        assert kind == "telemetry" and expand(telemetry, {})[0]["point"] == "p1"
         assert writer.waiting == 0
 
 
@@ -307,7 +308,7 @@ async def test_leaving_the_context_stores_readings_still_gathering(box: Outbox) 
         assert box.pending(10) == []
 
     [(_, kind, telemetry)] = stored(box)
-    assert kind == "telemetry" and len(telemetry["readings"]) == 2
+    assert kind == "telemetry" and len(expand(telemetry, {})) == 2
     assert writer.waiting == 0 and writer.stats.stored == 1
 
 

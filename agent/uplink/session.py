@@ -56,9 +56,16 @@ from agent.uplink.router import InboundCounters, InboundRouter
 
 log = structlog.get_logger(__name__)
 
-# The topic suffix of each message kind (docs/architecture.md, MQTT topics); health is retained.
-TOPICS = {"telemetry": "telemetry", "health": "health", "event": "events", "diag": "diag/resp"}
-RETAINED_KINDS = frozenset({"health"})
+# The topic suffix of each message kind (docs/architecture.md, MQTT topics); health and meta
+# (the point lists telemetry refers to, docs/telemetry.md) are retained.
+TOPICS = {
+    "telemetry": "telemetry",
+    "health": "health",
+    "event": "events",
+    "diag": "diag/resp",
+    "meta": "meta",
+}
+RETAINED_KINDS = frozenset({"health", "meta"})
 REPEAT_SAME_ERROR_AFTER = 600.0  # a persisting failure is logged again this often
 REFUSED_RETRY_AFTER = 30.0  # a message the broker refused is offered again after this
 # On the way out, a connected session gets this long to publish what waits before `offline`.

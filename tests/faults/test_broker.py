@@ -8,7 +8,6 @@ a real mosquitto and a real outbox on a full (or locked) file system against the
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import sqlite3
@@ -27,6 +26,7 @@ from agent.config import UplinkConfig
 from agent.outbox import AsyncOutbox, Outbox, Priority
 from agent.signing import init_key
 from agent.storage.layout import StateLayout
+from agent.telemetry import open_token
 from agent.uplink import Uplink
 from tests.agentproc import Agent, write_config
 from tests.broker import Mosquitto
@@ -40,9 +40,9 @@ INFLIGHT = 8
 
 
 def seq_of(payload: bytes) -> int:
-    """The seq of a signed message (the JWS payload's JSON, read without verifying)."""
-    body = payload.split(b".")[1]
-    seq: int = json.loads(base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4)))["seq"]
+    """The seq of a signed message (the JWS payload's JSON, inflated if compressed, read
+    without verifying)."""
+    seq: int = open_token(payload)["seq"]
     return seq
 
 

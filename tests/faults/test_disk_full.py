@@ -29,6 +29,7 @@ from agent.writer import OutboxWriter
 from tests.agentproc import Agent, short_socket_path, write_config
 from tests.broker import Mosquitto, persistent
 from tests.collector import Collector, verify
+from tests.collector import telemetry as received_telemetry
 from tests.conftest import make_config, tcp_terminal
 from tests.faults.conftest import SmallFs
 from tests.test_store_forward import keys_show
@@ -404,7 +405,8 @@ async def test_agent_on_a_full_disk_polls_counts_losses_drains_restarts_and_repo
 
 
 def upstream(collector: Collector, jwk: dict[str, Any]) -> list[dict[str, Any]]:
-    return [verify(m.payload, jwk) for m in collector.on("telemetry")]
+    """The telemetry received, each body expanded to readings by the reference decoder."""
+    return received_telemetry(collector, jwk)
 
 
 # -- what the checks and the metrics say ---------------------------------------------------------

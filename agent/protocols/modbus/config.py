@@ -116,6 +116,10 @@ class _ModbusTerminal(TerminalModel):
         return None
 
     @property
+    def points_meta(self) -> tuple[tuple[str, str, str], ...]:
+        return tuple((p.name, p.unit, p.source) for p in self.points)
+
+    @property
     def info(self) -> TerminalInfo:
         return TerminalInfo(
             name=self.name,
