@@ -67,9 +67,13 @@ async def test_the_health_report_summarises_every_result_and_the_agent(tmp_path:
         "outbox",
         "uplink",
         "terminals",
+        "terminals_summary",
+        "checks_omitted",
+        "truncated",
         "buses",
         "update",
     }
+    assert report["truncated"] is False and report["checks_omitted"] == 0
     assert report["update"] is None  # no update part in this view
     summary = report["summary"]
     assert summary["status"] == "fail"
