@@ -38,9 +38,7 @@ children also get SIGTERM if the script itself dies (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
-import contextlib
 import json
 import math
 import os
@@ -64,39 +62,6 @@ from procs import cpu_seconds, cpu_times, describe_tree, die_with_parent, memory
 ROOT = Path(__file__).resolve().parent.parent
 TIMESTAMP_RESOLUTION = 0.001  # observed_at carries milliseconds (truncated)
 LATE = 0.1  # a poll starting later than this is counted as late (the K=200 target)
-
-
-# --- simulator child process -------------------------------------------------------------
-
-
-async def serve_devices(count: int, registers: int) -> None:
-    """Serve `count` simulated devices until stdin closes; prints their ports as one JSON line."""
-    from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
-
-    devices = []
-    ports = []
-    for i in range(count):
-        memory = RegisterMap(size=registers)
-        memory.set_registers("holding", 0, [(i * 31 + j) & 0xFFFF for j in range(registers)])
-        device = SimulatedModbusDevice({1: memory})
-        ports.append(await device.serve_tcp("127.0.0.1", 0))
-        devices.append(device)
-    print(json.dumps({"ports": ports}), flush=True)
-
-    loop = asyncio.get_running_loop()
-    closed = asyncio.Event()
-
-    def on_stdin() -> None:
-        if not os.read(sys.stdin.fileno(), 4096):
-            loop.remove_reader(sys.stdin.fileno())
-            closed.set()
-
-    loop.add_reader(sys.stdin.fileno(), on_stdin)
-    await closed.wait()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(5):
-            for device in devices:
-                await device.stop()
 
 
 # --- process measurement -----------------------------------------------------------------
@@ -124,7 +89,14 @@ def start_simulators(
     sims: list[subprocess.Popen[bytes]] = []
     share = [devices // processes + (i < devices % processes) for i in range(processes)]
     for n in share:
-        command = [sys.executable, __file__, "--serve", str(n), "--registers", str(registers)]
+        command = [
+            sys.executable,
+            "-m",
+            "agent.sim.modbus_farm",
+            str(n),
+            "--registers",
+            str(registers),
+        ]
         sims.append(
             subprocess.Popen(
                 command,
@@ -370,12 +342,7 @@ def main() -> None:
     parser.add_argument(
         "--sim-processes", type=int, default=0, help="simulator processes (default: 1 per 500)"
     )
-    parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        asyncio.run(serve_devices(args.serve, args.registers))
-    else:
-        run(args)
+    run(parser.parse_args())
 
 
 if __name__ == "__main__":

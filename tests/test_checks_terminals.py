@@ -182,19 +182,31 @@ async def test_one_overload_check_for_the_site_judges_slots_skipped_while_the_ag
     config = make_config(
         [tcp_terminal(1, [{"name": "a", "address": 0}], name=n, period="1s") for n in names]
     )
-    stats = {n: TerminalStats() for n in names}
-    view = AgentView(
-        config,
-        None,
-        started_at=datetime.now(UTC),
-        terminals={t.name: TerminalView(t.info, stats[t.name]) for t in config.terminals},
-    )
-    [check] = [c for c in build_checks(config) if c.id.startswith("terminals.overload")]
-    runner = CheckRunner([check])
+    stats = {n: TerminalStats(last_good_at=datetime.now(UTC)) for n in names}
+    for s in stats.values():  # every terminal answers, quickly
+        s.outcomes.extend([True] * 20)
+        s.poll_seconds.append(0.01)
+    checks = [c for c in build_checks(config) if c.family == "terminals"]
+    assert [c.id for c in checks if "overload" in c.id] == ["terminals.overload"]  # one
+    runner = CheckRunner(checks)
 
     async def judge() -> CheckResult:
-        [result] = (await runner.run_all(view)).results
-        return result
+        view = AgentView(  # a snapshot each round, as the daemon takes
+            config,
+            None,
+            started_at=datetime.now(UTC),
+            terminals={t.name: TerminalView(t.info, stats[t.name]) for t in config.terminals},
+        )
+        done = {r.id: r for r in (await runner.run_all(view)).results}
+        overloaded = done["terminals.overload"].status is not Status.OK
+        for n in names:  # while overloaded, no terminal of its own is judged (nor alarmed)
+            mine = [done[f"terminals.{c}:{n}"] for c in ("success", "latency", "freshness")]
+            if overloaded:
+                assert {r.status for r in mine} == {Status.UNKNOWN}
+                assert "not judged while the agent is overloaded" in mine[0].message
+            else:
+                assert Status.UNKNOWN not in {r.status for r in mine}
+        return done["terminals.overload"]
 
     def run(polls: int, overrun: int = 0, late: int = 0, held: int = 0) -> None:
         for s in stats.values():
@@ -215,7 +227,7 @@ async def test_one_overload_check_for_the_site_judges_slots_skipped_while_the_ag
         result = await judge()
         assert result.status is Status.FAIL and result.value == 0.5
         assert "60 held back while the outbox caught up" in result.message
-        run(polls=10)  # caught up
+        run(polls=10)  # caught up: the terminals are judged again
         assert (await judge()).status is Status.OK
     finally:
         runner.close()

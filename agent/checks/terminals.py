@@ -4,12 +4,14 @@ or `stale_reports` report intervals for terminals that report on their own), and
 utilisation of each serial bus; and one check for them all, `terminals.overload`: the share of
 poll slots skipped because the agent itself was behind (a slot too late to start, or held back
 while the outbox caught up) since it last ran — one alarm for an overloaded agent, not one per
-terminal.
+terminal. While it warns or fails, the checks of each polled terminal are `unknown` ("not
+judged while the agent is overloaded"): their late, skipped or timed-out polls are the agent's
+doing, and `unknown` neither raises nor clears an alarm; they are judged again once it clears.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
 from agent.check_settings import ChecksConfig
@@ -29,15 +31,20 @@ def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Ch
     def make(check_id: str, probe: Probe) -> Check:
         return Check(check_id, FAMILY, probe, s.interval, settings.timeout)
 
+    overload = Overload(settings)
     out: list[Check] = []
     for t in terminals:
         name = t.name
         if t.polled:
-            out.append(make(f"terminals.success:{name}", _success(name, settings)))
-            out.append(make(f"terminals.latency:{name}", _latency(name, settings)))
-        out.append(make(f"terminals.freshness:{name}", _freshness(name, settings)))
+            out.append(make(f"terminals.success:{name}", overload.unless(_success(name, settings))))
+            out.append(make(f"terminals.latency:{name}", overload.unless(_latency(name, settings))))
+            out.append(
+                make(f"terminals.freshness:{name}", overload.unless(_freshness(name, settings)))
+            )
+        else:
+            out.append(make(f"terminals.freshness:{name}", _freshness(name, settings)))
     if any(t.polled for t in terminals):
-        out.append(make("terminals.overload", Overload(settings)))
+        out.append(make("terminals.overload", overload))
     devices = sorted({t.bus for t in terminals if t.bus})
     for device in devices:
         out.append(make(f"terminals.bus:{device}", _bus(device, settings)))
@@ -164,8 +171,26 @@ class Overload:
     def __init__(self, settings: ChecksConfig) -> None:
         self.settings = settings
         self._seen: dict[str, tuple[int, int, int, int]] = {}  # polls, missed, behind, held
+        self._view: AgentView | None = None  # the snapshot judged last, and its outcome
+        self._outcome = unknown("not judged yet")
 
     def __call__(self, view: AgentView, now: datetime) -> Outcome:
+        """Judged once per snapshot (a round of checks shares one), whoever asks first."""
+        if view is not self._view:
+            self._view, self._outcome = view, self._judge(view)
+        return self._outcome
+
+    def unless(self, probe: Probe) -> Probe:
+        """`probe`, or `unknown` while the agent is overloaded (one alarm, not one each)."""
+
+        def judged(view: AgentView, now: datetime) -> Outcome | Awaitable[Outcome]:
+            if self(view, now).status in (Status.WARN, Status.FAIL):
+                return unknown("not judged while the agent is overloaded (terminals.overload)")
+            return probe(view, now)
+
+        return judged
+
+    def _judge(self, view: AgentView) -> Outcome:
         seen: dict[str, tuple[int, int, int, int]] = {}
         slots = behind = held = terminals = polled = 0
         for name, t in view.terminals.items():
