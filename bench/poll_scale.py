@@ -55,6 +55,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from procs import cpu_seconds, cpu_times, describe_tree, die_with_parent, memory_kib, stop
@@ -130,6 +131,7 @@ def write_config(
         "gateway": {"id": "bench"},
         "state_dir": str(state_dir),
         "log": {"level": "info", "format": "json"},
+        "control": {"socket": str(path.parent / "control.sock")},  # this run's own
         "jsonl": {"enabled": local_copy, "max_bytes": 1 << 40},  # no rotation during the run
         "outbox": {"max_bytes": 16 << 30},  # keep every reading of the run for the analysis
         "terminals": [
@@ -231,6 +233,57 @@ def analyse(
     return result
 
 
+def agent_status(config: Path) -> dict[str, Any] | None:
+    """`edge-agent status --json` of the running agent (None if it does not answer)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--json", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    try:
+        status: dict[str, Any] = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return None
+    return status
+
+
+def overload_lines(
+    status: dict[str, Any] | None, health_bytes: int | None, stopped_in: float, code: int | None
+) -> str:
+    """What the agent itself counted (slots skipped, readings lost), its health report's size
+    and how long it took to end after SIGTERM."""
+    lines = []
+    if status is None:
+        lines.append("agent status: no answer")
+    else:
+        ts = status.get("terminals") or []
+        missed = sum(t.get("missed_slots", 0) for t in ts)
+        behind = sum(t.get("behind_slots", 0) for t in ts)
+        held = sum(t.get("held_slots", 0) for t in ts)
+        skipping = sum(1 for t in ts if t.get("behind_slots", 0))
+        lines.append(
+            f"slots skipped (agent's count, since start): {missed} "
+            f"(agent behind {behind}, of which held by the outbox {held}; "
+            f"{skipping} of {len(ts)} terminals behind)"
+        )
+        lost = ((status.get("outbox") or {}).get("lost") or {}).get("readings", 0)
+        reported = (status.get("outbox") or {}).get("lost_reported", 0)
+        lines.append(f"readings lost (agent's count): {lost + reported}")
+        checks = status.get("checks") or {}
+        flagged = [r["id"] for r in checks.get("failing", []) + checks.get("warning", [])]
+        lines.append(
+            "overload check: "
+            + ("raised" if "terminals.overload" in flagged else "ok")
+            + f" ({len(flagged)} checks failing or warning)"
+        )
+    shown = "none written" if health_bytes is None else f"{health_bytes / 1024:.1f} KiB"
+    lines.append(f"health report on disk: {shown}")
+    lines.append(f"sigterm to exit: {stopped_in:.2f} s (exit code {code})")
+    return "\n".join(lines)
+
+
 def percentile(samples: list[float], pct: float) -> float:
     if len(samples) < 2:
         return samples[0] if samples else math.nan
@@ -272,6 +325,12 @@ def run(args: argparse.Namespace) -> None:
             b = sample(agent, sims)
             memory = memory_kib(agent.pid)
             state_bytes = {f.name: f.stat().st_size for f in state_dir.iterdir() if f.is_file()}
+            status = agent_status(config)
+            health = state_dir / "state" / "health.json"
+            health_bytes = health.stat().st_size if health.exists() else None
+            asked = time.monotonic()
+            stop(agent)
+            stopped_in = time.monotonic() - asked
         finally:
             if agent is not None:
                 stop(agent)
@@ -317,6 +376,7 @@ def run(args: argparse.Namespace) -> None:
         "state_dir at end: "
         + ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in sorted(state_bytes.items()))
     )
+    print(overload_lines(status, health_bytes, stopped_in, agent.returncode))
     events = [json.loads(x) for x in log_lines if x.startswith("{")]
     levels = Counter(e.get("level") for e in events)
     print(

@@ -145,6 +145,7 @@ def build_health(
         "omitted": len(view.terminals) - len(listed),
         "status": by_status,
         "missed_slots": sum(t.stats.missed_slots for t in view.terminals.values()),
+        "behind_slots": sum(t.stats.behind_slots for t in view.terminals.values()),
         "held_slots": sum(t.stats.held_slots for t in view.terminals.values()),
     }
     # Every check but the per-terminal ones of terminals not listed (counted in `summary`).
@@ -166,6 +167,7 @@ def build_health(
                 "last_good_at": _stamp_dt(s.last_good_at),
                 "consecutive_failures": s.consecutive_failures,
                 "missed_slots": s.missed_slots,
+                "behind_slots": s.behind_slots,
                 "held_slots": s.held_slots,
                 "last_error": s.last_error,
             }
