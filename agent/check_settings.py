@@ -135,6 +135,9 @@ class TerminalChecks(_Frozen):
     stale_periods: float = Field(default=3.0, gt=0)  # last good reading older than this: stale
     stale_reports: float = Field(default=1.5, gt=0)  # ... x the expected report interval (SL651)
     bus_utilisation: Ceiling = Ceiling(warn=0.7, fail=0.9)
+    # Share of the poll slots of all terminals skipped because the agent was behind (too late
+    # to start, or held back by the outbox) since the check ran before: one alarm for the site.
+    overload: Ceiling = Ceiling(warn=0.01, fail=0.1)
 
 
 class PointChecks(_Frozen):
@@ -221,6 +224,8 @@ class HealthConfig(_Frozen):
 
     interval: PositiveDuration = 300.0  # published at least this often
     min_gap: Duration = 5.0  # changes closer than this are published together
+    # Terminals listed in the report, the worst first (all are counted in its summary).
+    max_terminals: int = Field(default=50, ge=0, le=1000)
 
 
 def checks_settings(config: Any) -> ChecksConfig:

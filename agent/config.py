@@ -110,6 +110,10 @@ class OutboxConfig(_Frozen):
     # A report that must be durable before it is confirmed (SL651) waits this long for others
     # to share its transaction: a little latency for many fewer transactions under load.
     commit_window: Duration = Field(default=0.005, le=1.0)
+    # Bytes of messages waiting in memory to be stored (a slow disk, a long transaction) past
+    # which the pollers skip their slots (counted per terminal) instead of polling: what was
+    # polled is never given up to make room, and memory stays bounded.
+    max_backlog: int = Field(default=32 * 1024 * 1024, ge=64 * 1024, le=1024 * 1024 * 1024)
     # Room kept on the disk (<state_dir>/outbox.db.reserve, allocated) so that acknowledgements,
     # alarms, health and the count of lost readings are still written when the disk is full.
     reserve_bytes: int = Field(default=4 * 1024 * 1024, ge=256 * 1024, le=256 * 1024 * 1024)

@@ -7,8 +7,9 @@ socket → metrics → config watcher. The daemon is also what diagnosis actions
 running agent (`agent.diagnosis.registry.ActionContext`). So on
 the way out the drivers stop taking readings first, the history is saved, the writer stores
 what was taken, the uplink publishes it while the broker is there (briefly) and says
-`offline`, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE`; what is left
-then is cancelled. SIGHUP and a change of the config file reload the terminals without a
+`offline`, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE` (so that the
+process ends within 5 s of SIGTERM at any load: the drivers stop their pollers all at once, the
+writer stores what it can within `WRITER_STOP`); what is left then is cancelled. SIGHUP and a change of the config file reload the terminals without a
 restart; a new config with errors is refused, its errors logged, and the running config kept.
 Signal handlers only set events. At start it raises the descriptor soft limit to the hard one
 (agent/limits.py) before any part opens a file. This module names no protocol: the drivers
@@ -71,7 +72,10 @@ from agent.writer import OutboxWriter
 
 log = structlog.get_logger(__name__)
 
-STOP_DEADLINE = 5.0
+STOP_DEADLINE = (
+    4.0  # leaving the parts; the rest of the 5 s after SIGTERM is the interpreter's exit
+)
+WRITER_STOP = 2.0  # of which the writer may spend this storing what was taken
 RELOAD_SETTLE = 0.3  # editors write a file in several steps; reload once it is quiet
 
 
@@ -183,6 +187,8 @@ class Daemon:
                 linger=config.outbox.linger,
                 gather_window=config.outbox.commit_window,
                 schema=config.telemetry.body_schema,
+                max_backlog=config.outbox.max_backlog,
+                stop_timeout=WRITER_STOP,
             )
         )
         # Before any driver hands a reading over: the point lists telemetry refers to.

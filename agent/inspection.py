@@ -157,7 +157,9 @@ class Inspection:
         now = time.monotonic()
         if self.health.due(now, bool(done.changed)):
             view = self._latest_view or await self._view()
-            report = build_health(self.runner.results, view)
+            report = build_health(
+                self.runner.results, view, max_terminals=self.config.health.max_terminals
+            )
             # Taken by the writer: stored now, or kept and tried again if the disk fails.
             self.writer.put("health", report, Priority.HEALTH)
             self.health.sent(now)

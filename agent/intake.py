@@ -5,6 +5,7 @@ agent/model.py). Polled readings (`submit`) go to the local sinks (data checks, 
 counters, the optional local copy) and are gathered into telemetry by the outbox writer. A
 report (`commit`) goes the same way but is stored at once with its events, and `commit`
 returns only once all of it is durable: what a driver awaits before it confirms the report.
+`congested` passes on the writer's backpressure (pollers skip slots while it holds).
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ class SiteIntake:
     def submit(self, readings: Sequence[Reading]) -> None:
         self.local.submit(readings)
         self.writer.submit(readings)
+
+    def congested(self) -> bool:
+        """The outbox writer is behind: pollers skip their slots until it catches up."""
+        return self.writer.congested
 
     def commit(
         self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]

@@ -101,8 +101,19 @@ def families(s: Snapshot) -> Iterator[Metric]:
         "p99 of recent poll start lateness.",
         labels=["terminal"],
     )
+    skipped = CounterMetricFamily(
+        "edge_agent_poll_skipped_slots",
+        "Poll slots skipped, by terminal and why: overrun (the poll before took too long), "
+        "late (the agent was behind), held (the outbox was behind).",
+        labels=["terminal", "reason"],
+    )
     for name, t in sorted(view.terminals.items()):
         st = t.stats
+        if t.info.polled:
+            late = st.behind_slots - st.held_slots
+            skipped.add_metric([name, "overrun"], st.missed_slots - st.behind_slots)
+            skipped.add_metric([name, "late"], late)
+            skipped.add_metric([name, "held"], st.held_slots)
         up.add_metric([name], 1 if st.polls and not st.consecutive_failures else 0)
         polls.add_metric([name, "good"], st.polls - st.failed_polls)
         polls.add_metric([name, "failed"], st.failed_polls)
@@ -112,7 +123,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
         p99 = st.lateness_p99()
         if p99 is not None:
             lateness.add_metric([name], p99)
-    yield from (up, polls, latency, lateness)
+    yield from (up, polls, latency, lateness, skipped)
 
     bus = GaugeMetricFamily(
         "edge_agent_bus_utilisation_ratio",

@@ -43,11 +43,15 @@ class Intake(ReadingSink, Protocol):
     `commit` takes a report's readings and events and returns a future that completes only
     once all of them are durable in the outbox — what a driver waits for before it confirms
     the report to a terminal. It fails with `NotStored` if they could not be stored.
+    `congested()` is true while the outbox is behind: a poller then skips its slot (counted)
+    rather than take readings that would only wait in memory (backpressure).
     """
 
     def commit(
         self, readings: Sequence[Reading], events: Sequence[dict[str, Any]]
     ) -> asyncio.Future[None]: ...
+
+    def congested(self) -> bool: ...
 
 
 class NotStored(Exception):
@@ -190,7 +194,9 @@ class TerminalStats:
     polls: int = 0
     failed_polls: int = 0
     consecutive_failures: int = 0
-    missed_slots: int = 0
+    missed_slots: int = 0  # slots skipped: the poll before overran, it started too late, or held
+    behind_slots: int = 0  # of those, skipped because the agent was behind (late, or held)
+    held_slots: int = 0  # of those, skipped because the outbox was behind (backpressure)
     last_good_at: datetime | None = None
     last_error: str | None = None
     poll_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=512))

@@ -17,8 +17,13 @@ telemetry message in the next: one signature and one row for many reports, not o
   and are tried again every `retry` seconds; nothing is lost and nothing is acknowledged;
 - a message that can never be stored (its content: too large, not JSON): that message alone
   fails with `NotStored`, counted and logged; the others are stored;
-- more than `max_waiting` messages queued: the oldest telemetry is given up first (events and
-  health only when no telemetry is left), each counted by kind, logged, its future failed;
+- backpressure, not overflow: while more than `max_backlog` bytes or `max_waiting` messages
+  wait, `congested` is true and the pollers skip their slots (counted per terminal) instead of
+  polling — so what was polled is never given up to make room, and the queue stays bounded
+  (by those limits plus the polls under way when it filled). Past `max_waiting` messages, the
+  oldest message that holds no polled reading is given up (telemetry of a report, which its
+  station sends again, then the oldest event or health report), counted by kind, logged, its
+  future failed; polled telemetry waits;
 - the disk is full (`OutboxFull`): telemetry is given up at once (it never waits for room nor
   takes the outbox's reserve), everything else stored with the reserve.
 Every reading given up — disk full, overflow, not storable, the writer stopped — is counted per
@@ -117,6 +122,7 @@ class OutboxWriter:
         linger: float = 0.2,
         retry: float = 5.0,
         max_waiting: int = 10_000,
+        max_backlog: int = 32 * 1024 * 1024,
         max_batch: int = 512,
         gather_window: float = 0.005,
         stop_timeout: float = 3.0,
@@ -130,6 +136,8 @@ class OutboxWriter:
         self.linger = linger
         self.retry = retry
         self.max_waiting = max_waiting
+        self.max_backlog = max_backlog
+        self._backlog = 0  # bytes of the queued messages' bodies (telemetry: all but a few)
         self.max_batch = max_batch
         self.gather_window = gather_window
         self.stop_timeout = stop_timeout
@@ -156,6 +164,17 @@ class OutboxWriter:
     def waiting(self) -> int:
         """Messages queued and not committed yet."""
         return len(self._queue)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes of the messages queued and not committed yet (their bodies)."""
+        return self._backlog
+
+    @property
+    def congested(self) -> bool:
+        """The outbox is behind: more than `max_backlog` bytes or `max_waiting` messages wait.
+        Pollers then skip their slots (backpressure) rather than take readings to queue."""
+        return self._backlog >= self.max_backlog or len(self._queue) >= self.max_waiting
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -202,6 +221,7 @@ class OutboxWriter:
         self._closed = True
         unstored = self._queue[self._in_flight :]  # a batch in flight may have been stored
         self._queue.clear()
+        self._backlog = 0
         self._in_flight = 0
         if self._gathered:
             self._count_lost("telemetry")
@@ -236,6 +256,7 @@ class OutboxWriter:
             return item.future
         self._make_room()
         self._queue.append(item)
+        self._backlog += _size(item.body)
         self._ready.set()
         self._drained.clear()
         return item.future
@@ -350,17 +371,36 @@ class OutboxWriter:
         return bodies
 
     def _make_room(self) -> None:
+        """Past `max_waiting` messages, give up the oldest that holds no polled reading.
+
+        Never the batch being written, never polled telemetry (the pollers are held back
+        instead: `congested`); telemetry without polled readings first (a report's, sent
+        again by its station), else the oldest other message. With only polled telemetry
+        queued, the queue grows by the polls under way when it filled, then stops."""
         if len(self._queue) < self.max_waiting:
             return
-        # Never the batch being written; the oldest telemetry first, else the oldest message.
-        candidates = range(self._in_flight, len(self._queue))
+        queue, first = self._queue, self._in_flight
         victim = next(
-            (i for i in candidates if self._queue[i].priority is Priority.TELEMETRY),
-            self._in_flight if self._in_flight < len(self._queue) else None,
+            (
+                i
+                for i in range(first, len(queue))
+                if queue[i].priority is Priority.TELEMETRY and not queue[i].readings
+            ),
+            None,
         )
         if victim is None:
-            return  # everything queued is being written: the queue may grow by one
+            victim = next(
+                (
+                    i
+                    for i in range(first, len(queue))
+                    if queue[i].priority is not Priority.TELEMETRY
+                ),
+                None,
+            )
+        if victim is None:
+            return  # only polled telemetry, or what is being written: it waits its turn
         item = self._queue.pop(victim)
+        self._backlog -= _size(item.body)
         self._count_lost(item.kind)
         self._lose(item.readings, OVERFLOW)
         item.fail(NotStored(f"{item.kind}: given up, more than {self.max_waiting} wait"))
@@ -411,7 +451,9 @@ class OutboxWriter:
                 self._in_flight = 0
             if stored:
                 del self._queue[:stored]
-            elif self._queue:
+            # Counted again after each turn (a turn may also reorder what is left).
+            self._backlog = sum(_size(w.body) for w in self._queue)
+            if not stored and self._queue:
                 await asyncio.sleep(self.retry)
 
     async def _store(self, batch: list[_Waiting]) -> int:
@@ -521,6 +563,12 @@ class OutboxWriter:
             return False
         self._logged_at[what] = now
         return True
+
+
+def _size(body: Any) -> int:
+    """A queued body's weight in bytes: encoded telemetry by its length; other kinds (small
+    dicts, events and health) by a nominal size."""
+    return len(body) if isinstance(body, str | bytes) else 1024
 
 
 def _new_future() -> asyncio.Future[int]:

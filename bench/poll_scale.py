@@ -46,12 +46,9 @@ children also get SIGTERM if the script itself dies (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import math
 import os
-import random
 import select
 import shlex
 import sqlite3
@@ -76,59 +73,6 @@ from agent.telemetry import Receiver, open_token
 ROOT = Path(__file__).resolve().parent.parent
 TIMESTAMP_RESOLUTION = 0.001  # observed_at carries milliseconds (truncated)
 LATE = 0.1  # a poll starting later than this is counted as late (the K=200 target)
-
-
-# --- simulator child process -------------------------------------------------------------
-
-
-async def serve_devices(
-    count: int, registers: int, values_max: int, step: int, period: float
-) -> None:
-    """Serve `count` simulated devices until stdin closes; prints their ports as one JSON line.
-    Every register walks: a random start below `values_max`, a step of at most `step` each
-    `period` (values that change, as a sensor's do)."""
-    from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
-
-    rng = random.Random(count * 7919 + registers)
-    devices = []
-    ports = []
-    memories = []
-    values = []
-    for _ in range(count):
-        memory = RegisterMap(size=registers)
-        start = [rng.randrange(values_max) for _ in range(registers)]
-        memory.set_registers("holding", 0, start)
-        device = SimulatedModbusDevice({1: memory})
-        ports.append(await device.serve_tcp("127.0.0.1", 0))
-        devices.append(device)
-        memories.append(memory)
-        values.append(start)
-    print(json.dumps({"ports": ports}), flush=True)
-
-    async def walk() -> None:
-        while True:
-            await asyncio.sleep(period)
-            for memory, current in zip(memories, values, strict=True):
-                for j, v in enumerate(current):
-                    current[j] = min(values_max - 1, max(0, v + rng.randint(-step, step)))
-                memory.set_registers("holding", 0, current)
-
-    walker = asyncio.create_task(walk())
-    loop = asyncio.get_running_loop()
-    closed = asyncio.Event()
-
-    def on_stdin() -> None:
-        if not os.read(sys.stdin.fileno(), 4096):
-            loop.remove_reader(sys.stdin.fileno())
-            closed.set()
-
-    loop.add_reader(sys.stdin.fileno(), on_stdin)
-    await closed.wait()
-    walker.cancel()
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(5):
-            for device in devices:
-                await device.stop()
 
 
 # --- process measurement -----------------------------------------------------------------
@@ -158,8 +102,8 @@ def start_simulators(
     for n in share:
         command = [
             sys.executable,
-            __file__,
-            "--serve",
+            "-m",
+            "agent.sim.modbus_farm",
             str(n),
             "--registers",
             str(registers),
@@ -205,6 +149,7 @@ def write_config(
         "gateway": {"id": "bench"},
         "state_dir": str(state_dir),
         "log": {"level": "info", "format": "json"},
+        "control": {"socket": str(path.parent / "control.sock")},  # this run's own
         "jsonl": {"enabled": local_copy, "max_bytes": 1 << 40},  # no rotation during the run
         "outbox": {"max_bytes": 16 << 30},  # keep every reading of the run for the analysis
         "telemetry": telemetry or {},
@@ -347,6 +292,57 @@ def analyse(
     return result
 
 
+def agent_status(config: Path) -> dict[str, Any] | None:
+    """`edge-agent status --json` of the running agent (None if it does not answer)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--json", "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    try:
+        status: dict[str, Any] = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return None
+    return status
+
+
+def overload_lines(
+    status: dict[str, Any] | None, health_bytes: int | None, stopped_in: float, code: int | None
+) -> str:
+    """What the agent itself counted (slots skipped, readings lost), its health report's size
+    and how long it took to end after SIGTERM."""
+    lines = []
+    if status is None:
+        lines.append("agent status: no answer")
+    else:
+        ts = status.get("terminals") or []
+        missed = sum(t.get("missed_slots", 0) for t in ts)
+        behind = sum(t.get("behind_slots", 0) for t in ts)
+        held = sum(t.get("held_slots", 0) for t in ts)
+        skipping = sum(1 for t in ts if t.get("behind_slots", 0))
+        lines.append(
+            f"slots skipped (agent's count, since start): {missed} "
+            f"(agent behind {behind}, of which held by the outbox {held}; "
+            f"{skipping} of {len(ts)} terminals behind)"
+        )
+        lost = ((status.get("outbox") or {}).get("lost") or {}).get("readings", 0)
+        reported = (status.get("outbox") or {}).get("lost_reported", 0)
+        lines.append(f"readings lost (agent's count): {lost + reported}")
+        checks = status.get("checks") or {}
+        flagged = [r["id"] for r in checks.get("failing", []) + checks.get("warning", [])]
+        lines.append(
+            "overload check: "
+            + ("raised" if "terminals.overload" in flagged else "ok")
+            + f" ({len(flagged)} checks failing or warning)"
+        )
+    shown = "none written" if health_bytes is None else f"{health_bytes / 1024:.1f} KiB"
+    lines.append(f"health report on disk: {shown}")
+    lines.append(f"sigterm to exit: {stopped_in:.2f} s (exit code {code})")
+    return "\n".join(lines)
+
+
 def percentile(samples: list[float], pct: float) -> float:
     if len(samples) < 2:
         return samples[0] if samples else math.nan
@@ -400,6 +396,12 @@ def run(args: argparse.Namespace) -> None:
             b = sample(agent, sims)
             memory = memory_kib(agent.pid)
             state_bytes = {f.name: f.stat().st_size for f in state_dir.iterdir() if f.is_file()}
+            status = agent_status(config)
+            health = state_dir / "state" / "health.json"
+            health_bytes = health.stat().st_size if health.exists() else None
+            asked = time.monotonic()
+            stop(agent)
+            stopped_in = time.monotonic() - asked
         finally:
             if agent is not None:
                 stop(agent)
@@ -462,6 +464,7 @@ def run(args: argparse.Namespace) -> None:
         "state_dir at end: "
         + ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in sorted(state_bytes.items()))
     )
+    print(overload_lines(status, health_bytes, stopped_in, agent.returncode))
     events = [json.loads(x) for x in log_lines if x.startswith("{")]
     levels = Counter(e.get("level") for e in events)
     print(
@@ -498,14 +501,7 @@ def main() -> None:
     parser.add_argument(
         "--compression", choices=("none", "zlib"), default="zlib", help="telemetry.compression"
     )
-    parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        asyncio.run(
-            serve_devices(args.serve, args.registers, args.values_max, args.step, args.period)
-        )
-    else:
-        run(args)
+    run(parser.parse_args())
 
 
 if __name__ == "__main__":

@@ -169,3 +169,65 @@ async def test_a_busy_serial_bus_fails_its_utilisation_check() -> None:
     assert bus.message == "/dev/ttyEDGE0 busy 95% of the time, above 0.9"
     quiet = await results(AgentView(config, buses={"/dev/ttyEDGE0": 0.2}))
     assert quiet["terminals.bus:/dev/ttyEDGE0"].status is Status.OK
+
+
+async def test_one_overload_check_for_the_site_judges_slots_skipped_while_the_agent_was_behind() -> (
+    None
+):
+    """`terminals.overload` is one check whatever the number of terminals; it compares the
+    slots skipped because the agent was behind (too late, or held by the outbox) with all
+    slots since its previous run, and a slot lost to a slow terminal's own overrun is not
+    the agent's overload."""
+    names = [f"t{i}" for i in range(20)]
+    config = make_config(
+        [tcp_terminal(1, [{"name": "a", "address": 0}], name=n, period="1s") for n in names]
+    )
+    stats = {n: TerminalStats(last_good_at=datetime.now(UTC)) for n in names}
+    for s in stats.values():  # every terminal answers, quickly
+        s.outcomes.extend([True] * 20)
+        s.poll_seconds.append(0.01)
+    checks = [c for c in build_checks(config) if c.family == "terminals"]
+    assert [c.id for c in checks if "overload" in c.id] == ["terminals.overload"]  # one
+    runner = CheckRunner(checks)
+
+    async def judge() -> CheckResult:
+        view = AgentView(  # a snapshot each round, as the daemon takes
+            config,
+            None,
+            started_at=datetime.now(UTC),
+            terminals={t.name: TerminalView(t.info, stats[t.name]) for t in config.terminals},
+        )
+        done = {r.id: r for r in (await runner.run_all(view)).results}
+        overloaded = done["terminals.overload"].status is not Status.OK
+        for n in names:  # while overloaded, no terminal of its own is judged (nor alarmed)
+            mine = [done[f"terminals.{c}:{n}"] for c in ("success", "latency", "freshness")]
+            if overloaded:
+                assert {r.status for r in mine} == {Status.UNKNOWN}
+                assert "not judged while the agent is overloaded" in mine[0].message
+            else:
+                assert Status.UNKNOWN not in {r.status for r in mine}
+        return done["terminals.overload"]
+
+    def run(polls: int, overrun: int = 0, late: int = 0, held: int = 0) -> None:
+        for s in stats.values():
+            s.polls += polls
+            s.missed_slots += overrun + late + held
+            s.behind_slots += late + held
+            s.held_slots += held
+
+    try:
+        run(polls=10, overrun=5)  # slow terminals overran their slots: not overload
+        assert (await judge()).status is Status.OK
+        run(polls=9, late=1)  # 10% of the slots since the last run started too late
+        result = await judge()
+        assert result.status is Status.WARN and result.value == 0.1
+        assert "20 of 200 poll slots skipped" in result.message
+        assert "behind on 20 of 20 terminals" in result.message
+        run(polls=5, late=2, held=3)  # half of the slots skipped: fail, held ones named
+        result = await judge()
+        assert result.status is Status.FAIL and result.value == 0.5
+        assert "60 held back while the outbox caught up" in result.message
+        run(polls=10)  # caught up: the terminals are judged again
+        assert (await judge()).status is Status.OK
+    finally:
+        runner.close()

@@ -71,6 +71,9 @@ class RecordingIntake:
         done.set_result(None)
         return done
 
+    def congested(self) -> bool:
+        return False
+
 
 @contextlib.asynccontextmanager
 async def central(terminals: Sequence[Sl651Terminal], **config: Any) -> AsyncIterator[Site]:

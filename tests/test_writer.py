@@ -371,3 +371,57 @@ async def test_stopping_on_a_failing_disk_takes_at_most_stop_timeout_and_fails_t
         late.result()
     writer.submit([reading(4)])  # a poller's last readings: counted, no exception
     assert writer.stats.lost == {"event": 2, "telemetry": 2}
+
+
+# -- backpressure: what was polled is never given up to make room --------------------------
+
+
+async def test_a_writer_behind_holds_the_pollers_back_and_gives_up_nothing_polled(
+    box: Outbox,
+) -> None:
+    """Over `max_backlog` bytes the writer is `congested` (the pollers skip their slots); the
+    readings already taken all wait, none is given up, and once the outbox takes writes
+    again every one is stored and the pressure is off."""
+    box.close()  # the outbox cannot take writes: everything waits in the writer
+    async with OutboxWriter(
+        AsyncOutbox(box), batch=10, linger=30, retry=0.05, max_backlog=4096
+    ) as writer:
+        with reopened_at_the_end(box):
+            taken = 0
+            while not writer.congested:
+                writer.submit([reading(taken + i) for i in range(10)])  # a full batch: cut
+                taken += 10
+                assert taken < 1000, "the writer never said it was behind"
+            assert writer.backlog >= 4096
+            for _ in range(5):  # polls under way when it filled: still taken, none refused
+                writer.submit([reading(taken + i) for i in range(10)])
+                taken += 10
+            await until(lambda: writer.stats.failures >= 1)
+            assert writer.congested and writer.stats.lost == {} and writer.stats.lost_readings == 0
+            box.open()
+            await until(lambda: writer.waiting == 0)
+            assert not writer.congested and writer.backlog == 0
+
+    values = [
+        r["value"] for _, kind, b in stored(box) if kind == "telemetry" for r in b["readings"]
+    ]
+    assert sorted(values) == list(range(taken))
+
+
+async def test_over_max_waiting_polled_telemetry_waits_and_the_writer_says_it_is_behind(
+    box: Outbox,
+) -> None:
+    """Past `max_waiting` messages with only polled telemetry queued, nothing is given up:
+    the writer is congested instead (the pollers hold back) and everything is stored later."""
+    box.close()
+    async with OutboxWriter(AsyncOutbox(box), batch=1, retry=0.05, max_waiting=3) as writer:
+        with reopened_at_the_end(box):
+            for i in range(5):
+                writer.submit([reading(i)])
+            assert writer.waiting == 5 and writer.congested
+            assert writer.stats.lost == {}
+            box.open()
+            await until(lambda: writer.waiting == 0)
+            assert not writer.congested
+
+    assert len(stored(box)) == 5

@@ -1,12 +1,17 @@
 """Terminal checks, one set per configured terminal: success ratio over the last polls, p95 poll
 latency (against the period), age of the last good reading (stale after `stale_periods` periods,
 or `stale_reports` report intervals for terminals that report on their own), and the
-utilisation of each serial bus.
+utilisation of each serial bus; and one check for them all, `terminals.overload`: the share of
+poll slots skipped because the agent itself was behind (a slot too late to start, or held back
+while the outbox caught up) since it last ran — one alarm for an overloaded agent, not one per
+terminal. While it warns or fails, the checks of each polled terminal are `unknown` ("not
+judged while the agent is overloaded"): their late, skipped or timed-out polls are the agent's
+doing, and `unknown` neither raises nor clears an alarm; they are judged again once it clears.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
 
 from agent.check_settings import ChecksConfig
@@ -26,13 +31,20 @@ def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Ch
     def make(check_id: str, probe: Probe) -> Check:
         return Check(check_id, FAMILY, probe, s.interval, settings.timeout)
 
+    overload = Overload(settings)
     out: list[Check] = []
     for t in terminals:
         name = t.name
         if t.polled:
-            out.append(make(f"terminals.success:{name}", _success(name, settings)))
-            out.append(make(f"terminals.latency:{name}", _latency(name, settings)))
-        out.append(make(f"terminals.freshness:{name}", _freshness(name, settings)))
+            out.append(make(f"terminals.success:{name}", overload.unless(_success(name, settings))))
+            out.append(make(f"terminals.latency:{name}", overload.unless(_latency(name, settings))))
+            out.append(
+                make(f"terminals.freshness:{name}", overload.unless(_freshness(name, settings)))
+            )
+        else:
+            out.append(make(f"terminals.freshness:{name}", _freshness(name, settings)))
+    if any(t.polled for t in terminals):
+        out.append(make("terminals.overload", overload))
     devices = sorted({t.bus for t in terminals if t.bus})
     for device in devices:
         out.append(make(f"terminals.bus:{device}", _bus(device, settings)))
@@ -150,6 +162,71 @@ def freshness(view: AgentView, now: datetime, name: str, settings: ChecksConfig)
             f"{shown} ago",
         )
     return Outcome(Status.OK, age, "s", limit, f"last good reading {shown} ago")
+
+
+class Overload:
+    """The probe of `terminals.overload`: slots skipped because the agent was behind, over the
+    slots of every polled terminal since the previous run (the first run: since start)."""
+
+    def __init__(self, settings: ChecksConfig) -> None:
+        self.settings = settings
+        self._seen: dict[str, tuple[int, int, int, int]] = {}  # polls, missed, behind, held
+        self._view: AgentView | None = None  # the snapshot judged last, and its outcome
+        self._outcome = unknown("not judged yet")
+
+    def __call__(self, view: AgentView, now: datetime) -> Outcome:
+        """Judged once per snapshot (a round of checks shares one), whoever asks first."""
+        if view is not self._view:
+            self._view, self._outcome = view, self._judge(view)
+        return self._outcome
+
+    def unless(self, probe: Probe) -> Probe:
+        """`probe`, or `unknown` while the agent is overloaded (one alarm, not one each)."""
+
+        def judged(view: AgentView, now: datetime) -> Outcome | Awaitable[Outcome]:
+            if self(view, now).status in (Status.WARN, Status.FAIL):
+                return unknown("not judged while the agent is overloaded (terminals.overload)")
+            return probe(view, now)
+
+        return judged
+
+    def _judge(self, view: AgentView) -> Outcome:
+        seen: dict[str, tuple[int, int, int, int]] = {}
+        slots = behind = held = terminals = polled = 0
+        for name, t in view.terminals.items():
+            if not t.info.polled:
+                continue
+            polled += 1
+            s = t.stats
+            now_counts = (s.polls, s.missed_slots, s.behind_slots, s.held_slots)
+            seen[name] = now_counts
+            before = self._seen.get(name, (0, 0, 0, 0))
+            d_polls, d_missed, d_behind, d_held = (
+                a - b for a, b in zip(now_counts, before, strict=True)
+            )
+            if min(d_polls, d_missed, d_behind, d_held) < 0:  # restarted: counted afresh
+                d_polls, d_missed, d_behind, d_held = now_counts
+            slots += d_polls + d_missed
+            behind += d_behind
+            held += d_held
+            terminals += d_behind > 0
+        self._seen = seen
+        if not polled:
+            return unknown("no polled terminal is running")
+        if not slots:
+            return unknown("no poll slot came since the last check")
+        limits = self.settings.terminals.overload
+        return level(
+            round(behind / slots, 4),
+            warn=limits.warn,
+            fail=limits.fail,
+            higher_is_worse=True,
+            describe=lambda share: (
+                f"{behind} of {slots} poll slots skipped since the last check ({share:.1%}): "
+                f"the agent is behind on {terminals} of {polled} terminals"
+                + (f", {held} held back while the outbox caught up" if held else "")
+            ),
+        )
 
 
 def bus(view: AgentView, device: str, settings: ChecksConfig) -> Outcome:

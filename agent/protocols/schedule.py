@@ -1,9 +1,14 @@
 """The fixed-rate schedule any polled protocol reuses: no drift, overruns counted, backoff.
 
-Slot n is due at t0 + n*period, t0 spread over the first period by a stable phase per terminal
-so that terminals do not all fire at once. A slot missed because the previous poll overran is
-skipped and counted; while a terminal keeps failing, its polls are spaced 2^(n-1) slots apart,
-at most `backoff_max` seconds. Pure timing: the caller polls, this only says when.
+Slot n is due at t0 + n*period. t0 is the moment the schedule starts plus a stable phase per
+terminal (a hash of its name mapped onto the period), so that the terminals of a site — and
+their first connections — are spread over the first period instead of all starting at once.
+A slot missed because the previous poll overran is skipped and counted; so is a slot that
+cannot start within `max_late` of its due time (the agent fell behind: after a stall of the
+event loop every late terminal waits for its own next slot, so they stay spread over the
+period rather than all firing together, and the work shed lets the agent catch up). While a
+terminal keeps failing, its polls are spaced 2^(n-1) slots apart, at most `backoff_max`
+seconds. Pure timing: the caller polls, this only says when.
 """
 
 from __future__ import annotations
@@ -13,6 +18,13 @@ import math
 import time
 import zlib
 from collections.abc import Callable
+
+MAX_LATE = 0.5  # a slot not started within this share of the period is skipped
+
+
+def phase_of(key: str, period: float) -> float:
+    """The stable offset (0 <= phase < period) of the terminal named `key` within its period."""
+    return (zlib.crc32(key.encode()) % 1000) / 1000 * period
 
 
 class FixedRateSchedule:
@@ -24,13 +36,17 @@ class FixedRateSchedule:
         key: str,
         backoff_max: float,
         clock: Callable[[], float] = time.monotonic,
+        max_late: float | None = None,
     ) -> None:
         self.period = period
         self.backoff_max = backoff_max
-        self.phase = (zlib.crc32(key.encode()) % 1000) / 1000 * period
+        self.phase = phase_of(key, period)
+        # A poll that starts a little late is still a good sample; a later one is shed.
+        self.max_late = MAX_LATE * period if max_late is None else max_late
         self._clock = clock
         self._t0: float | None = None
         self._slot = 0
+        self._skipped = 0  # slots skipped in wait() (started too late), not taken yet
 
     @property
     def due(self) -> float:
@@ -40,12 +56,27 @@ class FixedRateSchedule:
         return self._t0 + self._slot * self.period
 
     async def wait(self) -> float:
-        """Sleep until the current slot is due; returns how late it starts (seconds, >= 0)."""
-        due = self.due
-        delay = due - self._clock()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return max(0.0, self._clock() - due)
+        """Sleep until the current slot is due; returns how late it starts (seconds, >= 0).
+
+        A slot that could not start within `max_late` is skipped (see `take_skipped`) and the
+        next one not due yet is waited for."""
+        while True:
+            due = self.due
+            delay = due - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            late = max(0.0, self._clock() - due)
+            if late <= self.max_late:
+                return late
+            assert self._t0 is not None
+            upcoming = math.floor((self._clock() - self._t0) / self.period) + 1
+            self._skipped += upcoming - self._slot
+            self._slot = upcoming
+
+    def take_skipped(self) -> int:
+        """Slots `wait()` skipped since the last call (they started too late)."""
+        skipped, self._skipped = self._skipped, 0
+        return skipped
 
     def advance(self, consecutive_failures: int = 0) -> int:
         """Move to the first slot not started yet (later while failing); returns slots missed."""

@@ -5,7 +5,9 @@ turn on a shared serial bus) with retries, and hands the readings to the sink. I
 `agent.protocols.schedule.FixedRateSchedule` (no drift; overruns skipped and counted; lateness
 measured; a terminal that stops answering retried at exponentially wider intervals up to
 `backoff_max`), and every attempt gives readings of quality `bad` with the reason. Pollers share nothing, so a dead or slow
-terminal never delays another.
+terminal never delays another. While `held()` says the outbox is behind (backpressure), a slot
+is skipped rather than polled — counted in `missed_slots` and `held_slots` — so that nothing
+polled has to be given up and memory stays bounded.
 """
 
 from __future__ import annotations
@@ -41,10 +43,12 @@ class Poller:
         sink: ReadingSink,
         wall_clock: WallClock = utc_now,
         clock: Callable[[], float] = time.monotonic,
+        held: Callable[[], bool] = lambda: False,
     ) -> None:
         self.terminal = terminal
         self.link = link
         self.sink = sink
+        self.held = held
         self.stats = TerminalStats()
         self._wall_clock = wall_clock
         self._clock = clock
@@ -105,13 +109,24 @@ class Poller:
         """The fixed-rate loop; returns only by cancellation."""
         t = self.terminal
         schedule = FixedRateSchedule(t.period, t.name, t.backoff_max, self._clock)
+        s = self.stats
         while True:
-            self.stats.lateness.append(await schedule.wait())
+            lateness = await schedule.wait()
+            late = schedule.take_skipped()  # slots that could not start in time: behind
+            s.missed_slots += late
+            s.behind_slots += late
+            if self.held():  # the outbox is behind: skip this slot rather than poll
+                s.missed_slots += 1
+                s.behind_slots += 1
+                s.held_slots += 1
+                s.missed_slots += schedule.advance(s.consecutive_failures)
+                continue
+            s.lateness.append(lateness)
             started = self._clock()
             readings = await self.poll_once()
             self._record(readings, self._clock() - started)
             self.sink.submit(readings)
-            self.stats.missed_slots += schedule.advance(self.stats.consecutive_failures)
+            s.missed_slots += schedule.advance(s.consecutive_failures)
 
     def _record(self, readings: Sequence[Reading], seconds: float) -> None:
         s = self.stats

@@ -1,0 +1,129 @@
+"""Graceful overload of the pollers: late slots are skipped on the grid and counted, a held
+poller polls nothing, and the first connections of a site stay spread over the first period
+even when the event loop stalls at start (issue 14).
+
+Real TCP peers: a simulated Modbus device (pymodbus) and, for the connection times, plain
+asyncio servers that note when each terminal connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agent.protocols.modbus.driver import ModbusDriver
+from agent.protocols.modbus.links import TcpLink
+from agent.protocols.modbus.poller import Poller
+from agent.protocols.schedule import FixedRateSchedule, phase_of
+from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
+from tests.conftest import ListSink, make_config, tcp_terminal
+
+
+async def test_a_slot_too_late_to_start_is_skipped_counted_and_the_grid_keeps_its_phase() -> None:
+    period = 0.2
+    schedule = FixedRateSchedule(period, "plc", backoff_max=60.0)
+    assert schedule.max_late == pytest.approx(period / 2)
+    await schedule.wait()
+    t0 = schedule.due
+    schedule.advance()
+    time.sleep(2.6 * period)  # noqa: ASYNC251 -- the loop stalls: slots 1, 2 pass, 3 is near
+    late = await schedule.wait()
+    assert schedule.take_skipped() >= 2  # too late to start: skipped, not polled in a bunch
+    assert schedule.take_skipped() == 0  # taken once
+    assert late <= schedule.max_late
+    slots = (schedule.due - t0) / period
+    assert slots == pytest.approx(round(slots), abs=1e-6) and round(slots) >= 3  # on the grid
+
+
+def test_a_terminal_s_phase_is_stable_and_within_its_period() -> None:
+    phases = [phase_of(f"t{i:04d}", 1.0) for i in range(1000)]
+    assert phases == [phase_of(f"t{i:04d}", 1.0) for i in range(1000)]  # same name, same phase
+    assert all(0 <= p < 1.0 for p in phases)
+    # Spread: every tenth of the period holds some of them, none holds most.
+    tenths = [sum(1 for p in phases if k / 10 <= p < (k + 1) / 10) for k in range(10)]
+    assert min(tenths) > 50 and max(tenths) < 200
+
+
+async def test_a_held_poller_skips_its_slots_counts_them_and_polls_nothing() -> None:
+    device = SimulatedModbusDevice({1: RegisterMap(size=8)})
+    port = await device.serve_tcp("127.0.0.1", 0)
+    [t] = make_config([tcp_terminal(port, [{"name": "a", "address": 0}], period="50ms")]).terminals
+    sink = ListSink()
+    held = True
+    poller = Poller(t, TcpLink("127.0.0.1", port), sink, held=lambda: held)
+    task = asyncio.create_task(poller.run())
+    try:
+        await asyncio.sleep(0.6)
+        s = poller.stats
+        assert sink.batches == [] and s.polls == 0 and device.requests == []
+        assert s.held_slots >= 4 and s.missed_slots >= s.behind_slots >= s.held_slots
+        held = False  # the outbox caught up: polling resumes on the same grid
+        await asyncio.sleep(0.4)
+        assert len(sink.batches) >= 3 and sink.batches[0][0].value is not None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await poller.link.close()
+        await device.stop()
+
+
+@contextlib.asynccontextmanager
+async def noting_servers(count: int) -> AsyncIterator[tuple[list[int], dict[int, float]]]:
+    """`count` TCP servers that note (loop time) when each is first connected to, by port."""
+    first: dict[int, float] = {}
+    loop = asyncio.get_running_loop()
+
+    async def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first.setdefault(writer.get_extra_info("sockname")[1], loop.time())
+        with contextlib.suppress(OSError):
+            await reader.read()  # never answers: the poll times out, that is all
+        writer.close()
+
+    servers = [await asyncio.start_server(accepted, "127.0.0.1", 0) for _ in range(count)]
+    ports = [server.sockets[0].getsockname()[1] for server in servers]
+    try:
+        yield ports, first
+    finally:
+        for server in servers:
+            server.close()
+        for server in servers:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1):
+                    await server.wait_closed()
+
+
+def busiest(times: list[float], window: float) -> int:
+    """The most of `times` within any `window` seconds."""
+    times = sorted(times)
+    return max(sum(1 for u in times[i:] if u < t + window) for i, t in enumerate(times))
+
+
+@pytest.mark.parametrize("stall", [0.0, 1.5], ids=["quiet start", "loop stalls at start"])
+async def test_first_connections_are_spread_over_the_first_period(stall: float) -> None:
+    """Each terminal connects first at its own phase of the period; after a stall of the
+    event loop longer than the period, the terminals do not all connect at once when it
+    ends: each late one waits for its own next slot."""
+    count, period = 40, 1.0
+    async with noting_servers(count) as (ports, first):
+        config = make_config(
+            [
+                tcp_terminal(port, [{"name": "a", "address": 0}], name=f"t{i:02d}", period="1s")
+                for i, port in enumerate(ports)
+            ]
+        )
+        driver = ModbusDriver(config.terminals, ListSink())
+        async with driver:
+            await asyncio.sleep(0.01)  # every poller has started its schedule
+            time.sleep(stall)  # noqa: ASYNC251 -- a stalled loop (a long start, a full collection)
+            async with asyncio.timeout(10):
+                while len(first) < count:
+                    await asyncio.sleep(0.05)
+        times = list(first.values())
+    assert max(times) - min(times) > 0.5 * period  # over the period, not at once
+    # Evenly spread would put 4 of the 40 in each tenth of the period; all at once, 40.
+    assert busiest(times, 0.1 * period) <= count // 3
