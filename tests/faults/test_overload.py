@@ -11,7 +11,6 @@ per terminal), keep its health report small, deliver or count as lost every read
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import signal
 import subprocess
@@ -23,7 +22,8 @@ from typing import Any
 import pytest
 
 from agent.outbox import Outbox
-from agent.signing import load_key
+from agent.signing import load_key, read_envelope
+from agent.telemetry import count_readings
 from tests.agentproc import Agent, write_config
 from tests.conftest import PYTHON, ROOT
 from tests.faults.test_modbus_hostile import _status
@@ -64,9 +64,8 @@ def telemetry_readings(state: Path) -> int:
         count = 0
         for message in box.pending(1_000_000):
             if message.kind == "telemetry":
-                part = message.payload.split(".")[1]
-                body = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))["body"]
-                count += len(body["readings"])
+                _, payload = read_envelope(message.payload)
+                count += count_readings(payload["body"]) or 0
         stats = box.stats()
         return count + stats.lost.readings + stats.lost_reported
     finally:
