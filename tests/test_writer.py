@@ -403,7 +403,7 @@ async def test_a_writer_behind_holds_the_pollers_back_and_gives_up_nothing_polle
             assert not writer.congested and writer.backlog == 0
 
     values = [
-        r["value"] for _, kind, b in stored(box) if kind == "telemetry" for r in b["readings"]
+        r["value"] for _, kind, b in stored(box) if kind == "telemetry" for r in expand(b, {})
     ]
     assert sorted(values) == list(range(taken))
 
