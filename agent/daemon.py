@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import signal
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -103,7 +104,9 @@ class Daemon:
         extra_sinks: Sequence[ReadingSink] = (),
         log_counter: LogCounter | None = None,
         drivers: Sequence[DriverSpec] = DRIVERS,
+        config_bytes: bytes | None = None,
     ) -> None:
+        """`config_bytes`: the file content `config` was parsed from, if the caller has it."""
         self.config = config
         self.config_path = config_path.resolve()
         self.log_counter = log_counter
@@ -120,7 +123,11 @@ class Daemon:
         self._extra_sinks = list(extra_sinks)
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._config_bytes: bytes | None = None  # the file's content when the config was read
+        self._config_bytes = config_bytes  # the file's content when the config was read
+        # sha256 of the content self.config was parsed from (AgentView.config_digest).
+        self._config_digest = (
+            None if config_bytes is None else hashlib.sha256(config_bytes).digest()
+        )
         self.consent = ConsentStore(config.layout)
 
     async def run(self) -> None:
@@ -132,8 +139,9 @@ class Daemon:
             log.warning("descriptor limit not raised", **limit.to_log())
         else:
             log.info("descriptor limit", **limit.to_log())
-        with contextlib.suppress(OSError):
-            self._config_bytes = self.config_path.read_bytes()
+        if self._config_bytes is None:
+            with contextlib.suppress(OSError):
+                self._config_bytes = self.config_path.read_bytes()
         self._install_signal_handlers(loop)
         stack = AsyncExitStack()
         try:
@@ -311,6 +319,7 @@ class Daemon:
         return AgentView(
             config=self.config,
             config_path=self.config_path,
+            config_digest=self._config_digest,
             started_at=self.started_at,
             restarts=self.restarts,
             terminals=terminals,
@@ -493,6 +502,7 @@ class Daemon:
         parts.inspection.set_polling_allowance(self._polling_allowance(parts.drivers))
         # Only now: a reload that failed half-way is tried again at the next change or SIGHUP.
         self.config, self._config_bytes = applied, text
+        self._config_digest = None  # the running config is no longer one file's content
         log.info("config reloaded", terminals=len(new.terminals))
         return True
 
