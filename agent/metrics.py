@@ -30,7 +30,7 @@ from prometheus_client.registry import Collector
 from agent import __version__
 from agent.checks.framework import CheckResult, Status
 from agent.checks.view import AgentView
-from agent.model import LATENCY_BUCKETS, Reading
+from agent.model import LATENCY_BUCKETS, Quality, Reading
 from agent.outbox import QUEUE_NAMES
 
 log = structlog.get_logger(__name__)
@@ -45,9 +45,16 @@ class ReadingCounter:
         self.counts: Counter[tuple[str, str]] = Counter()
 
     def submit(self, readings: Sequence[Reading]) -> None:
-        counts = self.counts
-        for r in readings:
-            counts[(r.terminal, r.quality.value)] += 1
+        if not readings:
+            return
+        terminal, n = readings[0].terminal, len(readings)
+        if (
+            [r.terminal for r in readings].count(terminal) == n
+            and [r.quality for r in readings].count(Quality.GOOD) == n
+        ):
+            self.counts[(terminal, Quality.GOOD.value)] += n  # a good poll: one step, not n
+        else:
+            self.counts.update([(r.terminal, r.quality.value) for r in readings])
 
 
 @dataclass

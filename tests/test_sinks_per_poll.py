@@ -1,13 +1,15 @@
-"""The history keeps a poll's statistics per poll: the same figures as reading by reading.
+"""The local sinks take a poll as a whole: the same figures as reading by reading.
 
 `History.observe` takes a poll of good numbers (one terminal, one time) as a whole and folds
 its values by position; any other batch goes reading by reading. Both must leave the same rows
-in the database, whatever the mix of polls, points, hours and reloads.
+in the database, whatever the mix of polls, points, hours and reloads. The metrics counter
+counts a good poll in one step, and the data monitor looks a poll's terminal up once.
 """
 
 from __future__ import annotations
 
 import sqlite3
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,7 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent.check_settings import ChecksConfig
+from agent.checks.data import DataMonitor
 from agent.checks.history import FOLD_POLLS, History
+from agent.metrics import ReadingCounter
 from agent.model import Quality, Reading
 
 START = datetime(2026, 12, 1, 9, 58, tzinfo=UTC)
@@ -121,3 +126,43 @@ def test_a_poll_of_good_numbers_is_kept_by_position_and_bounded(tmp_path: Path) 
         2 * (count - 1),
     )
     assert (figures.polls, figures.good_polls, figures.good_readings) == (count, count, 2 * count)
+
+
+def test_the_metrics_counter_counts_every_reading_by_terminal_and_quality() -> None:
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+    def r(terminal: str, quality: Quality) -> Reading:
+        return Reading(terminal, "p", 1, "", quality, at, "holding:0")
+
+    batches = [
+        [r("dam", Quality.GOOD)] * 20,  # a good poll
+        [r("dam", Quality.GOOD), r("dam", Quality.BAD), r("dam", Quality.STALE)],
+        [r("gauge", Quality.GOOD), r("dam", Quality.GOOD)],  # two terminals in one batch
+        [],
+    ]
+    counter = ReadingCounter()
+    for batch in batches:
+        counter.submit(batch)
+    expected = Counter((x.terminal, x.quality.value) for batch in batches for x in batch)
+    assert counter.counts == expected
+    assert counter.counts[("dam", "good")] == 22
+
+
+def test_data_checks_judge_the_points_of_their_terminal_only() -> None:
+    """Keys are "<terminal>.<point>" and names may hold dots: a poll of terminal "site.a" is
+    judged against "site.a.level", one of another terminal is not looked at."""
+    at = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    settings = ChecksConfig.model_validate({"data": {"site.a.level": {"range": [0, 10]}}})
+    monitor = DataMonitor(settings)
+
+    def poll(terminal: str, value: float) -> list[Reading]:
+        return [
+            Reading(terminal, point, value, "m", Quality.GOOD, at, "holding:0")
+            for point in ("level", "flow")
+        ]
+
+    assert monitor.observe(poll("site", 50)) == []  # "site.level", "site.flow": not checked
+    assert monitor.observe(poll("other", 50)) == []
+    [found] = monitor.observe(poll("site.a", 50))
+    assert (found.terminal, found.point, found.kind) == ("site.a", "level", "range")
+    assert monitor.points["site.a.level"].last_value == 50
