@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -47,7 +47,6 @@ from agent.inspection import Inspection
 from agent.intake import SiteIntake
 from agent.limits import raise_descriptor_limit
 from agent.logs import LOG_RING, set_log_level
-from agent.metrics import MetricsServer, ReadingCounter, Snapshot
 from agent.model import ReadingSink, TerminalClock, TerminalView
 from agent.operations import OPERATIONS, OperationError, Operations
 from agent.outbox import AsyncOutbox, Message, Outbox, Priority
@@ -60,6 +59,7 @@ from agent.protocols.driver import (
     driver_counters,
 )
 from agent.protocols.registry import DRIVERS
+from agent.reading_counts import ReadingCounter
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
 from agent.sinks import FanOut, JsonlSink
@@ -68,6 +68,9 @@ from agent.update.gate import Observation
 from agent.update.part import UpdatePart
 from agent.uplink import Uplink
 from agent.writer import OutboxWriter
+
+if TYPE_CHECKING:
+    from agent.metrics import Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -290,6 +293,8 @@ class Daemon:
             )
         address = self.config.metrics.address
         if address is not None:
+            from agent.metrics import MetricsServer  # prometheus_client: only when configured
+
             await stack.enter_async_context(MetricsServer(address, self._metrics_snapshot))
 
     @staticmethod
@@ -423,6 +428,8 @@ class Daemon:
         return await uplink.ping()
 
     async def _metrics_snapshot(self) -> Snapshot:
+        from agent.metrics import Snapshot
+
         announcements = self.parts.update.announcements if self.parts is not None else None
         return Snapshot(
             await self.snapshot(),

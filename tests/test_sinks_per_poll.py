@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from agent.check_settings import ChecksConfig
 from agent.checks.data import DataMonitor
 from agent.checks.history import FOLD_POLLS, History
-from agent.metrics import ReadingCounter
 from agent.model import Quality, Reading
+from agent.reading_counts import ReadingCounter
 
 START = datetime(2026, 12, 1, 9, 58, tzinfo=UTC)
 
