@@ -89,7 +89,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
     )
     lateness = GaugeMetricFamily(
         "edge_agent_poll_lateness_seconds",
-        "p99 of recent poll start lateness.",
+        "p99 of poll start lateness over the last 1024 polls.",
         labels=["terminal"],
     )
     for name, t in sorted(view.terminals.items()):

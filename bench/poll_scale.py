@@ -17,6 +17,12 @@ and prints:
   simulators' CPU is measured the same way and printed beside it;
 - agent rss: VmRSS at the end of the window and VmHWM (peak, startup included: loading a big
   config is often the peak) from /proc/<pid>/status;
+- agent rss idle and rss per terminal: before the run, an agent with one terminal (of the same
+  simulators) polled hourly runs for the warmup time and its VmRSS is taken; RSS per terminal is
+  (VmRSS at the end of the window - that idle VmRSS) / K (`--no-idle` skips it);
+- `--tracemalloc FILE`: the agent runs under bench/traced_agent.py and the largest allocation
+  sites at the end of the window are printed (tracing slows the agent down: use a long
+  `--warmup`, and take no other figure from such a run);
 - lateness p50/p99/max: the agent keeps lateness in-process only, so it is rebuilt from the
   readings in the outbox. All readings of one poll share one `observed_at`, taken when the poll starts; the
   schedule is fixed-rate (slot n at t0 + n*P) and polls start at their slot or after it, so
