@@ -26,7 +26,14 @@ from typing import Any
 from rich.console import Console
 
 from agent import __version__
-from agent.config import Config, ConfigError, ControlConfig, default_config_path, load_config
+from agent.config import (
+    Config,
+    ConfigError,
+    ControlConfig,
+    default_config_path,
+    load_config,
+    parse_config_bytes,
+)
 from agent.diagnosis.diag_cli import add_diag_parser, run_diag
 from agent.diagnosis.fleet import add_fleet_parser, run_fleet
 from agent.diagnosis.remote import add_remote_parser, run_remote
@@ -163,10 +170,12 @@ def _fail(message: str, code: int = EXIT_USAGE) -> int:
     return code
 
 
-def _load_config(path: Path | None) -> Config | None:
-    """The config, or None after printing every error of the file to stderr."""
+def _load_config(path: Path | None, data: bytes | None = None) -> Config | None:
+    """The config (from `data`, the file's content, if given), or None after printing every
+    error of the file to stderr."""
+    path = path or default_config_path()
     try:
-        return load_config(path or default_config_path())
+        return load_config(path) if data is None else parse_config_bytes(data, path)
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
@@ -190,12 +199,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.signing import KeyStoreError
 
     path = args.config or default_config_path()
-    config = _load_config(path)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = None  # the loader says why
+    config = _load_config(path, data)
     if config is None:
         return EXIT_USAGE
     counter = LogCounter()
     configure_logging(config.log.level, config.log.format, counter=counter)
-    daemon = Daemon(config, path, log_counter=counter)
+    daemon = Daemon(config, path, log_counter=counter, config_bytes=data)
     try:
         asyncio.run(daemon.run())
     except (OSError, OutboxError, KeyStoreError, sqlite3.Error) as exc:

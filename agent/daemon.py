@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
 import signal
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -47,7 +48,6 @@ from agent.inspection import Inspection
 from agent.intake import SiteIntake
 from agent.limits import raise_descriptor_limit
 from agent.logs import LOG_RING, set_log_level
-from agent.metrics import MetricsServer, ReadingCounter, Snapshot
 from agent.model import ReadingSink, TerminalClock, TerminalView
 from agent.operations import OPERATIONS, OperationError, Operations
 from agent.outbox import AsyncOutbox, Message, Outbox, Priority
@@ -60,6 +60,7 @@ from agent.protocols.driver import (
     driver_counters,
 )
 from agent.protocols.registry import DRIVERS
+from agent.reading_counts import ReadingCounter
 from agent.sdnotify import notify
 from agent.signing import KeyNotFoundError, init_key, key_path, load_key
 from agent.sinks import FanOut, JsonlSink
@@ -69,6 +70,9 @@ from agent.update.gate import Observation
 from agent.update.part import UpdatePart
 from agent.uplink import Uplink
 from agent.writer import OutboxWriter
+
+if TYPE_CHECKING:
+    from agent.metrics import Snapshot
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +112,9 @@ class Daemon:
         extra_sinks: Sequence[ReadingSink] = (),
         log_counter: LogCounter | None = None,
         drivers: Sequence[DriverSpec] = DRIVERS,
+        config_bytes: bytes | None = None,
     ) -> None:
+        """`config_bytes`: the file content `config` was parsed from, if the caller has it."""
         self.config = config
         self.config_path = config_path.resolve()
         self.log_counter = log_counter
@@ -125,7 +131,11 @@ class Daemon:
         self._extra_sinks = list(extra_sinks)
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._config_bytes: bytes | None = None  # the file's content when the config was read
+        self._config_bytes = config_bytes  # the file's content when the config was read
+        # sha256 of the content self.config was parsed from (AgentView.config_digest).
+        self._config_digest = (
+            None if config_bytes is None else hashlib.sha256(config_bytes).digest()
+        )
         self.consent = ConsentStore(config.layout)
 
     async def run(self) -> None:
@@ -137,8 +147,9 @@ class Daemon:
             log.warning("descriptor limit not raised", **limit.to_log())
         else:
             log.info("descriptor limit", **limit.to_log())
-        with contextlib.suppress(OSError):
-            self._config_bytes = self.config_path.read_bytes()
+        if self._config_bytes is None:
+            with contextlib.suppress(OSError):
+                self._config_bytes = self.config_path.read_bytes()
         self._install_signal_handlers(loop)
         stack = AsyncExitStack()
         try:
@@ -293,6 +304,8 @@ class Daemon:
             )
         address = self.config.metrics.address
         if address is not None:
+            from agent.metrics import MetricsServer  # prometheus_client: only when configured
+
             await stack.enter_async_context(MetricsServer(address, self._metrics_snapshot))
 
     @staticmethod
@@ -322,6 +335,7 @@ class Daemon:
         return AgentView(
             config=self.config,
             config_path=self.config_path,
+            config_digest=self._config_digest,
             started_at=self.started_at,
             restarts=self.restarts,
             terminals=terminals,
@@ -425,6 +439,8 @@ class Daemon:
         return await uplink.ping()
 
     async def _metrics_snapshot(self) -> Snapshot:
+        from agent.metrics import Snapshot
+
         announcements = self.parts.update.announcements if self.parts is not None else None
         return Snapshot(
             await self.snapshot(),
@@ -506,6 +522,7 @@ class Daemon:
         parts.inspection.set_polling_allowance(self._polling_allowance(parts.drivers))
         # Only now: a reload that failed half-way is tried again at the next change or SIGHUP.
         self.config, self._config_bytes = applied, text
+        self._config_digest = None  # the running config is no longer one file's content
         log.info("config reloaded", terminals=len(new.terminals))
         return True
 

@@ -1,7 +1,8 @@
 """Prometheus metrics, off by default (`metrics.listen: 127.0.0.1:9108`).
 
 Nothing is counted on the hot path but readings per terminal and quality (`ReadingCounter`, a
-sink); everything else is read from the agent's own statistics when Prometheus scrapes. The
+sink in agent/reading_counts.py, so that an agent without metrics never imports
+prometheus_client); everything else is read from the agent's own statistics when Prometheus scrapes. The
 HTTP endpoint runs on the event loop (asyncio), so a scrape reads the agent's state from the
 thread that changes it. Names follow Prometheus conventions: `edge_agent_` prefix, base units
 (seconds, bytes), `_total` for counters.
@@ -30,24 +31,14 @@ from prometheus_client.registry import Collector
 from agent import __version__
 from agent.checks.framework import CheckResult, Status
 from agent.checks.view import AgentView
-from agent.model import LATENCY_BUCKETS, Reading
+from agent.model import LATENCY_BUCKETS
 from agent.outbox import QUEUE_NAMES
+from agent.reading_counts import ReadingCounter
 
 log = structlog.get_logger(__name__)
+__all__ = ["MetricsServer", "ReadingCounter", "Snapshot", "families"]
 
 MAX_REQUEST_HEAD = 8192
-
-
-class ReadingCounter:
-    """A sink that counts readings by terminal and quality."""
-
-    def __init__(self) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()
-
-    def submit(self, readings: Sequence[Reading]) -> None:
-        counts = self.counts
-        for r in readings:
-            counts[(r.terminal, r.quality.value)] += 1
 
 
 @dataclass
@@ -98,7 +89,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
     )
     lateness = GaugeMetricFamily(
         "edge_agent_poll_lateness_seconds",
-        "p99 of recent poll start lateness.",
+        "p99 of poll start lateness over the last 1024 polls.",
         labels=["terminal"],
     )
     skipped = CounterMetricFamily(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import statistics
-from collections import deque
-from collections.abc import Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -185,11 +186,92 @@ def format_timestamp(at: datetime, timespec: str = "milliseconds") -> str:
 
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+POLL_SECONDS_KEPT = 512  # recent poll durations per terminal (latency p95)
+LATENESS_KEPT = 1024  # recent poll start lateness per terminal (lateness p99)
+OUTCOMES_KEPT = 100  # recent poll outcomes per terminal (success ratio)
+
+
+class RecentSamples:
+    """The last `maxlen` numbers, as doubles in one array (8 bytes each, where a deque of
+    floats takes about 32): a terminal keeps these for as long as the agent runs.
+
+    Appends like a bounded deque; iterates oldest first.
+    """
+
+    __slots__ = ("_next", "_values", "maxlen")
+
+    def __init__(self, maxlen: int, values: Iterable[float] = ()) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self.maxlen = maxlen
+        self._values = array("d")
+        self._next = 0  # where the next sample goes once the array is full
+        self.extend(values)
+
+    def append(self, value: float) -> None:
+        if len(self._values) < self.maxlen:
+            self._values.append(value)
+        else:
+            self._values[self._next] = value
+            self._next = (self._next + 1) % self.maxlen
+
+    def extend(self, values: Iterable[float]) -> None:
+        for value in values:
+            self.append(value)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self) -> Iterator[float]:
+        values, cut = self._values, self._next
+        return itertools.chain(values[cut:], values[:cut])
+
+    def __repr__(self) -> str:
+        return f"RecentSamples({list(self)!r}, maxlen={self.maxlen})"
+
+
+class RecentOutcomes:
+    """The last `maxlen` yes/no outcomes as the bits of one int (a deque of them takes a
+    pointer each). Appends like a bounded deque; iterates oldest first; `sum()` counts the
+    yeses."""
+
+    __slots__ = ("_bits", "_count", "maxlen")
+
+    def __init__(self, maxlen: int, values: Iterable[bool] = ()) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self.maxlen = maxlen
+        self._bits = 0  # bit 0 is the newest outcome
+        self._count = 0
+        self.extend(values)
+
+    def append(self, value: bool) -> None:
+        self._bits = ((self._bits << 1) | bool(value)) & ((1 << self.maxlen) - 1)
+        self._count = min(self._count + 1, self.maxlen)
+
+    def extend(self, values: Iterable[bool]) -> None:
+        for value in values:
+            self.append(value)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[bool]:
+        bits = self._bits
+        return (bool(bits >> i & 1) for i in range(self._count - 1, -1, -1))
+
+    def yes(self) -> int:
+        """How many of the outcomes kept are yes."""
+        return self._bits.bit_count()
+
+    def __repr__(self) -> str:
+        return f"RecentOutcomes({list(self)!r}, maxlen={self.maxlen})"
 
 
 @dataclass
 class TerminalStats:
-    """What a poller has seen, for status, checks and benchmarks (bounded windows)."""
+    """What a poller has seen, for status, checks and benchmarks (bounded windows, compact:
+    RecentSamples and RecentOutcomes)."""
 
     polls: int = 0
     failed_polls: int = 0
@@ -199,9 +281,9 @@ class TerminalStats:
     held_slots: int = 0  # of those, skipped because the outbox was behind (backpressure)
     last_good_at: datetime | None = None
     last_error: str | None = None
-    poll_seconds: deque[float] = field(default_factory=lambda: deque(maxlen=512))
-    lateness: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
-    outcomes: deque[bool] = field(default_factory=lambda: deque(maxlen=100))
+    poll_seconds: RecentSamples = field(default_factory=lambda: RecentSamples(POLL_SECONDS_KEPT))
+    lateness: RecentSamples = field(default_factory=lambda: RecentSamples(LATENESS_KEPT))
+    outcomes: RecentOutcomes = field(default_factory=lambda: RecentOutcomes(OUTCOMES_KEPT))
     # Cumulative since start, for metrics: count of polls at or under each LATENCY_BUCKETS bound.
     latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
     latency_sum: float = 0.0
@@ -218,7 +300,7 @@ class TerminalStats:
 
     @property
     def success_ratio(self) -> float | None:
-        return sum(self.outcomes) / len(self.outcomes) if self.outcomes else None
+        return self.outcomes.yes() / len(self.outcomes) if self.outcomes else None
 
     def latency_p95(self) -> float | None:
         return _percentile(self.poll_seconds, 95)
@@ -227,9 +309,10 @@ class TerminalStats:
         return _percentile(self.lateness, 99)
 
 
-def _percentile(samples: Sequence[float], pct: int) -> float | None:
+def _percentile(samples: RecentSamples, pct: int) -> float | None:
     if not samples:
         return None
-    if len(samples) == 1:
-        return samples[0]
-    return statistics.quantiles(samples, n=100, method="inclusive")[pct - 1]
+    values = list(samples)
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]

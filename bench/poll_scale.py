@@ -19,6 +19,12 @@ and prints:
   simulators' CPU is measured the same way and printed beside it;
 - agent rss: VmRSS at the end of the window and VmHWM (peak, startup included: loading a big
   config is often the peak) from /proc/<pid>/status;
+- agent rss idle and rss per terminal: before the run, an agent with one terminal (of the same
+  simulators) polled hourly runs for the warmup time and its VmRSS is taken; RSS per terminal is
+  (VmRSS at the end of the window - that idle VmRSS) / K (`--no-idle` skips it);
+- `--tracemalloc FILE`: the agent runs under bench/traced_agent.py and the largest allocation
+  sites at the end of the window are printed (tracing slows the agent down: use a long
+  `--warmup`, and take no other figure from such a run);
 - lateness p50/p99/max: the agent keeps lateness in-process only, so it is rebuilt from the
   readings in the outbox. All readings of one poll share one `observed_at`, taken when the poll starts; the
   schedule is fixed-rate (slot n at t0 + n*P) and polls start at their slot or after it, so
@@ -51,12 +57,14 @@ import math
 import os
 import select
 import shlex
+import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -72,6 +80,7 @@ from agent.telemetry import Receiver, open_token
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMESTAMP_RESOLUTION = 0.001  # observed_at carries milliseconds (truncated)
+IDLE_PERIOD = 3600.0  # the idle agent's one terminal is polled hourly
 LATE = 0.1  # a poll starting later than this is counted as late (the K=200 target)
 
 
@@ -349,6 +358,67 @@ def percentile(samples: list[float], pct: float) -> float:
     return statistics.quantiles(samples, n=1000, method="inclusive")[round(pct * 10) - 1]
 
 
+def start_agent(
+    config: Path, log_path: Path, tracemalloc: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """The daemon as a child process (under bench/traced_agent.py if `tracemalloc`)."""
+    command = [sys.executable, "-m", "agent", "run", "--config", str(config)]
+    if tracemalloc is not None:
+        command[1:3] = [str(ROOT / "bench" / "traced_agent.py"), str(tracemalloc), "--"]
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            preexec_fn=die_with_parent,
+        )
+
+
+def idle_rss(tmp: Path, port: int, registers: int, settle: float) -> int:
+    """VmRSS (KiB) of an agent with one terminal polled hourly, `settle` seconds after launch:
+    the baseline that "RSS per terminal" is counted from."""
+    config, state_dir = tmp / "idle.yaml", tmp / "idle-state"
+    write_config(config, state_dir, [port], registers, IDLE_PERIOD)
+    agent = start_agent(config, tmp / "idle.log")
+    try:
+        time.sleep(settle)
+        if agent.poll() is not None:
+            raise RuntimeError(f"idle agent exited with {agent.returncode}")
+        return memory_kib(agent.pid)["VmRSS"]
+    finally:
+        stop(agent)
+
+
+def take_snapshot(agent: subprocess.Popen[bytes], path: Path) -> tracemalloc.Snapshot:
+    """Ask a traced agent for its tracemalloc snapshot and load it."""
+    path.unlink(missing_ok=True)
+    agent.send_signal(signal.SIGUSR1)
+    deadline = time.monotonic() + 120
+    size = -1
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = path.stat().st_size if path.exists() else -1
+        if now > 0 and now == size:
+            return tracemalloc.Snapshot.load(str(path))
+        size = now
+    raise RuntimeError(f"no tracemalloc snapshot in {path}")
+
+
+def print_snapshot(snapshot: tracemalloc.Snapshot, top: int = 25) -> None:
+    """The largest allocation sites of the agent's own code, by line and by file."""
+    snapshot = snapshot.filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+    total = sum(stat.size for stat in snapshot.statistics("filename"))
+    print(f"tracemalloc: {total / 2**20:.1f} MiB traced")
+    for key in ("filename", "lineno"):
+        print(f"  largest by {key}:")
+        for stat in snapshot.statistics(key)[:top]:
+            frame = stat.traceback[0]
+            where = frame.filename if key == "filename" else f"{frame.filename}:{frame.lineno}"
+            print(f"    {stat.size / 2**20:8.2f} MiB {stat.count:9d} blocks  {where}")
+
+
 def run(args: argparse.Namespace) -> None:
     k, r, p, s = args.devices, args.registers, args.period, args.duration
     sim_procs = args.sim_processes or max(1, math.ceil(k / 500))
@@ -371,6 +441,8 @@ def run(args: argparse.Namespace) -> None:
         sims: list[subprocess.Popen[bytes]] = []
         mosquitto: subprocess.Popen[bytes] | None = None
         tap: BrokerTap | None = None
+        idle_kib: int | None = None
+        traced: tracemalloc.Snapshot | None = None
         try:
             broker = None
             if args.broker:
@@ -378,16 +450,10 @@ def run(args: argparse.Namespace) -> None:
                 tap = BrokerTap(broker)
             sims, ports = start_simulators(k, r, sim_procs, args)
             write_config(config, state_dir, ports, r, p, args.local_copy, broker, telemetry)
+            if not args.no_idle:
+                idle_kib = idle_rss(Path(tmp), ports[0], r, args.warmup)
             launched = time.time()
-            with (Path(tmp) / "agent.log").open("wb") as log:
-                agent = subprocess.Popen(
-                    [sys.executable, "-m", "agent", "run", "--config", str(config)],
-                    cwd=ROOT,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                    preexec_fn=die_with_parent,
-                )
+            agent = start_agent(config, Path(tmp) / "agent.log", args.tracemalloc)
             time.sleep(args.warmup)
             if agent.poll() is not None:
                 raise RuntimeError(f"agent exited during warmup with {agent.returncode}")
@@ -395,6 +461,8 @@ def run(args: argparse.Namespace) -> None:
             time.sleep(s)
             b = sample(agent, sims)
             memory = memory_kib(agent.pid)
+            if args.tracemalloc is not None:
+                traced = take_snapshot(agent, args.tracemalloc)
             state_bytes = {f.name: f.stat().st_size for f in state_dir.iterdir() if f.is_file()}
             status = agent_status(config)
             health = state_dir / "state" / "health.json"
@@ -441,6 +509,13 @@ def run(args: argparse.Namespace) -> None:
         f"agent rss: {memory['VmRSS'] / 1024:.1f} MiB at end, "
         f"peak {memory['VmHWM'] / 1024:.1f} MiB (VmHWM)"
     )
+    if idle_kib is not None:
+        per_terminal = (memory["VmRSS"] - idle_kib) / 1024 / k
+        print(
+            f"agent rss idle: {idle_kib / 1024:.1f} MiB (one terminal polled every "
+            f"{IDLE_PERIOD:g} s); rss per terminal: {per_terminal:.3f} MiB "
+            "((end - idle) / K)"
+        )
     if late:
         print(
             f"lateness p50/p99/max: {percentile(late, 50) * 1e3:.0f} ms / "
@@ -475,6 +550,8 @@ def run(args: argparse.Namespace) -> None:
     )
     for text, count in notable.most_common(5):
         print(f"  {count} x {text}")
+    if traced is not None:
+        print_snapshot(traced)
 
 
 def main() -> None:
@@ -500,6 +577,15 @@ def main() -> None:
     parser.add_argument("--schema", type=int, choices=(1, 2), default=2, help="telemetry.schema")
     parser.add_argument(
         "--compression", choices=("none", "zlib"), default="zlib", help="telemetry.compression"
+    )
+    parser.add_argument(
+        "--no-idle", action="store_true", help="skip the idle agent (its RSS, RSS per terminal)"
+    )
+    parser.add_argument(
+        "--tracemalloc",
+        type=Path,
+        default=None,
+        help="run the agent under tracemalloc, snapshot to this file, print the largest sites",
     )
     run(parser.parse_args())
 

@@ -4,6 +4,7 @@ error rate counted by the structlog processor in a real structlog chain."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import json
 import time
@@ -16,6 +17,7 @@ import yaml
 from agent import __version__
 from agent.checks import AgentView, LogCounter, Status, build_checks, load_restarts, record_start
 from agent.checks.framework import CheckResult, CheckRunner
+from agent.checks.software import ConfigFileCheck
 from agent.checks.view import restarts_path
 from agent.config import load_config
 
@@ -111,3 +113,26 @@ def test_errors_logged_through_structlog_are_counted_and_judged(tmp_path: Path) 
     assert later.recent_errors == 0 and later.errors == 7
     assert run(AgentView(config, logs=later), "software.log_errors").status is Status.OK
     assert run(AgentView(config), "software.log_errors").status is Status.UNKNOWN
+
+
+def test_an_unchanged_config_file_is_not_parsed_again(tmp_path: Path) -> None:
+    """The file is parsed again only when its content or the running config changes; the
+    content the running config was parsed from is valid without parsing it at all."""
+    path = write_config(tmp_path / "c.yaml", tmp_path)
+    running = load_config(path)
+    check = ConfigFileCheck()
+    view = AgentView(running, path)
+    first = check(view)
+    assert first.status is Status.OK
+    assert check(view) is first  # the same content, the same running config: not parsed
+    write_config(path, tmp_path, log={"level": "debug"})
+    changed = check(view)
+    assert changed.status is Status.WARN and changed is not first
+    assert check(AgentView(load_config(path), path)).status is Status.OK  # a new running config
+    # The daemon passes the digest of the content it parsed: that content is not parsed again,
+    # even when it would not parse now (here: not YAML at all, to tell the two paths apart).
+    path.write_text("{not: yaml")
+    digest = hashlib.sha256(path.read_bytes()).digest()
+    seeded = check(AgentView(running, path, config_digest=digest))
+    assert seeded.status is Status.OK and seeded.message == f"{path} is valid"
+    assert check(AgentView(running, path)).status is Status.FAIL

@@ -105,6 +105,9 @@ class DataMonitor:
         self.settings = settings
         self.intervals: dict[str, float] = dict(intervals or {})
         self.points: dict[str, PointState] = {k: PointState(v) for k, v in settings.data.items()}
+        # Per terminal name: its checked points by point name (None: none), found on first
+        # sight, so that a poll of a terminal without data checks costs one lookup.
+        self._watched: dict[str, dict[str, PointState] | None] = {}
         self._pending: deque[Anomaly] = deque(maxlen=pending_max)
         self.dropped = 0
         self.found: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -119,10 +122,14 @@ class DataMonitor:
     def observe(self, readings: Sequence[Reading]) -> list[Anomaly]:
         """Judge a batch; returns the anomalies it started (also kept for `take_anomalies`)."""
         found: list[Anomaly] = []
-        if not self.points:
+        if not self.points or not readings:
+            return found
+        terminals = {r.terminal for r in readings}  # one, for a poll
+        if all(self._points_of(t) is None for t in terminals):
             return found
         for r in readings:
-            state = self.points.get(f"{r.terminal}.{r.point}")
+            watched = self._watched[r.terminal]
+            state = None if watched is None else watched.get(r.point)
             if state is None or r.quality is not Quality.GOOD:
                 continue
             value = numeric(r.value)
@@ -135,6 +142,19 @@ class DataMonitor:
             self._pending.append(a)
             self.found[a.kind] += 1
         return found
+
+    def _points_of(self, terminal: str) -> dict[str, PointState] | None:
+        try:
+            return self._watched[terminal]
+        except KeyError:
+            prefix = f"{terminal}."
+            mine = {
+                key[len(prefix) :]: state
+                for key, state in self.points.items()
+                if key.startswith(prefix) and len(key) > len(prefix)
+            }
+            watched = self._watched[terminal] = mine or None
+            return watched
 
     def take_anomalies(self) -> list[Anomaly]:
         """The anomalies found since the last call (for the history)."""

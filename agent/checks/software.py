@@ -4,15 +4,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import sys
+import threading
 from datetime import datetime, timedelta
 
 from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
 from agent.checks.system import SystemPaths
 from agent.checks.view import AgentView
-from agent.config import ConfigError, load_config
+from agent.config import Config, ConfigError, load_config, parse_config_bytes
 from agent.durations import format_duration
 
 FAMILY = "software"
@@ -21,6 +23,7 @@ FAMILY = "software"
 def checks(settings: ChecksConfig, paths: SystemPaths | None = None) -> list[Check]:
     paths = paths or SystemPaths()
     s = settings.software
+    config_check = ConfigFileCheck()
 
     def make(check_id: str, probe: Probe, blocking: bool = False) -> Check:
         return Check(check_id, FAMILY, probe, s.interval, settings.timeout, blocking)
@@ -29,7 +32,7 @@ def checks(settings: ChecksConfig, paths: SystemPaths | None = None) -> list[Che
         make("software.version", lambda v, now: version(v)),
         make("software.python", lambda v, now: python()),
         make("software.os", lambda v, now: os_release(paths), blocking=True),
-        make("software.config", lambda v, now: config_valid(v), blocking=True),
+        make("software.config", lambda v, now: config_check(v), blocking=True),
         make("software.restarts", lambda v, now: restarts(v, now, settings)),
         make("software.log_errors", lambda v, now: log_errors(v, settings)),
     ]
@@ -71,13 +74,48 @@ def os_release(paths: SystemPaths) -> Outcome:
     return Outcome(Status.OK, name, message=f"{name}, kernel {kernel}")
 
 
-def config_valid(view: AgentView) -> Outcome:
-    """Validate the config file as it is on disk now (the running config may be older)."""
+class ConfigFileCheck:
+    """`software.config`, parsing the file only when it or the running config has changed.
+
+    Parsing a large site's config costs CPU and, for a moment, tens of MB (a YAML document and
+    its validated models; the allocator keeps much of it), so an unchanged file (same bytes,
+    same running config) gives the previous outcome again.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # rounds run in worker threads
+        self._last: tuple[bytes, Config, Outcome] | None = None
+
+    def __call__(self, view: AgentView) -> Outcome:
+        path = view.config_path
+        if path is None:
+            return config_valid(view)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return config_valid(view)  # says why, as the loader does
+        digest = hashlib.sha256(data).digest()
+        if digest == view.config_digest:
+            # The very content the running config was parsed from: valid, and no different.
+            return Outcome(Status.OK, 0, threshold=0, message=f"{path} is valid")
+        with self._lock:
+            last = self._last
+        if last is not None and last[0] == digest and last[1] is view.config:
+            return last[2]
+        outcome = config_valid(view, data)
+        with self._lock:
+            self._last = (digest, view.config, outcome)
+        return outcome
+
+
+def config_valid(view: AgentView, data: bytes | None = None) -> Outcome:
+    """Validate the config file as it is on disk now (the running config may be older);
+    `data` is the file's content if already read."""
     path = view.config_path
     if path is None:
         return unknown("no config file: the running config was not loaded from a file")
     try:
-        on_disk = load_config(path)
+        on_disk = load_config(path) if data is None else parse_config_bytes(data, path)
     except ConfigError as exc:
         n = len(exc.errors)
         first = exc.errors[0] if exc.errors else "invalid"

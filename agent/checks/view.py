@@ -50,6 +50,9 @@ class AgentView:
 
     config: Config
     config_path: Path | None = None
+    # sha256 of the file content `config` was parsed from, if known: the config check then
+    # knows that content valid without parsing it again (agent.checks.software).
+    config_digest: bytes | None = None
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     restarts: Sequence[datetime] = ()  # starts after an earlier run (see record_start)
     terminals: Mapping[str, TerminalView] = field(default_factory=dict)
