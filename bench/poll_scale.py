@@ -16,7 +16,8 @@ and prints:
   by the window's length, counted from the telemetry messages in the outbox after the run (a
   reading there was delivered: signed and durable);
 - agent cpu: (utime + stime) from /proc/<pid>/stat over the window, per wall second; the
-  simulators' CPU is measured the same way and printed beside it;
+  simulators' CPU is measured the same way and printed beside it; agent cpu per delivered
+  point = agent cpu / points/s (µs);
 - agent rss: VmRSS at the end of the window and VmHWM (peak, startup included: loading a big
   config is often the peak) from /proc/<pid>/status;
 - lateness p50/p99/max: the agent keeps lateness in-process only, so it is rebuilt from the
@@ -436,6 +437,9 @@ def run(args: argparse.Namespace) -> None:
     user = (b.agent_user - a.agent_user) / window
     system = (b.agent_system - a.agent_system) / window
     print(f"agent cpu: {user + system:.3f} s/s (user {user:.3f}, system {system:.3f})")
+    points_per_s = polls.good_points / window
+    if points_per_s:
+        print(f"agent cpu per delivered point: {(user + system) / points_per_s * 1e6:.1f} µs")
     print(f"simulator cpu: {(b.sim_cpu - a.sim_cpu) / window:.3f} s/s ({sim_procs} processes)")
     print(
         f"agent rss: {memory['VmRSS'] / 1024:.1f} MiB at end, "
