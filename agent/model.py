@@ -93,6 +93,43 @@ class Reading:
         }
 
 
+def _fast_init() -> Any:
+    """Reading's constructor, setting its slots through their descriptors: what the frozen
+    dataclass's own `__init__` does through `object.__setattr__`, at under half the cost (a
+    poll makes one Reading per point). Same signature; instances stay frozen."""
+    slot: dict[str, Any] = dict(vars(Reading))  # the member descriptors of its slots
+    set_terminal, set_point = slot["terminal"].__set__, slot["point"].__set__
+    set_value, set_unit = slot["value"].__set__, slot["unit"].__set__
+    set_quality, set_observed_at = slot["quality"].__set__, slot["observed_at"].__set__
+    set_source, set_error = slot["source"].__set__, slot["error"].__set__
+
+    def __init__(
+        self: Reading,
+        terminal: str,
+        point: str,
+        value: Value,
+        unit: str,
+        quality: Quality,
+        observed_at: datetime,
+        source: str,
+        error: str | None = None,
+    ) -> None:
+        set_terminal(self, terminal)
+        set_point(self, point)
+        set_value(self, value)
+        set_unit(self, unit)
+        set_quality(self, quality)
+        set_observed_at(self, observed_at)
+        set_source(self, source)
+        set_error(self, error)
+
+    __init__.__qualname__ = "Reading.__init__"
+    return __init__
+
+
+Reading.__init__ = _fast_init()  # type: ignore[method-assign]
+
+
 @dataclass(frozen=True, slots=True)
 class TerminalInfo:
     """A terminal as every protocol-neutral part sees it, whatever its protocol.
