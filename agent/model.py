@@ -130,6 +130,29 @@ def _fast_init() -> Any:
 Reading.__init__ = _fast_init()  # type: ignore[method-assign]
 
 
+class PollReadings(list[Reading]):
+    """One poll's readings (a list, as any batch) that may also carry them in bulk.
+
+    When every reading of the poll is good and is the plain value of a configured point (in
+    the terminal's `layout`: (point, unit, source) per value, the same tuple object poll after
+    poll), `values` holds the values in that order and `layout` is set: consumers that
+    can work per poll (the telemetry encoder) use these instead of looking at every reading.
+    Otherwise both are None and the list is all there is.
+    """
+
+    __slots__ = ("layout", "values")
+
+    def __init__(
+        self,
+        readings: Sequence[Reading] = (),
+        layout: tuple[tuple[str, str, str], ...] | None = None,
+        values: list[Value] | None = None,
+    ) -> None:
+        super().__init__(readings)
+        self.layout = layout
+        self.values = values
+
+
 @dataclass(frozen=True, slots=True)
 class TerminalInfo:
     """A terminal as every protocol-neutral part sees it, whatever its protocol.

@@ -130,12 +130,7 @@ def decode_read(
     """Readings for every point of `read` from the values the device returned."""
     plain = read.plain
     if plain is not None and len(values) >= read.count:  # one pass, no per-point config
-        cast = bool if read.table in BIT_TABLES else int
-        good = Quality.GOOD
-        return [
-            Reading(terminal, name, cast(values[i]), unit, good, observed_at, source)
-            for i, name, unit, source in plain
-        ]
+        return plain_readings(terminal, plain, plain_values(read, values), observed_at)
     readings = []
     for p in read.points:
         offset = p.address - read.address
@@ -153,6 +148,25 @@ def decode_read(
             Reading(terminal, p.name, value, p.unit, Quality.GOOD, observed_at, p.source)
         )
     return readings
+
+
+def plain_values(read: Read, values: Sequence[int] | Sequence[bool]) -> list[Value]:
+    """The values of a plain read's points (`read.plain` set, `values` not short), in order."""
+    assert read.plain is not None
+    if read.table in BIT_TABLES:
+        return [bool(values[p[0]]) for p in read.plain]
+    return [int(values[p[0]]) for p in read.plain]
+
+
+def plain_readings(
+    terminal: str, plain: Sequence[PlainPoint], values: Sequence[Value], observed_at: datetime
+) -> list[Reading]:
+    """Good readings of plain points from their values (`plain_values`)."""
+    good = Quality.GOOD
+    return [
+        Reading(terminal, name, value, unit, good, observed_at, source)
+        for (_, name, unit, source), value in zip(plain, values, strict=True)
+    ]
 
 
 def bad_reading(terminal: str, point: PointConfig, observed_at: datetime, reason: str) -> Reading:
