@@ -188,9 +188,9 @@ class Schema2:
         return None if width < 0 else (mapping, width)
 
     def encode(self, group: Sequence[Reading]) -> Piece:
-        first = group[0]
-        if isinstance(group, PollReadings) and group.values is not None and group.layout:
-            slots = self._slots_of(first.terminal, group.layout)
+        if isinstance(group, PollReadings) and group.values and group.layout:
+            assert group.observed_at is not None
+            slots = self._slots_of(group.terminal, group.layout)
             if slots is not None:  # one poll, all good, all described: its values in bulk
                 mapping, width = slots
                 shown: list[Any] = group.values
@@ -198,8 +198,9 @@ class Schema2:
                     shown = [None] * width
                     for index, value in zip(mapping, group.values, strict=True):
                         shown[index] = value
-                ms = epoch_ms(first.observed_at)
-                return Piece(len(group), _encode(shown), first.terminal, ms)
+                ms = epoch_ms(group.observed_at)
+                return Piece(len(group), _encode(shown), group.terminal, ms)
+        first = group[0]
         piece = Piece(len(group), "", first.terminal, epoch_ms(first.observed_at))
         points = self.meta.index.get(first.terminal)
         extras: Sequence[Reading] = group

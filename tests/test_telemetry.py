@@ -99,12 +99,8 @@ def test_schema_2_carries_every_reading_schema_1_carries_good_bad_and_unknown() 
 
 
 def poll_of(layout: list[tuple[str, str, str]], values: list[Any]) -> PollReadings:
-    """One all-good poll as a Modbus poller hands it over: readings and the values in bulk."""
-    readings = [
-        Reading("plc", n, v, u, Quality.GOOD, AT, s)
-        for (n, u, s), v in zip(layout, values, strict=True)
-    ]
-    return PollReadings(readings, tuple(layout), list(values))
+    """One all-good poll as a Modbus poller hands it over: its values in bulk."""
+    return PollReadings.plain("plc", AT, tuple(layout), list(values))
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 import structlog
 
-from agent.model import PollReadings, Quality, ReadingSink, TerminalStats, Value
+from agent.model import PollReadings, Quality, Reading, ReadingSink, TerminalStats, Value
 from agent.protocols.modbus.config import ModbusTerminal
 from agent.protocols.modbus.links import Link, ModbusFailure
 from agent.protocols.modbus.planner import (
@@ -86,15 +86,27 @@ class Poller:
         """Read every point once; never raises for what the terminal does."""
         name = self.terminal.name
         observed_at = self._wall_clock()
-        readings = PollReadings()
         layout = self._layout()
+        # While every read so far was plain and good: their values, in the layout's order
+        # (readings are made only if the poll turns out otherwise).
         values: list[Value] | None = [] if layout is not None else None
+        readings: list[Reading] = []
+
+        def one_by_one() -> None:
+            nonlocal values
+            if values is not None and layout is not None:  # the readings of the values so far
+                readings.extend(
+                    PollReadings.plain(name, observed_at, layout[: len(values)], values)
+                )
+            values = None
+
         reads = list(self._reads)
         while reads:
             read = reads.pop(0)
             try:
                 answer = await self._read_with_retries(read)
             except ModbusFailure as failure:
+                one_by_one()
                 if failure.exception_code == 2 and len(read.points) > 1:
                     # The device refuses a read that spans unmapped registers: read these points
                     # one by one from now on.
@@ -105,31 +117,26 @@ class Poller:
                         self._reads[index : index + 1] = parts
                         self._layout_of = None  # worked out again for the new reads
                     reads[0:0] = parts
-                    layout = values = None  # the reads changed under this poll
                     continue
-                values = None
-                readings.extend(
-                    bad_readings(self.terminal.name, read.points, observed_at, failure.reason)
-                )
+                readings.extend(bad_readings(name, read.points, observed_at, failure.reason))
                 if failure.kind in ("connect", "timeout"):
                     # The terminal is unreachable: the other reads would only wait out their timeouts.
                     rest = [p for r in reads for p in r.points]
-                    readings.extend(
-                        bad_readings(self.terminal.name, rest, observed_at, failure.reason)
-                    )
+                    readings.extend(bad_readings(name, rest, observed_at, failure.reason))
                     break
                 continue
             if read.plain is not None and len(answer) >= read.count:
                 decoded = plain_values(read, answer)
-                readings.extend(plain_readings(name, read.plain, decoded, observed_at))
                 if values is not None:
                     values.extend(decoded)
+                else:
+                    readings.extend(plain_readings(name, read.plain, decoded, observed_at))
                 continue
-            values = None
+            one_by_one()
             readings.extend(decode_read(name, read, answer, observed_at))
-        if values is not None and layout is not None and len(values) == len(layout):
-            readings.layout, readings.values = layout, values
-        return readings
+        if values is not None and layout is not None:
+            return PollReadings.plain(name, observed_at, layout, values)
+        return PollReadings(readings)
 
     async def _read_with_retries(self, read: Read) -> Sequence[int] | Sequence[bool]:
         t = self.terminal
@@ -176,7 +183,7 @@ class Poller:
             errors = [r.error for r in readings if r.error]
         s.outcomes.append(good)
         if good:
-            s.last_good_at = readings[0].observed_at
+            s.last_good_at = readings.observed_at
             if s.consecutive_failures:
                 self._log.info("terminal answering again", after_failures=s.consecutive_failures)
             s.consecutive_failures = 0
