@@ -145,6 +145,7 @@ def write_config(
     local_copy: bool = False,
     broker: int | None = None,
     telemetry: dict[str, object] | None = None,
+    history: bool = True,
 ) -> None:
     config: dict[str, object] = {
         "gateway": {"id": "bench"},
@@ -154,6 +155,7 @@ def write_config(
         "jsonl": {"enabled": local_copy, "max_bytes": 1 << 40},  # no rotation during the run
         "outbox": {"max_bytes": 16 << 30},  # keep every reading of the run for the analysis
         "telemetry": telemetry or {},
+        "checks": {"history": {"enabled": history}},
         "uplink": {"broker": f"mqtt://127.0.0.1:{broker}" if broker else None},
         "terminals": [
             {
@@ -364,6 +366,7 @@ def run(args: argparse.Namespace) -> None:
         f"values: random walk below {args.values_max}, step <= {args.step} per period; "
         f"telemetry: schema {args.schema}, compression {args.compression}"
         + (" (published to a local mosquitto)" if args.broker else " (no broker)")
+        + ("" if args.history else "; history off")
     )
     with tempfile.TemporaryDirectory(prefix="bench-poll-") as tmp:
         state_dir = Path(tmp) / "state"
@@ -378,7 +381,9 @@ def run(args: argparse.Namespace) -> None:
                 mosquitto, broker = start_mosquitto(Path(tmp))
                 tap = BrokerTap(broker)
             sims, ports = start_simulators(k, r, sim_procs, args)
-            write_config(config, state_dir, ports, r, p, args.local_copy, broker, telemetry)
+            write_config(
+                config, state_dir, ports, r, p, args.local_copy, broker, telemetry, args.history
+            )
             launched = time.time()
             with (Path(tmp) / "agent.log").open("wb") as log:
                 agent = subprocess.Popen(
@@ -490,6 +495,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument(
         "--local-copy", action="store_true", help="also write the JSON-lines copy (its cost)"
+    )
+    parser.add_argument(
+        "--no-history",
+        dest="history",
+        action="store_false",
+        help="turn the history statistics off (what the rest of the path costs without them)",
     )
     parser.add_argument(
         "--sim-processes", type=int, default=0, help="simulator processes (default: 1 per 500)"
