@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from agent.losses import LossLedger
-from agent.model import Quality, Reading, format_timestamp
+from agent.model import PollReadings, Quality, Reading, format_timestamp
 from agent.signing import EncodedJSON, read_envelope
 from agent.sinks import records
 
@@ -143,9 +143,14 @@ class Schema2:
 
     def __init__(self, meta: Meta | None = None) -> None:
         self.meta = meta or Meta({})
+        # terminal -> (layout, meta id, meta index of each value, width): how the values of
+        # its `PollReadings` map onto the meta's point list, worked out once per layout.
+        self._slots: dict[str, tuple[Any, str, list[int] | None, int]] = {}
 
     def groups(self, readings: Sequence[Reading], batch: int) -> list[Sequence[Reading]]:
         """Runs of readings of one terminal and one time (a poll), at most `batch` each."""
+        if isinstance(readings, PollReadings) and readings.values and len(readings) <= batch:
+            return [readings]  # one poll: one group, as it is (its values in bulk)
         out: list[Sequence[Reading]] = []
         start, n = 0, len(readings)
         while start < n:
@@ -162,7 +167,39 @@ class Schema2:
             start = end
         return out
 
+    def _slots_of(self, terminal: str, layout: Any) -> tuple[list[int] | None, int] | None:
+        """Where each value of a poll of `layout` goes in the meta's point list (None for
+        each in its own place), and the width of the values list; None if the meta does not
+        describe every point of the layout exactly (the readings are then encoded one by one)."""
+        known = self._slots.get(terminal)
+        if known is not None and known[0] is layout and known[1] == self.meta.id:
+            return None if known[3] < 0 else (known[2], known[3])
+        points = self.meta.index.get(terminal)
+        indices: list[int] = []
+        for name, unit, source in layout:
+            slot = points.get(name) if points is not None else None
+            if slot is None or slot[1] != unit or slot[2] != source or slot[0] in indices:
+                indices = []
+                break
+            indices.append(slot[0])
+        width = max(indices) + 1 if indices else -1
+        mapping = None if indices == list(range(len(indices))) else indices
+        self._slots[terminal] = (layout, self.meta.id, mapping, width)
+        return None if width < 0 else (mapping, width)
+
     def encode(self, group: Sequence[Reading]) -> Piece:
+        if isinstance(group, PollReadings) and group.values and group.layout:
+            assert group.observed_at is not None
+            slots = self._slots_of(group.terminal, group.layout)
+            if slots is not None:  # one poll, all good, all described: its values in bulk
+                mapping, width = slots
+                shown: list[Any] = group.values
+                if mapping is not None:
+                    shown = [None] * width
+                    for index, value in zip(mapping, group.values, strict=True):
+                        shown[index] = value
+                ms = epoch_ms(group.observed_at)
+                return Piece(len(group), _encode(shown), group.terminal, ms)
         first = group[0]
         piece = Piece(len(group), "", first.terminal, epoch_ms(first.observed_at))
         points = self.meta.index.get(first.terminal)

@@ -16,7 +16,8 @@ and prints:
   by the window's length, counted from the telemetry messages in the outbox after the run (a
   reading there was delivered: signed and durable);
 - agent cpu: (utime + stime) from /proc/<pid>/stat over the window, per wall second; the
-  simulators' CPU is measured the same way and printed beside it;
+  simulators' CPU is measured the same way and printed beside it; agent cpu per delivered
+  point = agent cpu / points/s (µs);
 - agent rss: VmRSS at the end of the window and VmHWM (peak, startup included: loading a big
   config is often the peak) from /proc/<pid>/status;
 - agent rss idle and rss per terminal: before the run, an agent with one terminal (of the same
@@ -153,6 +154,7 @@ def write_config(
     local_copy: bool = False,
     broker: int | None = None,
     telemetry: dict[str, object] | None = None,
+    history: bool = True,
 ) -> None:
     config: dict[str, object] = {
         "gateway": {"id": "bench"},
@@ -162,6 +164,7 @@ def write_config(
         "jsonl": {"enabled": local_copy, "max_bytes": 1 << 40},  # no rotation during the run
         "outbox": {"max_bytes": 16 << 30},  # keep every reading of the run for the analysis
         "telemetry": telemetry or {},
+        "checks": {"history": {"enabled": history}},
         "uplink": {"broker": f"mqtt://127.0.0.1:{broker}" if broker else None},
         "terminals": [
             {
@@ -433,6 +436,7 @@ def run(args: argparse.Namespace) -> None:
         f"values: random walk below {args.values_max}, step <= {args.step} per period; "
         f"telemetry: schema {args.schema}, compression {args.compression}"
         + (" (published to a local mosquitto)" if args.broker else " (no broker)")
+        + ("" if args.history else "; history off")
     )
     with tempfile.TemporaryDirectory(prefix="bench-poll-") as tmp:
         state_dir = Path(tmp) / "state"
@@ -449,7 +453,9 @@ def run(args: argparse.Namespace) -> None:
                 mosquitto, broker = start_mosquitto(Path(tmp))
                 tap = BrokerTap(broker)
             sims, ports = start_simulators(k, r, sim_procs, args)
-            write_config(config, state_dir, ports, r, p, args.local_copy, broker, telemetry)
+            write_config(
+                config, state_dir, ports, r, p, args.local_copy, broker, telemetry, args.history
+            )
             if not args.no_idle:
                 idle_kib = idle_rss(Path(tmp), ports[0], r, args.warmup)
             launched = time.time()
@@ -504,6 +510,9 @@ def run(args: argparse.Namespace) -> None:
     user = (b.agent_user - a.agent_user) / window
     system = (b.agent_system - a.agent_system) / window
     print(f"agent cpu: {user + system:.3f} s/s (user {user:.3f}, system {system:.3f})")
+    points_per_s = polls.good_points / window
+    if points_per_s:
+        print(f"agent cpu per delivered point: {(user + system) / points_per_s * 1e6:.1f} µs")
     print(f"simulator cpu: {(b.sim_cpu - a.sim_cpu) / window:.3f} s/s ({sim_procs} processes)")
     print(
         f"agent rss: {memory['VmRSS'] / 1024:.1f} MiB at end, "
@@ -563,6 +572,12 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds before measuring")
     parser.add_argument(
         "--local-copy", action="store_true", help="also write the JSON-lines copy (its cost)"
+    )
+    parser.add_argument(
+        "--no-history",
+        dest="history",
+        action="store_false",
+        help="turn the history statistics off (what the rest of the path costs without them)",
     )
     parser.add_argument(
         "--sim-processes", type=int, default=0, help="simulator processes (default: 1 per 500)"

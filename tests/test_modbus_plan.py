@@ -107,3 +107,30 @@ def test_a_short_reply_marks_the_points_it_does_not_cover_bad() -> None:
     a, b = decode_read("t", read, [1, 2], NOW)
     assert a.quality is Quality.GOOD
     assert b.quality is Quality.BAD and b.error is not None and "short reply" in b.error
+
+
+def test_plain_reads_decode_each_point_as_its_word_or_bit() -> None:
+    # Unscaled one-word integers and bits take the one-pass path: same readings as point by point.
+    points = [point("a", 0, unit="mm"), point("b", 1, word_order="CDAB"), point("c", 3)]
+    [read] = plan_reads(points, 2)
+    assert read.plain is not None
+    readings = decode_read("t", read, [5, 65535, 9, 40000], NOW)
+    assert [(r.point, r.value, r.unit, r.source) for r in readings] == [
+        ("a", 5, "mm", "holding:0"),
+        ("b", 65535, "", "holding:1"),
+        ("c", 40000, "", "holding:3"),
+    ]
+    assert all(r.quality is Quality.GOOD and r.error is None for r in readings)
+    coils = [point("x", 0, table="coil", type="bool"), point("y", 2, table="coil", type="bool")]
+    [bits] = plan_reads(coils, 2)
+    assert [r.value for r in decode_read("t", bits, [True, False, False], NOW)] == [True, False]
+
+
+def test_a_scaled_point_or_a_short_reply_takes_the_point_by_point_path() -> None:
+    [mixed] = plan_reads([point("a", 0), point("b", 1, scale=0.5)], 0)
+    assert mixed.plain is None
+    assert [r.value for r in decode_read("t", mixed, [4, 4], NOW)] == [4, 2.0]
+    [read] = plan_reads([point("a", 0), point("b", 1)], 0)
+    a, b = decode_read("t", read, [1], NOW)
+    assert a.value == 1 and a.quality is Quality.GOOD
+    assert b.quality is Quality.BAD and b.error is not None and "short reply" in b.error

@@ -143,14 +143,49 @@ async def test_a_refused_coalesced_read_falls_back_to_one_read_per_point(device:
     link = TcpLink(t.host, t.port)
     poller = Poller(t, link, ListSink())
     try:
-        first = {r.point: r.value for r in await poller.poll_once()}
+        first_poll = await poller.poll_once()
         sim.requests.clear()
-        second = {r.point: r.value for r in await poller.poll_once()}
+        second_poll = await poller.poll_once()
     finally:
         await link.close()
+    first = {r.point: r.value for r in first_poll}
+    second = {r.point: r.value for r in second_poll}
     assert first == second == {"a": 11, "b": 66}
+    # The poll whose reads changed under it hands no values in bulk; the next one does.
+    assert first_poll.values is None and first_poll.layout is None
+    assert second_poll.values == [11, 66]
+    assert second_poll.layout == (("a", "", "holding:0"), ("b", "", "holding:6"))
     assert len(sim.requests) == 2  # the split is remembered: no refused read any more
     assert len(poller.reads) == 2
+
+
+async def test_a_poll_hands_its_values_in_bulk_only_when_all_are_plain_and_good(
+    device: Device,
+) -> None:
+    sim, port = device
+    sim.units[1].set_registers("holding", 0, [7, 8])
+    sim.units[1].coil[1] = True
+    plain = [
+        {"name": "a", "address": 0, "unit": "mm"},
+        {"name": "c", "table": "coil", "address": 1, "type": "bool"},
+        {"name": "b", "address": 1},
+    ]
+    link = TcpLink("127.0.0.1", port)
+    try:
+        polled = await Poller(terminal(port, plain), link, ListSink()).poll_once()
+        scaled = await Poller(
+            terminal(port, [*plain, {"name": "s", "address": 5, "scale": 0.5}]), link, ListSink()
+        ).poll_once()
+        sim.units[1].holes.add(0)  # the device refuses the holding read: some readings bad
+        failed = await Poller(terminal(port, plain, max_gap=0), link, ListSink()).poll_once()
+    finally:
+        await link.close()
+    # Values in the reads' order (table, then address), each with its point, unit and source.
+    assert polled.values == [True, 7, 8]
+    assert polled.layout == (("c", "", "coil:1"), ("a", "mm", "holding:0"), ("b", "", "holding:1"))
+    assert [(r.point, r.value) for r in polled] == [("c", True), ("a", 7), ("b", 8)]
+    assert scaled.values is None and {r.point: r.value for r in scaled}["s"] == 0.0
+    assert any(r.quality is Quality.BAD for r in failed) and failed.values is None
 
 
 async def test_a_slow_device_times_out_with_bad_readings_and_bounded_delay(device: Device) -> None:

@@ -21,7 +21,7 @@ from joserfc import jws
 from joserfc.errors import SecurityWarning
 from joserfc.jwk import OKPKey
 
-from agent.model import Quality, Reading
+from agent.model import PollReadings, Quality, Reading
 from agent.outbox import AsyncOutbox, Outbox, Priority
 from agent.signing import DeviceKey, envelope_from_encoded, init_key, load_key
 from agent.sim.modbus_device import SimulatedModbusDevice
@@ -96,6 +96,40 @@ def test_schema_2_carries_every_reading_schema_1_carries_good_bad_and_unknown() 
     assert len(body["extra"]) == 5
     assert by_key(expand(body, {META.id: json.loads(META.body)})) == by_key(records(readings))
     assert count_readings(body) == len(readings)
+
+
+def poll_of(layout: list[tuple[str, str, str]], values: list[Any]) -> PollReadings:
+    """One all-good poll as a Modbus poller hands it over: its values in bulk."""
+    return PollReadings.plain("plc", AT, tuple(layout), list(values))
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        [0, 1, 2],  # the meta's order
+        [2, 0, 1],  # the reads' order differs from the configured one
+        [1, 0],  # not every configured point in the poll
+    ],
+)
+def test_a_poll_in_bulk_encodes_as_its_readings_one_by_one(order: list[int]) -> None:
+    poll = poll_of([PLC_POINTS[i] for i in order], [10 * i + 1 for i in order])
+    encoder = Schema2(META)
+    assert encode(encoder, poll) == encode(encoder, list(poll))
+    assert encode(encoder, poll) == encode(encoder, poll)  # the worked-out layout, again
+
+
+def test_a_poll_in_bulk_the_meta_does_not_describe_is_carried_whole() -> None:
+    odd = [("level", "cm", "holding:0"), ("flow", "m3/s", "holding:2")]  # not the meta's unit
+    body = encode(Schema2(META), poll_of(odd, [3, 4]))
+    assert body["polls"] == {"plc": [[0, [None, 4]]]} and len(body["extra"]) == 1
+    assert by_key(expand(body, {META.id: json.loads(META.body)})) == by_key(
+        records(poll_of(odd, [3, 4]))
+    )
+    # The meta changes (a reload): the layout is checked again against the new one.
+    encoder = Schema2(META)
+    encode(encoder, poll_of(PLC_POINTS, [1, 2, 3]))
+    encoder.meta = Meta({"plc": ("modbus-tcp", PLC_POINTS[::-1])})
+    assert encode(encoder, poll_of(PLC_POINTS, [1, 2, 3]))["polls"] == {"plc": [[0, [3, 2, 1]]]}
 
 
 def test_a_body_whose_meta_was_not_seen_is_refused_not_guessed() -> None:

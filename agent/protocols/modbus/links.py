@@ -113,13 +113,58 @@ def _values(reply: Reply) -> Values:
     return list(reply.values)
 
 
-async def _connect(
-    host: str, port: int, timeout: float
-) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+class _Connection(asyncio.Protocol):
+    """The bytes of one TCP connection as they arrive, and who waits for them.
+
+    Leaner than asyncio's streams for one small request and reply at a time: no reader and
+    writer objects, no drain; `data_received` appends to `buffer` and wakes the one waiter."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.error: Exception | None = None
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.closed = True
+        self._wake()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.error = exc
+        self._wake()
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+async def _connect(host: str, port: int, timeout: float) -> _Connection:
     """A TCP connection, or ModbusFailure saying in words why none can be made."""
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
-            return await asyncio.open_connection(host, port)
+            _, connection = await loop.create_connection(_Connection, host, port)
+            return connection
     except TimeoutError:
         reason = "no answer to the connection attempt (device off, wrong address, or firewalled)"
     except ConnectionRefusedError:
@@ -135,13 +180,13 @@ class TcpLink:
 
     One request at a time (many devices answer no other way): a read made while another is
     under way (a poll and an engineer's `read-point`, say) waits its turn, and its timeout
-    runs from when its own request goes on the wire."""
+    runs from when its own request goes on the wire. The connection is an asyncio protocol
+    (`_Connection`), its timeout one timer per wait: a poll costs few event loop turns."""
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
         self.port = port
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._connection: _Connection | None = None
         self._transaction = 0
         self._turn = asyncio.Lock()
 
@@ -152,64 +197,72 @@ class TcpLink:
     async def _read(
         self, unit: int, table: str, address: int, count: int, timeout: float
     ) -> Values:
-        reader, writer = await self._connected(timeout)
+        connection = await self._connected(timeout)
+        assert connection.transport is not None
         self._transaction = self._transaction % 0xFFFF + 1
         request = ReadRequest(unit, table, address, count, self._transaction)
-        buffer = b""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            async with asyncio.timeout(timeout):
-                writer.write(encode_tcp(request))
-                await writer.drain()
-                while (reply := parse_tcp(buffer, request)) is None:
-                    chunk = await reader.read(READ_CHUNK)
-                    if not chunk:
-                        break
-                    buffer += chunk
+            connection.transport.write(encode_tcp(request))
+            while (reply := parse_tcp(bytes(connection.buffer), request)) is None:
+                if connection.closed:
+                    break
+                connection.waiter = waiter = loop.create_future()
+                timer = loop.call_at(deadline, _expire, waiter)
+                try:
+                    await waiter
+                finally:
+                    timer.cancel()
+                    connection.waiter = None
         except TimeoutError:
             await self.close()
-            if buffer:  # it began to answer, then stopped
+            if connection.buffer:  # it began to answer, then stopped
                 raise ModbusFailure.rejected(
-                    tcp_cut_short(buffer, request), f" within {timeout:g}s"
+                    tcp_cut_short(bytes(connection.buffer), request), f" within {timeout:g}s"
                 ) from None
             raise ModbusFailure("timeout", f"no reply within {timeout:g}s") from None
         except ReplyError as error:
             await self.close()
             raise ModbusFailure.rejected(error) from None
-        except OSError as exc:
+        if reply is None:  # the connection ended
             await self.close()
-            raise ModbusFailure(
-                "garbled", f"connection lost: {exc.strerror or exc} (the device reset it)"
-            ) from exc
-        if reply is None:  # the device closed the connection
-            await self.close()
-            if buffer:
+            lost = connection.error
+            if isinstance(lost, OSError):
+                raise ModbusFailure(
+                    "garbled", f"connection lost: {lost.strerror or lost} (the device reset it)"
+                ) from lost
+            if connection.buffer:
                 raise ModbusFailure.rejected(
-                    tcp_cut_short(buffer, request), " before the device closed the connection"
+                    tcp_cut_short(bytes(connection.buffer), request),
+                    " before the device closed the connection",
                 )
             raise ModbusFailure(
                 "garbled",
                 "connection closed by the device without a reply (too many clients connected?)",
             )
-        if len(buffer) > reply.size:  # bytes after the reply: the stream is out of step
+        del connection.buffer[: reply.size]
+        if connection.buffer:  # bytes after the reply: the stream is out of step
             await self.close()
         return _values(reply)  # an exception reply is a proper answer: the connection stays
 
-    async def _connected(self, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        reader, writer = self._reader, self._writer
-        if reader is not None and writer is not None:
-            if not writer.is_closing() and not reader.at_eof():
-                return reader, writer
+    async def _connected(self, timeout: float) -> _Connection:
+        connection = self._connection
+        if connection is not None:
+            transport = connection.transport
+            if not connection.closed and transport is not None and not transport.is_closing():
+                return connection
             await self.close()  # the device closed it while idle
-        self._reader, self._writer = await _connect(self.host, self.port, timeout)
-        return self._reader, self._writer
+        self._connection = await _connect(self.host, self.port, timeout)
+        return self._connection
 
     async def close(self) -> None:
-        writer, self._reader, self._writer = self._writer, None, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(OSError, TimeoutError):
+        connection, self._connection = self._connection, None
+        if connection is not None and connection.transport is not None:
+            connection.transport.close()
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
-                    await writer.wait_closed()
+                    await asyncio.shield(connection.gone)
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from agent.model import Quality, Reading, Value
@@ -22,15 +22,32 @@ from agent.protocols.modbus.config import (
     PointConfig,
 )
 
+# (offset in the read, point name, unit, source) of a point whose value is the raw word or bit.
+PlainPoint = tuple[int, str, str, str]
+
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """One request on the wire: `count` registers or bits of `table` from `address`."""
+    """One request on the wire: `count` registers or bits of `table` from `address`.
+
+    `plain` is worked out once, when the read is planned: when every point is a bit or an
+    unscaled one-word integer (the commonest maps), what `decode_read` needs of each, so that
+    a poll decodes without looking at the point configs again; None otherwise.
+    """
 
     table: str
     address: int
     count: int
     points: tuple[PointConfig, ...]
+    plain: tuple[PlainPoint, ...] | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        plain = [
+            (p.address - self.address, p.name, p.unit, p.source)
+            for p in self.points
+            if _is_plain(p)
+        ]
+        object.__setattr__(self, "plain", tuple(plain) if len(plain) == len(self.points) else None)
 
     def split(self) -> list[Read]:
         """One read per point: the fallback when a device refuses reads across unmapped gaps."""
@@ -63,6 +80,18 @@ def plan_reads(points: Iterable[PointConfig], max_gap: int) -> list[Read]:
             start, end, members = p.address, p.address + p.width, [p]
         reads.append(Read(table, start, end - start, tuple(members)))
     return reads
+
+
+def _is_plain(point: PointConfig) -> bool:
+    """A point whose value is its bit, or its one register as it is (see decode_point)."""
+    if point.table in BIT_TABLES:
+        return True
+    return (
+        point.type == "uint16"
+        and point.word_order in ("ABCD", "CDAB")
+        and point.scale == 1.0
+        and point.offset == 0.0
+    )
 
 
 def decode_point(point: PointConfig, values: Sequence[int] | Sequence[bool]) -> Value:
@@ -99,6 +128,9 @@ def decode_read(
     observed_at: datetime,
 ) -> list[Reading]:
     """Readings for every point of `read` from the values the device returned."""
+    plain = read.plain
+    if plain is not None and len(values) >= read.count:  # one pass, no per-point config
+        return plain_readings(terminal, plain, plain_values(read, values), observed_at)
     readings = []
     for p in read.points:
         offset = p.address - read.address
@@ -116,6 +148,25 @@ def decode_read(
             Reading(terminal, p.name, value, p.unit, Quality.GOOD, observed_at, p.source)
         )
     return readings
+
+
+def plain_values(read: Read, values: Sequence[int] | Sequence[bool]) -> list[Value]:
+    """The values of a plain read's points (`read.plain` set, `values` not short), in order."""
+    assert read.plain is not None
+    if read.table in BIT_TABLES:
+        return [bool(values[p[0]]) for p in read.plain]
+    return [int(values[p[0]]) for p in read.plain]
+
+
+def plain_readings(
+    terminal: str, plain: Sequence[PlainPoint], values: Sequence[Value], observed_at: datetime
+) -> list[Reading]:
+    """Good readings of plain points from their values (`plain_values`)."""
+    good = Quality.GOOD
+    return [
+        Reading(terminal, name, value, unit, good, observed_at, source)
+        for (_, name, unit, source), value in zip(plain, values, strict=True)
+    ]
 
 
 def bad_reading(terminal: str, point: PointConfig, observed_at: datetime, reason: str) -> Reading:

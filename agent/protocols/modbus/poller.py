@@ -18,10 +18,17 @@ from datetime import UTC, datetime
 
 import structlog
 
-from agent.model import Quality, Reading, ReadingSink, TerminalStats
+from agent.model import PollReadings, Quality, Reading, ReadingSink, TerminalStats, Value
 from agent.protocols.modbus.config import ModbusTerminal
 from agent.protocols.modbus.links import Link, ModbusFailure
-from agent.protocols.modbus.planner import Read, bad_readings, decode_read, plan_reads
+from agent.protocols.modbus.planner import (
+    Read,
+    bad_readings,
+    decode_read,
+    plain_readings,
+    plain_values,
+    plan_reads,
+)
 from agent.protocols.schedule import FixedRateSchedule
 
 log = structlog.get_logger(__name__)
@@ -53,6 +60,8 @@ class Poller:
         self._wall_clock = wall_clock
         self._clock = clock
         self._reads: list[Read] = plan_reads(terminal.points, terminal.max_gap)
+        self._layout_of: list[Read] | None = None
+        self._layout_cache: tuple[tuple[str, str, str], ...] | None = None
         self._log = log.bind(terminal=terminal.name)
 
     @property
@@ -60,16 +69,44 @@ class Poller:
         """The requests one poll makes (after any split of refused coalesced reads)."""
         return list(self._reads)
 
-    async def poll_once(self) -> list[Reading]:
+    def _layout(self) -> tuple[tuple[str, str, str], ...] | None:
+        """(point, unit, source) of every value of a poll whose reads are all plain (the
+        `PollReadings` layout: one tuple for as long as the reads stay the same)."""
+        if self._layout_of is not self._reads:
+            self._layout_of = self._reads
+            plains = [r.plain for r in self._reads]
+            self._layout_cache = (
+                tuple((name, unit, source) for p in plains if p for _, name, unit, source in p)
+                if all(p is not None for p in plains)
+                else None
+            )
+        return self._layout_cache
+
+    async def poll_once(self) -> PollReadings:
         """Read every point once; never raises for what the terminal does."""
+        name = self.terminal.name
         observed_at = self._wall_clock()
+        layout = self._layout()
+        # While every read so far was plain and good: their values, in the layout's order
+        # (readings are made only if the poll turns out otherwise).
+        values: list[Value] | None = [] if layout is not None else None
         readings: list[Reading] = []
+
+        def one_by_one() -> None:
+            nonlocal values
+            if values is not None and layout is not None:  # the readings of the values so far
+                readings.extend(
+                    PollReadings.plain(name, observed_at, layout[: len(values)], values)
+                )
+            values = None
+
         reads = list(self._reads)
         while reads:
             read = reads.pop(0)
             try:
-                values = await self._read_with_retries(read)
+                answer = await self._read_with_retries(read)
             except ModbusFailure as failure:
+                one_by_one()
                 if failure.exception_code == 2 and len(read.points) > 1:
                     # The device refuses a read that spans unmapped registers: read these points
                     # one by one from now on.
@@ -78,21 +115,28 @@ class Poller:
                     if read in self._reads:  # a concurrent poll (`edge-agent poll`) may have
                         index = self._reads.index(read)  # split it already
                         self._reads[index : index + 1] = parts
+                        self._layout_of = None  # worked out again for the new reads
                     reads[0:0] = parts
                     continue
-                readings.extend(
-                    bad_readings(self.terminal.name, read.points, observed_at, failure.reason)
-                )
+                readings.extend(bad_readings(name, read.points, observed_at, failure.reason))
                 if failure.kind in ("connect", "timeout"):
                     # The terminal is unreachable: the other reads would only wait out their timeouts.
                     rest = [p for r in reads for p in r.points]
-                    readings.extend(
-                        bad_readings(self.terminal.name, rest, observed_at, failure.reason)
-                    )
+                    readings.extend(bad_readings(name, rest, observed_at, failure.reason))
                     break
                 continue
-            readings.extend(decode_read(self.terminal.name, read, values, observed_at))
-        return readings
+            if read.plain is not None and len(answer) >= read.count:
+                decoded = plain_values(read, answer)
+                if values is not None:
+                    values.extend(decoded)
+                else:
+                    readings.extend(plain_readings(name, read.plain, decoded, observed_at))
+                continue
+            one_by_one()
+            readings.extend(decode_read(name, read, answer, observed_at))
+        if values is not None and layout is not None:
+            return PollReadings.plain(name, observed_at, layout, values)
+        return PollReadings(readings)
 
     async def _read_with_retries(self, read: Read) -> Sequence[int] | Sequence[bool]:
         t = self.terminal
@@ -128,15 +172,18 @@ class Poller:
             self.sink.submit(readings)
             s.missed_slots += schedule.advance(s.consecutive_failures)
 
-    def _record(self, readings: Sequence[Reading], seconds: float) -> None:
+    def _record(self, readings: PollReadings, seconds: float) -> None:
         s = self.stats
         s.polls += 1
         s.record_latency(seconds)
-        good = any(r.quality is Quality.GOOD for r in readings)
+        if readings.values is not None:  # every reading good: nothing to look through
+            good, errors = True, []
+        else:
+            good = any(r.quality is Quality.GOOD for r in readings)
+            errors = [r.error for r in readings if r.error]
         s.outcomes.append(good)
-        errors = [r.error for r in readings if r.error]
         if good:
-            s.last_good_at = readings[0].observed_at
+            s.last_good_at = readings.observed_at
             if s.consecutive_failures:
                 self._log.info("terminal answering again", after_failures=s.consecutive_failures)
             s.consecutive_failures = 0
