@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from agent.check_settings import ChecksConfig
 from agent.checks.data import DataMonitor
 from agent.checks.history import FOLD_POLLS, History
-from agent.model import Quality, Reading
+from agent.model import PollReadings, Quality, Reading
 from agent.reading_counts import ReadingCounter
 
 START = datetime(2026, 12, 1, 9, 58, tzinfo=UTC)
@@ -83,18 +84,37 @@ def test_statistics_kept_per_poll_equal_those_kept_per_reading(
     folder = tmp_path_factory.mktemp("history")
     per_poll = History(folder / "per-poll.db", clock=lambda: START.timestamp())
     per_reading = History(folder / "per-reading.db", clock=lambda: START.timestamp())
-    with per_poll, per_reading:
+    in_bulk = History(folder / "in-bulk.db", clock=lambda: START.timestamp())
+    layouts: dict[tuple[tuple[str, str, str], ...], tuple[tuple[str, str, str], ...]] = {}
+    with per_poll, per_reading, in_bulk:
         for i, batch in enumerate(batches):
             per_poll.observe(batch)
             per_reading._observe_each(batch)  # the reading-by-reading path, as the reference
+            in_bulk.observe(as_poller_hands_it(batch, layouts))
             if i % flush_every == flush_every - 1:
                 per_poll.flush()
                 per_reading.flush()
-    got, want = rows(folder / "per-poll.db"), rows(folder / "per-reading.db")
-    assert got["terminal_hours"] == want["terminal_hours"]
-    assert len(got["point_hours"]) == len(want["point_hours"])
-    for a, b in zip(got["point_hours"], want["point_hours"], strict=True):
-        assert all(close(x, y) for x, y in zip(a, b, strict=True)), (a, b)
+                in_bulk.flush()
+    want = rows(folder / "per-reading.db")
+    for got in (rows(folder / "per-poll.db"), rows(folder / "in-bulk.db")):
+        assert got["terminal_hours"] == want["terminal_hours"]
+        assert len(got["point_hours"]) == len(want["point_hours"])
+        for a, b in zip(got["point_hours"], want["point_hours"], strict=True):
+            assert all(close(x, y) for x, y in zip(a, b, strict=True)), (a, b)
+
+
+def as_poller_hands_it(
+    batch: list[Reading],
+    layouts: dict[tuple[tuple[str, str, str], ...], tuple[tuple[str, str, str], ...]],
+) -> Sequence[Reading]:
+    """An all-good poll as the Modbus poller hands it (values in bulk, the same layout tuple
+    poll after poll: PollReadings.plain); any other batch as it is."""
+    if any(r.quality is not Quality.GOOD for r in batch):
+        return batch
+    layout = tuple((r.point, r.unit, r.source or "") for r in batch)
+    layout = layouts.setdefault(layout, layout)
+    first = batch[0]
+    return PollReadings.plain(first.terminal, first.observed_at, layout, [r.value for r in batch])
 
 
 def test_a_poll_of_good_numbers_is_kept_by_position_and_bounded(tmp_path: Path) -> None:

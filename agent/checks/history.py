@@ -33,7 +33,7 @@ import structlog
 
 from agent.checks.data import Anomaly, numeric
 from agent.checks.framework import CheckResult, Status
-from agent.model import Quality, Reading, parse_timestamp
+from agent.model import Layout, PollReadings, Quality, Reading, parse_timestamp
 from agent.storage import sqlite as db
 from agent.storage.atomic import STATE_DIR_MODE, ensure_dir
 
@@ -261,6 +261,7 @@ class _PollAcc:
                 acc.last, acc.last_at = last, self.last_at
 
 
+MAX_LAYOUTS = 100_000  # bulk polls' layouts remembered (one per polled read plan)
 _NUMBERS = frozenset((int, float))  # not bool: a bool is not a number here (checks.data.numeric)
 _terminal = operator.attrgetter("terminal")
 _point = operator.attrgetter("point")
@@ -305,6 +306,8 @@ class History:
 
     def _reset_buffers(self) -> None:
         self._terminals: dict[tuple[str, int], list[int]] = {}
+        # id(layout) -> (the layout, its point names, its units): bulk polls' names, once each.
+        self._layouts: dict[int, tuple[Layout, tuple[str, ...], tuple[str, ...]]] = {}
         self._points: dict[tuple[str, str, int], _PointAcc] = {}
         self._polls: dict[tuple[str, int], _PollAcc] = {}
         self._checks: dict[tuple[str, int], _CheckAcc] = {}
@@ -381,6 +384,14 @@ class History:
         operations in C; any other batch goes reading by reading (`_observe_each`)."""
         if not readings:
             return
+        if isinstance(readings, PollReadings) and readings.values is not None:
+            # A poll in bulk: its values and their layout, no Reading made for them.
+            bulk = readings.values
+            if set(map(type, bulk)) <= _NUMBERS and readings.observed_at is not None:
+                points, units = self._names(readings.layout)
+                at = _ts(readings.observed_at)
+                self._observe_poll(readings.terminal, at, points, units, bulk)  # type: ignore[arg-type]
+                return
         first = readings[0]
         n = len(readings)
         values = list(map(_value, readings))
@@ -390,29 +401,43 @@ class History:
             and list(map(_observed_at, readings)).count(first.observed_at) == n
             and list(map(_terminal, readings)).count(first.terminal) == n
         ):
-            self._observe_poll(first.terminal, _ts(first.observed_at), readings, values)
+            points, units = tuple(map(_point, readings)), tuple(map(_unit, readings))
+            self._observe_poll(first.terminal, _ts(first.observed_at), points, units, values)
         else:
             self._observe_each(readings)
 
+    def _names(self, layout: Layout | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The point names and units of a bulk poll's layout (the same tuple poll after poll:
+        worked out once per layout)."""
+        assert layout is not None
+        known = self._layouts.get(id(layout))
+        if known is None or known[0] is not layout:
+            known = (layout, tuple(p[0] for p in layout), tuple(p[1] for p in layout))
+            if len(self._layouts) >= MAX_LAYOUTS:
+                self._layouts.clear()  # reloads made new layouts: forget the old ones
+            self._layouts[id(layout)] = known
+        return known[1], known[2]
+
     def _observe_poll(
-        self, terminal: str, at: float, readings: Sequence[Reading], values: list[float]
+        self,
+        terminal: str,
+        at: float,
+        points: tuple[str, ...],
+        units: tuple[str, ...],
+        values: list[float],
     ) -> None:
         hour = hour_of(at)
         with self._buf_lock:
             acc = self._polls.get((terminal, hour))
             if acc is not None:
-                if acc.points != tuple(map(_point, readings)) or acc.units != tuple(
-                    map(_unit, readings)
-                ):
+                if acc.points != points or acc.units != units:
                     # Other points than this hour's earlier polls (a reload): keep those apart.
                     acc.merge_into(self._points, terminal, hour)
                     acc = None
                 else:
                     acc.add(values, at)
             if acc is None:
-                self._polls[(terminal, hour)] = _PollAcc(
-                    tuple(map(_point, readings)), tuple(map(_unit, readings)), values, at
-                )
+                self._polls[(terminal, hour)] = _PollAcc(points, units, values, at)
             counts = self._terminals.setdefault((terminal, hour), [0, 0])
             counts[0] += 1
             counts[1] += 1
