@@ -77,19 +77,14 @@ sys.path.insert(0, str(ROOT))  # tests/releases.py: the wheelhouses the update t
 
 from agent.control import ControlError, NotRunning, request  # noqa: E402
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice  # noqa: E402
-from tests.releases import agent_wheelhouse, wheelhouse  # noqa: E402
+from tests.releases import agent_wheelhouse, cannot_decode, wheelhouse  # noqa: E402
 
 HOOKS = ROOT / "agent" / "data" / "systemd"
 PROBATION = "5s"
 BASE, GOOD, FAULTY = "0.1.0", "0.2.0", "0.3.0"
 # The benchmark fault: the poller's decoded readings replaced by bad ones (0.3.0 only).
 POLLER = "agent/protocols/modbus/poller.py"
-FAULT = (
-    POLLER,
-    "readings.extend(decode_read(self.terminal.name, read, values, observed_at))",
-    "readings.extend(bad_readings(self.terminal.name, read.points, observed_at, "
-    '"benchmark fault (bench/update.py): decoded readings replaced by bad ones"))',
-)
+FAULT = cannot_decode("benchmark fault (bench/update.py): decoded readings replaced by bad ones")
 TIMEOUT = 300.0  # for any one wait: a stuck step fails the run instead of hanging it
 
 

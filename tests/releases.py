@@ -53,6 +53,18 @@ def wheelhouse(out: Path) -> Path:
 Fault = tuple[str, str, str]
 
 
+def cannot_decode(reason: str) -> Fault:
+    """A release whose Modbus poller takes every reply as undecodable: each reading bad, with
+    `reason` (the gate's "terminals polled" never passes). Edited where every reply comes in,
+    so that it holds whichever way the poll decodes its reads."""
+    anchor = "                answer = await self._read_with_retries(read)\n"
+    return (
+        "agent/protocols/modbus/poller.py",
+        anchor,
+        anchor + f'                raise ModbusFailure("garbled", {reason!r})\n',
+    )
+
+
 def agent_wheelhouse(
     base: Path, work: Path, version: str, entry: str = ENTRY, fault: Fault | None = None
 ) -> Path:

@@ -34,7 +34,7 @@ from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from tests.broker import free_port
 from tests.conftest import PYTHON
 from tests.container import UNIT, Container, figure
-from tests.releases import Fault, agent_wheelhouse
+from tests.releases import Fault, agent_wheelhouse, cannot_decode
 
 pytestmark = [pytest.mark.container, pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -51,12 +51,7 @@ EXITS_AT_START: Fault = (
     "def cmd_run(args: argparse.Namespace) -> int:\n"
     '    raise SystemExit("this release exits at start (a test fault)")\n',
 )
-CANNOT_DECODE: Fault = (
-    "agent/protocols/modbus/poller.py",
-    "            readings.extend(decode_read(self.terminal.name, read, values, observed_at))\n",
-    "            readings.extend(bad_readings(self.terminal.name, read.points, observed_at,"
-    ' "cannot decode (a test fault)"))\n',
-)
+CANNOT_DECODE: Fault = cannot_decode("cannot decode (a test fault)")
 HANGS_AFTER_READY: Fault = (
     "agent/daemon.py",
     "            self.started.set()\n",
