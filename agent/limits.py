@@ -51,10 +51,11 @@ def raise_descriptor_limit() -> DescriptorLimit:
     return DescriptorLimit(soft, hard, hard)
 
 
-def descriptor_budget(reserve: int | None = None) -> int:
-    """How many descriptors one part may hold: the soft limit less a reserve for the rest
-    (`reserve`, else the larger of RESERVE_MIN and an eighth of the limit); at least 1."""
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+def descriptor_budget(reserve: int | None = None, limit: int | None = None) -> int:
+    """How many descriptors one part may hold: the soft limit (this process's, or `limit`)
+    less a reserve for the rest (`reserve`, else the larger of RESERVE_MIN and an eighth of
+    the limit); at least 1."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0] if limit is None else limit
     if _unlimited(soft):
         soft = 1 << 20
     if reserve is None:

@@ -25,7 +25,7 @@ import pytest
 
 from agent.config import DEFAULT_CONFIG_PATH, Config, ControlConfig
 from agent.credentials import UNIT_PREFIX
-from agent.limits import RESERVE_MIN, RESERVE_SHARE
+from agent.limits import descriptor_budget
 from agent.protocols.sl651.config import Sl651Config
 from agent.storage.layout import DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, StateLayout
 from tests.agentproc import write_config
@@ -515,5 +515,4 @@ def test_the_units_descriptor_limit_holds_the_default_sl651_connections_and_the_
     """LimitNOFILE= sets soft and hard; the agent keeps its reserve (agent/limits.py) and caps
     sl651.max_connections below the rest: the default must fit uncapped."""
     limit = int(one(parse_unit(SERVICE), "Service", "LimitNOFILE"))
-    reserve = max(RESERVE_MIN, limit // RESERVE_SHARE)
-    assert limit - reserve >= Sl651Config().max_connections
+    assert descriptor_budget(limit=limit) >= Sl651Config().max_connections
