@@ -13,39 +13,22 @@ import asyncio
 from pathlib import Path
 
 import structlog
-from watchdog.events import (
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
+
+from agent.storage.watch import changed_paths
 
 log = structlog.get_logger(__name__)
 
 
 class _Handler(FileSystemEventHandler):
-    CHANGES = (
-        FileClosedEvent,
-        FileCreatedEvent,
-        FileMovedEvent,
-        FileDeletedEvent,
-        FileModifiedEvent,
-    )
-
     def __init__(self, path: Path, loop: asyncio.AbstractEventLoop, changed: asyncio.Event):
         self.path = path
         self.loop = loop
         self.changed = changed
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if not isinstance(event, self.CHANGES):
-            return
-        paths = {event.src_path, getattr(event, "dest_path", "")}
-        if any(p and Path(str(p)) == self.path for p in paths):
+        if self.path in changed_paths(event):
             self.loop.call_soon_threadsafe(self.changed.set)
 
 

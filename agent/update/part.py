@@ -45,16 +45,7 @@ from typing import Any, Protocol, Self
 
 import structlog
 from packaging.version import InvalidVersion, Version
-from watchdog.events import (
-    DirCreatedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
+from watchdog.events import DirCreatedEvent, FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from agent import __version__
@@ -62,6 +53,7 @@ from agent.logs import log_task_crash
 from agent.model import parse_timestamp
 from agent.storage.atomic import PRIVATE_DIR_MODE, copy_atomic, ensure_dir, write_atomic
 from agent.storage.layout import StateLayout
+from agent.storage.watch import changed_paths
 from agent.update import requests
 from agent.update.apply import commit
 from agent.update.gate import Observation, missing
@@ -564,15 +556,6 @@ class UpdatePart:
 class _Changes(FileSystemEventHandler):
     """watchdog's thread → the loop: state.json changed, or something arrived in the inbox."""
 
-    CHANGES = (
-        FileClosedEvent,
-        FileCreatedEvent,
-        FileMovedEvent,
-        FileDeletedEvent,
-        FileModifiedEvent,
-        DirCreatedEvent,
-    )
-
     def __init__(self, part: UpdatePart, loop: asyncio.AbstractEventLoop) -> None:
         self.part = part
         self.loop = loop
@@ -580,9 +563,7 @@ class _Changes(FileSystemEventHandler):
         self.inbox = part.inbox
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if not isinstance(event, self.CHANGES):
-            return
-        paths = [Path(str(p)) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+        paths = changed_paths(event, also=(DirCreatedEvent,))  # a folder made in the inbox
         if any(p == self.state_file for p in paths):
             self.loop.call_soon_threadsafe(self.part.state_changed)
         if any(p.parent == self.inbox for p in paths):
