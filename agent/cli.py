@@ -113,7 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(report)
     _socket_arg(report)
     report.add_argument("--since", default="7d", help="the period: 7d, 24h ... (default 7d)")
-    report.add_argument("--format", choices=("html", "md"), default="html")
+    report.add_argument(
+        "--format",
+        choices=("html", "md", "pdf"),
+        default="html",
+        help="html (one self-contained file, A4 when printed), md, or pdf (printed by "
+        "Chromium; needs --out) (default html)",
+    )
+    report.add_argument(
+        "--lang",
+        choices=("en", "zh"),
+        default=None,
+        help="the report's language: en or zh (default: the config's site.language, else en)",
+    )
     report.add_argument("--out", type=Path, default=None, help="file to write (default: stdout)")
 
     bundle = commands.add_parser(
@@ -414,7 +426,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from agent.check_settings import ReportSettings
     from agent.checks.history import History
-    from agent.checks.report import render_report
+    from agent.checks.report import build_report, render
+    from agent.checks.report_print import PrintError, print_pdf
     from agent.control import ControlError, NotRunning
     from agent.durations import parse_duration
     from agent.inspection import history_path, report_since
@@ -423,6 +436,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         parse_duration(args.since)
     except ValueError as exc:
         return _fail(f"--since: {exc}")
+    if args.format == "pdf" and args.out is None:
+        return _fail("--format pdf needs --out FILE (a PDF is not written to a terminal)")
     target = reach(args.config, args.socket)
     try:
         # The agent buffers its history for `checks.history.flush_interval`: have it written
@@ -442,31 +457,45 @@ def cmd_report(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         path = history_path(target.config)
-    settings = target.config.checks.report if target.config else ReportSettings()
+    config = target.config
+    settings = config.checks.report if config else ReportSettings()
+    site = config.site if config else None
+    language = args.lang or (site.language if site else "en")
     if not path.exists():
         return _fail(f"no history yet at {path}: the agent writes it while it runs")
     history = History(path)
     try:
         history.open()
-        text = render_report(
+        report = build_report(
             history,
             report_since(args.since),
-            format=args.format,
             key_points=settings.key_points,
             max_trends=settings.max_trends,
+            language=language,
+            site=site,
+            names=config.point_label if config else None,
         )
     except (OSError, sqlite3.Error, ValueError) as exc:
         return _fail(f"cannot write the report from {path}: {exc}")
     finally:
         history.close()
-    if args.out is None:
+    text = render(report, "md" if args.format == "md" else "html")
+    if args.format == "pdf":
+        try:
+            print_pdf(text, args.out)
+        except PrintError as exc:
+            return _fail(str(exc))
+        except OSError as exc:
+            return _fail(f"cannot write {args.out}: {exc.strerror or exc}")
+    elif args.out is None:
         sys.stdout.write(text)
         return EXIT_OK
-    try:
-        write_atomic(args.out, text.encode())
-    except OSError as exc:
-        return _fail(f"cannot write {args.out}: {exc.strerror or exc}")
-    print(f"wrote {args.out} ({args.format}, since {args.since})")
+    else:
+        try:
+            write_atomic(args.out, text.encode())
+        except OSError as exc:
+            return _fail(f"cannot write {args.out}: {exc.strerror or exc}")
+    print(f"wrote {args.out} ({args.format}, {language}, since {args.since})")
     return EXIT_OK
 
 

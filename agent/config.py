@@ -11,19 +11,22 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, Union
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
 from agent.check_settings import ChecksConfig, HealthConfig
-from agent.config_base import Frozen, TerminalModel
+from agent.config_base import Frozen, Language, TerminalModel
 from agent.diagnosis.settings import DiagnosisConfig
 from agent.durations import Duration, PositiveDuration
 from agent.protocols.modbus.config import (
@@ -79,6 +82,39 @@ _Frozen = Frozen
 
 class GatewayConfig(_Frozen):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class SiteConfig(_Frozen):
+    """The `site:` section: the site the gateway serves, as its inspection report names it."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)  # default: gateway.id
+    location: str | None = Field(default=None, min_length=1, max_length=200)
+    owner: str | None = Field(default=None, min_length=1, max_length=200)
+    contact: str | None = Field(default=None, min_length=1, max_length=200)
+    language: Language = "en"  # of the report: en or zh (`edge-agent report --lang` overrides)
+    timezone: str = "UTC"  # the report's times: an IANA name, e.g. Asia/Shanghai
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str) -> str:
+        time_zone(name)
+        return name
+
+    @property
+    def zone(self) -> tzinfo:
+        return time_zone(self.timezone)
+
+
+def time_zone(name: str) -> tzinfo:
+    """The time zone of an IANA name (UTC without the system's time-zone database)."""
+    if name == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r} (an IANA name such as Asia/Shanghai, or UTC)"
+        ) from None
 
 
 class LogConfig(_Frozen):
@@ -259,6 +295,7 @@ else:
 
 class Config(_Frozen):
     gateway: GatewayConfig
+    site: SiteConfig = SiteConfig()
     state_dir: Path = Path("/var/lib/edge-agent")
     log: LogConfig = LogConfig()
     jsonl: JsonlConfig = JsonlConfig()
@@ -294,6 +331,11 @@ class Config(_Frozen):
                 return t
         known = ", ".join(t.name for t in self.terminals) or "none configured"
         raise KeyError(f"no terminal named {name!r} (known: {known})")
+
+    def point_label(self, terminal: str, point: str, language: Language) -> str | None:
+        """A point's plain name (its `label`, or its protocol's name for it), if it has one."""
+        found = next((t for t in self.terminals if t.name == terminal), None)
+        return None if found is None else found.point_label(point, language)
 
     @property
     def layout(self) -> StateLayout:

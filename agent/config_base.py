@@ -7,11 +7,16 @@ protocol, so every driver's config module can import it.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from agent.model import TerminalInfo
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+# The languages of what the agent writes for people (the inspection report): English and
+# Simplified Chinese.
+Language = Literal["en", "zh"]
 
 
 class Frozen(BaseModel):
@@ -39,4 +44,9 @@ class TerminalModel(Frozen):
         """(name, unit, source) of each configured point, in order, for the `…/meta` message
         telemetry refers to (agent/telemetry.py); None where the terminal decides what it
         sends (its readings are then carried whole)."""
+        return None
+
+    def point_label(self, point: str, language: Language) -> str | None:
+        """A point's plain name for people (the inspection report), None where there is none:
+        a configured `label`, or what the protocol's standard calls it."""
         return None

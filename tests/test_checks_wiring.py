@@ -22,9 +22,9 @@ from agent.checks import (
     build_checks,
     build_health,
     data_monitor,
-    render_report,
     terminal_plans,
 )
+from agent.checks.report import render_report
 from agent.config import ModbusTcpTerminal
 from agent.model import TerminalView
 from agent.protocols.modbus.links import TcpLink
@@ -113,6 +113,6 @@ async def test_a_device_going_out_of_range_then_away_raises_alarms_and_lands_in_
     history.flush()
     now = datetime.now(UTC)
     text = render_report(history, now - timedelta(hours=1), now + timedelta(seconds=1), "md")
-    assert "terminals.freshness:plc" in text and "| plc.level | range | 1 |" in text
+    assert "terminals.freshness:plc" in text and "| plc.level | out of range | 1 |" in text
     assert next(r for r in runner.results if r.id == "data.range:plc.level").status is Status.FAIL
     history.close()

@@ -164,9 +164,13 @@ async def test_report_is_written_from_the_history_the_agent_kept(
     assert "gw-test" in html
     # What the agent recorded is in it: the point's trend, and polls answered (not 0 of n).
     assert "plc.level" in html
-    row = re.search(r"<tr><td>plc</td><td>([\d.]+)%</td><td>(\d+) / (\d+)</td>", html)
+    row = re.search(
+        r'<tr>\s*<td>plc</td><td class="num">([\d.]+)%</td><td class="num">([\d,]+) / ([\d,]+)</td>',
+        html,
+    )
     assert row is not None
-    availability, answered, expected = float(row[1]), int(row[2]), int(row[3])
+    availability = float(row[1])
+    answered, expected = (int(n.replace(",", "")) for n in (row[2], row[3]))
     assert availability > 50
     assert 0 < answered <= expected
 

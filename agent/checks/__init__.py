@@ -3,7 +3,8 @@
 One module per family of checks (system, software, network, terminals, data, security); the
 framework (`framework`: Check, CheckResult, CheckRunner), the snapshot they read (`view`:
 AgentView), alarms with hysteresis (`alarms`), the health report and its schedule (`health`),
-the bounded history (`history`) and the report rendered from it (`report`). The checks never
+the bounded history (`history`) and the report rendered from it (`report`, imported only
+where a report is written: the daemon never needs it). The checks never
 import the daemon: it builds an AgentView and calls in here.
 """
 
@@ -25,7 +26,6 @@ from agent.checks.framework import (
 from agent.checks.health import HealthSchedule, build_health, summarise
 from agent.checks.history import History, TerminalPlan, terminal_plans
 from agent.checks.registry import build_checks, data_monitor, run_checks_once, terminal_intervals
-from agent.checks.report import render_report
 from agent.checks.system import SystemPaths
 from agent.checks.view import (
     AgentView,
@@ -61,7 +61,6 @@ __all__ = [
     "health_settings",
     "load_restarts",
     "record_start",
-    "render_report",
     "run_checks_once",
     "sort_results",
     "summarise",

@@ -129,6 +129,14 @@ class TerminalFigures:
     expected_readings: float
     good_readings: int
     bad_readings: int
+    planned: float = 0.0  # seconds of the period the terminal was configured for
+
+    @property
+    def missing_seconds(self) -> float:
+        """How long, in all, the terminal did not answer: the share of unanswered polls of the
+        time it was planned for (an over-reporting terminal misses nothing)."""
+        availability = self.availability
+        return 0.0 if availability is None else self.planned * (1.0 - availability)
 
     @property
     def availability(self) -> float | None:
@@ -177,6 +185,7 @@ class CheckFigures:
     unknown: int
     fail_hours: int
     warn_hours: int
+    last_seen: datetime | None = None  # the end of the last hour the check was evaluated in
 
 
 @dataclass
@@ -697,23 +706,26 @@ class History:
         for terminal, interval, points, start, stop in plans:
             end = min(b, stop if stop is not None else end_of_open)
             span = max(0.0, end - max(a, start))
-            e = expected.setdefault(terminal, [0.0, 0.0])
+            e = expected.setdefault(terminal, [0.0, 0.0, 0.0])
             e[0] += span / interval
+            e[2] += span
             e[1] += (
                 span / interval * (points if points is not None else seen_points.get(terminal, 0))
             )
         seen_polls = {t: (int(p), int(g)) for t, p, g in polls}
         seen_readings = {t: (int(g), int(b_)) for t, g, b_, _ in readings}
         names = sorted(set(expected) | set(seen_polls) | set(seen_readings))
+        none = [0.0, 0.0, 0.0]
         return [
             TerminalFigures(
                 name,
-                round(expected.get(name, [0.0, 0.0])[0], 3),
+                round(expected.get(name, none)[0], 3),
                 seen_polls.get(name, (0, 0))[0],
                 seen_polls.get(name, (0, 0))[1],
-                round(expected.get(name, [0.0, 0.0])[1], 3),
+                round(expected.get(name, none)[1], 3),
                 seen_readings.get(name, (0, 0))[0],
                 seen_readings.get(name, (0, 0))[1],
+                round(expected.get(name, none)[2], 3),
             )
             for name in names
         ]
@@ -750,13 +762,24 @@ class History:
         with self._db() as conn:
             rows = conn.execute(
                 "SELECT id, family, max(worst), sum(ok), sum(warn), sum(fail), sum(unknown), "
-                "sum(worst = 3), sum(worst = 2) FROM check_hours "
+                "sum(worst = 3), sum(worst = 2), max(hour) FROM check_hours "
                 "WHERE hour >= ? AND hour < ? GROUP BY id ORDER BY id",
                 (hour_of(_ts(since)), _ts(until)),
             ).fetchall()
         return [
-            CheckFigures(i, f, _SEVERITY_STATUS[w], ok, warn, fail, unk, fh, wh)
-            for i, f, w, ok, warn, fail, unk, fh, wh in rows
+            CheckFigures(
+                i,
+                f,
+                _SEVERITY_STATUS[w],
+                ok,
+                warn,
+                fail,
+                unk,
+                fh,
+                wh,
+                datetime.fromtimestamp(last + HOUR, UTC),
+            )
+            for i, f, w, ok, warn, fail, unk, fh, wh, last in rows
         ]
 
     def _events_between(
@@ -792,6 +815,26 @@ class History:
             {"at": datetime.fromtimestamp(at, UTC), "id": i, "family": f, "status": s, "message": m}
             for at, i, f, s, m in rows
         ]
+
+    def begins(self) -> datetime | None:
+        """When the history begins (None: it is empty): the earliest exact time it holds (the
+        terminals' first plan, the first start, the first event), or the earliest hour of its
+        statistics where that hour comes before."""
+        with self._db() as conn:
+            exact = conn.execute(
+                "SELECT min(t) FROM (SELECT min(since) AS t FROM plans UNION ALL "
+                "SELECT min(at) FROM changes UNION ALL SELECT min(at) FROM alarms UNION ALL "
+                "SELECT min(at) FROM anomalies UNION ALL SELECT min(at) FROM starts)"
+            ).fetchone()[0]
+            hourly = conn.execute(
+                "SELECT min(t) FROM ("
+                "SELECT min(hour) AS t FROM terminal_hours UNION ALL "
+                "SELECT min(hour) FROM point_hours UNION ALL "
+                "SELECT min(hour) FROM check_hours)"
+            ).fetchone()[0]
+        if hourly is not None and (exact is None or hourly < hour_of(exact)):
+            exact = hourly
+        return None if exact is None else datetime.fromtimestamp(exact, UTC)
 
     def starts(self, since: datetime, until: datetime) -> list[datetime]:
         return [

@@ -1,61 +1,118 @@
 """The inspection report, written from the history: what a support engineer hands the site owner.
 
-`render_report(history, since, until, format)` gives one document (HTML or Markdown): the
-period's summary; availability and data completeness per terminal (received / expected); the
-alarms raised and cleared; the anomalies found; the checks that were not ok; and a comparison
-with the previous period of the same length (better / worse). The HTML is one self-contained
-file: inline CSS and SVG charts (completeness per terminal, the hourly trend of each key point),
-no script, no external asset, readable on paper.
+`render_report(history, since, until, format, language=…)` gives one document (HTML or
+Markdown, in English or Chinese): a conclusion a site owner understands (what worked, what failed
+and for how long, what changed against the previous period, what to do); the key figures;
+availability and data completeness per terminal; the comparison with the previous period of the
+same length; the alarms, the checks that were not ok and the anomalies; and the trend of each
+key point. The HTML is one self-contained, print-ready file (A4): inline CSS and SVG charts, no
+script, no external asset.
 
-Periods start on a whole hour (`since` is taken down to the hour), as the history keeps hours.
+Rules. The site's completeness and availability are the mean over the terminals of each one's
+own figure, capped at 1, so that a station reporting more often than expected cannot hide a
+dead one; the worst terminal is named. The period starts on a whole hour (the history keeps
+hours), and never before the history begins. Durations are in words at the unit that fits,
+failing times measured from the checks' status changes. Figures are gathered here; the words
+live in `report_words`, the charts' geometry in `report_charts`, the layout in the Jinja2
+templates of `templates/` (autoescaped), imported only when a report is rendered.
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import Sequence
+import bisect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Literal
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal, TypedDict, Unpack
 
 from agent.checks.data import Anomaly
 from agent.checks.framework import Status
-from agent.checks.history import (
-    HOUR,
-    AlarmRecord,
-    CheckFigures,
-    History,
-    HourStats,
-    TerminalFigures,
+from agent.checks.history import AlarmRecord, CheckFigures, History, HourStats, TerminalFigures
+from agent.checks.report_charts import (
+    COLOURS,
+    OK_RATIO,
+    BarChart,
+    TrendChart,
+    completeness_chart,
+    grade,
+    trend_chart,
 )
-from agent.durations import format_duration
+from agent.checks.report_words import Words
+from agent.config_base import Language
+
+if TYPE_CHECKING:
+    from agent.config import SiteConfig
 
 Format = Literal["html", "md"]
-MAX_ROWS = 200  # alarms / anomaly groups listed at most; the rest are counted
+FORMATS: tuple[Format, ...] = ("html", "md")
+# (terminal, point, language) -> the point's plain name, if it has one (Config.point_label).
+PointNames = Callable[[str, str, Language], str | None]
+MAX_ROWS = 200  # alarms / anomaly groups / checks listed at most; the rest are counted
 SAME = 0.005  # ratios closer than this (half a percentage point) are "same"
+NAMED = 3  # terminals, checks and changes the conclusion names at most
 _BARS = "▁▂▃▄▅▆▇█"
-COLOURS = {"ok": "#2e7d32", "warn": "#e0a100", "fail": "#c62828", "none": "#9e9e9e"}
 
 
 def _hour_floor(at: datetime) -> datetime:
-    at = at.astimezone(UTC)
-    return at.replace(minute=0, second=0, microsecond=0)
+    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
-def _when(at: datetime) -> str:
-    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _mean(values: Iterable[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
 
 
-def _pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{x * 100:.1f}%"
+# -- figures ---------------------------------------------------------------------------------
 
 
-def _grade(ratio: float | None) -> str:
-    if ratio is None:
-        return "none"
-    if ratio >= 0.99:
-        return "ok"
-    return "warn" if ratio >= 0.9 else "fail"
+@dataclass(frozen=True, slots=True)
+class CheckTime:
+    """Seconds a check spent failing and warning in a period; None where the history kept no
+    status change of it (the report then says "up to" its failing hours)."""
+
+    fail: float | None
+    warn: float | None
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The checks' status changes and the agent's starts, oldest first: how long each status
+    lasted (a status holds until the next change, the next start, or the check's last hour)."""
+
+    changes: list[tuple[datetime, str, str]]  # (at, check id, status)
+    starts: list[datetime]
+
+    @classmethod
+    def load(cls, history: History, since: datetime, until: datetime) -> Timeline:
+        changes = [(c["at"], c["id"], c["status"]) for c in history.changes(since, until)]
+        return cls(changes, history.starts(since, until))
+
+    def times(
+        self, checks: Sequence[CheckFigures], since: datetime, until: datetime
+    ) -> dict[str, CheckTime]:
+        by_id: dict[str, list[tuple[datetime, str]]] = {}
+        for at, check_id, status in self.changes:
+            by_id.setdefault(check_id, []).append((at, status))
+        out = {}
+        for check in checks:
+            events = by_id.get(check.id)
+            if not events:
+                out[check.id] = CheckTime(None, None)
+                continue
+            last = min(until, check.last_seen or until)
+            spent = {Status.FAIL.value: 0.0, Status.WARN.value: 0.0}
+            for i, (at, status) in enumerate(events):
+                if status not in spent:
+                    continue
+                stop = events[i + 1][0] if i + 1 < len(events) else last
+                restart = bisect.bisect_right(self.starts, at)
+                if restart < len(self.starts):
+                    stop = min(stop, self.starts[restart])
+                begin, end = max(at, since), min(stop, last)
+                if end > begin:
+                    spent[status] += (end - begin).total_seconds()
+            out[check.id] = CheckTime(spent[Status.FAIL.value], spent[Status.WARN.value])
+        return out
 
 
 @dataclass(frozen=True)
@@ -67,6 +124,11 @@ class Period:
     alarms: list[AlarmRecord]
     anomalies: list[Anomaly]
     starts: list[datetime]
+    times: Mapping[str, CheckTime]
+
+    @property
+    def seconds(self) -> float:
+        return (self.until - self.since).total_seconds()
 
     @property
     def raised(self) -> int:
@@ -77,14 +139,26 @@ class Period:
         return sum(1 for a in self.alarms if a.action == "cleared")
 
     @property
-    def fail_hours(self) -> int:
-        return sum(c.fail_hours for c in self.checks)
+    def open_alarms(self) -> int:
+        """Checks whose last alarm in the period left them not ok."""
+        last = {a.check: a.status for a in self.alarms}
+        return sum(1 for status in last.values() if status != Status.OK.value)
 
     @property
     def worst(self) -> Status | None:
         if not self.checks:
             return None
         return max((c.worst for c in self.checks), key=lambda s: s.severity)
+
+    @property
+    def failed(self) -> list[CheckFigures]:
+        """The checks that failed, the longest failing first."""
+        out = [c for c in self.checks if c.worst is Status.FAIL]
+        return sorted(out, key=lambda c: (-self.fail_seconds(c), c.id))
+
+    def fail_seconds(self, check: CheckFigures) -> float:
+        known = self.times.get(check.id, CheckTime(None, None)).fail
+        return float(check.fail_hours * 3600) if known is None else known
 
     @property
     def has_data(self) -> bool:
@@ -98,43 +172,64 @@ class Period:
 
     @property
     def availability(self) -> float | None:
-        expected = sum(t.expected_polls for t in self.terminals)
-        got = sum(t.good_polls for t in self.terminals)
-        return min(1.0, got / expected) if expected > 0 else None
+        """The mean of the terminals' own availability (each capped at 1)."""
+        return _mean(t.availability for t in self.terminals)
 
     @property
     def completeness(self) -> float | None:
-        expected = sum(t.expected_readings for t in self.terminals)
-        got = sum(t.good_readings for t in self.terminals)
-        return min(1.0, got / expected) if expected > 0 else None
+        """The mean of the terminals' own data completeness (each capped at 1)."""
+        return _mean(t.completeness for t in self.terminals)
+
+    @property
+    def expected(self) -> list[TerminalFigures]:
+        """The terminals that were expected to report in the period."""
+        return [t for t in self.terminals if t.completeness is not None]
+
+    @property
+    def worst_terminal(self) -> TerminalFigures | None:
+        """The least complete terminal (then the least available, then by name)."""
+        ranked = sorted(
+            self.expected,
+            key=lambda t: (t.completeness or 0.0, t.availability or 0.0, t.name),
+        )
+        return ranked[0] if ranked else None
+
+    @property
+    def incomplete(self) -> list[TerminalFigures]:
+        """The terminals below the ok line, the least complete first."""
+        bad = [t for t in self.expected if (t.completeness or 0.0) < OK_RATIO]
+        return sorted(bad, key=lambda t: (t.completeness or 0.0, t.name))
 
     def terminal(self, name: str) -> TerminalFigures | None:
         return next((t for t in self.terminals if t.name == name), None)
 
 
-def gather(history: History, since: datetime, until: datetime) -> Period:
+def gather(history: History, since: datetime, until: datetime, timeline: Timeline) -> Period:
+    checks = history.checks(since, until)
     return Period(
         since,
         until,
         history.terminals(since, until),
-        history.checks(since, until),
+        checks,
         history.alarms(since, until),
         history.anomalies(since, until),
         history.starts(since, until),
+        timeline.times(checks, since, until),
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Comparison:
     metric: str
     now: str
     before: str
-    verdict: str  # better | worse | same | no data
+    verdict: str  # better · worse · same · none
+    verdict_text: str
 
 
 def _ratio_verdict(now: float | None, before: float | None) -> str:
     if now is None or before is None:
-        return "no data"
+        return "none"
     if abs(now - before) < SAME:
         return "same"
     return "better" if now > before else "worse"
@@ -142,26 +237,29 @@ def _ratio_verdict(now: float | None, before: float | None) -> str:
 
 def _count_verdict(now: int, before: int, had_data: bool) -> str:
     if not had_data:
-        return "no data"
+        return "none"
     if now == before:
         return "same"
     return "better" if now < before else "worse"
 
 
-def compare(current: Period, previous: Period) -> list[Comparison]:
+def compare(current: Period, previous: Period, w: Words) -> list[Comparison]:
     """Each figure of this period against the previous one (higher ratios, fewer events: better)."""
-    had = previous.has_data
+
+    def row(metric: str, now: str, before: str, verdict: str) -> Comparison:
+        return Comparison(metric, now, before, verdict, w(f"verdict_{verdict}"))
+
     out = [
-        Comparison(
-            "data completeness (all terminals)",
-            _pct(current.completeness),
-            _pct(previous.completeness),
+        row(
+            w("cmp_completeness"),
+            w.pct(current.completeness),
+            w.pct(previous.completeness),
             _ratio_verdict(current.completeness, previous.completeness),
         ),
-        Comparison(
-            "availability (all terminals)",
-            _pct(current.availability),
-            _pct(previous.availability),
+        row(
+            w("cmp_availability"),
+            w.pct(current.availability),
+            w.pct(previous.availability),
             _ratio_verdict(current.availability, previous.availability),
         ),
     ]
@@ -169,28 +267,29 @@ def compare(current: Period, previous: Period) -> list[Comparison]:
         before = previous.terminal(t.name)
         b = before.completeness if before else None
         out.append(
-            Comparison(
-                f"completeness of {t.name}",
-                _pct(t.completeness),
-                _pct(b),
+            row(
+                w("cmp_terminal", terminal=t.name),
+                w.pct(t.completeness),
+                w.pct(b),
                 _ratio_verdict(t.completeness, b),
             )
         )
-    for label, now, then in (
-        ("alarms raised", current.raised, previous.raised),
-        ("anomalies found", len(current.anomalies), len(previous.anomalies)),
-        ("check-hours failing", current.fail_hours, previous.fail_hours),
-        ("agent starts", len(current.starts), len(previous.starts)),
+    had = previous.has_data
+    for key, now, then in (
+        ("cmp_alarms", current.raised, previous.raised),
+        ("cmp_anomalies", len(current.anomalies), len(previous.anomalies)),
+        ("cmp_failing", len(current.failed), len(previous.failed)),
+        ("cmp_starts", len(current.starts), len(previous.starts)),
     ):
-        out.append(
-            Comparison(label, str(now), str(then) if had else "n/a", _count_verdict(now, then, had))
-        )
+        before_text = w.number(then) if had else w("na")
+        out.append(row(w(key), w.number(now), before_text, _count_verdict(now, then, had)))
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AnomalyGroup:
-    key: str
+    terminal: str
+    point: str
     kind: str
     count: int
     first: datetime
@@ -199,330 +298,242 @@ class AnomalyGroup:
 
 
 def group_anomalies(anomalies: Sequence[Anomaly]) -> list[AnomalyGroup]:
-    groups: dict[tuple[str, str], list[Anomaly]] = {}
+    groups: dict[tuple[str, str, str], list[Anomaly]] = {}
     for a in anomalies:
-        groups.setdefault((a.key, a.kind), []).append(a)
+        groups.setdefault((a.terminal, a.point, a.kind), []).append(a)
     out = [
-        AnomalyGroup(key, kind, len(items), items[0].at, items[-1].at, items[-1].detail)
-        for (key, kind), items in groups.items()
+        AnomalyGroup(t, p, k, len(items), items[0].at, items[-1].at, items[-1].detail)
+        for (t, p, k), items in groups.items()
     ]
-    return sorted(out, key=lambda g: (-g.count, g.key, g.kind))
+    return sorted(out, key=lambda g: (-g.count, g.terminal, g.point, g.kind))
 
 
 def key_series(
     history: History, period: Period, key_points: Sequence[str] | None, max_trends: int
-) -> list[tuple[str, str, list[HourStats]]]:
-    """(label, unit, hourly stats) of the key points: those named, else every numeric point."""
+) -> list[tuple[str, str, str, list[HourStats]]]:
+    """(terminal, point, unit, hourly stats) of the key points: those named, else every numeric
+    point."""
     points = history.numeric_points(period.since, period.until)
     if key_points:
         wanted = set(key_points)
         points = [p for p in points if f"{p[0]}.{p[1]}" in wanted]
-    out = []
-    for terminal, point, unit in points[:max_trends]:
-        out.append(
-            (
-                f"{terminal}.{point}",
-                unit,
-                history.point_series(terminal, point, period.since, period.until),
-            )
-        )
-    return out
+    return [
+        (terminal, point, unit, history.point_series(terminal, point, period.since, period.until))
+        for terminal, point, unit in points[:max_trends]
+    ]
 
 
-def render_report(
-    history: History,
-    since: datetime,
-    until: datetime | None = None,
-    format: Format = "html",
-    *,
-    key_points: Sequence[str] | None = None,
-    max_trends: int = 12,
-    gateway: str | None = None,
-    now: datetime | None = None,
-) -> str:
-    """The inspection report of [since, until) (until: now), compared with the period before."""
-    now = now or datetime.fromtimestamp(history.clock(), UTC)
-    until = until or now
-    since = _hour_floor(since)
-    if until <= since:
-        raise ValueError("the report period is empty: since must be before until")
-    length = until - since
-    current = gather(history, since, until)
-    previous = gather(history, since - length, since)
-    gateway = gateway or history.meta("gateway") or "gateway"
-    trends = key_series(history, current, key_points, max_trends)
-    doc = _Doc(gateway, current, previous, compare(current, previous), trends, now)
-    if format == "html":
-        return doc.html()
-    if format == "md":
-        return doc.markdown()
-    raise ValueError(f"unknown report format {format!r} (html or md)")
+# -- the document ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalRow:
+    name: str
+    availability: str
+    polls: str
+    completeness: str
+    readings: str
+    bad: str
+    missing: str
+    previous: str
+    verdict: str
+    verdict_text: str
+    grade: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRow:
+    name: str
+    id: str
+    status: str
+    status_text: str
+    failing: str
+    warning: str
+
+
+@dataclass(frozen=True, slots=True)
+class Trend:
+    chart: TrendChart
+    sparkline: str
 
 
 @dataclass(frozen=True)
-class _Doc:
-    gateway: str
-    current: Period
-    previous: Period
+class Report:
+    """Everything a template lays out, in words of the report's language."""
+
+    language: Language
+    t: Words
+    title: str
+    site: list[tuple[str, str]]
+    period: str
+    generated: str
+    zone: str
+    clamped: str | None
+    conclusion: str
+    figures: list[tuple[str, str]]
+    chart: BarChart | None
+    terminals: list[TerminalRow]
+    previous: str
     comparison: list[Comparison]
-    trends: list[tuple[str, str, list[HourStats]]]
-    generated: datetime
+    alarms: list[list[str]]
+    alarms_more: str | None
+    alarms_head: str
+    checks: list[CheckRow]
+    anomalies: list[list[str]]
+    anomalies_head: str
+    trends: list[Trend]
+    starts: list[str]
 
-    # -- shared wording ---------------------------------------------------------------------
 
-    @property
-    def title(self) -> str:
-        return f"Inspection report — {self.gateway}"
+class _Names:
+    """Plain names of points and checks in the report's language."""
 
-    @property
-    def period_line(self) -> str:
-        c = self.current
-        length = format_duration(round((c.until - c.since).total_seconds()))
-        return f"{_when(c.since)} to {_when(c.until)} ({length})"
+    def __init__(self, w: Words, names: PointNames | None, terminals: Iterable[str]) -> None:
+        self.w = w
+        self._names = names
+        # the longest first: "a.b" before "a" when a target reads "a.b.level"
+        self._terminals = sorted(set(terminals), key=len, reverse=True)
 
-    def summary_lines(self) -> list[tuple[str, str]]:
-        c = self.current
-        worst = c.worst.value if c.worst else "no checks recorded"
-        return [
-            ("overall status (worst check in the period)", worst),
-            ("data completeness", _pct(c.completeness)),
-            ("terminal availability", _pct(c.availability)),
-            ("terminals", str(len(c.terminals))),
-            ("alarms raised / cleared", f"{c.raised} / {c.cleared}"),
-            ("anomalies found", str(len(c.anomalies))),
-            ("check-hours failing", str(c.fail_hours)),
-            ("agent starts", str(len(c.starts))),
-        ]
+    def point(self, terminal: str, point: str) -> str:
+        label = self._names(terminal, point, self.w.language) if self._names else None
+        return self.w.point_name(terminal, point, label)
 
-    def verdict(self) -> str:
-        better = sum(1 for x in self.comparison if x.verdict == "better")
-        worse = sum(1 for x in self.comparison if x.verdict == "worse")
-        if not self.previous.has_data:
-            return "No history for the previous period: nothing to compare with."
-        if not better and not worse:
-            return "Compared with the previous period: no change."
-        return (
-            f"Compared with the previous period: {better} figure{'s' * (better != 1)} better, "
-            f"{worse} worse."
-        )
+    def target(self, check_id: str) -> str | None:
+        """What follows ':' in a data check's id ("dam.level") as a point's plain name."""
+        name, _, rest = check_id.partition(":")
+        if not name.startswith("data."):
+            return None
+        for terminal in self._terminals:
+            if rest.startswith(f"{terminal}."):
+                return self.point(terminal, rest[len(terminal) + 1 :])
+        return None
 
-    def terminal_rows(self) -> list[list[str]]:
-        rows = []
-        for t in self.current.terminals:
-            before = self.previous.terminal(t.name)
-            b = before.completeness if before else None
-            rows.append(
-                [
-                    t.name,
-                    _pct(t.availability),
-                    f"{t.good_polls} / {t.expected_polls:.0f}",
-                    _pct(t.completeness),
-                    f"{t.good_readings} / {t.expected_readings:.0f}",
-                    str(t.bad_readings),
-                    _pct(b),
-                    _ratio_verdict(t.completeness, b),
-                ]
+    def check(self, check_id: str) -> str:
+        return self.w.check_name(check_id, self.target(check_id))
+
+    def action(self, check_id: str) -> str:
+        return self.w.check_action(check_id, self.target(check_id))
+
+
+def _terminal_of(check_id: str) -> str | None:
+    """The terminal a terminal check is about (`terminals.freshness:dam` -> dam)."""
+    name, _, rest = check_id.partition(":")
+    if name in ("terminals.success", "terminals.latency", "terminals.freshness"):
+        return rest
+    return None
+
+
+def conclude(current: Period, previous: Period, w: Words, names: _Names) -> str:
+    """One paragraph: what worked, what failed and for how long, what changed, what to do."""
+    length = w.duration(current.seconds)
+    start, end = w.when(current.since), w.when(current.until)
+    out: list[str] = []
+    todo: list[str] = []
+    expected, incomplete = current.expected, current.incomplete
+    worst = current.worst_terminal
+    if not expected:
+        out.append(w("c_none", length=length, start=start, end=end))
+    elif not incomplete:
+        out.append(
+            w(
+                "c_all_ok",
+                length=length,
+                start=start,
+                end=end,
+                count=len(expected),
+                completeness=w.pct(current.completeness),
             )
-        return rows
-
-    TERMINAL_HEAD = (
-        "terminal",
-        "availability",
-        "polls answered / expected",
-        "completeness",
-        "readings received / expected",
-        "bad readings",
-        "previous completeness",
-        "change",
-    )
-
-    def alarm_rows(self) -> list[list[str]]:
-        return [
-            [_when(a.at), a.check, a.action, f"{a.previous} → {a.status}", a.message]
-            for a in self.current.alarms[:MAX_ROWS]
-        ]
-
-    def anomaly_rows(self) -> list[list[str]]:
-        return [
-            [g.key, g.kind, str(g.count), _when(g.first), _when(g.last), g.example]
-            for g in group_anomalies(self.current.anomalies)[:MAX_ROWS]
-        ]
-
-    def check_rows(self) -> list[list[str]]:
-        bad = [c for c in self.current.checks if c.worst in (Status.FAIL, Status.WARN)]
-        bad.sort(key=lambda c: (-c.worst.severity, -c.fail_hours, -c.warn_hours, c.id))
-        return [[c.id, c.worst.value, str(c.fail_hours), str(c.warn_hours)] for c in bad[:MAX_ROWS]]
-
-    def trend_caption(self, unit: str, series: list[HourStats]) -> str:
-        lows = [s.min for s in series if s.min is not None]
-        highs = [s.max for s in series if s.max is not None]
-        total = sum(s.count for s in series)
-        means = [s.mean * s.count for s in series if s.mean is not None]
-        if not lows:
-            return "no numeric values in the period"
-        mean = sum(means) / total if total else 0.0
-        u = f" {unit}" if unit else ""
-        return f"min {min(lows):.4g}{u} · mean {mean:.4g}{u} · max {max(highs):.4g}{u} · {total} samples"
-
-    # -- markdown ---------------------------------------------------------------------------
-
-    def markdown(self) -> str:
-        out = [
-            f"# {self.title}",
-            "",
-            f"Period: {self.period_line}  ",
-            f"Generated: {_when(self.generated)}",
-            "",
-        ]
-        out += ["## Summary", "", self.verdict(), ""]
-        out += _md_table(("figure", "value"), [list(x) for x in self.summary_lines()])
-        out += ["", "## Terminals: availability and data completeness", ""]
-        rows = self.terminal_rows()
-        out += _md_table(self.TERMINAL_HEAD, rows) if rows else ["No terminal in this period."]
-        out += ["", "## Compared with the previous period", ""]
-        prev = self.previous
-        out += [f"Previous period: {_when(prev.since)} to {_when(prev.until)}", ""]
-        out += _md_table(
-            ("figure", "this period", "previous period", "change"),
-            [[x.metric, x.now, x.before, x.verdict] for x in self.comparison],
         )
-        out += [
-            "",
-            f"## Alarms raised and cleared ({self.current.raised} raised, {self.current.cleared} cleared)",
-            "",
-        ]
-        rows = self.alarm_rows()
-        out += (
-            _md_table(("time", "check", "action", "status", "message"), rows)
-            if rows
-            else ["No alarm."]
+    else:
+        assert worst is not None
+        out.append(
+            w(
+                "c_some",
+                length=length,
+                start=start,
+                end=end,
+                good=len(expected) - len(incomplete),
+                count=len(expected),
+                completeness=w.pct(current.completeness),
+                worst=worst.name,
+                worst_completeness=w.pct(worst.completeness),
+            )
         )
-        out += _more(len(self.current.alarms))
-        out += ["", f"## Anomalies found ({len(self.current.anomalies)})", ""]
-        rows = self.anomaly_rows()
-        out += (
-            _md_table(("point", "kind", "count", "first", "last", "latest detail"), rows)
-            if rows
-            else ["No anomaly."]
-        )
-        out += ["", "## Checks that were not ok", ""]
-        rows = self.check_rows()
-        out += (
-            _md_table(("check", "worst status", "hours failing", "hours warning"), rows)
-            if rows
-            else ["Every check stayed ok."]
-        )
-        if self.trends:
-            out += ["", "## Trends of key points (hourly means)", ""]
-            for label, unit, series in self.trends:
-                out += [f"- **{label}** `{_sparkline(series)}` {self.trend_caption(unit, series)}"]
-        if self.current.starts:
-            out += ["", "## Agent starts", ""]
-            out += [f"- {_when(s)}" for s in self.current.starts[:MAX_ROWS]]
-        return "\n".join(out) + "\n"
-
-    # -- html -------------------------------------------------------------------------------
-
-    def html(self) -> str:
-        e = html.escape
-        c = self.current
-        parts = [
-            "<!DOCTYPE html>",
-            '<html lang="en"><head><meta charset="utf-8">',
-            f"<title>{e(self.title)}</title>",
-            f"<style>{_CSS}</style></head><body>",
-            f"<h1>{e(self.title)}</h1>",
-            f'<p class="meta">Period: {e(self.period_line)}<br>Generated: {e(_when(self.generated))}</p>',
-            "<h2>Summary</h2>",
-            f"<p>{e(self.verdict())}</p>",
-            _html_table(("figure", "value"), [list(x) for x in self.summary_lines()]),
-            "<h2>Terminals: availability and data completeness</h2>",
-        ]
-        rows = self.terminal_rows()
-        if rows:
-            parts.append(_completeness_svg(c.terminals))
-            parts.append(_html_table(self.TERMINAL_HEAD, rows, verdict_col=7))
+    for t in incomplete[:NAMED]:
+        missing = w.duration(t.missing_seconds)
+        if not t.good_readings:
+            out.append(w("c_dead", terminal=t.name, duration=missing))
+        elif t.missing_seconds >= 60:
+            out.append(
+                w("c_short", terminal=t.name, duration=missing, completeness=w.pct(t.completeness))
+            )
         else:
-            parts.append("<p>No terminal in this period.</p>")
-        parts += [
-            "<h2>Compared with the previous period</h2>",
-            f'<p class="meta">Previous period: {e(_when(self.previous.since))} to '
-            f"{e(_when(self.previous.until))}</p>",
-            _html_table(
-                ("figure", "this period", "previous period", "change"),
-                [[x.metric, x.now, x.before, x.verdict] for x in self.comparison],
-                verdict_col=3,
-            ),
-            f"<h2>Alarms raised and cleared ({c.raised} raised, {c.cleared} cleared)</h2>",
+            out.append(w("c_bad", terminal=t.name, completeness=w.pct(t.completeness)))
+    if len(incomplete) > NAMED:
+        out.append(w("c_more", count=len(incomplete) - NAMED))
+    for t in incomplete:
+        if not t.good_readings:
+            todo.append(w("do_dead", terminal=t.name))
+        elif t.missing_seconds >= 60:
+            todo.append(w("do_link", terminal=t.name))
+        else:
+            todo.append(w("do_sensor", point=t.name))
+    told = {t.name for t in incomplete}
+    failed = [c for c in current.failed if _terminal_of(c.id) not in told]
+    if failed:
+        items = [
+            w("c_check_item", name=names.check(c.id), duration=_fail_time(current, c, w))
+            for c in failed[:NAMED]
         ]
-        rows = self.alarm_rows()
-        parts.append(
-            _html_table(("time", "check", "action", "status", "message"), rows)
-            if rows
-            else "<p>No alarm.</p>"
-        )
-        parts += [f"<p>{e(line)}</p>" for line in _more(len(c.alarms))]
-        parts.append(f"<h2>Anomalies found ({len(c.anomalies)})</h2>")
-        rows = self.anomaly_rows()
-        parts.append(
-            _html_table(("point", "kind", "count", "first", "last", "latest detail"), rows)
-            if rows
-            else "<p>No anomaly.</p>"
-        )
-        parts.append("<h2>Checks that were not ok</h2>")
-        rows = self.check_rows()
-        parts.append(
-            _html_table(("check", "worst status", "hours failing", "hours warning"), rows)
-            if rows
-            else "<p>Every check stayed ok.</p>"
-        )
-        if self.trends:
-            parts.append("<h2>Trends of key points (hourly mean, band: min to max)</h2>")
-            for label, unit, series in self.trends:
-                parts.append('<figure class="trend">')
-                parts.append(_trend_svg(label, unit, series, c.since, c.until))
-                parts.append(
-                    f"<figcaption><b>{e(label)}</b> — {e(self.trend_caption(unit, series))}</figcaption>"
-                )
-                parts.append("</figure>")
-        if c.starts:
-            parts.append("<h2>Agent starts</h2><ul>")
-            parts += [f"<li>{e(_when(s))}</li>" for s in c.starts[:MAX_ROWS]]
-            parts.append("</ul>")
-        parts.append("</body></html>")
-        return "\n".join(parts) + "\n"
+        out.append(w("c_checks", items=w.join(items)))
+        todo += [names.action(c.id) for c in failed]
+    if current.open_alarms:
+        out.append(w("c_open", count=current.open_alarms))
+    out += _changes(current, previous, w)
+    actions = list(dict.fromkeys(todo))  # each once, in order
+    out.append(w("c_todo", items=w.join(actions)) if actions else w("c_nothing"))
+    return w.sentences(out)
 
 
-def _more(total: int) -> list[str]:
-    return [f"… and {total - MAX_ROWS} more."] if total > MAX_ROWS else []
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
+def _changes(current: Period, previous: Period, w: Words) -> list[str]:
+    if not previous.has_data or previous.completeness is None:
+        return [w("c_no_history")]
+    length = w.duration(previous.seconds)
+    now, before = current.completeness, previous.completeness
+    verdict = _ratio_verdict(now, before)
+    key = {"same": "c_same", "better": "c_up", "worse": "c_down"}.get(verdict)
+    out = [] if key is None else [w(key, length=length, now=w.pct(now), before=w.pct(before))]
+    moved: dict[str, list[str]] = {"better": [], "worse": []}
+    for t in current.terminals:
+        then = previous.terminal(t.name)
+        b = then.completeness if then else None
+        verdict = _ratio_verdict(t.completeness, b)
+        if verdict in moved:
+            moved[verdict].append(
+                w("c_change_item", terminal=t.name, before=w.pct(b), now=w.pct(t.completeness))
+            )
+    for verdict, key in (("worse", "c_worse"), ("better", "c_better")):
+        if moved[verdict]:
+            out.append(w(key, items=w.join(moved[verdict][:NAMED])))
     return out
 
 
-def _html_table(
-    head: Sequence[str], rows: Sequence[Sequence[str]], verdict_col: int | None = None
-) -> str:
-    e = html.escape
-    out = ["<table><thead><tr>", *(f"<th>{e(h)}</th>" for h in head), "</tr></thead><tbody>"]
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            cls = f' class="{cell.replace(" ", "-")}"' if i == verdict_col else ""
-            cells.append(f"<td{cls}>{e(cell)}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
+def _fail_time(period: Period, check: CheckFigures, w: Words) -> str:
+    known = period.times.get(check.id, CheckTime(None, None)).fail
+    if known is None:
+        return w("up_to", duration=w.duration(check.fail_hours * 3600))
+    return w.duration(known)
 
 
-def _sparkline(series: Sequence[HourStats], width: int = 48) -> str:
+def _warn_time(period: Period, check: CheckFigures, w: Words) -> str:
+    known = period.times.get(check.id, CheckTime(None, None)).warn
+    if known is None:
+        return w("up_to", duration=w.duration(check.warn_hours * 3600)) if check.warn_hours else "—"
+    return w.duration(known) if known else "—"
+
+
+def sparkline(series: Sequence[HourStats], width: int = 48) -> str:
+    """The hourly means as a line of block characters (the Markdown report's chart)."""
     means = [s.mean for s in series if s.mean is not None]
     if not means:
         return ""
@@ -537,135 +548,247 @@ def _sparkline(series: Sequence[HourStats], width: int = 48) -> str:
     )
 
 
-def _completeness_svg(terminals: Sequence[TerminalFigures]) -> str:
-    e = html.escape
-    label_w, bar_w, row_h, pad = 170, 380, 24, 6
-    width, height = label_w + bar_w + 70, len(terminals) * row_h + 2 * pad + 16
-    out = [
-        f'<svg class="bars" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="data completeness per terminal">',
-        "<title>Data completeness per terminal</title>",
-    ]
-    for i, t in enumerate(terminals):
-        y = pad + i * row_h
-        ratio = t.completeness
-        w = round(bar_w * (ratio or 0.0), 1)
-        colour = COLOURS[_grade(ratio)]
-        out += [
-            f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end">{e(t.name)}</text>',
-            f'<rect x="{label_w}" y="{y + 3}" width="{bar_w}" height="16" fill="#eeeeee"/>',
-            f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="16" fill="{colour}"/>',
-            f'<text x="{label_w + bar_w + 6}" y="{y + 16}">{e(_pct(ratio))}</text>',
+def _caption(unit: str, series: Sequence[HourStats], w: Words) -> str:
+    lows = [s.min for s in series if s.min is not None]
+    highs = [s.max for s in series if s.max is not None]
+    total = sum(s.count for s in series)
+    if not lows or not highs:
+        return w("no_values")
+    mean = sum(s.mean * s.count for s in series if s.mean is not None) / total if total else 0.0
+    return w(
+        "trend_caption",
+        min=w.value(min(lows), unit),
+        mean=w.value(mean, unit),
+        max=w.value(max(highs), unit),
+        count=w.number(total),
+    )
+
+
+class ReportOptions(TypedDict, total=False):
+    key_points: Sequence[str] | None  # "<terminal>.<point>" to chart; None or empty: all numeric
+    max_trends: int  # trend charts at most (12)
+    gateway: str | None  # default: the gateway id the history holds
+    now: datetime | None  # default: the history's clock
+    language: Language  # en (default) or zh
+    site: SiteConfig | None  # the config's `site:` (name, contact, time zone)
+    names: PointNames | None  # points' plain names (Config.point_label)
+
+
+def build_report(
+    history: History,
+    since: datetime,
+    until: datetime | None = None,
+    **options: Unpack[ReportOptions],
+) -> Report:
+    """The report of [since, until) (until: now), compared with the period of the same length
+    before it: its figures put in words."""
+    key_points = options.get("key_points")
+    max_trends = options.get("max_trends", 12)
+    gateway = options.get("gateway")
+    now = options.get("now")
+    language = options.get("language", "en")
+    site = options.get("site")
+    names = options.get("names")
+    now = now or datetime.fromtimestamp(history.clock(), UTC)
+    until = until or now
+    since = _hour_floor(since)
+    begins = history.begins()
+    clamped = begins is not None and since < begins < until
+    if clamped:
+        assert begins is not None
+        since = begins
+    if until <= since:
+        raise ValueError("the report period is empty: since must be before until")
+    length = until - since
+    timeline = Timeline.load(history, begins or since - length, until)
+    current = gather(history, since, until, timeline)
+    previous = gather(history, since - length, since, timeline)
+    w = Words(language, site.zone if site is not None else UTC)
+    named = _Names(w, names, (t.name for t in current.terminals))
+    gateway = gateway or history.meta("gateway") or "gateway"
+    site_name = site.name if site is not None and site.name else gateway
+    site_lines = [(w("site"), site_name)]
+    if site is not None:
+        site_lines += [
+            (w(key), value)
+            for key, value in (
+                ("location", site.location),
+                ("owner", site.owner),
+                ("contact", site.contact),
+            )
+            if value
         ]
-    axis_y = pad + len(terminals) * row_h + 12
-    for pct in (0, 25, 50, 75, 90, 100):
-        x = label_w + bar_w * pct / 100
-        out.append(
-            f'<line x1="{x}" y1="{pad}" x2="{x}" y2="{axis_y - 10}" stroke="#616161" '
-            f'stroke-width="0.5" stroke-dasharray="2,2"/>'
-        )
-        if pct != 90:  # 90% is the warning line: drawn, but its label would crowd 100%
-            out.append(
-                f'<text class="tick" x="{x}" y="{axis_y}" text-anchor="middle">{pct}%</text>'
-            )
-    out.append("</svg>")
-    return "".join(out)
-
-
-def _trend_svg(
-    label: str, unit: str, series: Sequence[HourStats], since: datetime, until: datetime
-) -> str:
-    e = html.escape
-    width, height = 680, 200
-    left, right, top, bottom = 64, 12, 10, 28
-    plot_w, plot_h = width - left - right, height - top - bottom
-    values = [v for s in series for v in (s.min, s.max, s.mean) if v is not None]
-    lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
-    if hi == lo:
-        lo, hi = lo - 1, hi + 1
-    span_t = (until - since).total_seconds()
-
-    def x(at: datetime) -> float:
-        return round(left + plot_w * (at - since).total_seconds() / span_t, 1)
-
-    def y(v: float) -> float:
-        return round(top + plot_h * (1 - (v - lo) / (hi - lo)), 1)
-
-    out = [
-        f'<svg class="trend" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" role="img" aria-label="trend of {e(label)}">',
-        f"<title>{e(label)}</title>",
-        f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#9e9e9e"/>',
+    site_lines.append((w("gateway"), gateway))
+    worst = current.worst_terminal
+    status = current.worst
+    figures = [
+        (w("fig_status"), w(f"status_{status.value}") if status else w("status_none")),
+        (w("fig_completeness"), w.pct(current.completeness)),
+        (w("fig_availability"), w.pct(current.availability)),
+        (
+            w("fig_worst"),
+            w("worst_value", terminal=worst.name, completeness=w.pct(worst.completeness))
+            if worst
+            else w("na"),
+        ),
+        (w("fig_terminals"), w.number(len(current.terminals))),
+        (w("fig_alarms"), f"{w.number(current.raised)} / {w.number(current.cleared)}"),
+        (w("fig_anomalies"), w.number(len(current.anomalies))),
+        (w("fig_failing"), w.number(len(current.failed))),
+        (w("fig_starts"), w.number(len(current.starts))),
     ]
-    u = f" {unit}" if unit else ""
-    for v in (lo, (lo + hi) / 2, hi):
-        out.append(
-            f'<text class="tick" x="{left - 4}" y="{y(v) + 4}" text-anchor="end">{e(f"{v:.4g}{u}")}</text>'
-        )
-    ticks = 4
-    for i in range(ticks + 1):
-        at = since + (until - since) * i / ticks
-        anchor = "start" if i == 0 else "end" if i == ticks else "middle"
-        out.append(
-            f'<text class="tick" x="{x(at)}" y="{height - 8}" text-anchor="{anchor}">'
-            f"{at.astimezone(UTC):%m-%d %H:%M}</text>"
-        )
-    for segment in _segments(series):
-        pts = [s for s in segment if s.mean is not None and s.min is not None and s.max is not None]
-        if not pts:
-            continue
-        centre = [s.hour + timedelta(seconds=HOUR / 2) for s in pts]
-        upper = " ".join(
-            f"{x(t)},{y(s.max)}" for t, s in zip(centre, pts, strict=True) if s.max is not None
-        )
-        lower = " ".join(
-            f"{x(t)},{y(s.min)}"
-            for t, s in reversed(list(zip(centre, pts, strict=True)))
-            if s.min is not None
-        )
-        out.append(
-            f'<polygon points="{upper} {lower}" fill="#90caf9" fill-opacity="0.45" stroke="none"/>'
-        )
-        line = " ".join(
-            f"{x(t)},{y(s.mean)}" for t, s in zip(centre, pts, strict=True) if s.mean is not None
-        )
-        if len(pts) == 1:
-            t, s = centre[0], pts[0]
-            assert s.mean is not None
-            out.append(f'<circle cx="{x(t)}" cy="{y(s.mean)}" r="2" fill="#0d47a1"/>')
-        else:
-            out.append(
-                f'<polyline points="{line}" fill="none" stroke="#0d47a1" stroke-width="1.5"/>'
+    rows = []
+    for t in current.terminals:
+        before = previous.terminal(t.name)
+        b = before.completeness if before else None
+        verdict = _ratio_verdict(t.completeness, b)
+        rows.append(
+            TerminalRow(
+                t.name,
+                w.pct(t.availability),
+                f"{w.number(t.good_polls)} / {w.number(t.expected_polls)}",
+                w.pct(t.completeness),
+                f"{w.number(t.good_readings)} / {w.number(t.expected_readings)}",
+                w.number(t.bad_readings),
+                w.duration(t.missing_seconds) if t.missing_seconds >= 1 else "—",
+                w.pct(b),
+                verdict,
+                w(f"verdict_{verdict}"),
+                grade(t.completeness),
             )
-    if not series:
-        out.append(
-            f'<text x="{left + plot_w / 2}" y="{top + plot_h / 2}" text-anchor="middle">no data</text>'
         )
-    out.append("</svg>")
-    return "".join(out)
+    chart = (
+        completeness_chart(
+            w("chart_completeness"), [(t.name, t.completeness) for t in current.terminals], w
+        )
+        if current.terminals
+        else None
+    )
+    alarms = [
+        [
+            w.when(a.at),
+            named.check(a.check),
+            w(f"action_{a.action}") if a.action in ("raised", "cleared", "changed") else a.action,
+            f"{_status_text(a.previous, w)} → {_status_text(a.status, w)}",
+            a.message,
+        ]
+        for a in current.alarms[:MAX_ROWS]
+    ]
+    more = len(current.alarms) - MAX_ROWS
+    bad = [c for c in current.checks if c.worst in (Status.FAIL, Status.WARN)]
+    bad.sort(key=lambda c: (-c.worst.severity, -current.fail_seconds(c), -c.warn_hours, c.id))
+    checks = [
+        CheckRow(
+            named.check(c.id),
+            c.id,
+            c.worst.value,
+            _status_text(c.worst.value, w),
+            _fail_time(current, c, w) if c.fail_hours else "—",
+            _warn_time(current, c, w),
+        )
+        for c in bad[:MAX_ROWS]
+    ]
+    anomalies = [
+        [
+            named.point(g.terminal, g.point),
+            w(f"kind_{g.kind}") if f"kind_{g.kind}" in _KINDS else g.kind,
+            w.number(g.count),
+            w.when(g.first),
+            w.when(g.last),
+            g.example,
+        ]
+        for g in group_anomalies(current.anomalies)[:MAX_ROWS]
+    ]
+    trends = [
+        Trend(
+            trend_chart(
+                named.point(terminal, point),
+                _caption(unit, series, w),
+                unit,
+                series,
+                current.since,
+                current.until,
+                w,
+            ),
+            sparkline(series),
+        )
+        for terminal, point, unit, series in key_series(history, current, key_points, max_trends)
+    ]
+    return Report(
+        language=language,
+        t=w,
+        title=f"{w('title')} — {site_name}",
+        site=site_lines,
+        period=w(
+            "period_value",
+            start=w.when(since),
+            end=w.when(until),
+            length=w.duration(length.total_seconds()),
+        ),
+        generated=w.when(now),
+        zone=w("zone", zone=_zone_name(w, until)),
+        clamped=w("clamped", when=w.when(since)) if clamped else None,
+        conclusion=conclude(current, previous, w, named),
+        figures=figures,
+        chart=chart,
+        terminals=rows,
+        previous=w("previous_period", start=w.when(previous.since), end=w.when(previous.until)),
+        comparison=compare(current, previous, w),
+        alarms=alarms,
+        alarms_more=w("more", count=more) if more > 0 else None,
+        alarms_head=w("alarms_head", raised=current.raised, cleared=current.cleared),
+        checks=checks,
+        anomalies=anomalies,
+        anomalies_head=w("anomalies_head", count=w.number(len(current.anomalies))),
+        trends=trends,
+        starts=[w.when(s) for s in current.starts[:MAX_ROWS]],
+    )
 
 
-def _segments(series: Sequence[HourStats]) -> list[list[HourStats]]:
-    """Runs of consecutive hours: a missing hour breaks the line instead of bridging it."""
-    out: list[list[HourStats]] = []
-    for s in series:
-        if out and (s.hour - out[-1][-1].hour).total_seconds() <= HOUR:
-            out[-1].append(s)
-        else:
-            out.append([s])
-    return out
+_KINDS = frozenset(f"kind_{k}" for k in ("range", "stuck", "spike", "gap", "counter"))
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#212121;
-max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.2rem;margin-top:2rem;
-border-bottom:1px solid #bdbdbd;padding-bottom:.2rem}
-.meta{color:#616161}table{border-collapse:collapse;margin:.5rem 0;font-size:.9rem}
-th,td{border:1px solid #bdbdbd;padding:.25rem .5rem;text-align:left;vertical-align:top}
-th{background:#f5f5f5}td.better{color:#2e7d32;font-weight:bold}
-td.worse{color:#c62828;font-weight:bold}svg{font-size:12px;font-family:inherit;max-width:100%;
-height:auto}svg .tick{font-size:10px;fill:#616161}figure{margin:1rem 0}
-figcaption{font-size:.9rem;color:#424242}
-@media print{body{margin:0;max-width:none}h2{break-after:avoid}table,figure{break-inside:avoid}}
-"""
+def _status_text(status: str, w: Words) -> str:
+    known = {s.value for s in Status}
+    return w(f"status_{status}") if status in known else status
+
+
+def _zone_name(w: Words, at: datetime) -> str:
+    name = str(getattr(w.zone, "key", None) or w.zone)
+    offset = at.astimezone(w.zone).strftime("%z")
+    return name if name == "UTC" else f"{name} (UTC{offset[:3]}:{offset[3:]})"
+
+
+def render_report(
+    history: History,
+    since: datetime,
+    until: datetime | None = None,
+    format: Format = "html",
+    **options: Unpack[ReportOptions],
+) -> str:
+    """The inspection report of [since, until) as HTML or Markdown."""
+    if format not in FORMATS:
+        raise ValueError(f"unknown report format {format!r} (html or md)")
+    return render(build_report(history, since, until, **options), format)
+
+
+def render(report: Report, format: Format) -> str:
+    """A built report laid out by its template (Jinja2, imported here: the daemon never needs
+    it)."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("agent.checks", "templates"),
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html",)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    environment.filters["cell"] = _md_cell
+    return environment.get_template(f"report.{format}").render(r=report, colours=COLOURS)
+
+
+def _md_cell(text: object) -> str:
+    """A Markdown table cell: pipes escaped, one line."""
+    return str(text).replace("|", "\\|").replace("\n", " ")

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from agent.config_base import Frozen, TerminalModel
+from agent.config_base import Frozen, Language, TerminalModel
 from agent.durations import Duration, PositiveDuration
 from agent.model import TerminalInfo
 
@@ -54,6 +54,8 @@ class PointConfig(Frozen):
     scale: float = 1.0
     offset: float = 0.0
     unit: str = ""
+    # The point's plain name for people (the inspection report), written in the site's language.
+    label: str | None = Field(default=None, min_length=1, max_length=100)
     length: int | None = Field(default=None, ge=1, le=MAX_REGISTERS_PER_READ)
     bit: int | None = Field(default=None, ge=0, le=15)
 
@@ -118,6 +120,10 @@ class _ModbusTerminal(TerminalModel):
     @property
     def points_meta(self) -> tuple[tuple[str, str, str], ...]:
         return tuple((p.name, p.unit, p.source) for p in self.points)
+
+    def point_label(self, point: str, language: Language) -> str | None:
+        """The point's configured `label` (as written, whatever the language)."""
+        return next((p.label for p in self.points if p.name == point), None)
 
     @property
     def info(self) -> TerminalInfo:

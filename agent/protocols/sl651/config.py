@@ -12,9 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from agent.config_base import Frozen, TerminalModel
+from agent.config_base import Frozen, Language, TerminalModel
 from agent.durations import PositiveDuration
 from agent.model import TerminalInfo
+from agent.protocols.sl651.elements import element_label
 
 
 class Sl651Terminal(TerminalModel):
@@ -30,6 +31,10 @@ class Sl651Terminal(TerminalModel):
     @property
     def address(self) -> str:
         return f"station {self.station.upper()}"
+
+    def point_label(self, point: str, language: Language) -> str | None:
+        """What the standard calls the element ("Z" -> instantaneous river level)."""
+        return element_label(point, language)
 
     @property
     def info(self) -> TerminalInfo:

@@ -296,3 +296,130 @@ def status_word(**flags: bool) -> int:
         else:
             word &= ~(1 << spec.bit)
     return word
+
+
+# The standard's own (Chinese) names of the elements of Table C.1 and of the bits of Table 58,
+# by ASCII identifier and bit name: what a site owner reads in the report (`element_label`).
+NAMES_ZH: Final[Mapping[str, str]] = {
+    "TT": "观测时间",
+    "ST": "测站编码",
+    "RGZS": "人工置数",
+    "PIC": "图片信息",
+    "DRP": "1小时内每5分钟时段雨量",
+    **{f"DRZ{i}": f"1小时内每5分钟间隔相对水位{i}" for i in range(1, 9)},
+    "DATA": "流速批量数据",
+    "AC": "断面面积",
+    "AI": "瞬时气温",
+    "C": "瞬时水温",
+    "DRXNN": "时间步长码",
+    "DT": "时段长（降水、引排水、抽水历时）",
+    "ED": "日蒸发量",
+    "EJ": "当前蒸发",
+    "FL": "气压",
+    "GH": "闸门开启高度",
+    "GN": "输水设备、闸门（组）编号",
+    "GS": "输水设备类别",
+    "GT": "闸门开启孔数",
+    "GTP": "地温",
+    "H": "地下水瞬时埋深",
+    "HW": "波浪高度",
+    **{f"M{d}": f"{d}厘米处土壤含水量" for d in (10, 20, 30, 40, 50, 60, 80, 100)},
+    "MST": "湿度",
+    "NS": "开机台数",
+    "P1": "1小时时段降水量",
+    "P2": "2小时时段降水量",
+    "P3": "3小时时段降水量",
+    "P6": "6小时时段降水量",
+    "P12": "12小时时段降水量",
+    "PD": "日降水量",
+    "PJ": "当前降水量",
+    "PN01": "1分钟时段降水量",
+    "PN05": "5分钟时段降水量",
+    "PN10": "10分钟时段降水量",
+    "PN30": "30分钟时段降水量",
+    "PR": "暴雨量",
+    "PT": "降水量累计值",
+    "Q": "瞬时流量、抽水流量",
+    **{f"Q{i}": f"取（排）水口流量{i}" for i in range(1, 9)},
+    "QA": "总出库流量、过闸总流量",
+    "QZ": "输水设备流量、过闸（组）流量",
+    "SW": "输沙量",
+    "UC": "风向",
+    "UE": "风力",
+    "US": "风速",
+    "VA": "断面平均流速",
+    "VJ": "当前瞬时流速",
+    "VT": "电源电压",
+    "Z": "瞬时河道水位、潮位",
+    "ZB": "库（闸、站）下水位",
+    "ZU": "库（闸、站）上水位",
+    **{f"Z{i}": f"取（排）水口水位{i}" for i in range(1, 9)},
+    "SQ": "含沙量",
+    "ZT": "遥测站状态及报警信息",
+    "PH": "pH值",
+    "DO": "溶解氧",
+    "COND": "电导率",
+    "TURB": "浊度",
+    "CODMN": "高锰酸盐指数",
+    "REDOX": "氧化还原电位",
+    "NH4N": "氨氮",
+    "TP": "总磷",
+    "TN": "总氮",
+    "TOC": "总有机碳",
+    "CU": "铜",
+    "ZN": "锌",
+    "SE": "硒",
+    "AS": "砷",
+    "THG": "总汞",
+    "CD": "镉",
+    "PB": "铅",
+    "CHLA": "叶绿素a",
+    **{f"WP{i}": f"水压{i}" for i in range(1, 9)},
+    **{f"SYL{i}": f"水表{i}剩余水量" for i in range(1, 9)},
+    **{f"SBL{i}": f"水表{i}每小时水量" for i in range(1, 9)},
+    "VTA": "交流A相电压",
+    "VTB": "交流B相电压",
+    "VTC": "交流C相电压",
+    "VIA": "交流A相电流",
+    "VIB": "交流B相电流",
+    "VIC": "交流C相电流",
+}
+STATUS_NAMES_ZH: Final[Mapping[str, str]] = {
+    "ac_power_cut": "交流电停电",
+    "battery_low": "蓄电池电压低",
+    "level_limit_alarm": "水位超限报警",
+    "flow_limit_alarm": "流量超限报警",
+    "quality_limit_alarm": "水质超限报警",
+    "flow_meter_fault": "流量仪表故障",
+    "level_meter_fault": "水位仪表故障",
+    "door_open": "终端箱门开",
+    "memory_fault": "存储器故障",
+    "ic_card_valid": "IC卡功能有效",
+    "pump_running": "水泵工作",
+    "remaining_water_alarm": "剩余水量超限报警",
+}
+_STATUS_BY_NAME: Final[Mapping[str, StatusBit]] = {b.name: b for b in STATUS_BITS}
+
+
+def element_label(point: str, language: str = "en") -> str | None:
+    """The plain name of an SL651 reading's point ("Z", "DRZ1", "ZT.battery_low", "7A") in
+    English or Chinese ("zh"); None for a name that is no element."""
+    if point.startswith("ZT."):
+        bit = _STATUS_BY_NAME.get(point[3:])
+        if bit is None:
+            return None
+        if language == "zh":
+            return f"测站状态：{STATUS_NAMES_ZH[bit.name]}"
+        return f"station status: {bit.meaning.split(' (')[0]}"
+    spec = BY_ASCII.get(point.upper())
+    if spec is None:
+        try:
+            spec = element_spec(parse_key(point))
+        except KeyError:
+            return None
+    if language != "zh":
+        return spec.name
+    named = NAMES_ZH.get(spec.ascii_id.upper())
+    if named is not None:
+        return named
+    return f"{'用户自定义要素' if spec.guide > 0xFF else '保留要素'} {spec.key}"
