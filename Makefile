@@ -32,6 +32,10 @@ system-packages:
 	@# The container tests (tests/test_container.py) need these; without them they are skipped.
 	@if [ "$$(id -u)" = 0 ]; then scripts/system-packages.sh systemd-container mmdebstrap \
 		|| echo "systemd-container/mmdebstrap not installed: the container tests will be skipped"; fi
+	@# The inspection report's browser tests (tests/test_report.py) render it in Chromium, with a
+	@# Chinese font for the Chinese report; without them those tests are skipped.
+	@if [ "$$(id -u)" = 0 ]; then scripts/system-packages.sh chromium fonts-wqy-microhei \
+		|| echo "chromium/fonts-wqy-microhei not installed: the report's browser tests will be skipped"; fi
 
 # The wheelhouse and the man page are made afresh by scripts/build-deb.sh.
 deb: $(VENV)/.runtime
