@@ -293,6 +293,11 @@ else:
     ]
 
 
+# The sections a running agent takes up without a restart: the terminals are applied on reload,
+# and `site:` is read from the file by `edge-agent report` (the daemon does not use it).
+NO_RESTART_SECTIONS = frozenset({"terminals", "site"})
+
+
 class Config(_Frozen):
     gateway: GatewayConfig
     site: SiteConfig = SiteConfig()

@@ -37,7 +37,7 @@ import structlog
 from agent import sdnotify
 from agent.checks.framework import CheckResult, Status
 from agent.checks.view import AgentView, LogCounter, load_restarts, record_start
-from agent.config import Config, ConfigError, parse_config_bytes
+from agent.config import NO_RESTART_SECTIONS, Config, ConfigError, parse_config_bytes
 from agent.config_watch import ConfigWatcher
 from agent.control import ControlServer
 from agent.credentials import resolve_uplink
@@ -510,7 +510,7 @@ class Daemon:
             return True
         # A reload applies the terminals; every other section takes effect at the next start.
         for key in type(new).model_fields:
-            if key != "terminals" and getattr(new, key) != getattr(self.config, key):
+            if key not in NO_RESTART_SECTIONS and getattr(new, key) != getattr(self.config, key):
                 log.warning("config change needs a restart to take effect", key=key)
         parts = self._running()
         applied = self.config.model_copy(update={"terminals": new.terminals})

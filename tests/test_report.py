@@ -513,7 +513,7 @@ def test_both_catalogues_hold_the_same_strings_with_the_same_placeholders() -> N
 def test_a_chinese_report_is_chinese_with_chinese_dates(site: tuple[History, Config]) -> None:
     text = site_report(site, "zh")
     assert text.startswith("# 巡检报告 — 青山水库\n")
-    assert "- 报告期: 2026年11月20日 08:00 至 2026年11月22日 08:00（2天）" in text
+    assert "- 报告期：2026年11月20日 08:00 至 2026年11月22日 08:00（2天）" in text
     conclusion = section(text, "结论").strip()
     assert conclusion.startswith("2026年11月20日 08:00 至 2026年11月22日 08:00（2天）期间")
     assert "dead-plc 完全没有数据（缺数 2天）" in conclusion

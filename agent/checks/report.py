@@ -379,6 +379,7 @@ class Report:
     alarms_more: str | None
     alarms_head: str
     checks: list[CheckRow]
+    checks_none: str  # what to say when no check was not ok
     anomalies: list[list[str]]
     anomalies_head: str
     trends: list[Trend]
@@ -607,8 +608,9 @@ def build_report(
     named = _Names(w, names, (t.name for t in current.terminals))
     gateway = gateway or history.meta("gateway") or "gateway"
     site_name = site.name if site is not None and site.name else gateway
-    site_lines = [(w("site"), site_name)]
+    site_lines = []
     if site is not None:
+        site_lines += [(w("site"), site.name)] if site.name else []
         site_lines += [
             (w(key), value)
             for key, value in (
@@ -738,6 +740,7 @@ def build_report(
         alarms_more=w("more", count=more) if more > 0 else None,
         alarms_head=w("alarms_head", raised=current.raised, cleared=current.cleared),
         checks=checks,
+        checks_none=w("checks_ok") if current.checks else w("no_checks"),
         anomalies=anomalies,
         anomalies_head=w("anomalies_head", count=w.number(len(current.anomalies))),
         trends=trends,

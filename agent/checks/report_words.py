@@ -54,6 +54,7 @@ EN: Final[Mapping[str, str]] = {
     "c_change_item": "{terminal} ({before} → {now})",
     "c_todo": "What to do: {items}.",
     "c_nothing": "Nothing needs to be done.",
+    "field": "{label}: {value}",
     "list_sep": "; ",
     "sentence_sep": " ",
     # -- actions --
@@ -136,6 +137,7 @@ EN: Final[Mapping[str, str]] = {
     "col_fail_time": "time failing",
     "col_warn_time": "time warning",
     "checks_ok": "Every check stayed ok.",
+    "no_checks": "No check was recorded in this period.",
     "up_to": "up to {duration}",
     "anomalies_head": "Anomalies ({count})",
     "col_point": "point",
@@ -233,6 +235,7 @@ ZH: Final[Mapping[str, str]] = {
     "c_change_item": "{terminal}（{before} → {now}）",
     "c_todo": "建议：{items}。",
     "c_nothing": "无需处理。",
+    "field": "{label}：{value}",
     "list_sep": "；",
     "sentence_sep": "",
     "do_dead": "检查 {terminal} 的供电、线缆和地址设置",
@@ -310,6 +313,7 @@ ZH: Final[Mapping[str, str]] = {
     "col_fail_time": "故障时长",
     "col_warn_time": "警告时长",
     "checks_ok": "所有检查项均正常。",
+    "no_checks": "本期没有检查记录。",
     "up_to": "至多{duration}",
     "anomalies_head": "数据异常（{count}）",
     "col_point": "测点",
@@ -423,8 +427,9 @@ class Words:
         return self("na") if ratio is None else f"{ratio * 100:.1f}%"
 
     def value(self, value: float, unit: str) -> str:
-        """A measured value with 4 significant digits and its unit."""
-        return f"{value:.4g} {unit}".rstrip()
+        """A measured value with its unit: 4 significant digits, whole from 10,000 on."""
+        text = f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
+        return f"{text} {unit}".rstrip()
 
     # -- times -----------------------------------------------------------------------------
 

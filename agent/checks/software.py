@@ -14,7 +14,7 @@ from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
 from agent.checks.system import SystemPaths
 from agent.checks.view import AgentView
-from agent.config import Config, ConfigError, load_config, parse_config_bytes
+from agent.config import NO_RESTART_SECTIONS, Config, ConfigError, load_config, parse_config_bytes
 from agent.durations import format_duration
 
 FAMILY = "software"
@@ -124,7 +124,8 @@ def config_valid(view: AgentView, data: bytes | None = None) -> Outcome:
     changed = [
         key
         for key in type(on_disk).model_fields
-        if key != "terminals" and getattr(on_disk, key) != getattr(view.config, key, None)
+        if key not in NO_RESTART_SECTIONS
+        and getattr(on_disk, key) != getattr(view.config, key, None)
     ]
     if changed:
         return Outcome(
