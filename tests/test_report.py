@@ -561,6 +561,7 @@ def test_the_period_starts_where_the_history_begins_and_charts_span_its_data(
     assert "The history begins on 21 Nov 2026 23:57: the period starts there." in text
     assert "| dam | 100.0% | 18 / 18 |" in text
     assert "There is no earlier history to compare with." in text
+    assert "| agent starts | 1 | n/a | no data |" in text  # nothing before the history began
     trend = page[page.index('<svg class="trend"') :]
     ticks = re.findall(
         r'<text class="tick"[^>]*text-anchor="(?:start|middle|end)">([^<]+)</text>', trend
@@ -666,8 +667,11 @@ def test_the_report_prints_to_an_a4_pdf(tmp_path: Path, capsys: pytest.CaptureFi
     data = out.read_bytes()
     assert data.startswith(b"%PDF-")
     # A4 (595 x 842 points), and more than one page: the events and trends start their own
-    sizes = set(re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", data))
-    assert sizes == {(b"594.95996", b"841.91998")}
+    sizes = {
+        (round(float(w)), round(float(h)))
+        for w, h in re.findall(rb"/MediaBox \[0 0 ([\d.]+) ([\d.]+)\]", data)
+    }
+    assert sizes == {(595, 842)}
     assert len(re.findall(rb"/Type /Page\b", data)) >= 3
     assert out.stat().st_mode & 0o077 == 0  # like every file the agent writes
 

@@ -603,7 +603,10 @@ def build_report(
     length = until - since
     timeline = Timeline.load(history, begins or since - length, until)
     current = gather(history, since, until, timeline)
-    previous = gather(history, since - length, since, timeline)
+    if clamped:  # the previous period lies before the history (its hour may hold our data)
+        previous = Period(since - length, since, [], [], [], [], [], {})
+    else:
+        previous = gather(history, since - length, since, timeline)
     w = Words(language, site.zone if site is not None else UTC)
     named = _Names(w, names, (t.name for t in current.terminals))
     gateway = gateway or history.meta("gateway") or "gateway"
