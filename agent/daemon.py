@@ -74,6 +74,8 @@ from agent.writer import OutboxWriter
 if TYPE_CHECKING:
     from agent.metrics import Snapshot
 
+YOUNG_GENERATION = 10_000  # objects allocated between young collections (default 700)
+
 log = structlog.get_logger(__name__)
 
 STOP_DEADLINE = (
@@ -157,6 +159,10 @@ class Daemon:
             # What exists now lives as long as the agent: keep the collector from walking it
             # (a full collection of a large site's objects showed as 60 ms of poll lateness).
             gc.freeze()
+            # Polls allocate many short-lived objects and almost no cycles: a young generation
+            # of 10,000 (not 700) collects about 14 times less often for little more memory
+            # (bench/poll_scale.py, K=1000: about a tenth less CPU per point, RSS unchanged).
+            gc.set_threshold(YOUNG_GENERATION, *gc.get_threshold()[1:])
             notify("READY=1", f"STATUS=serving {len(self.config.terminals)} terminals")
             self.started.set()
             log.info(
