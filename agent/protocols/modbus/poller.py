@@ -175,7 +175,6 @@ class Poller:
     def _record(self, readings: PollReadings, seconds: float) -> None:
         s = self.stats
         s.polls += 1
-        s.record_latency(seconds)
         if readings.values is not None:  # every reading good: nothing to look through
             good, errors = True, []
         else:
@@ -183,6 +182,9 @@ class Poller:
             errors = [r.error for r in readings if r.error]
         s.outcomes.append(good)
         if good:
+            # Only a poll that got an answer is timed: a dead terminal's polls last its
+            # timeout, which says nothing of how fast it answers (terminals.latency).
+            s.record_latency(seconds)
             s.last_good_at = readings.observed_at
             if s.consecutive_failures:
                 self._log.info("terminal answering again", after_failures=s.consecutive_failures)
