@@ -36,7 +36,8 @@ def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Ch
     s = settings.terminals
 
     def make(check_id: str, probe: Probe) -> Check:
-        return Check(check_id, FAMILY, probe, s.interval, settings.timeout)
+        # All judge the running agent's polls and buses.
+        return Check(check_id, FAMILY, probe, s.interval, settings.timeout, needs_agent=True)
 
     overload = Overload(settings)
     out: list[Check] = []
