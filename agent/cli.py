@@ -220,6 +220,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decode.add_argument("frames", nargs="*", metavar="HEX", help="a frame in hex (spaces allowed)")
     decode.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+    listen = sl651_commands.add_parser(
+        "listen",
+        help="show live what stations send, decoded; answers nothing unless --confirm",
+    )
+    source = listen.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--port", type=_whole(0, 65535), help="listen for stations on this TCP port (0: any free)"
+    )
+    source.add_argument("--device", help="read this serial port")
+    listen.add_argument(
+        "--host", default="0.0.0.0", help="with --port: the address to listen on (default all)"
+    )
+    listen.add_argument(
+        "--baudrate", type=_whole(1), default=9600, help="with --device (default 9600)"
+    )
+    listen.add_argument(
+        "--confirm",
+        action="store_true",
+        help="answer as the central station does (confirmations, M3 NAKs); the stations then "
+        "delete what they sent, and this tool keeps nothing",
+    )
+    listen.add_argument(
+        "--json", action="store_true", help="one JSON object per line (shape in README)"
+    )
 
     install = commands.add_parser(
         "install", help="install a release from a wheelhouse and switch to it (the .deb runs this)"
@@ -613,6 +637,37 @@ def cmd_support_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_sl651(args: argparse.Namespace) -> int:
+    if args.sl651_command == "listen":
+        return cmd_sl651_listen(args)
+    return cmd_sl651_decode(args)
+
+
+def cmd_sl651_listen(args: argparse.Namespace) -> int:
+    from agent.protocols.sl651.listen import Event, Listener
+    from agent.render import sl651_heard
+
+    console = _wide_console()
+
+    def show(event: Event) -> None:
+        if args.json:
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+        else:
+            console.print(sl651_heard(event, args.confirm))
+
+    listener = Listener(show, confirm=args.confirm)
+    try:
+        if args.device is not None:
+            asyncio.run(listener.serve_serial(args.device, args.baudrate))
+        else:
+            asyncio.run(listener.serve_tcp(args.host, args.port))
+    except KeyboardInterrupt:
+        return EXIT_OK  # Ctrl-C: the way to stop listening
+    except OSError as exc:
+        return _fail(f"sl651 listen: {exc.strerror or exc}")
+    return EXIT_OK
+
+
+def cmd_sl651_decode(args: argparse.Namespace) -> int:
     from agent.protocols.sl651 import describe_hex
     from agent.render import sl651_frame_view
 

@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from agent.checks.framework import CheckResult, Status, worst
 from agent.durations import approximate_duration
-from agent.model import Quality, Reading, Value
+from agent.model import Quality, Reading, Value, parse_timestamp
 from agent.protocols.driver import PollAnswer
 from agent.protocols.sl651.describe import function_name
 
@@ -290,3 +291,40 @@ def sl651_frame_view(described: dict[str, Any]) -> Table:
         table.caption = " · ".join(notes)
         table.caption_justify = "left"
     return table
+
+
+def sl651_heard(event: dict[str, Any], confirming: bool) -> RenderableType:
+    """`edge-agent sl651 listen`: one event as people read it (a frame as `sl651 decode`
+    shows it, under the time and the peer it came from)."""
+    kind, peer = event["type"], event.get("peer")
+    at = parse_timestamp(str(event["at"])).astimezone().strftime("%H:%M:%S")  # local time
+    if kind == "listening":
+        where = ", ".join(event.get("tcp", [])) or f"{event['serial']} at {event['baudrate']} Bd"
+        answer = (
+            "answering as the central station (--confirm): stations delete what is confirmed"
+            if confirming
+            else "answering nothing (stations keep their reports; --confirm to confirm them)"
+        )
+        return Text(f"listening on {where}, {answer} · Ctrl-C to stop", style="bold")
+    if kind in ("connected", "closed"):
+        return Text(f"{at} {peer} {kind}", style="dim")
+    if kind == "rejected":
+        return Text(
+            f"{at} {peer} rejected {event['reason']}: {event['detail']} ({event['hex'][:64]})",
+            style="yellow",
+        )
+    answered = event.get("answered") or []
+    lines = [Text(f"{a}", style="green") for a in answered]
+    said = [Text(f"{at} {peer} answered:", style="green"), *lines] if answered else []
+    if kind == "answered":
+        return Group(*said)
+    frame = event["frame"]
+    if "error" not in frame and not frame["elements"] and "detail" not in frame:
+        # A keep-alive, say: its header is all there is to show.
+        name = function_name(int(frame["function"], 16))
+        line = (
+            f"{at} from {peer}: {frame['function']} {name} · station {frame['station']} · "
+            f"serial {frame['serial']} · sent {frame['sent_at']}"
+        )
+        return Group(Text(line, style="bold"), *said)
+    return Group(Text(f"{at} from {peer}", style="bold"), sl651_frame_view(frame), *said)
