@@ -146,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--broker", default=None, help="also publish to this broker (mqtt://host:port)"
     )
+    demo.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="reuse the state directory of the last --keep-state run (in the temporary folder: "
+        "edge-agent-demo) instead of a fresh one removed at exit",
+    )
     demo.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
 
     poll = commands.add_parser(
@@ -721,17 +727,27 @@ def _wide_console() -> Console:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.data import DEMO_CONFIG
     from agent.demo import run_demo
+    from agent.outbox import OutboxError
+    from agent.signing import KeyStoreError
 
     configure_logging("warning", "console")
     try:
         return asyncio.run(
-            run_demo(_wide_console(), args.duration, args.config or DEMO_CONFIG, broker=args.broker)
+            run_demo(
+                _wide_console(),
+                args.duration,
+                args.config or DEMO_CONFIG,
+                broker=args.broker,
+                keep_state=args.keep_state,
+            )
         )
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
+    except (OSError, OutboxError, KeyStoreError, sqlite3.Error) as exc:
+        # A port taken between its choice and its use, another --keep-state demo on the
+        # same state: one line saying why.
         return _fail(f"demo cannot start: {exc}")
     except KeyboardInterrupt:
         return EXIT_OK
