@@ -111,7 +111,12 @@ def _adhoc_args(poll: argparse.ArgumentParser) -> None:
     adhoc.add_argument("--bytesize", type=int, choices=(7, 8), help="RTU (default 8)")
     adhoc.add_argument("--stopbits", type=int, choices=(1, 2), help="RTU (default 1)")
     adhoc.add_argument("--unit", type=_whole(0, 247), help="unit id (default 1)")
-    adhoc.add_argument("--table", choices=POINT_TABLES, help="(default holding)")
+    adhoc.add_argument(
+        "--table",
+        choices=POINT_TABLES,
+        metavar="TABLE",
+        help=f"{', '.join(POINT_TABLES)} (default holding)",
+    )
     adhoc.add_argument(
         "--address", type=_whole(0, 65535), help="first address, 0-based (default 0)"
     )
@@ -123,7 +128,9 @@ def _adhoc_args(poll: argparse.ArgumentParser) -> None:
     adhoc.add_argument(
         "--type",
         choices=POINT_TYPES,
-        help="how to decode them (default uint16; bool for coil and discrete)",
+        metavar="TYPE",
+        help=f"how to decode them: {', '.join(POINT_TYPES)} (default uint16; bool for coil and "
+        "discrete)",
     )
     adhoc.add_argument("--timeout", type=_positive_duration, help="per request (default 1s)")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 from agent.check_settings import AlarmSettings, ChecksConfig
@@ -53,18 +53,36 @@ def config_for(port: int, **extra: object) -> tuple[Config, ModbusTcpTerminal]:
     return config, terminal
 
 
-async def test_a_terminal_that_stops_answering_is_one_finding_with_its_reason() -> None:
-    """A dead terminal fails its freshness check, which says why it does not answer; its
-    success and latency checks stand down and point there (one finding per fault), and the
-    latency they report is that of the polls that were answered, never the failures'."""
+@contextlib.asynccontextmanager
+async def polled_device(
+    delay: float = 0.0,
+) -> AsyncIterator[tuple[SimulatedModbusDevice, Config, ModbusTcpTerminal, Poller]]:
+    """A simulated device on loopback and a real poller polling it every 200 ms; both stopped
+    at the end."""
     sim = SimulatedModbusDevice({1: RegisterMap()})
+    sim.delay = delay
     port = await sim.serve_tcp("127.0.0.1", 0)
     config, terminal = config_for(port)
     link = TcpLink(terminal.host, terminal.port)
     poller = Poller(terminal, link, ListSink())
     task = asyncio.create_task(poller.run())
-    started = datetime.now(UTC)
     try:
+        yield sim, config, terminal, poller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await link.close()
+        await sim.stop()
+
+
+async def test_a_terminal_that_stops_answering_is_one_finding_with_its_reason() -> None:
+    """A dead terminal fails its freshness check, which says why it does not answer; its
+    success and latency checks stand down and point there (one finding per fault), and the
+    latency they report is that of the polls that were answered, never the failures'."""
+    started = datetime.now(UTC)
+    async with polled_device() as (sim, config, terminal, poller):
+        port = terminal.port
         await wait_until("three good polls", lambda: poller.stats.polls >= 3)
 
         def view() -> AgentView:
@@ -101,37 +119,23 @@ async def test_a_terminal_that_stops_answering_is_one_finding_with_its_reason() 
         assert [r.id for r in dead.values() if r.status is not Status.OK] == [fresh.id]
         assert "terminals.freshness:plc" in dead["terminals.success:plc"].message
         assert poller.stats.latency_count == answered  # the failed polls were not timed
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await link.close()
-        await sim.stop()
 
 
 async def test_a_dead_terminal_raises_one_alarm_not_three() -> None:
     """Round after round of checks while a terminal dies: the alarm tracker raises the
     freshness check alone (warning while its data is fresh, then failing), with the reason."""
-    sim = SimulatedModbusDevice({1: RegisterMap()})
-    port = await sim.serve_tcp("127.0.0.1", 0)
-    config, terminal = config_for(port)
-    link = TcpLink(terminal.host, terminal.port)
-    poller = Poller(terminal, link, ListSink())
-    task = asyncio.create_task(poller.run())
     started = datetime.now(UTC)
     tracker = AlarmTracker(AlarmSettings(min_interval=0))
-    runner = CheckRunner([c for c in build_checks(config, SETTINGS) if c.family == "terminals"])
     events: list[dict[str, object]] = []
+    async with polled_device() as (sim, config, terminal, poller):
+        runner = CheckRunner([c for c in build_checks(config, SETTINGS) if c.family == "terminals"])
 
-    async def round_of_checks() -> dict[str, CheckResult]:
-        view = AgentView(
-            config, started_at=started, terminals={"plc": TerminalView(terminal.info, poller.stats)}
-        )
-        done = await runner.run_all(view)
-        events.extend(tracker.update(done.results))
-        return {r.id: r for r in done.results}
+        async def round_of_checks() -> dict[str, CheckResult]:
+            terminals = {"plc": TerminalView(terminal.info, poller.stats)}
+            done = await runner.run_all(AgentView(config, started_at=started, terminals=terminals))
+            events.extend(tracker.update(done.results))
+            return {r.id: r for r in done.results}
 
-    try:
         await wait_until("three good polls", lambda: poller.stats.polls >= 3)
         for _ in range(3):
             await round_of_checks()
@@ -143,13 +147,6 @@ async def test_a_dead_terminal_raises_one_alarm_not_three() -> None:
             await asyncio.sleep(0.1)
             done = await round_of_checks()
             failed_rounds += done["terminals.freshness:plc"].status is Status.FAIL
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await link.close()
-        await sim.stop()
-        runner.close()
     assert {e["check"] for e in events} == {"terminals.freshness:plc"}, events
     assert events[-1]["status"] == "fail"
     assert "connection refused" in str(events[-1]["message"])
@@ -175,26 +172,14 @@ async def test_a_flaky_terminal_keeps_its_success_finding_between_failures() -> 
 
 
 async def test_a_slow_terminal_warns_on_its_p95_poll_time() -> None:
-    sim = SimulatedModbusDevice({1: RegisterMap()})
-    port = await sim.serve_tcp("127.0.0.1", 0)
-    sim.delay = 0.13  # of a 200 ms period: over half of it
-    config, terminal = config_for(port)
-    link = TcpLink(terminal.host, terminal.port)
-    poller = Poller(terminal, link, ListSink())
-    task = asyncio.create_task(poller.run())
-    try:
+    # 130 ms of a 200 ms period: over half of it
+    async with polled_device(delay=0.13) as (_sim, config, terminal, poller):
         await wait_until("three polls", lambda: poller.stats.polls >= 3)
         view = AgentView(config, terminals={"plc": TerminalView(terminal.info, poller.stats)})
         latency = (await results(view))["terminals.latency:plc"]
-        assert latency.status is Status.WARN
-        assert latency.threshold == 0.1
-        assert isinstance(latency.value, float) and latency.value > 0.1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await link.close()
-        await sim.stop()
+    assert latency.status is Status.WARN
+    assert latency.threshold == 0.1
+    assert isinstance(latency.value, float) and latency.value > 0.1
 
 
 async def test_a_terminal_never_heard_from_fails_once_it_had_time_to_answer() -> None:

@@ -18,7 +18,7 @@ from agent.signing import init_key
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from agent.sim.serial_line import VirtualSerialLine
 from tests.agentproc import write_config
-from tests.broker import Mosquitto, free_port
+from tests.broker import Mosquitto, free_port, tls_listener
 from tests.certs import TestCA
 from tests.conftest import tcp_terminal
 from tests.test_cli import edge_agent
@@ -174,10 +174,8 @@ async def test_the_broker_is_tried_with_the_configs_credentials_and_tls(tmp_path
         port=tls_port,
         extra=(
             "per_listener_settings true\n"
-            f"listener {tls_port} 127.0.0.1\n"
-            f"cafile {ca.cert_path}\ncertfile {server_cert}\nkeyfile {server_key}\n"
-            "require_certificate true\nuse_identity_as_username true\n"
-            f"listener {closed_port} 127.0.0.1\nallow_anonymous false\n"
+            + tls_listener(tls_port, ca.cert_path, server_cert, server_key)
+            + f"listener {closed_port} 127.0.0.1\nallow_anonymous false\n"
         ),
     ).start()
     tls = {"ca": str(ca.cert_path), "cert": str(client_cert), "key": str(client_key)}

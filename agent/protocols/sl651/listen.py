@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +30,7 @@ from agent.protocols.sl651.describe import describe_frame
 from agent.protocols.sl651.frame import Frame
 from agent.protocols.sl651.session import Centre
 from agent.protocols.sl651.stream import Rejected, StreamDecoder
+from agent.protocols.sl651.transport import read_serial
 
 SCHEMA = 1
 READ_SIZE = 4096
@@ -155,34 +155,17 @@ class Listener:
             port = serial.Serial(device, baudrate, timeout=0)
         except (serial.SerialException, OSError) as exc:
             raise OSError(f"cannot open {device}: {exc}") from None
-        loop = asyncio.get_running_loop()
-        fd = port.fileno()
         decoder = StreamDecoder()
-        lost: asyncio.Future[OSError] = loop.create_future()
 
-        def readable() -> None:
-            try:
-                data = os.read(fd, READ_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if not lost.done():
-                    lost.set_result(exc)
-                return
-            if not data:
-                if not lost.done():
-                    lost.set_result(OSError(f"{device} hung up"))
-                return
+        def received(data: bytes) -> None:
             decoder.feed(data)
             self.heard(device, decoder)
 
         self._links[device] = port.write
-        loop.add_reader(fd, readable)
         self._emit("listening", None, serial=device, baudrate=baudrate)
         try:
-            error = await self._run(lost)
+            error = await self._run(read_serial(port.fileno(), received))
         finally:
-            loop.remove_reader(fd)
             self._closed(device)
             port.close()
         raise OSError(f"{device}: {error}")
