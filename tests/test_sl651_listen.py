@@ -9,9 +9,14 @@ import contextlib
 import json
 import os
 import signal
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from agent import cli
 from agent.protocols.sl651.body import decode_body
 from agent.protocols.sl651.frame import Ctrl, parse_frame
 from agent.sim.serial_line import VirtualSerialLine
@@ -193,3 +198,21 @@ async def test_the_screen_shows_each_frame_as_decode_does() -> None:
             await process.wait()
     assert "0x32 timed report · up · station 0012345678" in screen
     assert "DRZ1" in screen  # the hourly block of levels, as a row
+
+
+def test_a_port_in_use_or_a_missing_device_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli.main(["sl651", "listen", "--host", "127.0.0.1", "--port", str(port)]) == 2
+    assert capsys.readouterr().err == (
+        f"edge-agent: sl651 listen: cannot listen on 127.0.0.1:{port}: address already in use\n"
+    )
+    missing = tmp_path / "ttyUSB9"
+    assert cli.main(["sl651", "listen", "--device", str(missing)]) == 2
+    assert capsys.readouterr().err == (
+        f"edge-agent: sl651 listen: cannot open {missing}: no such file or directory\n"
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -143,7 +144,10 @@ class Listener:
                 with contextlib.suppress(ConnectionError, OSError):
                     await writer.wait_closed()
 
-        server = await asyncio.start_server(connected, host or None, port)
+        try:
+            server = await asyncio.start_server(connected, host or None, port)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
         async with server:
             where = [s.getsockname() for s in server.sockets]
             self._emit("listening", None, tcp=[f"{a[0]}:{a[1]}" for a in where])
@@ -154,7 +158,7 @@ class Listener:
         try:
             port = serial.Serial(device, baudrate, timeout=0)
         except (serial.SerialException, OSError) as exc:
-            raise OSError(f"cannot open {device}: {exc}") from None
+            raise OSError(f"cannot open {device}: {_reason(exc)}") from None
         decoder = StreamDecoder()
 
         def received(data: bytes) -> None:
@@ -180,3 +184,8 @@ class Listener:
                 ticking.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticking
+
+
+def _reason(exc: OSError) -> str:
+    """The error in words ("address already in use"), without the wrappers' repetitions."""
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
