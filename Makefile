@@ -1,5 +1,6 @@
 # edge-agent — one entry point for people and CI.
-#   make demo   the agent on its embedded demo site (simulated terminals, no broker)
+#   make demo   the agent on its embedded demo site (simulated terminals, no broker), in a fresh
+#               state directory; DURATION=30 stops after 30 s, DEMO_ARGS=--keep-state reuses the last
 #   make test   lint + types + every test (installs what the tests need first)
 #   make bench  the benchmarks under bench/ (prints figures; not part of make test)
 #   make wheelhouse ARCH=amd64|arm64|armhf   build/wheelhouse-<arch>/: every wheel a release needs
@@ -11,6 +12,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 DURATION ?= 0
+DEMO_ARGS ?=
 ARCH ?= amd64
 SOURCES := agent tests $(wildcard bench)
 
@@ -25,7 +27,7 @@ $(VENV)/.dev: pyproject.toml
 	@touch $@ $(VENV)/.runtime
 
 demo: $(VENV)/.runtime
-	$(PY) -m agent demo --duration $(DURATION)
+	$(PY) -m agent demo --duration $(DURATION) $(DEMO_ARGS)
 
 system-packages:
 	@scripts/system-packages.sh mosquitto socat

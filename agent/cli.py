@@ -18,7 +18,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,75 @@ def _socket_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number within [low, high], else a one-line reason (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"{text!r}: give a number {span}")
+        return value
+
+    return parse
+
+
+def _positive_duration(text: str) -> float:
+    """An argparse type: a duration above zero (500ms, 2s; a bare number is seconds)."""
+    from agent.durations import parse_duration
+
+    try:
+        seconds = parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a duration above zero")
+    return seconds
+
+
+def _adhoc_args(poll: argparse.ArgumentParser) -> None:
+    """`poll`'s ad-hoc target: a Modbus device not in the config (a first look at it)."""
+    from agent.protocols.modbus.config import POINT_TABLES, POINT_TYPES
+
+    adhoc = poll.add_argument_group(
+        "a Modbus device not in the config",
+        "count values of one type from an address, each named TABLE:ADDRESS",
+    )
+    where = adhoc.add_mutually_exclusive_group()
+    where.add_argument("--tcp", metavar="HOST[:PORT]", help="Modbus TCP (port default 502)")
+    where.add_argument("--rtu", metavar="DEVICE", help="Modbus RTU on this serial device")
+    adhoc.add_argument("--baudrate", type=_whole(1), help="RTU (default 9600)")
+    adhoc.add_argument("--parity", choices=("N", "E", "O"), help="RTU (default N)")
+    adhoc.add_argument("--bytesize", type=int, choices=(7, 8), help="RTU (default 8)")
+    adhoc.add_argument("--stopbits", type=int, choices=(1, 2), help="RTU (default 1)")
+    adhoc.add_argument("--unit", type=_whole(0, 247), help="unit id (default 1)")
+    adhoc.add_argument(
+        "--table",
+        choices=POINT_TABLES,
+        metavar="TABLE",
+        help=f"{', '.join(POINT_TABLES)} (default holding)",
+    )
+    adhoc.add_argument(
+        "--address", type=_whole(0, 65535), help="first address, 0-based (default 0)"
+    )
+    adhoc.add_argument(
+        "--count",
+        type=_whole(1, 2000),
+        help="values to read (registers for a string; default 1)",
+    )
+    adhoc.add_argument(
+        "--type",
+        choices=POINT_TYPES,
+        metavar="TYPE",
+        help=f"how to decode them: {', '.join(POINT_TYPES)} (default uint16; bool for coil and "
+        "discrete)",
+    )
+    adhoc.add_argument("--timeout", type=_positive_duration, help="per request (default 1s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="edge-agent",
@@ -84,12 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--broker", default=None, help="also publish to this broker (mqtt://host:port)"
     )
+    demo.add_argument(
+        "--keep-state",
+        action="store_true",
+        help="reuse the state directory of the last --keep-state run (in the temporary folder: "
+        "edge-agent-demo) instead of a fresh one removed at exit",
+    )
     demo.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
 
-    poll = commands.add_parser("poll", help="read every point of one terminal once")
-    poll.add_argument("terminal", help="the terminal's name in the config")
+    poll = commands.add_parser(
+        "poll",
+        help="read every point of one terminal once, or of a Modbus device not in the config",
+    )
+    poll.add_argument(
+        "terminal", nargs="?", help="the terminal's name in the config (or give --tcp/--rtu)"
+    )
     _config_arg(poll)
     poll.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+    poll.add_argument(
+        "--raw",
+        action="store_true",
+        help="Modbus: the register words in hex, each point decoded in every word order",
+    )
+    _adhoc_args(poll)
 
     status = commands.add_parser("status", help="the running agent at a glance")
     _config_arg(status)
@@ -159,6 +245,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     decode.add_argument("frames", nargs="*", metavar="HEX", help="a frame in hex (spaces allowed)")
     decode.add_argument("--json", action="store_true", help="print JSON (shape in README)")
+    listen = sl651_commands.add_parser(
+        "listen",
+        help="show live what stations send, decoded; answers nothing unless --confirm",
+    )
+    source = listen.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--port", type=_whole(0, 65535), help="listen for stations on this TCP port (0: any free)"
+    )
+    source.add_argument("--device", help="read this serial port")
+    listen.add_argument(
+        "--host", default="0.0.0.0", help="with --port: the address to listen on (default all)"
+    )
+    listen.add_argument(
+        "--baudrate", type=_whole(1), default=9600, help="with --device (default 9600)"
+    )
+    listen.add_argument(
+        "--confirm",
+        action="store_true",
+        help="answer as the central station does (confirmations, M3 NAKs); the stations then "
+        "delete what they sent, and this tool keeps nothing",
+    )
+    listen.add_argument(
+        "--json", action="store_true", help="one JSON object per line (shape in README)"
+    )
 
     install = commands.add_parser(
         "install", help="install a release from a wheelhouse and switch to it (the .deb runs this)"
@@ -231,22 +341,55 @@ def cmd_run(args: argparse.Namespace) -> int:
     return daemon.exit_code  # 4: a release on trial did not pass its gate (docs/updates.md)
 
 
-def cmd_poll(args: argparse.Namespace) -> int:
-    from agent.protocols.driver import DriverError
-    from agent.protocols.registry import poll_once
-    from agent.render import poll_errors, poll_json, poll_table
+ADHOC_OPTIONS = ("unit", "table", "address", "count", "type", "timeout")
+RTU_OPTIONS = ("baudrate", "parity", "bytesize", "stopbits")
 
-    path = args.config or default_config_path()
-    config = _load_config(path)
-    if config is None:
-        return EXIT_USAGE
+
+def cmd_poll(args: argparse.Namespace) -> int:
+    from agent.protocols.driver import DriverError, PollAnswer
+    from agent.protocols.modbus.adhoc import RawPoll, adhoc_terminal, poll_raw, poll_raw_of
+    from agent.protocols.modbus.driver import poll_terminal
+    from agent.protocols.registry import poll_once
+    from agent.render import poll_errors, poll_json, poll_table, raw_poll_json, raw_poll_view
+
+    given = [o for o in ADHOC_OPTIONS + RTU_OPTIONS if getattr(args, o) is not None]
+    adhoc = args.tcp is not None or args.rtu is not None
+    if adhoc and args.terminal is not None:
+        return _fail(f"give a terminal of the config ({args.terminal}) or --tcp/--rtu, not both")
+    if not adhoc and args.terminal is None:
+        return _fail("give a terminal of the config, or a device with --tcp HOST or --rtu DEVICE")
+    if not adhoc and given:
+        return _fail(f"--{given[0]} describes a device not in the config: give --tcp or --rtu")
+    if args.tcp is not None and (serial := [o for o in given if o in RTU_OPTIONS]):
+        return _fail(f"--{serial[0]} is a serial line setting: it goes with --rtu, not --tcp")
     configure_logging("error", "console")
+    answer: PollAnswer | RawPoll
     try:
-        answer = asyncio.run(poll_once(config, args.terminal))
-    except DriverError as exc:
+        if adhoc:
+            options = {("type_" if o == "type" else o): getattr(args, o) for o in given}
+            terminal = adhoc_terminal(tcp=args.tcp, rtu=args.rtu, **options)
+            if args.raw:
+                answer = asyncio.run(poll_raw(terminal))
+            else:
+                answer = asyncio.run(poll_terminal(terminal))
+        else:
+            config = _load_config(args.config)
+            if config is None:
+                return EXIT_USAGE
+            if args.raw:
+                answer = asyncio.run(poll_raw_of(config, args.terminal))
+            else:
+                answer = asyncio.run(poll_once(config, args.terminal))
+    except (DriverError, ValueError) as exc:
         return _fail(str(exc))
     except KeyError as exc:
         return _fail(str(exc.args[0]))
+    if isinstance(answer, RawPoll):
+        if args.json:
+            print(json.dumps(raw_poll_json(answer), indent=2))
+        else:
+            _wide_console().print(raw_poll_view(answer))
+        return EXIT_OK if answer.all_read else EXIT_FINDING
     if args.json:
         print(json.dumps(poll_json(answer), indent=2))
     else:
@@ -318,34 +461,28 @@ def _unreached(target: Reach, why: str | None = None) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from agent.checks.framework import CheckResult, Status
-    from agent.checks.registry import run_checks_once
-    from agent.checks.view import AgentView, load_restarts
+    from agent.commissioning import probe
     from agent.control import ControlError, NotRunning
-    from agent.render import checks_table
+    from agent.render import checks_json, checks_source_line, checks_table
 
     target = reach(args.config, args.socket)
     configure_logging("error", "console")
-    through_agent = True
+    source = "agent"
     try:
         results = [CheckResult.from_dict(r) for r in ask(target, "checks", {"run": True})]
     except NotRunning:
         if (config := target.config) is None:
             return _unreached(target)
-        through_agent = False
-        view = AgentView(config, target.config_path, restarts=load_restarts(config.state_dir))
-        results = asyncio.run(run_checks_once(view, config.checks))
+        source = "probe"
+        results = asyncio.run(probe(config, target.config_path))
     except ControlError as exc:
         return _unreached(target, str(exc)) if target.config is None else _fail(str(exc))
     if args.json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
+        print(json.dumps(checks_json(results, source), indent=2))
     else:
         console = _wide_console()
         console.print(checks_table(results))
-        if not through_agent:
-            console.print(
-                "[dim]the agent is not running: checked locally; terminal, outbox and uplink "
-                "figures come from the running agent[/dim]"
-            )
+        console.print(checks_source_line(results, source))
     return EXIT_FINDING if any(r.status is Status.FAIL for r in results) else EXIT_OK
 
 
@@ -542,6 +679,37 @@ def cmd_support_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_sl651(args: argparse.Namespace) -> int:
+    if args.sl651_command == "listen":
+        return cmd_sl651_listen(args)
+    return cmd_sl651_decode(args)
+
+
+def cmd_sl651_listen(args: argparse.Namespace) -> int:
+    from agent.protocols.sl651.listen import Event, Listener
+    from agent.render import sl651_heard
+
+    console = _wide_console()
+
+    def show(event: Event) -> None:
+        if args.json:
+            print(json.dumps(event, ensure_ascii=False), flush=True)
+        else:
+            console.print(sl651_heard(event, args.confirm))
+
+    listener = Listener(show, confirm=args.confirm)
+    try:
+        if args.device is not None:
+            asyncio.run(listener.serve_serial(args.device, args.baudrate))
+        else:
+            asyncio.run(listener.serve_tcp(args.host, args.port))
+    except KeyboardInterrupt:
+        return EXIT_OK  # Ctrl-C: the way to stop listening
+    except OSError as exc:
+        return _fail(f"sl651 listen: {exc.strerror or exc}")
+    return EXIT_OK
+
+
+def cmd_sl651_decode(args: argparse.Namespace) -> int:
     from agent.protocols.sl651 import describe_hex
     from agent.render import sl651_frame_view
 
@@ -595,17 +763,27 @@ def _wide_console() -> Console:
 def cmd_demo(args: argparse.Namespace) -> int:
     from agent.data import DEMO_CONFIG
     from agent.demo import run_demo
+    from agent.outbox import OutboxError
+    from agent.signing import KeyStoreError
 
     configure_logging("warning", "console")
     try:
         return asyncio.run(
-            run_demo(_wide_console(), args.duration, args.config or DEMO_CONFIG, broker=args.broker)
+            run_demo(
+                _wide_console(),
+                args.duration,
+                args.config or DEMO_CONFIG,
+                broker=args.broker,
+                keep_state=args.keep_state,
+            )
         )
     except ConfigError as exc:
         for line in exc.lines():
             print(line, file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
+    except (OSError, OutboxError, KeyStoreError, sqlite3.Error) as exc:
+        # A port taken between its choice and its use, another --keep-state demo on the
+        # same state: one line saying why.
         return _fail(f"demo cannot start: {exc}")
     except KeyboardInterrupt:
         return EXIT_OK

@@ -2,7 +2,9 @@
 
 Starts a simulated device behind every terminal of config/demo.yaml, runs the real daemon on
 that config (readings go into its outbox, and upstream with `--broker`), and shows the newest
-reading of every point and the outbox depth until the duration ends or Ctrl-C.
+reading of every point and the outbox depth until the duration ends or Ctrl-C. Each demo runs
+in a place of its own (`agent.demo_setup`): a fresh state directory and free ports, printed at
+the start, so a demo starts empty and two can run side by side.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from rich.table import Table
 from rich.text import Text
 
 from agent.checks.view import AgentView
-from agent.config import UplinkConfig, load_config
 from agent.daemon import Daemon
 from agent.data import DEMO_CONFIG
+from agent.demo_setup import DemoPlace, demo_place
 from agent.render import QUALITY_STYLE, age, format_value
 from agent.sim.site import SimulatedSite
 from agent.sinks import LatestValues
@@ -91,22 +93,45 @@ def demo_view(
 
 
 async def run_demo(
-    console: Console, duration: float, config_path: Path = DEMO_CONFIG, broker: str | None = None
+    console: Console,
+    duration: float,
+    config_path: Path = DEMO_CONFIG,
+    broker: str | None = None,
+    keep_state: bool = False,
 ) -> int:
-    config = load_config(config_path)
-    if broker is not None:
-        uplink = UplinkConfig.model_validate({**config.uplink.model_dump(), "broker": broker})
-        config = config.model_copy(update={"uplink": uplink})
+    """The demo of `config_path`, in a place of its own (`agent.demo_setup`): fresh state and
+    free ports unless `keep_state`; `broker` also publishes there."""
+    with demo_place(config_path, keep_state, broker) as place:
+        return await _run(console, duration, place)
+
+
+async def _run(console: Console, duration: float, place: DemoPlace) -> int:
+    config = place.config
     site = SimulatedSite(config)
     await site.start()
     latest = LatestValues()
-    daemon = Daemon(config, config_path, extra_sinks=[latest])
+    daemon = Daemon(config, place.config_path, extra_sinks=[latest])
     agent = asyncio.create_task(daemon.run(), name="agent")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + duration if duration > 0 else None
+    kept = "kept for the next --keep-state run" if place.kept else "removed at exit"
     console.print(
-        f"edge-agent demo: {len(config.terminals)} simulated terminals, "
-        f"readings also in {config.jsonl_path}"
+        f"edge-agent demo: {len(config.terminals)} simulated terminals, state in {place.root} "
+        f"({kept})",
+        highlight=False,
+        soft_wrap=True,  # whole lines: paths and ports are copied from here
+    )
+    if place.ports:
+        console.print(
+            "ports: " + " · ".join(p.describe() for p in place.ports),
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print(
+        f"readings also in {config.jsonl_path}; from another terminal: "
+        f"edge-agent status --config {place.config_path}",
+        highlight=False,
+        soft_wrap=True,
     )
     try:
         if console.is_terminal:

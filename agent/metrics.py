@@ -84,7 +84,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
     )
     latency = HistogramMetricFamily(
         "edge_agent_poll_duration_seconds",
-        "Time to read every point of a terminal (SL651: query to answer).",
+        "Time to read every point of a terminal, polls that got an answer (SL651: query to answer).",
         labels=["terminal"],
     )
     lateness = GaugeMetricFamily(

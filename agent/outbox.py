@@ -231,6 +231,50 @@ class OutboxStats:
         }
 
 
+def read_stats(path: Path, max_bytes: int, now: float | None = None) -> OutboxStats | None:
+    """The statistics of an outbox nobody need own, read-only (`edge-agent check` with no agent
+    running): what waits, since when, and the eviction counters; None when there is no database.
+    Raises OutboxError when it cannot be read (damaged, not ours to read)."""
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=1.0)
+        try:
+            waiting = {
+                priority: (count, size or 0, oldest)
+                for priority, count, size, oldest in conn.execute(
+                    "SELECT priority, count(*), sum(size), min(created_at) FROM messages "
+                    "GROUP BY priority"
+                )
+            }
+            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise OutboxError(f"cannot read {path}: {exc}") from exc
+    count = {p: waiting.get(int(p), (0, 0, None))[0] for p in Priority}
+    total = sum(size for _, size, _ in waiting.values())
+    oldest = min((t for _, _, t in waiting.values() if t is not None), default=None)
+    evicted_at = counters.get("last_evicted_at")
+    clock = time.time() if now is None else now
+    return OutboxStats(
+        events=count[Priority.EVENT],
+        health=count[Priority.HEALTH],
+        telemetry=count[Priority.TELEMETRY],
+        bytes=total,
+        max_bytes=max_bytes,
+        oldest_age=max(0.0, clock - oldest) if oldest is not None else None,
+        evicted=int(counters.get("evicted") or 0),
+        evicted_bytes=int(counters.get("evicted_bytes") or 0),
+        last_evicted_at=(
+            datetime.fromtimestamp(float(evicted_at), UTC) if evicted_at is not None else None
+        ),
+        over_budget=total > max_bytes and not count[Priority.TELEMETRY],
+        last_seq=int(counters.get("seq") or 0),
+        recovered_from=None,
+    )
+
+
 @dataclass
 class _Eviction:
     count: int = 0

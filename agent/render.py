@@ -7,16 +7,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agent.checks.framework import CheckResult, Status
+from agent.checks.framework import CheckResult, Status, worst
 from agent.durations import approximate_duration
-from agent.model import Quality, Reading, Value
+from agent.model import Quality, Reading, Value, parse_timestamp
 from agent.protocols.driver import PollAnswer
 from agent.protocols.sl651.describe import function_name
+
+if TYPE_CHECKING:
+    from agent.protocols.modbus.adhoc import RawPoll
+
+POLL_SCHEMA = 1
 
 QUALITY_STYLE = {
     Quality.GOOD: "green",
@@ -39,7 +45,9 @@ def format_value(value: Value) -> str:
 def poll_json(answer: PollAnswer) -> dict[str, Any]:
     """`edge-agent poll --json` (documented in README.md)."""
     return {
+        "schema": POLL_SCHEMA,
         "terminal": answer.terminal,
+        "where": answer.where,
         "readings": [
             {
                 "point": r.point,
@@ -70,6 +78,91 @@ def poll_table(answer: PollAnswer) -> Table:
     return table
 
 
+def _raw(values: Sequence[int] | Sequence[bool] | None, table: str) -> list[Any] | None:
+    """Register words as hex strings ("0x41C8"), bits as booleans."""
+    if values is None:
+        return None
+    if table in ("coil", "discrete"):
+        return [bool(v) for v in values]
+    return [f"0x{int(v):04X}" for v in values]
+
+
+def _words_text(values: Sequence[int] | Sequence[bool] | None, table: str) -> str:
+    """Words in hex without the prefix ("41C8 0000"), bits as 1 and 0."""
+    shown = _raw(values, table) or []
+    return " ".join(w.removeprefix("0x") if isinstance(w, str) else str(int(w)) for w in shown)
+
+
+def raw_poll_json(raw: RawPoll) -> dict[str, Any]:
+    """`edge-agent poll --raw --json` (documented in README.md)."""
+    return {
+        "schema": POLL_SCHEMA,
+        "terminal": raw.terminal,
+        "where": raw.where,
+        "reads": [
+            {
+                "table": r.table,
+                "address": r.address,
+                "count": r.count,
+                "raw": _raw(r.values, r.table),
+                "error": r.error,
+            }
+            for r in raw.reads
+        ],
+        "points": [
+            {
+                "point": p.point.name,
+                "table": p.point.table,
+                "address": p.point.address,
+                "type": p.point.type,
+                "unit": p.point.unit,
+                "word_order": p.point.word_order,
+                "raw": _raw(p.values, p.point.table),
+                "value": p.value,
+                "orders": p.orders,
+                "error": p.error,
+            }
+            for p in raw.points
+        ],
+    }
+
+
+def raw_poll_view(raw: RawPoll) -> Table:
+    """`edge-agent poll --raw`: each point's words and its value in every word order, the
+    configured one in bold; the reads and their words in the caption."""
+    orders = ("ABCD", "CDAB", "BADC", "DCBA")
+    table = Table(
+        title=f"{raw.terminal} ({raw.where}): register words, decoded in every word order",
+        title_justify="left",
+    )
+    for column in ("point", "type", "words", *orders):
+        table.add_column(column, justify="right" if column in orders else "left")
+    for p in raw.points:
+        words = _words_text(p.values, p.point.table)
+        if p.values is None:
+            table.add_row(p.point.name, p.point.type, Text(p.error or "-", "red"))
+            continue
+        decoded = p.orders or {p.point.word_order: p.value}
+        cells = [
+            Text(
+                format_value(decoded[o]) if o in decoded else "",
+                "bold green" if o == p.point.word_order else "",
+            )
+            for o in orders
+        ]
+        table.add_row(p.point.name, p.point.type, words, *cells)
+    lines = [
+        f"read {r.table} {r.address}..{r.address + r.count - 1}: "
+        + (_words_text(r.values, r.table) if r.error is None else r.error)
+        for r in raw.reads
+    ]
+    table.caption = "\n".join(
+        [*lines, "bold: the configured word order; '-': no finite number in that order"]
+    )
+    table.caption_justify = "left"
+    return table
+
+
 def poll_errors(readings: Sequence[Reading]) -> list[str]:
     """The distinct reasons points failed, each with the points it hit."""
     reasons: dict[str, list[str]] = {}
@@ -96,6 +189,41 @@ def _scalar(value: object, unit: str = "") -> str:
         return "-"
     text = f"{value:.4g}" if isinstance(value, float) else str(value)
     return f"{text} {unit}".strip()
+
+
+CHECKS_SCHEMA = 1
+
+
+def checks_summary(results: Sequence[CheckResult]) -> dict[str, Any]:
+    """How many results of each status, and the worst of them."""
+    counts = {s.value: 0 for s in Status}
+    for r in results:
+        counts[r.status.value] += 1
+    return {**counts, "status": worst(r.status for r in results).value}
+
+
+def checks_json(results: Sequence[CheckResult], source: str) -> dict[str, Any]:
+    """`edge-agent check --json` (documented in README.md): the same shape whether the running
+    agent answered (`source` "agent") or `check` probed without it ("probe")."""
+    return {
+        "schema": CHECKS_SCHEMA,
+        "source": source,
+        "summary": checks_summary(results),
+        "checks": [r.to_dict() for r in results],
+    }
+
+
+def checks_source_line(results: Sequence[CheckResult], source: str) -> Text:
+    """The line under the table: the counts, and where the figures came from."""
+    summary = checks_summary(results)
+    counts = ", ".join(f"{summary[s.value]} {s.value}" for s in Status if summary[s.value])
+    where = (
+        "from the running agent"
+        if source == "agent"
+        else "the agent is not running: the terminals, the broker and the outbox were probed "
+        "from here"
+    )
+    return Text(f"{counts or 'no checks'} · {where}", style="dim")
 
 
 def checks_table(results: Sequence[CheckResult]) -> Table:
@@ -163,3 +291,40 @@ def sl651_frame_view(described: dict[str, Any]) -> Table:
         table.caption = " · ".join(notes)
         table.caption_justify = "left"
     return table
+
+
+def sl651_heard(event: dict[str, Any], confirming: bool) -> RenderableType:
+    """`edge-agent sl651 listen`: one event as people read it (a frame as `sl651 decode`
+    shows it, under the time and the peer it came from)."""
+    kind, peer = event["type"], event.get("peer")
+    at = parse_timestamp(str(event["at"])).astimezone().strftime("%H:%M:%S")  # local time
+    if kind == "listening":
+        where = ", ".join(event.get("tcp", [])) or f"{event['serial']} at {event['baudrate']} Bd"
+        answer = (
+            "answering as the central station (--confirm): stations delete what is confirmed"
+            if confirming
+            else "answering nothing (stations keep their reports; --confirm to confirm them)"
+        )
+        return Text(f"listening on {where}, {answer} · Ctrl-C to stop", style="bold")
+    if kind in ("connected", "closed"):
+        return Text(f"{at} {peer} {kind}", style="dim")
+    if kind == "rejected":
+        return Text(
+            f"{at} {peer} rejected {event['reason']}: {event['detail']} ({event['hex'][:64]})",
+            style="yellow",
+        )
+    answered = event.get("answered") or []
+    lines = [Text(f"{a}", style="green") for a in answered]
+    said = [Text(f"{at} {peer} answered:", style="green"), *lines] if answered else []
+    if kind == "answered":
+        return Group(*said)
+    frame = event["frame"]
+    if "error" not in frame and not frame["elements"] and "detail" not in frame:
+        # A keep-alive, say: its header is all there is to show.
+        name = function_name(int(frame["function"], 16))
+        line = (
+            f"{at} from {peer}: {frame['function']} {name} · station {frame['station']} · "
+            f"serial {frame['serial']} · sent {frame['sent_at']}"
+        )
+        return Group(Text(line, style="bold"), *said)
+    return Group(Text(f"{at} from {peer}", style="bold"), sl651_frame_view(frame), *said)

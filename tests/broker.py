@@ -77,6 +77,16 @@ class Mosquitto:
         self.process = None
 
 
+def tls_listener(port: int, ca: Path, cert: Path, key: Path) -> str:
+    """mosquitto config lines: a TLS listener on loopback that wants a client certificate from
+    `ca` and takes its CN as the username."""
+    return (
+        f"listener {port} 127.0.0.1\n"
+        f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        "require_certificate true\nuse_identity_as_username true\n"
+    )
+
+
 def persistent(workdir: Path) -> Mosquitto:
     """A mosquitto that saves its sessions every second: a persistent subscriber (the tests'
     collector) gets what was published while it reconnected, across a kill of the broker."""

@@ -213,7 +213,7 @@ async def test_every_family_is_built_and_disabled_checks_are_left_out(tmp_path: 
     fewer = {c.id for c in build_checks(config, settings)}
     assert "system.load" not in fewer and not any(i.startswith("network.") for i in fewer)
     assert build_checks(config, ChecksConfig(enabled=False)) == []
-    results = await run_checks_once(AgentView(config), settings)
+    results = await run_checks_once(AgentView(config), build_checks(config, settings))
     assert results == sort_results(results)
     assert {r.id for r in results} == fewer
 

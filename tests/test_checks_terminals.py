@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
-from agent.check_settings import ChecksConfig
-from agent.checks import AgentView, Status, build_checks
+from agent.check_settings import AlarmSettings, ChecksConfig
+from agent.checks import AgentView, AlarmTracker, Status, build_checks
 from agent.checks.framework import CheckResult, CheckRunner
 from agent.config import Config, ModbusTcpTerminal
 from agent.model import TerminalStats, TerminalView
@@ -53,15 +53,36 @@ def config_for(port: int, **extra: object) -> tuple[Config, ModbusTcpTerminal]:
     return config, terminal
 
 
-async def test_a_terminal_that_stops_answering_goes_stale_and_its_success_ratio_drops() -> None:
+@contextlib.asynccontextmanager
+async def polled_device(
+    delay: float = 0.0,
+) -> AsyncIterator[tuple[SimulatedModbusDevice, Config, ModbusTcpTerminal, Poller]]:
+    """A simulated device on loopback and a real poller polling it every 200 ms; both stopped
+    at the end."""
     sim = SimulatedModbusDevice({1: RegisterMap()})
+    sim.delay = delay
     port = await sim.serve_tcp("127.0.0.1", 0)
     config, terminal = config_for(port)
     link = TcpLink(terminal.host, terminal.port)
     poller = Poller(terminal, link, ListSink())
     task = asyncio.create_task(poller.run())
-    started = datetime.now(UTC)
     try:
+        yield sim, config, terminal, poller
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await link.close()
+        await sim.stop()
+
+
+async def test_a_terminal_that_stops_answering_is_one_finding_with_its_reason() -> None:
+    """A dead terminal fails its freshness check, which says why it does not answer; its
+    success and latency checks stand down and point there (one finding per fault), and the
+    latency they report is that of the polls that were answered, never the failures'."""
+    started = datetime.now(UTC)
+    async with polled_device() as (sim, config, terminal, poller):
+        port = terminal.port
         await wait_until("three good polls", lambda: poller.stats.polls >= 3)
 
         def view() -> AgentView:
@@ -75,6 +96,7 @@ async def test_a_terminal_that_stops_answering_goes_stale_and_its_success_ratio_
         assert healthy["terminals.freshness:plc"].status is Status.OK
         assert healthy["terminals.success:plc"].value == 1.0
         assert healthy["terminals.latency:plc"].status is Status.OK
+        answered = poller.stats.latency_count
 
         await sim.stop()  # the terminal stops answering
         stale_after = 3 * terminal.period
@@ -90,41 +112,74 @@ async def test_a_terminal_that_stops_answering_goes_stale_and_its_success_ratio_
         dead = await results(view())
         fresh = dead["terminals.freshness:plc"]
         assert fresh.status is Status.FAIL
-        assert fresh.message.startswith("stale: last good reading")
-        assert "cannot connect to 127.0.0.1" in fresh.message
+        assert fresh.message.startswith(f"not answering: cannot connect to 127.0.0.1:{port}")
+        assert "connection refused" in fresh.message
+        assert "stale after" in fresh.message
         assert fresh.threshold == stale_after
-        success = dead["terminals.success:plc"]
-        assert success.status in (Status.WARN, Status.FAIL)
-        assert isinstance(success.value, float) and success.value <= 0.5
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await link.close()
+        assert [r.id for r in dead.values() if r.status is not Status.OK] == [fresh.id]
+        assert "terminals.freshness:plc" in dead["terminals.success:plc"].message
+        assert poller.stats.latency_count == answered  # the failed polls were not timed
+
+
+async def test_a_dead_terminal_raises_one_alarm_not_three() -> None:
+    """Round after round of checks while a terminal dies: the alarm tracker raises the
+    freshness check alone (warning while its data is fresh, then failing), with the reason."""
+    started = datetime.now(UTC)
+    tracker = AlarmTracker(AlarmSettings(min_interval=0))
+    events: list[dict[str, object]] = []
+    async with polled_device() as (sim, config, terminal, poller):
+        runner = CheckRunner([c for c in build_checks(config, SETTINGS) if c.family == "terminals"])
+
+        async def round_of_checks() -> dict[str, CheckResult]:
+            terminals = {"plc": TerminalView(terminal.info, poller.stats)}
+            done = await runner.run_all(AgentView(config, started_at=started, terminals=terminals))
+            events.extend(tracker.update(done.results))
+            return {r.id: r for r in done.results}
+
+        await wait_until("three good polls", lambda: poller.stats.polls >= 3)
+        for _ in range(3):
+            await round_of_checks()
         await sim.stop()
+        failed_rounds = 0
+        deadline = time.monotonic() + 10
+        while failed_rounds < 3:  # enough rounds for any check to be confirmed
+            assert time.monotonic() < deadline, events
+            await asyncio.sleep(0.1)
+            done = await round_of_checks()
+            failed_rounds += done["terminals.freshness:plc"].status is Status.FAIL
+    assert {e["check"] for e in events} == {"terminals.freshness:plc"}, events
+    assert events[-1]["status"] == "fail"
+    assert "connection refused" in str(events[-1]["message"])
+
+
+async def test_a_flaky_terminal_keeps_its_success_finding_between_failures() -> None:
+    """Every other poll failing is an unreliable link, judged by `success` whether or not the
+    latest poll failed; the failures now only make freshness warn."""
+    config, terminal = config_for(1)
+    for last in (True, False):
+        stats = TerminalStats(last_good_at=datetime.now(UTC))
+        stats.outcomes.extend([True, False] * 2 + [True])
+        if not last:
+            stats.outcomes.append(False)
+            stats.consecutive_failures = 1
+            stats.last_error = "no reply within 0.3s"
+        view = AgentView(config, terminals={"plc": TerminalView(terminal.info, stats)})
+        done = await results(view, ChecksConfig.model_validate({}))  # a window of 20 polls
+        success = done["terminals.success:plc"]
+        assert (success.status, success.value) == (Status.WARN, 0.6), success  # 3 of 5
+        fresh = done["terminals.freshness:plc"]
+        assert fresh.status is (Status.OK if last else Status.WARN)
 
 
 async def test_a_slow_terminal_warns_on_its_p95_poll_time() -> None:
-    sim = SimulatedModbusDevice({1: RegisterMap()})
-    port = await sim.serve_tcp("127.0.0.1", 0)
-    sim.delay = 0.13  # of a 200 ms period: over half of it
-    config, terminal = config_for(port)
-    link = TcpLink(terminal.host, terminal.port)
-    poller = Poller(terminal, link, ListSink())
-    task = asyncio.create_task(poller.run())
-    try:
+    # 130 ms of a 200 ms period: over half of it
+    async with polled_device(delay=0.13) as (_sim, config, terminal, poller):
         await wait_until("three polls", lambda: poller.stats.polls >= 3)
         view = AgentView(config, terminals={"plc": TerminalView(terminal.info, poller.stats)})
         latency = (await results(view))["terminals.latency:plc"]
-        assert latency.status is Status.WARN
-        assert latency.threshold == 0.1
-        assert isinstance(latency.value, float) and latency.value > 0.1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await link.close()
-        await sim.stop()
+    assert latency.status is Status.WARN
+    assert latency.threshold == 0.1
+    assert isinstance(latency.value, float) and latency.value > 0.1
 
 
 async def test_a_terminal_never_heard_from_fails_once_it_had_time_to_answer() -> None:

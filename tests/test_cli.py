@@ -64,7 +64,9 @@ async def test_poll_json_has_the_documented_shape(tmp_path: Path, device: Device
     code, out, _ = await edge_agent("poll", "plc", "--config", config, "--json")
     assert code == 0
     assert json.loads(out) == {
+        "schema": 1,
         "terminal": "plc",
+        "where": f"127.0.0.1:{port}#1",
         "readings": [
             {
                 "point": "pump",

@@ -138,7 +138,7 @@ async def test_status_check_and_outbox_ask_the_running_agent_and_warn_about_the_
         "check", "--json", "--config", str(config), "--socket", socket
     )
     assert code == 1, err  # the dead terminal fails its checks
-    failing = [r["id"] for r in json.loads(out) if r["status"] == "fail"]
+    failing = [r["id"] for r in json.loads(out)["checks"] if r["status"] == "fail"]
     assert any(check.endswith(":dead") for check in failing), failing
     assert not any(check.endswith(":live") for check in failing), failing
     assert err.splitlines() == expected_warnings

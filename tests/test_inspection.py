@@ -107,7 +107,9 @@ async def test_check_json_and_exit_code(tmp_path: Path) -> None:
         stdout=asyncio.subprocess.PIPE,
     )
     out, _ = await process.communicate()
-    results = json.loads(out)
+    answer = json.loads(out)
+    assert (answer["schema"], answer["source"], answer["summary"]["status"]) == (1, "probe", "fail")
+    results = answer["checks"]
     assert process.returncode == 1  # the disk check fails: nothing is 99.99 % free
     assert results[0]["status"] == "fail"
     assert results[0]["id"] == "system.disk"

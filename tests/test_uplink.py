@@ -20,7 +20,7 @@ from agent.outbox import AsyncOutbox, Outbox, Priority
 from agent.signing import DeviceKey, init_key
 from agent.uplink import Uplink, describe_failure
 from agent.uplink.session import _resend, marking_dup
-from tests.broker import Mosquitto, free_port
+from tests.broker import Mosquitto, free_port, tls_listener
 from tests.certs import TestCA
 from tests.collector import Collector, verify
 
@@ -195,10 +195,8 @@ def tls_broker(tmp_path: Path, pki: dict[str, Path]) -> Iterator[Mosquitto]:
         port=port,
         extra=(
             "per_listener_settings true\n"
-            f"listener {port} 127.0.0.1\n"
-            f"cafile {pki['ca']}\ncertfile {pki['server_cert']}\nkeyfile {pki['server_key']}\n"
-            "require_certificate true\nuse_identity_as_username true\n"
-            f"acl_file {acl}\n"
+            + tls_listener(port, pki["ca"], pki["server_cert"], pki["server_key"])
+            + f"acl_file {acl}\n"
             # a plain listener for the test's own subscriber
             f"listener {plain} 127.0.0.1\nallow_anonymous true\n"
         ),

@@ -223,6 +223,7 @@ def checks(settings: ChecksConfig, monitor: DataMonitor) -> list[Check]:
                     _judge(monitor, key, kind),
                     settings.data_interval,
                     settings.timeout,
+                    needs_agent=True,  # judges the readings the agent took
                 )
             )
     return out

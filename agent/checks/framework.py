@@ -146,7 +146,12 @@ Probe = Callable[["AgentView", datetime], "Outcome | Awaitable[Outcome]"]
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """One self-check. Blocking probes are plain functions run off the event loop."""
+    """One self-check. Blocking probes are plain functions run off the event loop.
+
+    `needs_agent`: it judges what only a running agent has (its polls, its uplink session, its
+    log, the readings it saw); `edge-agent check` with no agent running names it instead of
+    running it (agent/commissioning.py).
+    """
 
     id: str
     family: str
@@ -154,6 +159,7 @@ class Check:
     interval: float = 60.0
     timeout: float = 10.0
     blocking: bool = False
+    needs_agent: bool = False
 
 
 def sort_results(results: Iterable[CheckResult]) -> list[CheckResult]:

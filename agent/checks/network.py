@@ -29,16 +29,16 @@ MIN_SPAN = 60.0  # the uplink ratio needs this much history before it means some
 def checks(settings: ChecksConfig, broker: str | None) -> list[Check]:
     s = settings.network
 
-    def make(check_id: str, probe: Probe) -> Check:
-        return Check(check_id, FAMILY, probe, s.interval, settings.timeout)
+    def make(check_id: str, probe: Probe, needs_agent: bool = False) -> Check:
+        return Check(check_id, FAMILY, probe, s.interval, settings.timeout, False, needs_agent)
 
     out = []
     if broker is not None:
         out += [
             make("network.broker_dns", lambda v, now: broker_dns(v, settings)),
             make("network.broker_tcp", lambda v, now: broker_tcp(v, settings)),
-            make("network.uplink", UplinkRatio(settings)),
-            make("network.acks", lambda v, now: acks(v, now, settings)),
+            make("network.uplink", UplinkRatio(settings), needs_agent=True),
+            make("network.acks", lambda v, now: acks(v, now, settings), needs_agent=True),
         ]
     out += [
         make("network.backlog", Backlog(settings)),

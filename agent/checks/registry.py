@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from agent.check_settings import ChecksConfig, checks_settings
 from agent.checks import data, network, security, software, system, terminals
 from agent.checks.data import DataMonitor
@@ -46,15 +48,10 @@ def build_checks(
     return [c for c in found if not settings.is_disabled(c.id, c.family)]
 
 
-async def run_checks_once(
-    view: AgentView,
-    settings: ChecksConfig | None = None,
-    *,
-    monitor: DataMonitor | None = None,
-    paths: SystemPaths | None = None,
-) -> list[CheckResult]:
-    """Run every check once now (`edge-agent check` without a daemon); failing first."""
-    runner = CheckRunner(build_checks(view.config, settings, monitor=monitor, paths=paths))
+async def run_checks_once(view: AgentView, checks: Sequence[Check]) -> list[CheckResult]:
+    """Run `checks` once now, all at once (`edge-agent check` without a daemon); failing
+    first."""
+    runner = CheckRunner(checks)
     try:
         done = await runner.run_all(view)
     finally:

@@ -25,8 +25,10 @@ def checks(settings: ChecksConfig, paths: SystemPaths | None = None) -> list[Che
     s = settings.software
     config_check = ConfigFileCheck()
 
-    def make(check_id: str, probe: Probe, blocking: bool = False) -> Check:
-        return Check(check_id, FAMILY, probe, s.interval, settings.timeout, blocking)
+    def make(
+        check_id: str, probe: Probe, blocking: bool = False, needs_agent: bool = False
+    ) -> Check:
+        return Check(check_id, FAMILY, probe, s.interval, settings.timeout, blocking, needs_agent)
 
     return [
         make("software.version", lambda v, now: version(v)),
@@ -34,7 +36,7 @@ def checks(settings: ChecksConfig, paths: SystemPaths | None = None) -> list[Che
         make("software.os", lambda v, now: os_release(paths), blocking=True),
         make("software.config", lambda v, now: config_check(v), blocking=True),
         make("software.restarts", lambda v, now: restarts(v, now, settings)),
-        make("software.log_errors", lambda v, now: log_errors(v, settings)),
+        make("software.log_errors", lambda v, now: log_errors(v, settings), needs_agent=True),
     ]
 
 

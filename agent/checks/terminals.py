@@ -7,6 +7,13 @@ while the outbox caught up) since it last ran — one alarm for an overloaded ag
 terminal. While it warns or fails, the checks of each polled terminal are `unknown` ("not
 judged while the agent is overloaded"): their late, skipped or timed-out polls are the agent's
 doing, and `unknown` neither raises nor clears an alarm; they are judged again once it clears.
+
+One finding per fault: a terminal that does not answer now is one finding, on its freshness
+check ("not answering: <reason>"), warning while its data is still fresh and failing once it
+is stale. Its other checks stand down: `success` judges only the polls before the current run
+of failures (a flaky terminal is its business, an outage is freshness'), and `latency` only
+polls that got an answer (the poller times those alone), so a timeout never reads as a slow
+terminal. So a dead terminal raises one alarm, not three.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Ch
     s = settings.terminals
 
     def make(check_id: str, probe: Probe) -> Check:
-        return Check(check_id, FAMILY, probe, s.interval, settings.timeout)
+        # All judge the running agent's polls and buses.
+        return Check(check_id, FAMILY, probe, s.interval, settings.timeout, needs_agent=True)
 
     overload = Overload(settings)
     out: list[Check] = []
@@ -75,24 +83,49 @@ def success(view: AgentView, name: str, settings: ChecksConfig) -> Outcome:
     outcomes = list(t.stats.outcomes)[-n:]
     if not outcomes:
         return unknown(f"{name} has not been polled yet")
-    ratio = round(sum(outcomes) / len(outcomes), 4)
+    failing = _trailing_failures(outcomes)
+    if failing == len(outcomes):  # an outage, not an unreliable link: freshness says it
+        return Outcome(
+            Status.OK,
+            None,
+            "",
+            None,
+            f"none of the last {failing} polls answered: see terminals.freshness:{name}",
+        )
+    judged = outcomes[: len(outcomes) - failing]
+    good = sum(judged)
+    ratio = round(good / len(judged), 4)
     limits = settings.terminals.success_ratio
-    good = sum(outcomes)
+    before = f" before the {failing} failing now (terminals.freshness:{name})" if failing else ""
     return level(
         ratio,
         warn=limits.warn,
         fail=limits.fail,
         higher_is_worse=False,
-        describe=lambda r: f"{good} of the last {len(outcomes)} polls answered ({r:.0%})",
+        describe=lambda r: f"{good} of the last {len(judged)} polls answered ({r:.0%}){before}",
     )
+
+
+def _trailing_failures(outcomes: Sequence[bool]) -> int:
+    """How many of the newest outcomes in a row are failures (the current outage)."""
+    count = 0
+    for answered in reversed(outcomes):
+        if answered:
+            break
+        count += 1
+    return count
 
 
 def latency(view: AgentView, name: str, settings: ChecksConfig) -> Outcome:
     t = view.terminals.get(name)
     if t is None:
         return unknown(f"terminal {name} is not running")
-    p95 = t.stats.latency_p95()
+    p95 = t.stats.latency_p95()  # of polls that got an answer only
     if p95 is None:
+        if t.stats.consecutive_failures:
+            return Outcome(
+                Status.OK, None, "s", None, f"no answer to time: see terminals.freshness:{name}"
+            )
         return unknown(f"{name} has not been polled yet")
     period = t.period
     if not period:
@@ -130,36 +163,35 @@ def freshness(view: AgentView, now: datetime, name: str, settings: ChecksConfig)
     stats = t.stats
     last = stats.last_good_at
     why = f" ({stats.last_error})" if stats.last_error else ""
+    # Polls failing now: the terminal's one finding, with the reason first.
+    failing = stats.consecutive_failures
+    down = f"not answering: {stats.last_error or 'no good reading'}" if failing else ""
     if last is None:
         running = (now - view.started_at).total_seconds()
+        since = f"since the agent started {format_duration(round(running))} ago"
         if running <= limit:
+            if failing:
+                return Outcome(Status.WARN, None, "s", limit, f"{down} ({since})")
             return unknown(f"no good reading from {name} yet (started {running:.0f}s ago)")
-        return Outcome(
-            Status.FAIL,
-            None,
-            "s",
-            limit,
-            f"no good reading from {name} since the agent started "
-            f"{format_duration(round(running))} ago{why}",
+        message = (
+            f"{down}; no good reading {since}"
+            if failing
+            else (f"no good reading from {name} {since}{why}")
         )
+        return Outcome(Status.FAIL, None, "s", limit, message)
     age = round(max(0.0, (now - last).total_seconds()), 1)
     shown = format_duration(round(age)) if age >= 1 else f"{age:g}s"
     if age > limit:
-        return Outcome(
-            Status.FAIL,
-            age,
-            "s",
-            limit,
-            f"stale: last good reading {shown} ago, over {format_duration(limit)}{why}",
+        message = (
+            f"{down}; last good reading {shown} ago, stale after {format_duration(limit)}"
+            if failing
+            else f"stale: last good reading {shown} ago, over {format_duration(limit)}{why}"
         )
-    if stats.consecutive_failures:
+        return Outcome(Status.FAIL, age, "s", limit, message)
+    if failing:
+        polls = "the last poll" if failing == 1 else f"the last {failing} polls"
         return Outcome(
-            Status.WARN,
-            age,
-            "s",
-            limit,
-            f"the last {stats.consecutive_failures} polls failed{why}; last good reading "
-            f"{shown} ago",
+            Status.WARN, age, "s", limit, f"{down} ({polls}); last good reading {shown} ago"
         )
     return Outcome(Status.OK, age, "s", limit, f"last good reading {shown} ago")
 

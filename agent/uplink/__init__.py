@@ -30,6 +30,7 @@ from agent.uplink.session import (
     describe_failure,
     tls_context,
     topic_for,
+    try_session,
 )
 
 __all__ = [
@@ -48,4 +49,5 @@ __all__ = [
     "describe_failure",
     "tls_context",
     "topic_for",
+    "try_session",
 ]

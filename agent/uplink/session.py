@@ -202,6 +202,42 @@ class _SocketErrors(logging.Handler):
         return last
 
 
+def _client(
+    config: UplinkConfig, client_id: str, socket_errors: _SocketErrors, **options: Any
+) -> aiomqtt.Client:
+    """An MQTT 5 client with the config's address, credentials, TLS and timeouts."""
+    return aiomqtt.Client(
+        config.host,
+        config.port,
+        identifier=client_id,
+        username=config.username,
+        password=config.password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        keepalive=int(config.keepalive),
+        timeout=config.connect_timeout,
+        tls_context=tls_context(config),
+        # A clean session each time: the subscriptions are made anew on every connect, and so
+        # the broker sends each registered topic's retained message again (see the docstring).
+        clean_start=True,
+        logger=socket_errors.logger,
+        **options,
+    )
+
+
+async def try_session(config: UplinkConfig, client_id: str) -> float:
+    """Open an MQTT session as the agent would (address, credentials, TLS) and leave it at
+    once with a clean disconnect: what `edge-agent check` tries with no agent running. Returns
+    the seconds the broker took to accept; raises UplinkError with the reason in words."""
+    socket_errors = _SocketErrors()
+    started = time.monotonic()
+    try:
+        async with _client(config, client_id, socket_errors):
+            took = time.monotonic() - started
+    except (aiomqtt.MqttError, OSError, ssl.SSLError) as exc:
+        raise UplinkError(describe_failure(exc, config, socket_errors.take())) from exc
+    return took
+
+
 async def _first_failure(*parts: tuple[Coroutine[Any, Any, None], str]) -> None:
     """Run the parts of a session as named tasks until one of them fails; raise its error.
 
@@ -446,22 +482,12 @@ class Uplink:
 
     async def _session(self) -> None:
         state_topic = f"{self.prefix}/state"
-        client = aiomqtt.Client(
-            self.config.host,
-            self.config.port,
-            identifier=self.client_id,
-            username=self.config.username,
-            password=self.config.password,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            keepalive=int(self.config.keepalive),
-            timeout=self.config.connect_timeout,
+        client = _client(
+            self.config,
+            self.client_id,
+            self._socket_errors,
             will=aiomqtt.Will(state_topic, b"offline", qos=1, retain=True),
-            tls_context=tls_context(self.config),
             max_inflight_messages=self.config.inflight + EXTRA_INFLIGHT,
-            # A clean session each time: the subscriptions are made anew on every connect, and so
-            # the broker sends each registered topic's retained message again (see the docstring).
-            clean_start=True,
-            logger=self._socket_errors.logger,
         )
         codes = _PubackCodes(client)
         async with client:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, model_validator
 
@@ -86,6 +86,11 @@ class PointConfig(Frozen):
     def source(self) -> str:
         """The raw identifier carried by its readings, e.g. ``holding:40`` (once per point)."""
         return f"{self.table}:{self.address}"
+
+
+# What a point may say, as the command line offers them (`edge-agent poll --table/--type`).
+POINT_TABLES: tuple[str, ...] = get_args(PointConfig.model_fields["table"].annotation)
+POINT_TYPES: tuple[str, ...] = get_args(PointConfig.model_fields["type"].annotation)
 
 
 class _ModbusTerminal(TerminalModel):

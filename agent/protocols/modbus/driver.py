@@ -12,7 +12,8 @@ held a stop for many seconds).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -228,22 +229,59 @@ def answer(terminal: ModbusTerminal, readings: Sequence[Reading]) -> PollAnswer:
 async def poll_once(config: Config, name: str) -> PollAnswer:
     """Read every point of one terminal once, without a running agent (`edge-agent poll`)."""
     terminal = config.terminal(name)
-    bus = None
-    link: Link
-    if isinstance(terminal, ModbusRtuTerminal):
-        bus = SerialBus(serial_settings(terminal))
-        link = BusLink(bus)
-    elif isinstance(terminal, ModbusTcpTerminal):
-        link = TcpLink(terminal.host, terminal.port)
-    else:
+    if not isinstance(terminal, ModbusRtuTerminal | ModbusTcpTerminal):
         raise DriverError(f"{name} is not a Modbus terminal")
-    try:
+    return await poll_terminal(terminal)
+
+
+async def poll_terminal(terminal: ModbusTerminal) -> PollAnswer:
+    """Read every point of `terminal` once, on a link of its own (or its turn on a shared
+    serial line: `one_off_link`)."""
+    async with one_off_link(terminal) as link:
         readings = await Poller(terminal, link, _Discard()).poll_once()
+    return answer(terminal, readings)
+
+
+class _BusLeases:
+    """The serial buses of one-off polls, shared while in use: terminals on one line polled at
+    once (`edge-agent check` with no agent running) take turns on one bus, as under the
+    driver, rather than each opening the device and talking over the others."""
+
+    def __init__(self) -> None:
+        self._buses: dict[str, tuple[SerialBus, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def lease(self, settings: SerialSettings) -> AsyncIterator[SerialBus]:
+        bus, users = self._buses.get(settings.device, (None, 0))
+        if bus is None:
+            bus = SerialBus(settings)
+        self._buses[settings.device] = (bus, users + 1)
+        try:
+            yield bus
+        finally:
+            bus, users = self._buses.pop(settings.device)
+            if users > 1:
+                self._buses[settings.device] = (bus, users - 1)
+            else:
+                await bus.close()
+
+
+_LEASES = _BusLeases()
+
+
+@contextlib.asynccontextmanager
+async def one_off_link(terminal: ModbusTerminal) -> AsyncIterator[Link]:
+    """A link for reads outside the driver, closed on the way out: its own TCP connection, or
+    a turn on the serial bus of its device (shared with other one-off polls under way)."""
+    if isinstance(terminal, ModbusRtuTerminal):
+        async with _LEASES.lease(serial_settings(terminal)) as bus:
+            yield BusLink(bus)
+        return
+    link = TcpLink(terminal.host, terminal.port)
+    try:
+        yield link
     finally:
         await link.close()
-        if bus is not None:
-            await bus.close()
-    return answer(terminal, readings)
 
 
 class _Discard:

@@ -121,6 +121,31 @@ def decode_point(point: PointConfig, values: Sequence[int] | Sequence[bool]) -> 
     return raw * point.scale + point.offset
 
 
+WORD_ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
+
+
+def word_orders(point: PointConfig) -> tuple[str, ...]:
+    """The word orders in which `point`'s registers read differently: none for a bit, ABCD and
+    BADC (bytes swapped) for one register or a string, all four for 32- and 64-bit types."""
+    if point.table in BIT_TABLES or point.type == "bool":
+        return ()
+    if point.type == "string" or point.width == 1:
+        return ("ABCD", "BADC")
+    return WORD_ORDERS
+
+
+def decode_every_order(point: PointConfig, values: Sequence[int]) -> dict[str, Value]:
+    """`point`'s value from exactly its registers in each of its `word_orders` (how an engineer
+    finds a device's word order); None where they are no number in that order (NaN, inf)."""
+    decoded: dict[str, Value] = {}
+    for order in word_orders(point):
+        try:
+            decoded[order] = decode_point(point.model_copy(update={"word_order": order}), values)
+        except codec.CodecError:
+            decoded[order] = None
+    return decoded
+
+
 def decode_read(
     terminal: str,
     read: Read,

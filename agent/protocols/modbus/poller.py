@@ -139,15 +139,7 @@ class Poller:
         return PollReadings(readings)
 
     async def _read_with_retries(self, read: Read) -> Sequence[int] | Sequence[bool]:
-        t = self.terminal
-        attempt = 0
-        while True:
-            try:
-                return await self.link.read(t.unit, read.table, read.address, read.count, t.timeout)
-            except ModbusFailure as failure:
-                if not failure.retryable or attempt >= t.retries:
-                    raise
-                attempt += 1
+        return await read_with_retries(self.link, self.terminal, read)
 
     async def run(self) -> None:
         """The fixed-rate loop; returns only by cancellation."""
@@ -175,7 +167,6 @@ class Poller:
     def _record(self, readings: PollReadings, seconds: float) -> None:
         s = self.stats
         s.polls += 1
-        s.record_latency(seconds)
         if readings.values is not None:  # every reading good: nothing to look through
             good, errors = True, []
         else:
@@ -183,6 +174,9 @@ class Poller:
             errors = [r.error for r in readings if r.error]
         s.outcomes.append(good)
         if good:
+            # Only a poll that got an answer is timed: a dead terminal's polls last its
+            # timeout, which says nothing of how fast it answers (terminals.latency).
+            s.record_latency(seconds)
             s.last_good_at = readings.observed_at
             if s.consecutive_failures:
                 self._log.info("terminal answering again", after_failures=s.consecutive_failures)
@@ -198,3 +192,20 @@ class Poller:
             s.last_error = errors[0]
         elif good:
             s.last_error = None
+
+
+async def read_with_retries(
+    link: Link, terminal: ModbusTerminal, read: Read
+) -> Sequence[int] | Sequence[bool]:
+    """One read with the terminal's unit, timeout and retries; ModbusFailure once they are
+    spent (or at once, for a failure no retry mends)."""
+    attempt = 0
+    while True:
+        try:
+            return await link.read(
+                terminal.unit, read.table, read.address, read.count, terminal.timeout
+            )
+        except ModbusFailure as failure:
+            if not failure.retryable or attempt >= terminal.retries:
+                raise
+            attempt += 1

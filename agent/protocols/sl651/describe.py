@@ -88,6 +88,14 @@ def describe_hex(text: str) -> dict[str, Any]:
     return frame_json(frame, message if message is not None else error or "undecodable")
 
 
+def describe_frame(frame: Frame) -> dict[str, Any]:
+    """The JSON object of a frame cut from a stream (`sl651 listen`): as `describe_hex`."""
+    try:
+        return frame_json(frame, decode_body(frame))
+    except BodyError as exc:
+        return frame_json(frame, exc)
+
+
 def error_json(error: str, raw: bytes | str) -> dict[str, Any]:
     """{"error", "hex"} for bytes that are not a frame or do not decode."""
     return {"error": error, "hex": raw.hex().upper() if isinstance(raw, bytes) else raw.upper()}

@@ -462,33 +462,17 @@ class CentralStation:
 
     async def _read_serial(self, device: str, fd: int) -> OSError:
         """Read an open serial port until it fails; returns the error."""
-        loop = asyncio.get_running_loop()
         link = _Link(device, partial(_write_all, fd), serial=True)
         decoder = StreamDecoder(max_frame_bytes=self.config.max_frame_bytes)
-        lost: asyncio.Future[OSError] = loop.create_future()
 
-        def readable() -> None:
-            try:
-                data = os.read(fd, READ_SIZE)
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if not lost.done():
-                    lost.set_result(exc)
-                return
-            if not data:  # a hang-up: the adapter was unplugged
-                if not lost.done():
-                    lost.set_result(OSError(errno.EIO, "serial device disconnected"))
-                return
+        def received(data: bytes) -> None:
             decoder.feed(data)
             self._drain(link, decoder)
 
         self.links.add(link)
-        loop.add_reader(fd, readable)
         try:
-            return await lost
+            return await read_serial(fd, received)
         finally:
-            loop.remove_reader(fd)
             link.closed = True  # before the port closes and its descriptor number is reused
             self.centre.link_closed(link)
             self.links.discard(link)
@@ -593,6 +577,34 @@ class CentralStation:
                 self._apply(link, self.centre.tick(link, now))
                 self._centre_refusals(link)
             self._refuse_waiting()
+
+
+async def read_serial(fd: int, received: Callable[[bytes], None]) -> OSError:
+    """Read an open serial port's descriptor as bytes arrive, each chunk to `received`, until
+    it fails or hangs up (the adapter was unplugged); returns the error."""
+    loop = asyncio.get_running_loop()
+    lost: asyncio.Future[OSError] = loop.create_future()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if not lost.done():
+                lost.set_result(exc)
+            return
+        if not data:  # a hang-up: the adapter was unplugged
+            if not lost.done():
+                lost.set_result(OSError(errno.EIO, "serial device disconnected"))
+            return
+        received(data)
+
+    loop.add_reader(fd, readable)
+    try:
+        return await lost
+    finally:
+        loop.remove_reader(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
