@@ -161,7 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     validate = config_commands.add_parser("validate", help="check a config file, print every error")
-    validate.add_argument("path", nargs="?", type=Path, default=None)
+    validate.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the config file (the same as --config)",
+    )
+    _config_arg(validate)
     return parser
 
 
@@ -183,9 +191,18 @@ def _load_config(path: Path | None, data: bytes | None = None) -> Config | None:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    path = args.path or default_config_path()
+    from agent.config_access import file_problems
+
+    if args.path is not None and args.config is not None and args.path != args.config:
+        return _fail(f"two config files given: {args.path} and --config {args.config}; give one")
+    path = args.path or args.config or default_config_path()
     config = _load_config(path)
     if config is None:
+        return EXIT_USAGE
+    problems = file_problems(config)
+    for line in problems:
+        print(f"{path}: {line}", file=sys.stderr)
+    if problems:
         return EXIT_USAGE
     points = sum(len(t.info.points or ()) for t in config.terminals)
     print(f"{path}: ok ({len(config.terminals)} terminals, {points} points)")
