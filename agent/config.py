@@ -7,7 +7,6 @@ all errors of a file are reported together. Defaults are documented in config/ex
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from pydantic import (
 
 from agent.check_settings import ChecksConfig, HealthConfig, split_key
 from agent.config_base import Frozen, HostPort, TerminalModel, parse_host_port
-from agent.config_errors import DuplicateKey, describe, key_path
+from agent.config_errors import DuplicateKey, describe, key_path, nearest
 from agent.diagnosis.settings import DiagnosisConfig
 from agent.durations import Duration, PositiveDuration
 from agent.protocols.modbus.config import (
@@ -418,8 +417,8 @@ def _point_key_problem(key: str, terminals: dict[str, tuple[str, ...] | None]) -
     """Why a `<terminal>.<point>` key names no configured point (None when it does; any point
     of a terminal that decides what it sends, an SL651 station)."""
     known = [f"{t}.{p}" for t, points in terminals.items() for p in points or ()]
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    close = nearest(key, known)
+    hint = f" (did you mean {close!r}?)" if close else ""
     where = split_key(key, list(terminals))
     if where is None:
         names = ", ".join(terminals) or "none configured"

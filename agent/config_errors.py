@@ -12,7 +12,6 @@ valid config.
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 from collections.abc import Iterable, Sequence
@@ -225,11 +224,18 @@ def _section(field: str, value: object, model: Any) -> str:
     return f"expected a section with the keys {shown}, got {_shown(value)}{hint}"
 
 
+def nearest(word: str, known: Iterable[str]) -> str | None:
+    """The known word closest to a misspelt one, if any is close enough."""
+    import difflib  # only when there is an error to describe
+
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def _unknown_key(key: str, model: Any) -> str:
-    known = _keys(model) if _is_model(model) else []
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = nearest(key, _keys(model) if _is_model(model) else [])
     if close:
-        return f"unknown key (did you mean {close[0]!r}?)"
+        return f"unknown key (did you mean {close!r}?)"
     return "unknown key (see config/example.yaml for every option)"
 
 

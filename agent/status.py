@@ -28,7 +28,7 @@ from agent.checks.health import summarise
 from agent.checks.view import AgentView
 from agent.durations import approximate_duration
 from agent.losses import LossLedger
-from agent.model import TerminalView, format_timestamp
+from agent.model import TerminalView, format_timestamp, parse_timestamp
 from agent.outbox import QUEUE_NAMES
 from agent.signing import read_envelope
 from agent.storage.layout import StateLayout
@@ -321,6 +321,15 @@ def _waiting(m: dict[str, int]) -> str:
     )
 
 
+def _ago(stamp: object) -> str:
+    """ " (5m02s ago)" for an RFC 3339 time, "" for anything else."""
+    try:
+        when = parse_timestamp(str(stamp))
+    except ValueError:
+        return ""
+    return f" ({_duration((datetime.now(UTC) - when).total_seconds())} ago)"
+
+
 def _outbox_line(outbox: dict[str, Any] | None) -> Text:
     if outbox is None or outbox.get("state") == "absent":
         return Text("outbox     none yet")
@@ -457,7 +466,8 @@ def _offline_view(status: dict[str, Any]) -> RenderableType:
     health = status.get("last_health")
     if health:
         summary = health.get("summary", {})
-        line = Text(f"last health report {health.get('generated_at', '?')}: ")
+        at = health.get("generated_at")
+        line = Text(f"last health report {at or '?'}{_ago(at)}: ")
         line.append(str(summary.get("status", "?")), CHECK_STYLE.get(summary.get("status", ""), ""))
         failing = summary.get("failing") or []
         if failing:

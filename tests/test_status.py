@@ -166,6 +166,7 @@ async def test_status_without_an_agent_says_so_and_shows_what_is_on_disk(
     assert "systemctl status edge-agent" in lines[1]
     assert "journalctl -u edge-agent" in lines[1]
     assert lines[2].startswith("last health report ")
+    assert re.match(r"last health report \S+ \((\d+s|\d+m\d\ds) ago\): ", lines[2]), lines[2]
     # The health line may wrap (its list of failing checks grows with the site's state).
     assert any(line.startswith("outbox     ") for line in lines[3:])
     code, status = await status_json(config)
