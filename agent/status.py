@@ -499,7 +499,7 @@ def outbox_stats_table(stats: dict[str, Any], where: Path | None = None) -> Tabl
         table.add_row("state", Text(f"unreadable: {stats.get('error')}", "red"))
         return table
     table.add_row("state", Text(state, "bold red" if state in ("disk full", "unavailable") else ""))
-    table.add_row("waiting", _waiting(stats["messages"]))
+    table.add_row("messages", _waiting(stats["messages"]))
     size = approximate_size(stats["bytes"])
     table.add_row("size", f"{size} of {approximate_size(stats['max_bytes'])}")
     oldest = stats.get("oldest_age")

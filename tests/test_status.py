@@ -254,7 +254,7 @@ async def test_outbox_peek_decodes_the_waiting_envelopes(
         assert f"outbox, from {source}" in text
         assert "{" not in text and '"' not in text
         assert re.search(
-            r"│ waiting +│ \d+ waiting \(\d+ events, \d+ health, \d+ telemetry\)", text
+            r"│ messages +│ \d+ waiting \(\d+ events, \d+ health, \d+ telemetry\)", text
         )
         assert re.search(r"│ oldest +│ (\d+s|\d+m\d\ds) ago", text), text
 
