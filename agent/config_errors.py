@@ -181,7 +181,7 @@ def _as_read(value: object) -> str:
     return f"the {type(value).__name__} {value}"
 
 
-def _quote_it(field: str, value: object, node: Any) -> str:
+def _quote_it(field: str | int, value: object, node: Any) -> str:
     """Text YAML read as something else (a number, true/false, a date), with the quotes it
     needs to stay text."""
     if value is None:
@@ -190,9 +190,10 @@ def _quote_it(field: str, value: object, node: Any) -> str:
     if not raw:
         return f"expected text, got {_as_read(value)}: quote it"
     why = " (a leading 0 makes it octal)" if _OCTAL.match(raw) else ""
+    quoted = f'"{raw}"' if isinstance(field, int) else f'{field}: "{raw}"'  # a list item, a key
     return (
         f"YAML reads {raw} on line {node.start_mark.line + 1} as {_as_read(value)}{why}; "
-        f'quote it: {field}: "{raw}"'
+        f"quote it: {quoted}"
     )
 
 
@@ -270,7 +271,7 @@ def describe(
     elif kind == "string_pattern_mismatch":
         problem = f"{value!r} is not {PATTERN_HINTS.get(field, 'in the expected form')}"
     elif kind == "string_type" and not isinstance(value, list | dict):
-        problem = _quote_it(field, value, _node_at(source, loc, tags))
+        problem = _quote_it(loc[-1] if loc else field, value, _node_at(source, loc, tags))
     elif kind in _SECTION_KINDS:
         problem = _section(field, value, model_at(root, loc))
     elif kind in _EXPECTED:

@@ -293,8 +293,9 @@ def test_a_station_or_password_written_as_a_number_is_refused_with_quote_it(
 
 
 def test_any_text_key_given_a_number_or_a_boolean_says_to_quote_it() -> None:
-    errors = errors_of("gateway: {id: 007}\nuplink: {username: yes}\n")
+    errors = errors_of("gateway: {id: 007}\nuplink: {username: yes}\nchecks: {disabled: [12]}\n")
     assert sorted(errors) == [
+        'checks.disabled[0]: YAML reads 12 on line 3 as the number 12; quote it: "12"',
         "gateway.id: YAML reads 007 on line 1 as the number 7 (a leading 0 makes it octal); "
         'quote it: id: "007"',
         'uplink.username: YAML reads yes on line 2 as the boolean true; quote it: username: "yes"',
