@@ -6,6 +6,7 @@ documented in config/example.yaml. A threshold set to null turns that level off.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -226,6 +227,16 @@ class HealthConfig(_Frozen):
     min_gap: Duration = 5.0  # changes closer than this are published together
     # Terminals listed in the report, the worst first (all are counted in its summary).
     max_terminals: int = Field(default=50, ge=0, le=1000)
+
+
+def split_key(key: str, terminals: Sequence[str]) -> tuple[str, str] | None:
+    """("terminal", "point") of a `checks.data` key "<terminal>.<point>" (terminal names may
+    hold dots: the longest terminal name that fits wins); None when no terminal fits."""
+    matches = [t for t in terminals if key.startswith(f"{t}.") and len(key) > len(t) + 1]
+    if not matches:
+        return None
+    name = max(matches, key=len)
+    return name, key[len(name) + 1 :]
 
 
 def checks_settings(config: Any) -> ChecksConfig:

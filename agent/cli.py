@@ -26,6 +26,16 @@ from typing import Any
 from rich.console import Console
 
 from agent import __version__
+from agent.cli_parser import (
+    EXIT_FINDING,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandParser,
+    duration,
+    epilog,
+    positive_int,
+)
 from agent.config import (
     Config,
     ConfigError,
@@ -44,7 +54,8 @@ from agent.update.installer import run as run_install
 from agent.update.release_cli import add_release_parser, run_release
 from agent.update.update_cli import add_update_parser, run_update
 
-EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+# The schema of each `--json` shape that has no other home (README, "Command line").
+OUTBOX_SCHEMA = KEYS_SCHEMA = SL651_DECODE_SCHEMA = 1
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -136,9 +147,10 @@ def _adhoc_args(poll: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="edge-agent",
         description="Field agent for hydrology and water-conservancy gateways.",
+        epilog=f"{epilog('')}\n\n`edge-agent COMMAND --help` says what each command does.",
     )
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -186,9 +198,15 @@ def build_parser() -> argparse.ArgumentParser:
     outbox = commands.add_parser("outbox", help="what is queued for upstream")
     _config_arg(outbox)
     _socket_arg(outbox)
-    outbox.add_argument("action", nargs="?", choices=("stats", "peek"), default="stats")
-    outbox.add_argument("--limit", type=int, default=10, help="messages to show with peek")
-    outbox.add_argument("--json", action="store_true", help="print JSON")
+    outbox.add_argument(
+        "action",
+        nargs="?",
+        choices=("stats", "peek"),
+        default="stats",
+        help="stats: the figures; peek: the figures and the next messages, decoded",
+    )
+    outbox.add_argument("--limit", type=positive_int, default=10, help="messages to show with peek")
+    outbox.add_argument("--json", action="store_true", help="print JSON (shape in README)")
 
     check = commands.add_parser("check", help="run every self-check now and print the results")
     _config_arg(check)
@@ -220,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(bundle)
     _socket_arg(bundle)
     bundle.add_argument(
-        "--since", default="24h", help="logs of this period: 24h, 2h ... (default 24h)"
+        "--since",
+        type=duration,
+        default="24h",
+        help="logs of this period: 24h, 2h ... (default 24h)",
     )
     bundle.add_argument(
         "--out",
@@ -283,7 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", help="config file tools")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     validate = config_commands.add_parser("validate", help="check a config file, print every error")
-    validate.add_argument("path", nargs="?", type=Path, default=None)
+    validate.add_argument(
+        "path",
+        nargs="?",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the config file (the same as --config)",
+    )
+    _config_arg(validate)
+    validate.add_argument(
+        "--no-files",
+        dest="files",
+        action="store_false",
+        help="check the file only, not the files it names (the installer's self-test: whether "
+        "a release accepts the config, not whether this machine is set up)",
+    )
     return parser
 
 
@@ -305,9 +341,18 @@ def _load_config(path: Path | None, data: bytes | None = None) -> Config | None:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
-    path = args.path or default_config_path()
+    from agent.config_access import file_problems
+
+    if args.path is not None and args.config is not None and args.path != args.config:
+        return _fail(f"two config files given: {args.path} and --config {args.config}; give one")
+    path = args.path or args.config or default_config_path()
     config = _load_config(path)
     if config is None:
+        return EXIT_USAGE
+    problems = file_problems(config) if args.files else []
+    for line in problems:
+        print(f"{path}: {line}", file=sys.stderr)
+    if problems:
         return EXIT_USAGE
     points = sum(len(t.info.points or ()) for t in config.terminals)
     print(f"{path}: ok ({len(config.terminals)} terminals, {points} points)")
@@ -500,7 +545,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         except NotRunning:
             if (config := target.config) is None:
                 return unconfigured_status(target.config_path, target.errors)
-            return offline_status(config.state_dir, config.outbox_path, target.config_path)
+            return offline_status(config, target.config_path)
         return result
 
     try:
@@ -533,30 +578,45 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     from agent.control import ControlError, NotRunning
-    from agent.status import outbox_depth, outbox_peek_table, peek_outbox
+    from agent.status import (
+        config_outbox_on_disk,
+        outbox_peek_table,
+        outbox_stats_table,
+        peek_outbox,
+    )
 
     target = reach(args.config, args.socket)
     limit = args.limit if args.action == "peek" else 0
+    where = None
     try:
         answer = ask(target, "outbox", {"limit": limit})
-        stats, messages = answer["stats"], answer["messages"]
+        stats, messages = {"source": "agent", **answer["stats"]}, answer["messages"]
     except NotRunning:
         if (config := target.config) is None:
             return _unreached(target)
-        stats = outbox_depth(config.outbox_path)
-        messages = peek_outbox(config.outbox_path, limit) if limit else []
+        where = config.outbox_path
+        stats = config_outbox_on_disk(config)
+        try:
+            messages = peek_outbox(where, limit) if limit else []
+        except sqlite3.Error as exc:
+            return _fail(f"cannot read {where}: {exc}", EXIT_FINDING)
     except ControlError as exc:
         return _unreached(target, str(exc)) if target.config is None else _fail(str(exc))
     if args.json:
-        print(json.dumps({"stats": stats, "messages": messages}, indent=2))
+        document = {
+            "schema": OUTBOX_SCHEMA,
+            "source": stats["source"],
+            "stats": stats,
+            "messages": messages,
+        }
+        print(json.dumps(document, indent=2))
         return EXIT_OK
     console = _wide_console()
-    if stats is None and target.config is not None:  # read from disk: the agent had none open
-        console.print(f"no outbox at {target.config.outbox_path}")
-        return EXIT_OK
-    console.print(json.dumps(stats, indent=2))
-    if args.action == "peek":
+    console.print(outbox_stats_table(stats, where))
+    if args.action == "peek" and messages:
         console.print(outbox_peek_table(messages))
+    elif args.action == "peek":
+        console.print("no messages waiting")
     return EXIT_OK
 
 
@@ -641,14 +701,8 @@ def cmd_support_bundle(args: argparse.Namespace) -> int:
 
     from agent.control import ControlError, NotRunning
     from agent.diagnosis.support_bundle import OfflineSource, build, default_name
-    from agent.durations import parse_duration
 
-    try:
-        since = parse_duration(args.since)
-    except ValueError as exc:
-        return _fail(f"--since: {exc}")
-    if since <= 0:
-        return _fail("--since: a positive period is required")
+    since = args.since
     target = reach(args.config, args.socket)
     running = True
     try:
@@ -718,11 +772,8 @@ def cmd_sl651_decode(args: argparse.Namespace) -> int:
         return _fail("no frames: give hex frames as arguments or on stdin, one per line")
     described = [describe_hex(line) for line in lines]
     if args.json:
-        print(
-            json.dumps(
-                described[0] if len(described) == 1 else described, ensure_ascii=False, indent=2
-            )
-        )
+        document = {"schema": SL651_DECODE_SCHEMA, "frames": described}
+        print(json.dumps(document, ensure_ascii=False, indent=2))
     else:
         console = _wide_console()
         for item in described:
@@ -748,10 +799,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot write the device key under {config.state_dir}: {exc.strerror or exc}")
     if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        print(f"key id:  {info['kid']}\nalgorithm: EdDSA (Ed25519)\n\n{info['public_key_pem']}")
-        print(json.dumps(info["jwk"]))
+        print(json.dumps({"schema": KEYS_SCHEMA, **info}, indent=2))
+        return EXIT_OK
+    jwk = info["jwk"]
+    print(f"key id:     {info['kid']}")
+    print(f"algorithm:  EdDSA ({jwk.get('crv', 'Ed25519')})")
+    print(f"public key: {jwk.get('x')} (JWK x, base64url)")
+    print(f"\n{info['public_key_pem']}", end="" if info["public_key_pem"].endswith("\n") else "\n")
     return EXIT_OK
 
 

@@ -8,7 +8,6 @@ all errors of a file are reported together. Defaults are documented in config/ex
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, tzinfo
@@ -25,8 +24,9 @@ from pydantic import (
     model_validator,
 )
 
-from agent.check_settings import ChecksConfig, HealthConfig
-from agent.config_base import Frozen, Language, TerminalModel
+from agent.check_settings import ChecksConfig, HealthConfig, split_key
+from agent.config_base import Frozen, HostPort, Language, TerminalModel, parse_host_port
+from agent.config_errors import DuplicateKey, describe, key_path, nearest
 from agent.diagnosis.settings import DiagnosisConfig
 from agent.durations import Duration, PositiveDuration
 from agent.protocols.modbus.config import (
@@ -39,7 +39,12 @@ from agent.protocols.modbus.config import (
     PointConfig,
 )
 from agent.protocols.registry import DRIVERS
-from agent.protocols.sl651.config import Sl651Config, Sl651SerialPort, Sl651Terminal
+from agent.protocols.sl651.config import (
+    Sl651Config,
+    Sl651SerialPort,
+    Sl651Terminal,
+    unreachable_stations,
+)
 from agent.storage.layout import StateLayout
 from agent.update.settings import UpdateConfig
 
@@ -271,14 +276,11 @@ class ControlConfig(_Frozen):
 class MetricsConfig(_Frozen):
     """Prometheus metrics over HTTP; off unless `listen` is set."""
 
-    listen: str | None = Field(default=None, pattern=r"^[^:]+:\d{1,5}$")  # e.g. 127.0.0.1:9108
+    listen: HostPort | None = None  # e.g. 127.0.0.1:9108 or "[::1]:9108"
 
     @property
     def address(self) -> tuple[str, int] | None:
-        if self.listen is None:
-            return None
-        host, _, port = self.listen.rpartition(":")
-        return host, int(port)
+        return None if self.listen is None else parse_host_port(self.listen)
 
 
 # Every protocol's terminal models, told apart by `protocol` (agent/protocols/registry.py).
@@ -364,7 +366,33 @@ class Config(_Frozen):
         return self.uplink.client_id or f"edge-agent-{self.gateway.id}"
 
 
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# libyaml's loader where it is built in: a large site's config parses several times faster.
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class ConfigLoader(_SafeLoader):
+    """The safe YAML loader, refusing a key given twice in one mapping (YAML keeps the last
+    one silently). The check costs one length comparison per mapping: only a mapping that
+    came out shorter than it was written is looked at again."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # Merge keys (`<<: *base`) are taken out of this very list; the keys written here
+        # stay in it while `node.value` becomes the merged ones followed by them.
+        written = node.value if isinstance(node, yaml.MappingNode) else None
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+        if written is not None and len(mapping) < len(node.value):
+            first: dict[Any, yaml.Node] = {}
+            for key_node, _ in written:
+                key = self.construct_object(key_node, deep=deep)
+                if key in first:
+                    raise DuplicateKey(
+                        key, key_node.start_mark.line + 1, first[key].start_mark.line + 1
+                    )
+                first[key] = key_node
+        return mapping
 
 
 def default_config_path() -> Path:
@@ -396,8 +424,9 @@ def parse_config(text: str, path: Path | str = "config.yaml") -> Config:
     """Validate config text; relative paths in it are taken from the file's folder."""
     path = Path(path)
     try:
-        # libyaml's loader where it is built in: a large site's config parses several times faster
-        data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 -- a safe loader
+        data = yaml.load(text, Loader=ConfigLoader)  # noqa: S506 -- a safe loader
+    except DuplicateKey as exc:
+        raise ConfigError(path, [exc.describe()]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
@@ -408,8 +437,44 @@ def parse_config(text: str, path: Path | str = "config.yaml") -> Config:
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, [_describe(err) for err in exc.errors()]) from None
+        source = yaml.compose(text, Loader=ConfigLoader)
+        raise ConfigError(
+            path, [describe(err, Config, PROTOCOLS, source) for err in exc.errors()]
+        ) from None
+    if errors := cross_reference_errors(config):
+        raise ConfigError(path, errors)
     return _resolve_paths(config, path.parent)
+
+
+def cross_reference_errors(config: Config) -> list[str]:
+    """What each part of a valid config says about another that is not so: data checks of
+    points no terminal has, SL651 stations nothing listens for."""
+    errors = []
+    terminals = {t.name: t.info.points for t in config.terminals}
+    for key in config.checks.data:
+        problem = _point_key_problem(key, terminals)
+        if problem:
+            errors.append(f"{key_path(['checks', 'data', key], ())}: {problem}")
+    if problem := unreachable_stations(config.sl651, config.terminals):
+        errors.append(f"sl651: {problem}")
+    return errors
+
+
+def _point_key_problem(key: str, terminals: dict[str, tuple[str, ...] | None]) -> str | None:
+    """Why a `<terminal>.<point>` key names no configured point (None when it does; any point
+    of a terminal that decides what it sends, an SL651 station)."""
+    known = [f"{t}.{p}" for t, points in terminals.items() for p in points or ()]
+    close = nearest(key, known)
+    hint = f" (did you mean {close!r}?)" if close else ""
+    where = split_key(key, list(terminals))
+    if where is None:
+        names = ", ".join(terminals) or "none configured"
+        return f"names no terminal: keys are <terminal>.<point> (terminals: {names}){hint}"
+    name, point = where
+    points = terminals[name]
+    if points is None or point in points:
+        return None
+    return f"terminal {name!r} has no point {point!r}{hint}"
 
 
 def _resolve_paths(config: Config, base: Path) -> Config:
@@ -447,67 +512,3 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     if engineers != config.diagnosis.engineers:
         updates["diagnosis"] = config.diagnosis.model_copy(update={"engineers": engineers})
     return config.model_copy(update=updates) if updates else config
-
-
-NAME_HINT = (
-    "a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit)"
-)
-PATTERN_HINTS = {
-    "id": NAME_HINT,
-    "name": NAME_HINT,
-    "broker": "a broker URL: mqtt://host:1883 or mqtts://host:8883",
-    "station": "a station address: 10 hex digits (5 bytes), e.g. 0012345678",
-    "password": "an SL651 password: 4 hex digits, e.g. 1234",
-    "utc_offset": "a UTC offset: +HH:MM or -HH:MM, e.g. +08:00",
-    "listen": "host:port, e.g. 127.0.0.1:9108",
-    "repository_url": "the URL of the update repository: http(s)://host/path/",
-    "channel": "a channel name: lower-case letters, digits, '.', '_' or '-', e.g. stable",
-    "fleet_prefix": "a topic prefix without wildcards, e.g. edge/fleet",
-    "password_credential": "a credential name: a file name of letters, digits, '.', '_' or '-'",
-    "key_credential": "a credential name: a file name of letters, digits, '.', '_' or '-'",
-}
-
-
-def _key_path(loc: Sequence[int | str]) -> str:
-    out = ""
-    for i, part in enumerate(loc):
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in PROTOCOLS and i > 0 and isinstance(loc[i - 1], int):
-            continue  # pydantic names the union member it tried; people do not need it
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-def _choices(expected: str) -> str:
-    return ", ".join(re.findall(r"'([^']*)'", expected))
-
-
-def _describe(err: Any) -> str:
-    loc = err["loc"]
-    kind = err["type"]
-    key = _key_path(loc)
-    field = str(loc[-1]) if loc else "value"
-    value = err.get("input")
-    if kind == "literal_error":
-        problem = f"unknown {field} {value!r} (expected one of: {_choices(err['ctx']['expected'])})"
-    elif kind == "union_tag_invalid":
-        problem = (
-            f"unknown protocol {err['ctx']['tag']!r} (expected one of: {', '.join(PROTOCOLS)})"
-        )
-        key = f"{key}.protocol" if key else "protocol"
-    elif kind == "union_tag_not_found":
-        problem = f"missing protocol (one of: {', '.join(PROTOCOLS)})"
-        key = f"{key}.protocol" if key else "protocol"
-    elif kind == "missing":
-        problem = "required key is missing"
-    elif kind == "extra_forbidden":
-        problem = "unknown key (see config/example.yaml for every option)"
-    elif kind == "value_error":
-        problem = str(err["ctx"]["error"])
-    elif kind == "string_pattern_mismatch":
-        problem = f"{value!r} is not {PATTERN_HINTS.get(field, 'in the expected form')}"
-    else:
-        problem = f"{err['msg']} (got {value!r})" if value is not None else err["msg"]
-    return f"{key}: {problem}" if key else problem

@@ -7,9 +7,11 @@ protocol, so every driver's config module can import it.
 
 from __future__ import annotations
 
-from typing import Literal
+import ipaddress
+import re
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from agent.model import TerminalInfo
 
@@ -17,6 +19,38 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 # The languages of what the agent writes for people (the inspection report): English and
 # Simplified Chinese.
 Language = Literal["en", "zh"]
+
+_HOST_NAME = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*\.?$")
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """(host, port) of "host:port" as a listener takes it (`127.0.0.1:9108`, `[::1]:9108`,
+    `gateway.local:5001`; port 0: any free port); ValueError saying what is wrong."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not host:
+        raise ValueError(f"{text!r} is not host:port, e.g. 127.0.0.1:9108")
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{text!r}: {host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:9108")
+    elif not _HOST_NAME.match(host):
+        raise ValueError(f"{text!r}: {host!r} is not a host name or IP address")
+    return host, int(port)
+
+
+def _host_port(text: str) -> str:
+    parse_host_port(text)
+    return text
+
+
+# A config field holding a listener's "host:port" (checked at load; `parse_host_port` splits it).
+HostPort = Annotated[str, AfterValidator(_host_port)]
 
 
 class Frozen(BaseModel):

@@ -21,6 +21,8 @@ def parse_duration(text: str | int | float) -> float:
         raise ValueError(f"expected a duration like 500ms, 5s, 2m, 1h; got {text!r}")
     if isinstance(text, int | float):
         seconds = float(text)
+    elif not isinstance(text, str):  # a list or a mapping where a duration belongs
+        raise ValueError(f"expected a duration like 500ms, 5s, 2m, 1h; got {text!r}")
     else:
         match = _PATTERN.match(text)
         if match is None:

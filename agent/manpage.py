@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from agent import __version__
 from agent.cli import build_parser
+from agent.cli_parser import exit_codes, option_help
 from agent.update.layout import InstallLayout
 
 
@@ -56,19 +57,22 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
             names = str(action.metavar or action.dest).upper()
             if action.choices:
                 names = "{" + ",".join(str(c) for c in action.choices) + "}"
-        text = action.help or ""
-        if "%(default)" in text:
-            text = text % {"default": action.default}
-        lines += [".TP", f"\\fB{escape(names)}\\fR", escape(text)]
+        lines += [".TP", f"\\fB{escape(names)}\\fR", escape(option_help(action))]
     return lines
 
 
-EXIT_STATUS = [
-    ("0", "success; for checks: every check ok"),
-    ("1", "a finding: a check warned or failed, a terminal did not answer, an install failed"),
-    ("2", "bad input: an invalid config file, wrong arguments, an unusable wheelhouse"),
-    ("3", "the agent is not running (commands that ask it over the control socket)"),
-]
+def _command(name: str, help_text: str, parser: argparse.ArgumentParser) -> list[str]:
+    """One command's section: its one line, its description, usage, options, and the exit
+    codes it has beyond 0, 1 and 2."""
+    out = [f".SS {escape(name)}", escape(help_text)]
+    if parser.description and parser.description != help_text:
+        out += [".PP", escape(" ".join(parser.description.split()))]
+    out += [".PP", f"\\fBUsage:\\fR {escape(_usage(parser))}"]
+    out += _options(parser)
+    extra = [(code, meaning) for code, meaning in exit_codes(name) if code > 2]
+    for code, meaning in extra:
+        out += [".PP", f"\\fBExit status {code}:\\fR {escape(meaning)}"]
+    return out
 
 
 def manpage(parser: argparse.ArgumentParser | None = None, date: str | None = None) -> str:
@@ -97,15 +101,11 @@ def manpage(parser: argparse.ArgumentParser | None = None, date: str | None = No
         actions = _subcommands(sub)
         if actions:
             for action, action_help, action_parser in actions:
-                out += [f".SS {escape(name)} {escape(action)}", escape(action_help)]
-                out += [".PP", f"\\fBUsage:\\fR {escape(_usage(action_parser))}"]
-                out += _options(action_parser)
+                out += _command(f"{name} {action}", action_help, action_parser)
         else:
-            out += [f".SS {escape(name)}", escape(help_text)]
-            out += [".PP", f"\\fBUsage:\\fR {escape(_usage(sub))}"]
-            out += _options(sub)
+            out += _command(name, help_text, sub)
     out.append(".SH EXIT STATUS")
-    for code, meaning in EXIT_STATUS:
+    for code, meaning in exit_codes(""):
         out += [".TP", f"\\fB{code}\\fR", escape(meaning)]
     out.append(".SH FILES")
     files = [

@@ -42,6 +42,9 @@ def format_value(value: Value) -> str:
     return str(value)
 
 
+POLL_SCHEMA = 1
+
+
 def poll_json(answer: PollAnswer) -> dict[str, Any]:
     """`edge-agent poll --json` (documented in README.md)."""
     return {

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -26,12 +27,16 @@ from agent.checks.framework import CheckResult, Status
 from agent.checks.health import summarise
 from agent.checks.view import AgentView
 from agent.durations import approximate_duration
-from agent.model import TerminalView, format_timestamp
+from agent.losses import LossLedger
+from agent.model import TerminalView, format_timestamp, parse_timestamp
 from agent.outbox import QUEUE_NAMES
 from agent.signing import read_envelope
 from agent.storage.layout import StateLayout
 from agent.telemetry import count_readings
 from agent.update.state import StateError, UpdateStore, describe
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 SCHEMA = 1
 QUEUE_BY_NUMBER = {int(p): name for p, name in QUEUE_NAMES.items()}  # as stored in the database
@@ -123,7 +128,7 @@ def status_dict(
         },
         "update": dict(view.update) if view.update is not None else None,
         "uplink": uplink,
-        "outbox": view.outbox.to_dict() if view.outbox is not None else None,
+        "outbox": None if view.outbox is None else {"source": "agent", **view.outbox.to_dict()},
         "terminals": terminals,
         "checks": checks,
         "diagnosis": dict(view.diagnosis) if view.diagnosis is not None else None,
@@ -155,34 +160,76 @@ def health_path(state_dir: Path) -> Path:
     return StateLayout(state_dir).health
 
 
-def outbox_depth(path: Path) -> dict[str, Any] | None:
-    """Messages waiting in an outbox database nobody has open (read-only; None if absent)."""
+def outbox_on_disk(path: Path, max_bytes: int, reserve_target: int) -> dict[str, Any]:
+    """The outbox's figures read from its database when no agent has it open (read-only), in
+    the shape the running agent gives (`Outbox` stats), with `"source": "disk"`. What only the
+    running agent knows is null; `state` is `absent` (no database yet), `closed` (read from
+    the file) or `unreadable` (with `error`)."""
+    counts: dict[str, int] = dict.fromkeys(QUEUE_BY_NUMBER.values(), 0)
+    stats: dict[str, Any] = {
+        "source": "disk",
+        "messages": counts,
+        "bytes": 0,
+        "max_bytes": max_bytes,
+        "oldest_age": None,
+        "evicted": 0,
+        "evicted_bytes": 0,
+        "last_evicted_at": None,
+        "over_budget": None,
+        "last_seq": None,
+        "recovered_from": None,
+        "state": "absent",
+        "full_since": None,
+        "reserve": {
+            "bytes": _size(path.with_name(path.name + ".reserve")),
+            "target": reserve_target,
+        },
+        "lost": LossLedger().to_dict(),
+        "lost_reported": 0,
+    }
     if not path.exists():
-        return None
+        return stats
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-    except sqlite3.Error:
-        return None
-    try:
-        rows = conn.execute(
-            "SELECT priority, count(*), sum(size), min(created_at) FROM messages GROUP BY priority"
-        ).fetchall()
-    except sqlite3.Error as exc:
-        return {"error": str(exc)}
-    finally:
-        conn.close()
-    names = QUEUE_BY_NUMBER
-    counts = {names.get(p, str(p)): n for p, n, _, _ in rows}
+        try:
+            rows = conn.execute(
+                "SELECT priority, count(*), sum(size), min(created_at) FROM messages "
+                "GROUP BY priority"
+            ).fetchall()
+            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
+        finally:
+            conn.close()
+        lost = LossLedger.from_dict(json.loads(counters["lost"])) if counters.get("lost") else None
+    except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+        return {**stats, "state": "unreadable", "error": str(exc)}
+    for priority, count, _, _ in rows:
+        counts[QUEUE_BY_NUMBER.get(priority, str(priority))] = count
     oldest = min((t for *_, t in rows if t is not None), default=None)
+    evicted_at = counters.get("last_evicted_at")
     return {
-        "messages": {name: counts.get(name, 0) for name in names.values()},
+        **stats,
         "bytes": sum(b or 0 for _, _, b, _ in rows),
-        "oldest_age": None if oldest is None else round(datetime.now(UTC).timestamp() - oldest, 1),
+        "oldest_age": None if oldest is None else round(time.time() - oldest, 1),
+        "evicted": int(counters.get("evicted") or 0),
+        "evicted_bytes": int(counters.get("evicted_bytes") or 0),
+        "last_evicted_at": None if evicted_at is None else _stamp(float(evicted_at)),
+        "last_seq": int(counters.get("seq") or 0),
+        "state": "closed",
+        "lost": (lost or LossLedger()).to_dict(),
+        "lost_reported": int(counters.get("lost_reported") or 0),
     }
 
 
-def offline_status(state_dir: Path, outbox_path: Path, config_path: Path) -> dict[str, Any]:
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def offline_status(config: Config, config_path: Path) -> dict[str, Any]:
     """What `status` can still say when the agent does not run."""
+    state_dir = config.state_dir
     health: dict[str, Any] | None = None
     try:
         health = json.loads(health_path(state_dir).read_text(encoding="utf-8"))
@@ -194,9 +241,14 @@ def offline_status(state_dir: Path, outbox_path: Path, config_path: Path) -> dic
         "status": "not running",
         "config": str(config_path),
         "last_health": health,
-        "outbox": outbox_depth(outbox_path),
+        "outbox": config_outbox_on_disk(config),
         "update": update_summary(state_dir),
     }
+
+
+def config_outbox_on_disk(config: Config) -> dict[str, Any]:
+    """`outbox_on_disk` of the outbox the config says."""
+    return outbox_on_disk(config.outbox_path, config.outbox.max_bytes, config.outbox.reserve_bytes)
 
 
 def update_summary(state_dir: Path) -> dict[str, Any] | None:
@@ -251,17 +303,41 @@ def _duration(seconds: float | None) -> str:
     return "-" if seconds is None else approximate_duration(seconds)
 
 
+def approximate_size(size: float) -> str:
+    """Bytes for people: ``512 B``, ``80 KiB``, ``3.5 MiB``, ``1.2 GiB``."""
+    if size < 1024:
+        return f"{size:.0f} B"
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.0f} {unit}" if size >= 10 else f"{size:.1f} {unit}".replace(".0 ", " ")
+
+
+def _waiting(m: dict[str, int]) -> str:
+    return (
+        f"{sum(m.values())} waiting ({m['events']} events, {m['health']} health, "
+        f"{m['telemetry']} telemetry)"
+    )
+
+
+def _ago(stamp: object) -> str:
+    """ " (5m02s ago)" for an RFC 3339 time, "" for anything else."""
+    try:
+        when = parse_timestamp(str(stamp))
+    except ValueError:
+        return ""
+    return f" ({_duration((datetime.now(UTC) - when).total_seconds())} ago)"
+
+
 def _outbox_line(outbox: dict[str, Any] | None) -> Text:
-    if outbox is None:
+    if outbox is None or outbox.get("state") == "absent":
         return Text("outbox     none yet")
     if "error" in outbox:
         return Text(f"outbox     unreadable: {outbox['error']}", "red")
     m = outbox["messages"]
     total = sum(m.values())
-    line = Text(
-        f"outbox     {total} waiting ({m['events']} events, {m['health']} health, "
-        f"{m['telemetry']} telemetry), {outbox['bytes'] / 1024:.0f} KiB"
-    )
+    line = Text(f"outbox     {_waiting(m)}, {approximate_size(outbox['bytes'])}")
     if outbox.get("oldest_age") is not None and total:
         line.append(f", oldest {_duration(outbox['oldest_age'])}")
     if outbox.get("evicted"):
@@ -390,7 +466,8 @@ def _offline_view(status: dict[str, Any]) -> RenderableType:
     health = status.get("last_health")
     if health:
         summary = health.get("summary", {})
-        line = Text(f"last health report {health.get('generated_at', '?')}: ")
+        at = health.get("generated_at")
+        line = Text(f"last health report {at or '?'}{_ago(at)}: ")
         line.append(str(summary.get("status", "?")), CHECK_STYLE.get(summary.get("status", ""), ""))
         failing = summary.get("failing") or []
         if failing:
@@ -402,6 +479,62 @@ def _offline_view(status: dict[str, Any]) -> RenderableType:
     if (update := update_line(status.get("update"))) is not None:
         parts.append(update)
     return Group(*parts)
+
+
+SOURCE = {"agent": "the running agent", "disk": "the database on disk (the agent is not running)"}
+
+
+def outbox_stats_table(stats: dict[str, Any], where: Path | None = None) -> Table:
+    """`edge-agent outbox stats`: the figures of either source, one row each."""
+    source = SOURCE.get(stats.get("source", ""), "-")
+    title = f"outbox, from {source}" + (f": {where}" if where else "")
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    state = stats.get("state") or "-"
+    if state == "absent":
+        table.add_row("state", "no outbox database yet: nothing was queued")
+        return table
+    if state == "unreadable":
+        table.add_row("state", Text(f"unreadable: {stats.get('error')}", "red"))
+        return table
+    table.add_row("state", Text(state, "bold red" if state in ("disk full", "unavailable") else ""))
+    table.add_row("messages", _waiting(stats["messages"]))
+    size = approximate_size(stats["bytes"])
+    table.add_row("size", f"{size} of {approximate_size(stats['max_bytes'])}")
+    oldest = stats.get("oldest_age")
+    table.add_row("oldest", "-" if oldest is None else f"{_duration(oldest)} ago")
+    evicted = stats.get("evicted") or 0
+    if evicted:
+        table.add_row(
+            "evicted",
+            Text(
+                f"{evicted} telemetry messages ({approximate_size(stats['evicted_bytes'])}), "
+                f"the last at {stats.get('last_evicted_at') or '-'}",
+                "yellow",
+            ),
+        )
+    else:
+        table.add_row("evicted", "none")
+    lost = stats.get("lost") or {}
+    if lost.get("readings"):
+        table.add_row("lost", Text(f"{lost['readings']} readings, not reported yet", "red"))
+    if stats.get("lost_reported"):
+        table.add_row("reported lost", f"{stats['lost_reported']} readings, ever")
+    reserve = stats.get("reserve") or {}
+    if reserve.get("target"):
+        table.add_row(
+            "reserve",
+            f"{approximate_size(reserve.get('bytes') or 0)} of "
+            f"{approximate_size(reserve['target'])}",
+        )
+    if stats.get("full_since"):
+        table.add_row("disk full since", Text(str(stats["full_since"]), "bold red"))
+    if stats.get("recovered_from"):
+        table.add_row("damaged database", Text(f"kept at {stats['recovered_from']}", "red"))
+    if stats.get("last_seq") is not None:
+        table.add_row("last seq", str(stats["last_seq"]))
+    return table
 
 
 def message_summary(
@@ -458,8 +591,8 @@ def outbox_peek_table(messages: Sequence[dict[str, Any]]) -> Table:
         table.add_row(
             str(m["seq"]),
             m["kind"],
-            _duration(m["age"]),
-            f"{m['size']} B",
+            f"{_duration(m['age'])} ago",
+            approximate_size(m["size"]),
             str(m.get("readings", "")),
             str(m.get("header", {}).get("kid", m.get("error", "")))[:16],
             str(m.get("ts") or ""),

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+from argparse import SUPPRESS
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from agent import __version__
+from agent.cli import build_parser, main
 from agent.sim.modbus_device import SimulatedModbusDevice
 from tests.conftest import PYTHON, ROOT, tcp_terminal
 
@@ -31,7 +35,7 @@ async def edge_agent(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
-def config_file(tmp_path: Path, terminals: list[dict[str, Any]]) -> str:
+def config_file(tmp_path: Path, terminals: list[dict[str, Any]], **sections: Any) -> str:
     path = tmp_path / "config.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -39,6 +43,7 @@ def config_file(tmp_path: Path, terminals: list[dict[str, Any]]) -> str:
                 "gateway": {"id": "gw-test"},
                 "state_dir": str(tmp_path / "state"),
                 "terminals": terminals,
+                **sections,
             }
         )
     )
@@ -150,8 +155,14 @@ async def test_keys_init_show_and_refusal_to_overwrite(tmp_path: Path) -> None:
     code, out, _ = await edge_agent("keys", "show", "--json", "--config", config)
     assert code == 0
     info = json.loads(out)
-    assert set(info) == {"kid", "public_key_pem", "jwk"}
+    assert set(info) == {"schema", "kid", "public_key_pem", "jwk"}
+    assert info["schema"] == 1
     assert info["jwk"]["kid"] == info["kid"]
+    code, out, _ = await edge_agent("keys", "show", "--config", config)
+    assert code == 0
+    assert out.splitlines()[0] == f"key id:     {info['kid']}"
+    assert f"public key: {info['jwk']['x']} (JWK x, base64url)" in out
+    assert info["public_key_pem"] in out and "{" not in out  # for people: no JSON
     code, _, err = await edge_agent("keys", "init", "--config", config)
     assert code == 2
     assert "a device key already exists; use --force to replace it" in err
@@ -176,7 +187,9 @@ def _vector(function: str) -> str:
 async def test_sl651_decode_json_has_the_documented_shape() -> None:
     code, out, _ = await edge_agent("sl651", "decode", "--json", _vector("0x34"))
     assert code == 0
-    frame = json.loads(out)
+    document = json.loads(out)
+    assert document["schema"] == 1
+    [frame] = document["frames"]  # one frame or many: always a list
     assert set(frame) >= {
         "crc_ok",
         "direction",
@@ -217,7 +230,7 @@ async def test_sl651_decode_reads_stdin_and_exits_1_on_a_bad_frame() -> None:
         f"{good}\n{' '.join(bad[i : i + 2] for i in range(0, len(bad), 2))}\nzz\n".encode()
     )
     assert process.returncode == 1
-    first, second, third = json.loads(out)
+    first, second, third = json.loads(out)["frames"]
     assert first["crc_ok"] is True
     assert second["crc_ok"] is False
     assert third == {"error": "not hex", "hex": "ZZ"}
@@ -229,3 +242,82 @@ async def test_sl651_decode_table_is_readable() -> None:
     assert "0x34 hourly report" in out
     assert "DRZ1" in out
     assert "· marks a missing slot" in out
+
+
+# -- one consistent command line: --help, --config, bad values ----------------------------------
+
+
+def _commands(
+    parser: argparse.ArgumentParser, path: str = ""
+) -> list[tuple[str, str, argparse.ArgumentParser]]:
+    """(command path, one-line help, parser) of every command that runs something."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help or "" for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                command = f"{path} {name}".strip()
+                below = _commands(sub, command)
+                found += below or [(command, str(helps[name]), sub)]
+    return found
+
+
+def test_every_command_help_has_a_description_its_defaults_and_the_exit_codes() -> None:
+    commands = _commands(build_parser())
+    assert {"status", "outbox", "config validate", "update apply", "diag grant", "fleet"} <= {
+        c for c, _, _ in commands
+    }
+    for command, one_line, parser in commands:
+        text = parser.format_help()
+        assert parser.description and parser.description != one_line, command
+        assert "exit codes:\n  0  ok\n  1  a finding" in text, command
+        assert "\n  2  bad usage or bad input" in text, command
+        for action in parser._actions:
+            shown = action.default not in (None, False, [], SUPPRESS) and action.help != SUPPRESS
+            if action.option_strings and shown:
+                assert "default" in (action.help or "") or "(default: " in text, (command, action)
+    by_name = {c: p for c, _, p in commands}
+    status = by_name["status"].format_help()
+    assert "3  the agent is not running" in status
+    outbox = by_name["outbox"].format_help()
+    assert "--limit LIMIT    messages to show with peek (default: 10)" in outbox
+    run = by_name["run"].format_help()
+    assert "4  a release on trial did not pass its gate" in run
+
+
+def test_config_validate_takes_the_file_as_path_or_as_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = Path(config_file(tmp_path, []))
+    assert main(["config", "validate", "--config", str(path)]) == 0
+    assert capsys.readouterr().out == f"{path}: ok (0 terminals, 0 points)\n"
+    assert main(["config", "validate", str(path), "--config", str(path)]) == 0
+    other = tmp_path / "other.yaml"
+    assert main(["config", "validate", str(path), "--config", str(other)]) == 2
+    assert capsys.readouterr().err == (
+        f"edge-agent: two config files given: {path} and --config {other}; give one\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["outbox", "peek", "--limit", "-5"], "argument --limit: must be 1 or more, got '-5'"),
+        (["outbox", "peek", "--limit", "0"], "argument --limit: must be 1 or more, got '0'"),
+        (["outbox", "--limit", "ten"], "argument --limit: expected a whole number, got 'ten'"),
+        (["support-bundle", "--since", "yesterday"], "argument --since: expected a duration like 500ms, 5s, 2m, 1h; got 'yesterday'"),
+        (["support-bundle", "--since", "0s"], "argument --since: must be longer than zero, got '0s'"),
+        (["support-bundle", "--since=-2h"], "argument --since: expected a duration like 500ms, 5s, 2m, 1h; got '-2h'"),
+        (["fleet", "--broker", "mqtt://h", "--wait", "0"], "argument --wait: must be a number of seconds above zero, got '0'"),
+        (["remote", "gw", "status", "--timeout", "soon"], "argument --timeout: expected a number of seconds, got 'soon'"),
+    ],
+)  # fmt: skip
+def test_a_bad_option_value_is_refused_with_exit_2_and_names_the_option(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith(f"error: {message}")
+    assert "Traceback" not in err

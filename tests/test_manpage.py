@@ -50,6 +50,19 @@ def test_every_command_and_option_is_on_the_page() -> None:
     assert "/opt/edge-agent/current" in plain and "/etc/edge-agent/config.yaml" in plain
 
 
+def test_each_command_has_its_description_defaults_and_own_exit_codes() -> None:
+    plain = manpage(date="2026-01-01").replace("\\-", "-")
+    validate = plain.split(".SS config validate\n", 1)[1].split(".SS ", 1)[0]
+    assert "Check a config file as the agent loads it" in validate
+    status = plain.split(".SS status\n", 1)[1].split(".SS ", 1)[0]
+    assert "\\fBExit status 3:\\fR the agent is not running" in status
+    outbox = plain.split(".SS outbox\n", 1)[1].split(".SS ", 1)[0]
+    assert "messages to show with peek (default: 10)" in outbox
+    exit_status = plain.split(".SH EXIT STATUS\n", 1)[1].split(".SH ", 1)[0]
+    for code in ("0", "1", "2", "3", "4"):
+        assert f"\\fB{code}\\fR" in exit_status
+
+
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_groff_renders_it_without_warnings() -> None:
     done = subprocess.run(

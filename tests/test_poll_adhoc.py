@@ -171,7 +171,7 @@ def test_raw_of_a_terminal_that_reports_by_itself_says_why_not(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     gauge = {"name": "gauge", "protocol": "sl651", "station": "0012345678"}
-    config = config_file(tmp_path, [gauge])
+    config = config_file(tmp_path, [gauge], sl651={"listen": ["127.0.0.1:0"]})
     assert cli.main(["poll", "gauge", "--config", config, "--raw"]) == 2
     err = capsys.readouterr().err
     assert "--raw shows Modbus register words: gauge is sl651" in err

@@ -150,7 +150,8 @@ async def test_keygen_writes_a_private_key_0600_and_prints_the_public_one(tmp_pa
     assert code == 0, err
     assert stat.S_IMODE(out_file.stat().st_mode) == 0o600
     info = json.loads(out)
-    assert set(info) == {"kid", "public_key_pem", "jwk"}
+    assert set(info) == {"schema", "kid", "public_key_pem", "jwk"}
+    assert info["schema"] == 1
     key = EngineerKey.load(out_file)
     assert info["kid"] == key.kid == jwk_thumbprint(info["jwk"]["x"])
     assert info["public_key_pem"] == key.public_pem()
@@ -219,7 +220,7 @@ async def test_an_ok_answer_is_verified_and_printed(
         )  # fmt: skip
         assert code == 0, err
         body = json.loads(out)
-        assert body == {**ok(p.requests[-1], result)}
+        assert body == {"schema": 1, **ok(p.requests[-1], result)}
 
 
 async def test_a_refusal_prints_its_reason_and_exits_1(

@@ -294,6 +294,8 @@ terminals:
     points:
       - {{name: flow, address: 0, unit: m3/s}}
   - {{name: river-1, protocol: sl651, station: "0012345678", expected_interval: 1h}}
+sl651:
+  listen: ["127.0.0.1:0"]
 """
 
 

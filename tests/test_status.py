@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import stat
 import urllib.request
 from datetime import UTC, datetime
@@ -96,6 +97,7 @@ async def test_status_json_shows_what_the_agent_is_doing(
     # The broker is down: the backlog grows between two looks.
     assert second["outbox"]["messages"]["telemetry"] > first["outbox"]["messages"]["telemetry"]
     assert first["outbox"]["oldest_age"] is not None
+    assert first["outbox"]["source"] == "agent"
 
 
 def test_the_screen_for_a_known_state() -> None:
@@ -164,6 +166,7 @@ async def test_status_without_an_agent_says_so_and_shows_what_is_on_disk(
     assert "systemctl status edge-agent" in lines[1]
     assert "journalctl -u edge-agent" in lines[1]
     assert lines[2].startswith("last health report ")
+    assert re.match(r"last health report \S+ \((\d+s|\d+m\d\ds) ago\): ", lines[2]), lines[2]
     # The health line may wrap (its list of failing checks grows with the site's state).
     assert any(line.startswith("outbox     ") for line in lines[3:])
     code, status = await status_json(config)
@@ -171,6 +174,7 @@ async def test_status_without_an_agent_says_so_and_shows_what_is_on_disk(
     assert status["running"] is False
     assert status["last_health"]["gateway"] == "gw-test"
     assert status["outbox"]["messages"]["telemetry"] > 0
+    assert (status["outbox"]["source"], status["outbox"]["state"]) == ("disk", "closed")
 
 
 async def test_the_control_socket_is_0660_and_answers_requests(
@@ -211,9 +215,11 @@ async def test_outbox_peek_decodes_the_waiting_envelopes(
     code, out, _ = await edge_agent(
         "outbox", "peek", "--limit", "3", "--json", "--config", str(config)
     )
+    _, screen, _ = await edge_agent("outbox", "--config", str(config))
     assert await agent.stop() == 0
     assert code == 0
     answer = json.loads(out)
+    assert (answer["schema"], answer["source"], answer["stats"]["source"]) == (1, "agent", "agent")
     assert answer["stats"]["messages"]["telemetry"] > 0
     assert len(answer["messages"]) == 3
     first = answer["messages"][0]
@@ -225,13 +231,32 @@ async def test_outbox_peek_decodes_the_waiting_envelopes(
         "outbox", "peek", "--limit", "2", "--json", "--config", str(config)
     )
     assert code == 0
-    offline = json.loads(out)["messages"]
+    from_disk = json.loads(out)
+    # One shape whoever answers: the same keys, `source` saying where the figures came from.
+    assert (from_disk["source"], from_disk["stats"]["source"]) == ("disk", "disk")
+    assert set(from_disk) == set(answer)
+    assert set(from_disk["stats"]) == set(answer["stats"])
+    assert set(from_disk["stats"]["messages"]) == set(answer["stats"]["messages"])
+    assert from_disk["stats"]["state"] == "closed"
+    assert from_disk["stats"]["last_seq"] >= answer["stats"]["last_seq"] > 0
+    assert from_disk["stats"]["messages"]["telemetry"] >= answer["stats"]["messages"]["telemetry"]
+    offline = from_disk["messages"]
     assert len(offline) == 2
     for m in offline:  # decoded from the file as the agent decodes them
         assert m["header"]["alg"] == "EdDSA"
         assert m["header"]["kid"] == first["header"]["kid"]
         assert m["gw"] == "gw-test"
     assert offline[0]["seq"] != offline[1]["seq"]
+    # For people: a table of figures, ages in words, never the JSON.
+    code, offline_screen, _ = await edge_agent("outbox", "stats", "--config", str(config))
+    assert code == 0
+    for text, source in ((screen, "the running agent"), (offline_screen, "the database on disk")):
+        assert f"outbox, from {source}" in text
+        assert "{" not in text and '"' not in text
+        assert re.search(
+            r"│ messages +│ \d+ waiting \(\d+ events, \d+ health, \d+ telemetry\)", text
+        )
+        assert re.search(r"│ oldest +│ (\d+s|\d+m\d\ds) ago", text), text
 
 
 async def test_metrics_are_scraped_and_parse_with_prometheus_client(
@@ -310,3 +335,20 @@ def test_a_broker_that_does_not_acknowledge_is_named_on_the_uplink_line() -> Non
     state.unacked_since = now.timestamp() - 5  # under the default ack_warn (20 s)
     uplink = status_dict(AgentView(config, uplink=state, started_at=now), [], now)["uplink"]
     assert (uplink["no_ack_for"], uplink["ack_late"]) == (5.0, False)
+
+
+def test_an_outbox_not_created_yet_has_the_same_shape_and_says_so(tmp_path: Path) -> None:
+    from agent.status import outbox_on_disk, outbox_stats_table
+
+    stats = outbox_on_disk(tmp_path / "outbox.db", 256 * 1024 * 1024, 4 * 1024 * 1024)
+    assert stats["source"] == "disk" and stats["state"] == "absent"
+    assert stats["messages"] == {"events": 0, "health": 0, "telemetry": 0}
+    assert (stats["max_bytes"], stats["reserve"]["target"]) == (256 * 1024 * 1024, 4 * 1024 * 1024)
+    console = Console(width=120, color_system=None, record=True, file=io.StringIO())
+    console.print(outbox_stats_table(stats, tmp_path / "outbox.db"))
+    assert "no outbox database yet: nothing was queued" in console.export_text()
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"not a database" * 100)
+    unreadable = outbox_on_disk(garbage, 1, 1)
+    assert unreadable["state"] == "unreadable" and unreadable["error"]
+    assert set(unreadable) == set(stats) | {"error"}

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from agent.config import Config
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+STATUS_SCHEMA = 1  # `diag status --json`
 PROG = "edge-agent diag"
 
 
@@ -150,7 +151,7 @@ def _status(config: Config, socket: Path, as_json: bool) -> int:
             "without_consent": list(settings.without_consent),
         }
     if as_json:
-        print(json.dumps(state, indent=2))
+        print(json.dumps({"schema": STATUS_SCHEMA, **state}, indent=2))
         return EXIT_OK
     window = state["window"]
     free = ", ".join(state["without_consent"]) or "none"

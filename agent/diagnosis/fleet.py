@@ -33,6 +33,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from agent.cli_parser import seconds
 from agent.diagnosis.connect import (
     Broker,
     add_broker_arguments,
@@ -365,7 +366,7 @@ def add_fleet_parser(commands: Any) -> None:
         help="known gateways (JSON): their health reports are verified",
     )
     fleet.add_argument(
-        "--wait", type=float, default=2.0, help="collect at most this many seconds (default 2)"
+        "--wait", type=seconds, default=2.0, help="collect at most this many seconds (default 2)"
     )
     fleet.add_argument("--watch", action="store_true", help="refresh live until Ctrl-C")
     fleet.add_argument("--json", action="store_true", help="print JSON")

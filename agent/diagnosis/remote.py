@@ -33,6 +33,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from agent.cli_parser import seconds
 from agent.diagnosis.connect import (
     Broker,
     add_broker_arguments,
@@ -52,6 +53,7 @@ from agent.diagnosis.engineer import (
 )
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
+JSON_SCHEMA = 1  # of what `remote … --json` prints: keygen's key, a request's answer
 DEFAULT_PREFIX = "edge/{gateway_id}"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 _LONG_TEXT = 160  # characters of one value shown in the table view (--json prints everything)
@@ -286,7 +288,7 @@ def add_remote_parser(commands: Any) -> None:
         help=f"the gateway's uplink.topic_prefix (default {DEFAULT_PREFIX})",
     )
     request.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the answer (default 30)"
+        "--timeout", type=seconds, default=30.0, help="seconds to wait for the answer (default 30)"
     )
     remote.add_argument("--json", action="store_true", help="print JSON")
 
@@ -314,7 +316,7 @@ def _keygen(args: argparse.Namespace, rest: list[str]) -> int:
     key = EngineerKey.generate()
     key.save(args.out, overwrite=args.force)
     if args.json:
-        print(json.dumps(key.public_info(), indent=2))
+        print(json.dumps({"schema": JSON_SCHEMA, **key.public_info()}, indent=2))
     else:
         print(key.public_pem(), end="")
     print(
@@ -382,7 +384,7 @@ def _request(args: argparse.Namespace, words: list[str]) -> int:
         return EXIT_FINDING
     body = answered.body
     if args.json:
-        print(json.dumps(body, indent=2, ensure_ascii=False))
+        print(json.dumps({"schema": JSON_SCHEMA, **body}, indent=2, ensure_ascii=False))
     if body["status"] != "ok":
         _stderr(f"{gateway} {body['status']} {action}: {body.get('reason') or 'no reason given'}")
         return EXIT_FINDING

@@ -18,8 +18,8 @@ Steps (paths from `InstallLayout`):
 3. Else build `releases/.<v>.tmp-<pid>`: `python3 -m venv --without-pip`, every wheel of the
    wheelhouse installed into it with `installer` (scripts for `releases/<v>/bin/python3`,
    bytecode compiled: /opt is read-only to the service), sync, rename to `releases/<v>`.
-4. Self-test: `<release>/bin/edge-agent --version` prints the version, and `config validate`
-   passes on /etc/edge-agent/config.yaml (or the packaged example when there is none). A
+4. Self-test: `<release>/bin/edge-agent --version` prints the version, and `config validate
+   --no-files` (the file, not the TLS files it names) passes on /etc/edge-agent/config.yaml (or the packaged example when there is none). A
    failure removes the new release, leaves `current` alone: exit 1 with the reason.
 5. Keep the wheels: each copied into the wheel cache (`/opt/edge-agent/wheels/`; a delta bundle
    or an online update takes the unchanged ones from there, each checked against its signed
@@ -332,7 +332,12 @@ def self_test(layout: InstallLayout, release: Path, version: str) -> None:
     if out != f"edge-agent {version}":
         raise InstallError(f"self-test: edge-agent --version printed {out!r}, not {version}")
     config = layout.config if layout.config.exists() else packaged_example(release)
-    _run([str(entry), "config", "validate", str(config)], f"self-test: config validate {config}")
+    # --no-files: a TLS file the service user cannot read is this machine's problem, which the
+    # release being replaced has too; it must not stop the update that may be its remedy.
+    _run(
+        [str(entry), "config", "validate", "--no-files", str(config)],
+        f"self-test: config validate {config}",
+    )
 
 
 # -- the switch and the clean-up -------------------------------------------------------------------

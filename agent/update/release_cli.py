@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from agent.cli_parser import count
+
 EXIT_OK, EXIT_USAGE = 0, 2
 ROLES = ("root", "targets", "snapshot", "timestamp")
 
@@ -22,14 +24,7 @@ def _role_value(text: str) -> tuple[str, str]:
     return role, value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be zero or more")
-    return value
+_count = count(0)  # keys to add, a threshold: zero or more
 
 
 def _repo_args(parser: argparse.ArgumentParser) -> None:

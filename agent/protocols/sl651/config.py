@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from agent.config_base import Frozen, Language, TerminalModel
+from agent.config_base import Frozen, HostPort, Language, TerminalModel, parse_host_port
 from agent.durations import PositiveDuration
 from agent.model import TerminalInfo
 from agent.protocols.sl651.elements import element_label
@@ -57,9 +57,7 @@ class Sl651Config(Frozen):
     """The central station: where SL651 stations connect and how the agent answers them."""
 
     center: int = Field(default=1, ge=1, le=255)  # our centre address
-    listen: list[str] = Field(
-        default_factory=list
-    )  # "host:port", e.g. "0.0.0.0:5001" (0: any free)
+    listen: list[HostPort] = Field(default_factory=list)  # e.g. "0.0.0.0:5001" (0: any free)
     serial: list[Sl651SerialPort] = Field(default_factory=list)
     # End character of our confirmations: EOT lets the station go offline, ESC keeps it online
     # (for queries).
@@ -90,11 +88,7 @@ class Sl651Config(Frozen):
     m3_max_age: PositiveDuration = 900.0
 
     @model_validator(mode="after")
-    def _listen_addresses(self) -> Sl651Config:
-        for item in self.listen:
-            host, _, port = item.rpartition(":")
-            if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-                raise ValueError(f"listen address {item!r} is not host:port")
+    def _m3_bounds(self) -> Sl651Config:
         if self.m3_max_total_bytes < self.m3_max_bytes:
             raise ValueError(
                 f"m3_max_total_bytes ({self.m3_max_total_bytes}) is below m3_max_bytes "
@@ -104,7 +98,7 @@ class Sl651Config(Frozen):
 
     @property
     def listen_addresses(self) -> list[tuple[str, int]]:
-        return [(h.strip("[]"), int(p)) for h, _, p in (a.rpartition(":") for a in self.listen)]
+        return [parse_host_port(a) for a in self.listen]
 
 
 def check_terminals(terminals: Sequence[TerminalModel]) -> None:
@@ -113,3 +107,17 @@ def check_terminals(terminals: Sequence[TerminalModel]) -> None:
     dupes = [s for s, c in Counter(stations).items() if c > 1]
     if dupes:
         raise ValueError(f"two SL651 terminals use station {', '.join(dupes)}")
+
+
+def unreachable_stations(settings: Sl651Config, terminals: Sequence[TerminalModel]) -> str | None:
+    """Why the configured stations could never report (no listener, no serial port), if so."""
+    if settings.listen or settings.serial:
+        return None
+    stations = [t.name for t in terminals if isinstance(t, Sl651Terminal)]
+    if not stations:
+        return None
+    return (
+        f"nothing listens for the SL651 station{'s' if len(stations) > 1 else ''} "
+        f'{", ".join(stations)}: set sl651.listen (e.g. ["0.0.0.0:5001"]) or sl651.serial '
+        "(e.g. [{device: /dev/ttyS1}])"
+    )
