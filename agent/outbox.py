@@ -82,6 +82,7 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Room kept on the disk for acknowledgements, events, health and the loss record.
 DEFAULT_RESERVE_BYTES = 4 * 1024 * 1024
+RESERVE_SUFFIX = ".reserve"  # the reserve file beside the database: outbox.db.reserve
 MIN_RESERVE_BYTES = 256 * 1024
 PROBE_INTERVAL = 1.0  # while the disk is full, look for room again at most this often
 LOSS_SAVE_INTERVAL = 30.0  # losses counted while nothing else is stored are saved this often
@@ -231,10 +232,14 @@ class OutboxStats:
         }
 
 
-def read_stats(path: Path, max_bytes: int, now: float | None = None) -> OutboxStats | None:
+def read_stats(
+    path: Path, max_bytes: int, reserve_target: int = 0, now: float | None = None
+) -> OutboxStats | None:
     """The statistics of an outbox nobody need own, read-only (`edge-agent check` with no agent
-    running): what waits, since when, and the eviction counters; None when there is no database.
-    Raises OutboxError when it cannot be read (damaged, not ours to read)."""
+    running, `status` and `outbox` when none answers): what waits, since when, the eviction
+    counters, the readings lost and not reported yet; None when there is no database. What only
+    a running agent knows (the disk-full state) is left at its default. Raises OutboxError when
+    it cannot be read (damaged, not ours to read)."""
     if not path.exists():
         return None
     try:
@@ -250,13 +255,15 @@ def read_stats(path: Path, max_bytes: int, now: float | None = None) -> OutboxSt
             counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
         finally:
             conn.close()
-    except sqlite3.Error as exc:
+        lost = LossLedger.from_dict(json.loads(counters["lost"])) if counters.get("lost") else None
+    except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
         raise OutboxError(f"cannot read {path}: {exc}") from exc
     count = {p: waiting.get(int(p), (0, 0, None))[0] for p in Priority}
     total = sum(size for _, size, _ in waiting.values())
     oldest = min((t for _, _, t in waiting.values() if t is not None), default=None)
     evicted_at = counters.get("last_evicted_at")
     clock = time.time() if now is None else now
+    reserve = path.with_name(path.name + RESERVE_SUFFIX)
     return OutboxStats(
         events=count[Priority.EVENT],
         health=count[Priority.HEALTH],
@@ -272,6 +279,10 @@ def read_stats(path: Path, max_bytes: int, now: float | None = None) -> OutboxSt
         over_budget=total > max_bytes and not count[Priority.TELEMETRY],
         last_seq=int(counters.get("seq") or 0),
         recovered_from=None,
+        reserve_bytes=reserve.stat().st_size if reserve.exists() else 0,
+        reserve_target=reserve_target,
+        lost=lost or LossLedger(),
+        lost_reported=int(counters.get("lost_reported") or 0),
     )
 
 
@@ -308,7 +319,7 @@ class Outbox:
         self.path = Path(path)
         self.seq_path = self.path.with_name(self.path.name + ".seq")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self.reserve_path = self.path.with_name(self.path.name + ".reserve")
+        self.reserve_path = self.path.with_name(self.path.name + RESERVE_SUFFIX)
         self.reserve_bytes = reserve_bytes
         self.probe_interval = probe_interval
         # kind -> how its payloads are compressed before signing (signing.COMPRESSIONS).

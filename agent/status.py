@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,9 +26,8 @@ from agent.checks.framework import CheckResult, Status
 from agent.checks.health import summarise
 from agent.checks.view import AgentView
 from agent.durations import approximate_duration
-from agent.losses import LossLedger
 from agent.model import TerminalView, format_timestamp, parse_timestamp
-from agent.outbox import QUEUE_NAMES
+from agent.outbox import QUEUE_NAMES, RESERVE_SUFFIX, OutboxError, OutboxStats, read_stats
 from agent.signing import read_envelope
 from agent.storage.layout import StateLayout
 from agent.telemetry import count_readings
@@ -165,59 +163,26 @@ def outbox_on_disk(path: Path, max_bytes: int, reserve_target: int) -> dict[str,
     the shape the running agent gives (`Outbox` stats), with `"source": "disk"`. What only the
     running agent knows is null; `state` is `absent` (no database yet), `closed` (read from
     the file) or `unreadable` (with `error`)."""
-    counts: dict[str, int] = dict.fromkeys(QUEUE_BY_NUMBER.values(), 0)
-    stats: dict[str, Any] = {
-        "source": "disk",
-        "messages": counts,
-        "bytes": 0,
-        "max_bytes": max_bytes,
-        "oldest_age": None,
-        "evicted": 0,
-        "evicted_bytes": 0,
-        "last_evicted_at": None,
-        "over_budget": None,
-        "last_seq": None,
-        "recovered_from": None,
-        "state": "absent",
-        "full_since": None,
-        "reserve": {
-            "bytes": _size(path.with_name(path.name + ".reserve")),
-            "target": reserve_target,
-        },
-        "lost": LossLedger().to_dict(),
-        "lost_reported": 0,
-    }
-    if not path.exists():
-        return stats
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
-        try:
-            rows = conn.execute(
-                "SELECT priority, count(*), sum(size), min(created_at) FROM messages "
-                "GROUP BY priority"
-            ).fetchall()
-            counters = dict(conn.execute("SELECT name, value FROM counters").fetchall())
-        finally:
-            conn.close()
-        lost = LossLedger.from_dict(json.loads(counters["lost"])) if counters.get("lost") else None
-    except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
-        return {**stats, "state": "unreadable", "error": str(exc)}
-    for priority, count, _, _ in rows:
-        counts[QUEUE_BY_NUMBER.get(priority, str(priority))] = count
-    oldest = min((t for *_, t in rows if t is not None), default=None)
-    evicted_at = counters.get("last_evicted_at")
-    return {
-        **stats,
-        "bytes": sum(b or 0 for _, _, b, _ in rows),
-        "oldest_age": None if oldest is None else round(time.time() - oldest, 1),
-        "evicted": int(counters.get("evicted") or 0),
-        "evicted_bytes": int(counters.get("evicted_bytes") or 0),
-        "last_evicted_at": None if evicted_at is None else _stamp(float(evicted_at)),
-        "last_seq": int(counters.get("seq") or 0),
-        "state": "closed",
-        "lost": (lost or LossLedger()).to_dict(),
-        "lost_reported": int(counters.get("lost_reported") or 0),
-    }
+        stats = read_stats(path, max_bytes, reserve_target)
+    except OutboxError as exc:
+        stats, error = None, str(exc)
+    else:
+        error = None
+    shown = (
+        stats or OutboxStats(0, 0, 0, 0, max_bytes, None, 0, 0, None, False, 0, None)
+    ).to_dict()
+    shown.update(source="disk", over_budget=None, full_since=None)
+    if stats is None:
+        shown["reserve"] = {
+            "bytes": _size(path.with_name(path.name + RESERVE_SUFFIX)),
+            "target": reserve_target,
+        }
+        shown.update(last_seq=None, state="unreadable" if error else "absent")
+        return {**shown, "error": error} if error else shown
+    if stats.oldest_age is not None:
+        shown["oldest_age"] = round(stats.oldest_age, 1)
+    return {**shown, "state": "closed"}
 
 
 def _size(path: Path) -> int:
