@@ -163,12 +163,11 @@ def outbox_on_disk(path: Path, max_bytes: int, reserve_target: int) -> dict[str,
     the shape the running agent gives (`Outbox` stats), with `"source": "disk"`. What only the
     running agent knows is null; `state` is `absent` (no database yet), `closed` (read from
     the file) or `unreadable` (with `error`)."""
+    error: str | None = None
     try:
         stats = read_stats(path, max_bytes, reserve_target)
     except OutboxError as exc:
         stats, error = None, str(exc)
-    else:
-        error = None
     shown = (
         stats or OutboxStats(0, 0, 0, 0, max_bytes, None, 0, 0, None, False, 0, None)
     ).to_dict()
