@@ -25,18 +25,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
-import json
 import resource
 import select
 import socket
 import struct
-import subprocess
 import sys
 import time
 import zlib
 from collections.abc import Callable
 
-from procs import ROOT, die_with_parent, stop
+from procs import start_farm, stop
 
 REQUEST = struct.Struct(">HHHBBHH")  # MBAP header + read holding registers (function 3)
 HEADER = 9  # MBAP (7) + function + byte count
@@ -237,24 +235,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before measuring")
     args = parser.parse_args()
     print("command: python bench/poll_floor.py " + " ".join(sys.argv[1:]))
-    sims = []
-    for n in (args.devices // 2, args.devices - args.devices // 2):
-        command = [sys.executable, "-m", "agent.sim.modbus_farm", str(n)]
-        command += ["--registers", str(args.registers), "--step", "50"]
-        sims.append(
-            subprocess.Popen(
-                command,
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                preexec_fn=die_with_parent,
-            )
-        )
+    sims, ports = start_farm(args.devices, args.registers, 2, 10_000, 50, 1.0)
     try:
-        ports: list[int] = []
-        for proc in sims:
-            assert proc.stdout is not None
-            ports.extend(json.loads(proc.stdout.readline())["ports"])
         for shape in SHAPES:
             asyncio.run(measure(shape, ports, args))
         epoll_shape(ports, args)

@@ -56,7 +56,6 @@ import argparse
 import json
 import math
 import os
-import select
 import shlex
 import signal
 import sqlite3
@@ -74,7 +73,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from procs import cpu_seconds, cpu_times, describe_tree, die_with_parent, memory_kib, stop
+from procs import (
+    cpu_seconds,
+    cpu_times,
+    describe_tree,
+    die_with_parent,
+    memory_kib,
+    start_farm,
+    stop,
+)
 from uplink_drain import start_mosquitto
 
 from agent.telemetry import Receiver, open_token
@@ -102,47 +109,6 @@ def sample(agent: subprocess.Popen[bytes], sims: list[subprocess.Popen[bytes]]) 
 
 
 # --- orchestration -----------------------------------------------------------------------
-
-
-def start_simulators(
-    devices: int, registers: int, processes: int, args: argparse.Namespace
-) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    sims: list[subprocess.Popen[bytes]] = []
-    share = [devices // processes + (i < devices % processes) for i in range(processes)]
-    for n in share:
-        command = [
-            sys.executable,
-            "-m",
-            "agent.sim.modbus_farm",
-            str(n),
-            "--registers",
-            str(registers),
-            "--values-max",
-            str(args.values_max),
-            "--step",
-            str(args.step),
-            "--period",
-            str(args.period),
-        ]
-        sims.append(
-            subprocess.Popen(
-                command,
-                cwd=ROOT,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                preexec_fn=die_with_parent,
-            )
-        )
-    ports: list[int] = []
-    deadline = time.monotonic() + 120
-    for proc in sims:
-        assert proc.stdout is not None
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        line = proc.stdout.readline() if ready else b""
-        if not line:
-            raise RuntimeError(f"simulator {proc.pid} did not report its ports")
-        ports.extend(json.loads(line)["ports"])
-    return sims, ports
 
 
 def write_config(
@@ -452,7 +418,7 @@ def run(args: argparse.Namespace) -> None:
             if args.broker:
                 mosquitto, broker = start_mosquitto(Path(tmp))
                 tap = BrokerTap(broker)
-            sims, ports = start_simulators(k, r, sim_procs, args)
+            sims, ports = start_farm(k, r, sim_procs, args.values_max, args.step, args.period)
             write_config(
                 config, state_dir, ports, r, p, args.local_copy, broker, telemetry, args.history
             )

@@ -7,9 +7,13 @@ a graceful stop, and a line saying which agent code ran.
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import select
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +47,38 @@ def die_with_parent() -> None:
     """In the child before exec: SIGTERM when the benchmark process dies, however it dies."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_farm(
+    devices: int, registers: int, processes: int, values_max: int, step: int, period: float
+) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """`devices` simulated Modbus TCP devices (`agent.sim.modbus_farm`) shared out over
+    `processes` child processes, and their ports once every child has reported them."""
+    sims: list[subprocess.Popen[bytes]] = []
+    share = [devices // processes + (i < devices % processes) for i in range(processes)]
+    for n in share:
+        command = [sys.executable, "-m", "agent.sim.modbus_farm", str(n)]
+        command += ["--registers", str(registers), "--values-max", str(values_max)]
+        command += ["--step", str(step), "--period", str(period)]
+        sims.append(
+            subprocess.Popen(
+                command,
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                preexec_fn=die_with_parent,
+            )
+        )
+    ports: list[int] = []
+    deadline = time.monotonic() + 120
+    for proc in sims:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = proc.stdout.readline() if ready else b""
+        if not line:
+            raise RuntimeError(f"simulator {proc.pid} did not report its ports")
+        ports.extend(json.loads(line)["ports"])
+    return sims, ports
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 15) -> None:
