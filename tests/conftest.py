@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
-from agent import sdnotify
+from agent import logs, sdnotify
 from agent.config import Config, parse_config
 from agent.model import Reading
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
@@ -58,6 +59,19 @@ def tcp_terminal(port: int, points: list[dict[str, Any]], **extra: Any) -> dict[
     }
     terminal.update(extra)
     return terminal
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """A test that runs a command in-process (`cli.main`) configures logging as the command
+    does: its level (`poll` logs errors only) and the stderr of that moment (pytest's capture,
+    closed when the test ends). Both are put back after each test, so that the next one sees
+    every event it logs and writes to a stream that is open."""
+    config = structlog.get_config()
+    level = (logs._LEVEL.value, logs._LEVEL.configured)
+    yield
+    structlog.configure(**config)
+    logs._LEVEL.value, logs._LEVEL.configured = level
 
 
 @pytest.fixture(scope="session")
