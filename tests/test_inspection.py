@@ -8,12 +8,14 @@ import json
 import re
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.checks.history import History
 from agent.sim.modbus_device import SimulatedModbusDevice
 from tests.agentproc import Agent, write_config
 from tests.broker import Mosquitto
@@ -138,9 +140,17 @@ async def test_report_is_written_from_the_history_the_agent_kept(
         [tcp_terminal(port, [{"name": "level", "address": 0}], period="200ms")],
         checks={**FAST_CHECKS, "history": {"flush_interval": "1s"}},
     )
+    started = time.time()
     agent: Agent = await agent_factory(config)
     await agent.wait_for("readings", lambda: len(agent.readings()) >= 10)
+    stopping = time.time()
     assert await agent.stop() == 0
+    stopped = time.time()
+    # The agent recorded its run, and marked it alive as it stopped: what follows is known as
+    # time it did not run.
+    with History(tmp_path / "state" / "history.db") as history:
+        [(start, end)] = history.runs(datetime.fromtimestamp(started, UTC), datetime.now(UTC)).spans
+    assert started <= start < stopping <= end <= stopped
     out = tmp_path / "report.html"
     process = await asyncio.create_subprocess_exec(
         PYTHON,

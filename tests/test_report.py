@@ -20,6 +20,7 @@ from PIL import Image, ImageChops, ImageFilter
 
 from agent import cli
 from agent.checks import History, Status, TerminalPlan, build_checks
+from agent.checks.alarms import alarm_event
 from agent.checks.data import Anomaly
 from agent.checks.framework import CheckResult
 from agent.checks.history import DAY
@@ -34,6 +35,17 @@ ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 22, 0, 0, tzinfo=UTC)
 SINCE = NOW - timedelta(days=2)
 BEFORE = NOW - timedelta(days=4)
+
+
+class Clock:
+    """A history's clock that the test moves: where a run of the agent ends is the clock of its
+    last flush."""
+
+    def __init__(self, at: datetime) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at.timestamp()
 
 
 def reading(terminal: str, point: str, value: object, at: datetime) -> Reading:
@@ -67,9 +79,11 @@ def known_history(path: Path) -> History:
 
     previous period: dam complete, gauge answers every other poll; 1 anomaly, 4 alarms raised
     and 4 cleared, 5 hours of warnings. This period: dam misses 288 polls (4.8 h), gauge
-    complete; 3 anomalies, 2 raised and 1 cleared, 3 failing hours, 2 agent starts.
+    complete; 3 anomalies, 2 raised and 1 cleared, 3 failing hours, 2 agent starts (a restart:
+    the agent never stopped for long).
     """
-    history = History(path, clock=lambda: NOW.timestamp())
+    clock = Clock(NOW)
+    history = History(path, clock=clock)
     history.open()
     history.set_meta("gateway", "gw-reservoir-7")
     history.set_terminals({"dam": TerminalPlan(60, 2), "gauge": TerminalPlan(300, 1)}, BEFORE)
@@ -120,7 +134,10 @@ def known_history(path: Path) -> History:
         ]
     )
     history.record_start(SINCE + timedelta(hours=24))
-    history.record_start(SINCE + timedelta(hours=24, minutes=48))
+    clock.at = SINCE + timedelta(hours=24, minutes=48)
+    history.flush()  # the first run's last mark: it stopped to restart at once
+    history.record_start(clock.at)
+    clock.at = NOW
     history.flush()
     return history
 
@@ -314,8 +331,9 @@ def site_history(path: Path) -> History:
     hourly that reports Z and PJ every 60 s in this period (60 times more than expected), hourly
     before. The disk check fails for 2 minutes; dead-plc's freshness check fails from 2 minutes
     into the period to its end, across an agent restart. The agent started at BEFORE and at
-    SINCE + 24 h."""
-    history = History(path, clock=lambda: NOW.timestamp())
+    SINCE + 24 h (a restart: it was never off for long)."""
+    clock = Clock(NOW)
+    history = History(path, clock=clock)
     history.open()
     history.set_meta("gateway", "gw-reservoir-7")
     plans = {
@@ -341,7 +359,10 @@ def site_history(path: Path) -> History:
         if n >= 2880 or n % 60 == 0:
             history.observe([reading("river-1", "Z", 12.5, at), reading("river-1", "PJ", 0.5, at)])
     history.record_start(BEFORE)
-    history.record_start(SINCE + timedelta(hours=24))
+    clock.at = SINCE + timedelta(hours=24)
+    history.flush()  # the first run's last mark: it stopped to restart at once
+    history.record_start(clock.at)
+    clock.at = NOW
     for check_id in ("system.disk", "terminals.freshness:dead-plc"):
         first = changed(check_id, Status.OK, BEFORE + timedelta(seconds=5))
         history.record_results(first, first)
@@ -360,19 +381,19 @@ def site_history(path: Path) -> History:
     ):
         result = changed(check_id, status, at)
         history.record_results(result, result)
-    history.record_alarms(
-        [
-            {
-                "check": "terminals.freshness:dead-plc",
-                "family": "terminals",
-                "action": "raised",
-                "status": "fail",
-                "previous": "ok",
-                "message": "stale: last good reading 181s ago, over 180s",
-                "at": (SINCE + timedelta(minutes=3)).isoformat(),
-            }
-        ]
+    stale_at = SINCE + timedelta(minutes=3)
+    stale = CheckResult(
+        "terminals.freshness:dead-plc",
+        "terminals",
+        Status.FAIL,
+        181.0,
+        "s",
+        180.0,
+        "stale: last good reading 181s ago, over 180s",
+        stale_at,
+        stale_at,
     )
+    history.record_alarms([alarm_event(stale, Status.OK, Status.FAIL, stale_at)])
     history.flush()
     return history
 
@@ -487,6 +508,9 @@ def test_points_and_checks_have_plain_names(site: tuple[History, Config]) -> Non
     assert "| river-1: 5-minute relative water level 1 x12 | spike | 1 |" in en
     assert "**river-1：瞬时河道水位、潮位**" in zh and "**river-1：当前降水量**" in zh
     assert "| river-1：1小时内每5分钟间隔相对水位1 | 突变 | 1 |" in zh
+    # the anomaly's detail: the agent's words in English, the value in Chinese
+    assert re.search(r"\| spike \| 1 \|[^\n]*\| jumped to 3 \|", en)
+    assert re.search(r"\| 突变 \| 1 \|[^\n]*\| 突变至 3 \|", zh)
     assert "| dam-plc: 库水位 out of range (`data.range:dam-plc.level`) |" in en
     assert "| dam-plc：库水位 超出范围 (`data.range:dam-plc.level`) |" in zh
 
@@ -512,6 +536,25 @@ def test_both_catalogues_hold_the_same_strings_with_the_same_placeholders() -> N
     assert [k for k in en if fields(en[k]) != fields(zh[k])] == []
 
 
+def test_what_a_check_measured_is_put_in_the_reports_words() -> None:
+    """What the Chinese report shows in place of the agent's English message."""
+    zh = Words("zh", UTC)
+    assert zh.measured("network.uplink:x", 0.553, "", 0.9) == "数值 55.3%，阈值 90.0%"  # shares
+    assert zh.measured("system.disk", 4.5, "%", 10) == "数值 4.5%，阈值 10%"
+    assert zh.measured("network.backlog", 1200, "messages", 1000) == (
+        "数值 1200条消息，阈值 1000条消息"
+    )
+    assert zh.measured("data.range:dam.level", 250.0, "", "[0, 200]") == "数值 250，阈值 [0, 200]"
+    assert zh.measured("terminals.freshness:dam", None, "s", 180) == "阈值 180秒"
+    assert zh.measured("system.clock_sync", False, "", None) == "—"  # the name says it
+    assert zh.anomaly_detail("gap", 3, "m") == "缺 3 个样本"
+    assert zh.anomaly_detail("spike", 140.0, "m") == "突变至 140 m"
+    en = Words("en", UTC)
+    assert en.agent_text("disk 96% full", "value 96%") == "disk 96% full"
+    assert en.agent_text("", "value 96%") == "value 96%"
+    assert zh.agent_text("disk 96% full", "数值 96%") == "数值 96%"
+
+
 def test_a_chinese_report_is_chinese_with_chinese_dates(site: tuple[History, Config]) -> None:
     text = site_report(site, "zh")
     assert text.startswith("# 巡检报告 — 青山水库\n")
@@ -526,13 +569,21 @@ def test_a_chinese_report_is_chinese_with_chinese_dates(site: tuple[History, Con
     figures = section(text, "主要指标")
     assert "| 数据完整率（各终端平均） | 63.3% |" in figures
     assert "| 最差终端 | dead-plc：完整率 0.0% |" in figures
-    # no English left in the key sections once the names of terminals and checks are taken out
-    names = r"dam-plc|dead-plc|river-1|system\.disk|terminals\.freshness:dead-plc|m3/s"
-    for key in ("结论", "主要指标", "终端：在线率与数据完整率", "与上期对比", "未通过的检查项"):
-        body = re.sub(names, "", section(text, key))
-        assert re.findall(r"[A-Za-z]{2,}", body) == [], key
+    # the alarm says what was measured against what limit, in Chinese
+    alarms = section(text, "告警（产生 1 次，解除 0 次）")
+    assert "| dead-plc 的数据过时 | 产生 | 正常 → 故障 | 数值 181秒，阈值 180秒 |" in alarms
+    # no English left in the whole report once the names of the gateway, terminals, points
+    # and time zone, the check ids shown beside their names for support, and the units of the
+    # points are taken out
+    names = (
+        r"gw-reservoir-7|dam-plc\.gate|dam-plc|dead-plc|river-1|Asia/Shanghai \(UTC|"
+        r"system\.disk|terminals\.freshness:dead-plc|m3/s|\bm\b"
+    )
+    assert re.findall(r"[A-Za-z]{2,}", re.sub(names, "", text)) == []
     english = site_report(site, "en")
     assert "结论" not in english and "Conclusion" not in text
+    # an English report quotes the agent's own message
+    assert "| raised | ok → failing | stale: last good reading 181s ago, over 180s |" in english
 
 
 def test_a_terminal_named_like_markup_is_escaped(tmp_path: Path) -> None:
@@ -679,18 +730,25 @@ def test_the_report_prints_to_an_a4_pdf(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 @needs_chromium
+@pytest.mark.parametrize(
+    ("language", "opening", "dead"),
+    [
+        ("en", "In the 2 days from 20 Nov 2026 08:00", "dead-plc sent no data at all"),
+        ("zh", "2026年11月20日 08:00 至 2026年11月22日 08:00（2天）期间", "dead-plc 完全没有数据"),
+    ],
+)
 def test_the_html_report_renders_in_chromium_with_its_conclusion_and_charts(
-    site: tuple[History, Config], tmp_path: Path
+    site: tuple[History, Config], tmp_path: Path, language: str, opening: str, dead: str
 ) -> None:
     page = tmp_path / "report.html"
-    page.write_text(site_report(site, "en", "html"))
+    page.write_text(site_report(site, language, "html"))
     shot = tmp_path / "report.png"
     done = headless(CHROMIUM, page.as_uri(), f"--screenshot={shot}", "--window-size=1000,1400")
     assert done.returncode == 0, done.stderr[-2000:]
     dom = headless(CHROMIUM, page.as_uri(), "--dump-dom").stdout.decode()
     # What the browser made of the page: the conclusion, the bar chart, a trend per point
-    assert '<p class="conclusion">In the 2 days from 20 Nov 2026 08:00' in dom
-    assert "dead-plc sent no data at all (2 days without data)." in dom
+    assert f'<p class="conclusion">{opening}' in dom
+    assert dead in dom.split('<p class="conclusion">', 1)[1].split("</p>", 1)[0]
     assert dom.count("<svg") == 1 + 4 and dom.count("<polyline") >= 4
     image = Image.open(shot).convert("RGB")
     assert image.size == (1000, 1400)

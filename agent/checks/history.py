@@ -3,8 +3,10 @@
 What is kept, by the hour: per terminal, polls seen and polls with a good reading; per point,
 count, bad count, min, max, mean, last of the good values; per check, the worst status and how
 many evaluations had each status. As events: check status changes, alarms, anomalies, agent
-starts. And the terminals' plans over time (interval, number of points) so that the report can
-tell what was expected.
+starts. The agent's runs: each from its start to its last mark of life, which every `flush`
+moves on (so the time after a stop or a crash is known as time the agent did not run). And the
+terminals' plans over time (interval, number of points) so that the report can tell what was
+expected.
 
 Rules: writes are buffered in memory (`observe`, `record_*` are cheap and safe on the event
 loop) and written by `flush()` in one transaction (call it off the loop, every
@@ -32,7 +34,8 @@ from typing import Any
 import structlog
 
 from agent.checks.data import Anomaly, numeric
-from agent.checks.framework import CheckResult, Status
+from agent.checks.framework import CheckResult, Scalar, Status
+from agent.checks.runs import Runs
 from agent.model import Layout, PollReadings, Quality, Reading, parse_timestamp
 from agent.storage import sqlite as db
 from agent.storage.atomic import STATE_DIR_MODE, ensure_dir
@@ -87,8 +90,18 @@ CREATE INDEX IF NOT EXISTS starts_at ON starts (at);
 CREATE INDEX IF NOT EXISTS point_hours_hour ON point_hours (hour);
 CREATE INDEX IF NOT EXISTS check_hours_hour ON check_hours (hour);
 """
+# 2: the agent's runs (start, last mark of life), so that the time it did not run is known;
+# the first good value's time in each point-hour (a chart starts where the data does); an
+# alarm's value, unit and threshold (the report puts them in the reader's language).
+_RUNS = """
+CREATE TABLE IF NOT EXISTS runs (start REAL PRIMARY KEY, until REAL NOT NULL) WITHOUT ROWID;
+ALTER TABLE point_hours ADD COLUMN first_at REAL;
+ALTER TABLE alarms ADD COLUMN value TEXT;
+ALTER TABLE alarms ADD COLUMN unit TEXT;
+ALTER TABLE alarms ADD COLUMN threshold TEXT;
+"""
 # The schema's history, oldest first (agent.storage.sqlite.migrate): append, never edit.
-MIGRATIONS: list[db.Migration] = [_SCHEMA]
+MIGRATIONS: list[db.Migration] = [_SCHEMA, _RUNS]
 SCHEMA_VERSION = len(MIGRATIONS)
 EVENT_TABLES = ("changes", "alarms", "anomalies", "starts")
 _SEVERITY_STATUS = {s.severity: s for s in Status}
@@ -104,6 +117,10 @@ def _ts(at: datetime) -> float:
 
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value)
+
+
+def _scalar(text: str | None) -> Scalar:
+    return None if text is None else json.loads(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +179,9 @@ class AlarmRecord:
     status: str
     previous: str
     message: str
+    value: Scalar = None  # what the check measured, in `unit`, against `threshold`
+    unit: str = ""
+    threshold: Scalar = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +192,7 @@ class HourStats:
     max: float | None
     mean: float | None
     last: float | None
+    first_at: datetime | None = None  # the hour's first good value (None: not recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +220,7 @@ class _PointAcc:
     sum: float = 0.0
     last: float | None = None
     last_at: float | None = None
+    first_at: float | None = None
 
 
 FOLD_POLLS = 16  # polls a _PollAcc keeps as raw values before folding them into statistics
@@ -212,7 +234,18 @@ class _PollAcc:
     each of them; the array holds at most FOLD_POLLS x points doubles (16 x 20 x 8 bytes).
     """
 
-    __slots__ = ("last", "last_at", "max", "min", "pending", "points", "polls", "sum", "units")
+    __slots__ = (
+        "first_at",
+        "last",
+        "last_at",
+        "max",
+        "min",
+        "pending",
+        "points",
+        "polls",
+        "sum",
+        "units",
+    )
 
     def __init__(
         self, points: tuple[str, ...], units: tuple[str, ...], values: list[float], at: float
@@ -223,12 +256,14 @@ class _PollAcc:
         self.max: list[float] = []
         self.sum: list[float] = []
         self.pending = array("d", values)
-        self.last, self.last_at = values, at
+        self.last, self.last_at, self.first_at = values, at, at
 
     def add(self, values: list[float], at: float) -> None:
         self.pending.extend(values)
         if at >= self.last_at:
             self.last, self.last_at = values, at
+        elif at < self.first_at:
+            self.first_at = at
         if len(self.pending) >= FOLD_POLLS * len(self.points):
             self.fold()
 
@@ -268,6 +303,8 @@ class _PollAcc:
             acc.max = hi if acc.max is None else max(acc.max, hi)
             if acc.last_at is None or self.last_at >= acc.last_at:
                 acc.last, acc.last_at = last, self.last_at
+            if acc.first_at is None or self.first_at < acc.first_at:
+                acc.first_at = self.first_at
 
 
 MAX_LAYOUTS = 100_000  # bulk polls' layouts remembered (one per polled read plan)
@@ -311,6 +348,7 @@ class History:
         self._pruned_at = 0.0
         self._deferred = False  # the disk was full at open: opened by a later flush
         self._meta_pending: dict[str, str] = {}  # meta not written yet (a full disk)
+        self._run: float | None = None  # the start of this agent's run (record_start)
         self._reset_buffers()
 
     def _reset_buffers(self) -> None:
@@ -322,6 +360,7 @@ class History:
         self._checks: dict[tuple[str, int], _CheckAcc] = {}
         self._events: dict[str, list[tuple[Any, ...]]] = {t: [] for t in EVENT_TABLES}
         self._plans: tuple[dict[str, TerminalPlan], float] | None = None
+        self._runs: dict[float, float] = {}  # start -> last mark, to write
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -486,6 +525,8 @@ class History:
                 acc.max = value if acc.max is None else max(acc.max, value)
                 if acc.last_at is None or at >= acc.last_at:
                     acc.last, acc.last_at = value, at
+                if acc.first_at is None or at < acc.first_at:
+                    acc.first_at = at
             for (terminal, at), good in polls.items():
                 counts = self._terminals.setdefault((terminal, hour_of(at)), [0, 0])
                 counts[0] += 1
@@ -527,6 +568,9 @@ class History:
                         e["status"],
                         e["previous"],
                         e.get("message") or "",
+                        _json(e.get("value")),
+                        e.get("unit") or "",
+                        _json(e.get("threshold")),
                     )
                 )
 
@@ -538,19 +582,25 @@ class History:
                 )
 
     def record_start(self, at: datetime | None = None) -> None:
+        """The agent started: a new run begins, which each `flush` marks alive until then."""
+        start = _ts(at) if at else self.clock()
         with self._buf_lock:
-            self._events["starts"].append((_ts(at) if at else self.clock(),))
+            self._events["starts"].append((start,))
+            self._runs.setdefault(start, start)
+            self._run = start
 
     def flush(self) -> None:
         """Write what was buffered, in one transaction; prune now and then. Blocks: off the loop."""
         with self._buf_lock:
             terminals, points, checks = self._terminals, self._points, self._checks
-            events, plans, poll_accs = self._events, self._plans, self._polls
+            events, plans, poll_accs, runs = self._events, self._plans, self._polls, self._runs
             meta = dict(self._meta_pending)
             self._reset_buffers()
+            if self._run is not None:  # the agent runs: it is alive now
+                runs[self._run] = max(runs.get(self._run, self._run), self.clock())
         for (terminal, hour), acc in poll_accs.items():
             acc.merge_into(points, terminal, hour)
-        if not (terminals or points or checks or plans or meta or any(events.values())):
+        if not (terminals or points or checks or plans or meta or runs or any(events.values())):
             return  # nothing to write: no transaction (a report reader must not lock the file)
         with self._db() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -563,7 +613,14 @@ class History:
                     [(t, h, c[0], c[1]) for (t, h), c in terminals.items()],
                 )
                 conn.executemany(
-                    "INSERT INTO point_hours VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "INSERT INTO runs VALUES (?, ?) "
+                    "ON CONFLICT DO UPDATE SET until = max(until, excluded.until)",
+                    runs.items(),
+                )
+                conn.executemany(
+                    "INSERT INTO point_hours (terminal, point, hour, unit, good, bad, numbers, "
+                    "min, max, sum, last, last_at, first_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT DO UPDATE SET unit = excluded.unit, "
                     "good = good + excluded.good, bad = bad + excluded.bad, "
                     "numbers = numbers + excluded.numbers, "
@@ -573,7 +630,9 @@ class History:
                     "last = CASE WHEN last_at IS NULL OR excluded.last_at >= last_at "
                     "THEN coalesce(excluded.last, last) ELSE last END, "
                     "last_at = max(coalesce(last_at, excluded.last_at), "
-                    "coalesce(excluded.last_at, last_at))",
+                    "coalesce(excluded.last_at, last_at)), "
+                    "first_at = min(coalesce(first_at, excluded.first_at), "
+                    "coalesce(excluded.first_at, first_at))",
                     [
                         (
                             t,
@@ -588,6 +647,7 @@ class History:
                             a.sum if a.numbers else None,
                             a.last,
                             a.last_at,
+                            a.first_at,
                         )
                         for (t, p, h), a in points.items()
                     ],
@@ -654,6 +714,12 @@ class History:
                 (self.max_events,),
             )
         conn.execute("DELETE FROM plans WHERE until IS NOT NULL AND until < ?", (cutoff,))
+        conn.execute("DELETE FROM runs WHERE until < ?", (cutoff,))
+        conn.execute(
+            "DELETE FROM runs WHERE start IN (SELECT start FROM runs "
+            "ORDER BY start DESC LIMIT -1 OFFSET ?)",
+            (self.max_events,),
+        )
 
     # -- reads (for the report) ------------------------------------------------------------
 
@@ -682,9 +748,11 @@ class History:
                 del self._meta_pending[key]
 
     def terminals(self, since: datetime, until: datetime) -> list[TerminalFigures]:
-        """Every terminal planned or seen in the period, with expected and received figures."""
+        """Every terminal planned or seen in the period, with expected and received figures:
+        expected while it was planned and the agent ran (`runs`)."""
         a, b = _ts(since), _ts(until)
         end_of_open = min(b, self.clock())
+        runs = self.runs(since, until)
         with self._db() as conn:
             plans = conn.execute(
                 "SELECT terminal, interval, points, since, until FROM plans "
@@ -705,7 +773,7 @@ class History:
         expected: dict[str, list[float]] = {}
         for terminal, interval, points, start, stop in plans:
             end = min(b, stop if stop is not None else end_of_open)
-            span = max(0.0, end - max(a, start))
+            span = runs.running(max(a, start), end)
             e = expected.setdefault(terminal, [0.0, 0.0, 0.0])
             e[0] += span / interval
             e[2] += span
@@ -746,16 +814,22 @@ class History:
         """The hourly statistics of one point's good numeric values."""
         with self._db() as conn:
             rows = conn.execute(
-                "SELECT hour, numbers, min, max, sum, last FROM point_hours "
+                "SELECT hour, numbers, min, max, sum, last, first_at FROM point_hours "
                 "WHERE terminal = ? AND point = ? AND hour >= ? AND hour < ? AND numbers > 0 "
                 "ORDER BY hour",
                 (terminal, point, hour_of(_ts(since)), _ts(until)),
             ).fetchall()
         return [
             HourStats(
-                datetime.fromtimestamp(h, UTC), n, lo, hi, (s / n) if s is not None else None, last
+                datetime.fromtimestamp(h, UTC),
+                n,
+                lo,
+                hi,
+                (s / n) if s is not None else None,
+                last,
+                None if first is None else datetime.fromtimestamp(first, UTC),
             )
-            for h, n, lo, hi, s, last in rows
+            for h, n, lo, hi, s, last, first in rows
         ]
 
     def checks(self, since: datetime, until: datetime) -> list[CheckFigures]:
@@ -793,11 +867,16 @@ class History:
 
     def alarms(self, since: datetime, until: datetime) -> list[AlarmRecord]:
         rows = self._events_between(
-            "alarms", "at, check_id, family, action, status, previous, message", since, until
+            "alarms",
+            "at, check_id, family, action, status, previous, message, value, unit, threshold",
+            since,
+            until,
         )
         return [
-            AlarmRecord(datetime.fromtimestamp(at, UTC), c, f, a, s, p, m)
-            for at, c, f, a, s, p, m in rows
+            AlarmRecord(
+                datetime.fromtimestamp(at, UTC), c, f, a, s, p, m, _scalar(v), u or "", _scalar(t)
+            )
+            for at, c, f, a, s, p, m, v, u, t in rows
         ]
 
     def anomalies(self, since: datetime, until: datetime) -> list[Anomaly]:
@@ -817,24 +896,35 @@ class History:
         ]
 
     def begins(self) -> datetime | None:
-        """When the history begins (None: it is empty): the earliest exact time it holds (the
-        terminals' first plan, the first start, the first event), or the earliest hour of its
-        statistics where that hour comes before."""
+        """When the history begins (None: it is empty): the earliest time the agent itself
+        wrote down on its clock (the terminals' first plan, the first start, the first check
+        change or alarm). Not the time of an observation: a station's report carries values
+        from before the agent heard it. Only a history holding none of these begins with the
+        earliest anomaly or hour of statistics."""
         with self._db() as conn:
-            exact = conn.execute(
+            begins = conn.execute(
                 "SELECT min(t) FROM (SELECT min(since) AS t FROM plans UNION ALL "
-                "SELECT min(at) FROM changes UNION ALL SELECT min(at) FROM alarms UNION ALL "
-                "SELECT min(at) FROM anomalies UNION ALL SELECT min(at) FROM starts)"
+                "SELECT min(at) FROM starts UNION ALL SELECT min(start) FROM runs UNION ALL "
+                "SELECT min(at) FROM changes UNION ALL SELECT min(at) FROM alarms)"
             ).fetchone()[0]
-            hourly = conn.execute(
-                "SELECT min(t) FROM ("
-                "SELECT min(hour) AS t FROM terminal_hours UNION ALL "
-                "SELECT min(hour) FROM point_hours UNION ALL "
-                "SELECT min(hour) FROM check_hours)"
-            ).fetchone()[0]
-        if hourly is not None and (exact is None or hourly < hour_of(exact)):
-            exact = hourly
-        return None if exact is None else datetime.fromtimestamp(exact, UTC)
+            if begins is None:
+                begins = conn.execute(
+                    "SELECT min(t) FROM (SELECT min(at) AS t FROM anomalies UNION ALL "
+                    "SELECT min(hour) FROM terminal_hours UNION ALL "
+                    "SELECT min(hour) FROM point_hours UNION ALL "
+                    "SELECT min(hour) FROM check_hours)"
+                ).fetchone()[0]
+        return None if begins is None else datetime.fromtimestamp(begins, UTC)
+
+    def runs(self, since: datetime, until: datetime) -> Runs:
+        """The agent's runs that overlap [since, until), and where its recorded runs begin."""
+        with self._db() as conn:
+            spans = conn.execute(
+                "SELECT start, until FROM runs WHERE start < ? AND until >= ? ORDER BY start",
+                (_ts(until), _ts(since)),
+            ).fetchall()
+            first = conn.execute("SELECT min(start) FROM runs").fetchone()[0]
+        return Runs(tuple((float(a), float(b)) for a, b in spans), first)
 
     def starts(self, since: datetime, until: datetime) -> list[datetime]:
         return [
@@ -844,7 +934,7 @@ class History:
 
     def counts(self) -> dict[str, int]:
         """Rows per table (to see the bounds at work)."""
-        tables = ("plans", "terminal_hours", "point_hours", "check_hours", *EVENT_TABLES)
+        tables = ("plans", "runs", "terminal_hours", "point_hours", "check_hours", *EVENT_TABLES)
         with self._db() as conn:
             return {
                 t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0])  # noqa: S608

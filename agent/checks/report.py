@@ -10,9 +10,12 @@ script, no external asset.
 
 Rules. The site's completeness and availability are the mean over the terminals of each one's
 own figure, capped at 1, so that a station reporting more often than expected cannot hide a
-dead one; the worst terminal is named. The period starts on a whole hour (the history keeps
-hours), and never before the history begins. Durations are in words at the unit that fits,
-failing times measured from the checks' status changes. Figures are gathered here; the words
+dead one; the worst terminal is named. Terminals are judged over the time the agent ran: the
+time it did not run is its own fact (said in the conclusion and the key figures), not blamed on
+the terminals or the checks. The period starts on a whole hour (the history keeps hours), and
+never before the history begins. Durations are in words at the unit that fits, failing times
+measured from the checks' status changes, each status lasting until the next change, the next
+start or the end of the run it was seen in. Figures are gathered here; the words
 live in `report_words`, the charts' geometry in `report_charts`, the layout in the Jinja2
 templates of `templates/` (autoescaped), imported only when a report is rendered.
 """
@@ -38,6 +41,7 @@ from agent.checks.report_charts import (
     trend_chart,
 )
 from agent.checks.report_words import Words
+from agent.checks.runs import Runs
 from agent.config_base import Language
 
 if TYPE_CHECKING:
@@ -50,11 +54,16 @@ PointNames = Callable[[str, str, Language], str | None]
 MAX_ROWS = 200  # alarms / anomaly groups / checks listed at most; the rest are counted
 SAME = 0.005  # ratios closer than this (half a percentage point) are "same"
 NAMED = 3  # terminals, checks and changes the conclusion names at most
+NOTED = 60.0  # seconds: a shorter time without data or with the agent off goes unmentioned
 _BARS = "▁▂▃▄▅▆▇█"
 
 
 def _hour_floor(at: datetime) -> datetime:
     return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def _at(posix: float) -> datetime:
+    return datetime.fromtimestamp(posix, UTC)
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -76,16 +85,23 @@ class CheckTime:
 
 @dataclass(frozen=True)
 class Timeline:
-    """The checks' status changes and the agent's starts, oldest first: how long each status
-    lasted (a status holds until the next change, the next start, or the check's last hour)."""
+    """The checks' status changes, the agent's starts and its runs, oldest first: how long each
+    status lasted. A status holds until the next change, the next start, or the end of the run
+    it was seen in (the agent's last mark of life) — never into time the agent did not run. In
+    a history older than its runs, until the end of the check's last hour instead."""
 
     changes: list[tuple[datetime, str, str]]  # (at, check id, status)
     starts: list[datetime]
+    runs: Runs
 
     @classmethod
     def load(cls, history: History, since: datetime, until: datetime) -> Timeline:
         changes = [(c["at"], c["id"], c["status"]) for c in history.changes(since, until)]
-        return cls(changes, history.starts(since, until))
+        return cls(changes, history.starts(since, until), history.runs(since, until))
+
+    def off(self, since: datetime, until: datetime) -> list[tuple[datetime, datetime]]:
+        """The stretches of [since, until) the agent did not run."""
+        return [(_at(a), _at(b)) for a, b in self.runs.off(since.timestamp(), until.timestamp())]
 
     def times(
         self, checks: Sequence[CheckFigures], since: datetime, until: datetime
@@ -99,16 +115,20 @@ class Timeline:
             if not events:
                 out[check.id] = CheckTime(None, None)
                 continue
-            last = min(until, check.last_seen or until)
             spent = {Status.FAIL.value: 0.0, Status.WARN.value: 0.0}
             for i, (at, status) in enumerate(events):
                 if status not in spent:
                     continue
-                stop = events[i + 1][0] if i + 1 < len(events) else last
+                stop = events[i + 1][0] if i + 1 < len(events) else until
                 restart = bisect.bisect_right(self.starts, at)
                 if restart < len(self.starts):
                     stop = min(stop, self.starts[restart])
-                begin, end = max(at, since), min(stop, last)
+                run_end = self.runs.end_of(at.timestamp())
+                if run_end is not None:
+                    stop = min(stop, _at(run_end))
+                elif check.last_seen is not None:
+                    stop = min(stop, check.last_seen)
+                begin, end = max(at, since), min(stop, until)
                 if end > begin:
                     spent[status] += (end - begin).total_seconds()
             out[check.id] = CheckTime(spent[Status.FAIL.value], spent[Status.WARN.value])
@@ -125,10 +145,24 @@ class Period:
     anomalies: list[Anomaly]
     starts: list[datetime]
     times: Mapping[str, CheckTime]
+    off: list[tuple[datetime, datetime]]  # the stretches the agent did not run
 
     @property
     def seconds(self) -> float:
         return (self.until - self.since).total_seconds()
+
+    @property
+    def off_seconds(self) -> float:
+        """How long, in all, the agent did not run."""
+        return sum((b - a).total_seconds() for a, b in self.off)
+
+    @property
+    def longest_off(self) -> tuple[datetime, datetime] | None:
+        return max(self.off, key=lambda s: s[1] - s[0], default=None)
+
+    @property
+    def never_ran(self) -> bool:
+        return self.off_seconds >= self.seconds
 
     @property
     def raised(self) -> int:
@@ -215,6 +249,7 @@ def gather(history: History, since: datetime, until: datetime, timeline: Timelin
         history.anomalies(since, until),
         history.starts(since, until),
         timeline.times(checks, since, until),
+        timeline.off(since, until),
     )
 
 
@@ -294,7 +329,7 @@ class AnomalyGroup:
     count: int
     first: datetime
     last: datetime
-    example: str
+    example: Anomaly  # the latest
 
 
 def group_anomalies(anomalies: Sequence[Anomaly]) -> list[AnomalyGroup]:
@@ -302,7 +337,7 @@ def group_anomalies(anomalies: Sequence[Anomaly]) -> list[AnomalyGroup]:
     for a in anomalies:
         groups.setdefault((a.terminal, a.point, a.kind), []).append(a)
     out = [
-        AnomalyGroup(t, p, k, len(items), items[0].at, items[-1].at, items[-1].detail)
+        AnomalyGroup(t, p, k, len(items), items[0].at, items[-1].at, items[-1])
         for (t, p, k), items in groups.items()
     ]
     return sorted(out, key=lambda g: (-g.count, g.terminal, g.point, g.kind))
@@ -432,12 +467,15 @@ def conclude(current: Period, previous: Period, w: Words, names: _Names) -> str:
     todo: list[str] = []
     expected, incomplete = current.expected, current.incomplete
     worst = current.worst_terminal
-    if not expected:
+    if current.never_ran:
+        out.append(w("c_never_ran", length=length, start=start, end=end))
+        todo.append(w("do_off"))
+    elif not expected:
         out.append(w("c_none", length=length, start=start, end=end))
     elif not incomplete:
         out.append(
             w(
-                "c_all_ok",
+                "c_all_ok" if len(expected) > 1 else "c_one_ok",
                 length=length,
                 start=start,
                 end=end,
@@ -460,11 +498,22 @@ def conclude(current: Period, previous: Period, w: Words, names: _Names) -> str:
                 worst_completeness=w.pct(worst.completeness),
             )
         )
+    longest = current.longest_off
+    if not current.never_ran and longest is not None and current.off_seconds >= NOTED:
+        out.append(
+            w(
+                "c_off",
+                duration=w.duration(current.off_seconds),
+                start=w.when(longest[0]),
+                end=w.when(longest[1]),
+            )
+        )
+        todo.append(w("do_off"))
     for t in incomplete[:NAMED]:
         missing = w.duration(t.missing_seconds)
         if not t.good_readings:
             out.append(w("c_dead", terminal=t.name, duration=missing))
-        elif t.missing_seconds >= 60:
+        elif t.missing_seconds >= NOTED:
             out.append(
                 w("c_short", terminal=t.name, duration=missing, completeness=w.pct(t.completeness))
             )
@@ -475,7 +524,7 @@ def conclude(current: Period, previous: Period, w: Words, names: _Names) -> str:
     for t in incomplete:
         if not t.good_readings:
             todo.append(w("do_dead", terminal=t.name))
-        elif t.missing_seconds >= 60:
+        elif t.missing_seconds >= NOTED:
             todo.append(w("do_link", terminal=t.name))
         else:
             todo.append(w("do_sensor", point=t.name))
@@ -604,7 +653,7 @@ def build_report(
     timeline = Timeline.load(history, begins or since - length, until)
     current = gather(history, since, until, timeline)
     if clamped:  # the previous period lies before the history (its hour may hold our data)
-        previous = Period(since - length, since, [], [], [], [], [], {})
+        previous = Period(since - length, since, [], [], [], [], [], {}, [])
     else:
         previous = gather(history, since - length, since, timeline)
     w = Words(language, site.zone if site is not None else UTC)
@@ -641,6 +690,7 @@ def build_report(
         (w("fig_anomalies"), w.number(len(current.anomalies))),
         (w("fig_failing"), w.number(len(current.failed))),
         (w("fig_starts"), w.number(len(current.starts))),
+        (w("fig_off"), w.duration(current.off_seconds) if current.off_seconds >= 1 else "—"),
     ]
     rows = []
     for t in current.terminals:
@@ -675,7 +725,7 @@ def build_report(
             named.check(a.check),
             w(f"action_{a.action}") if a.action in ("raised", "cleared", "changed") else a.action,
             f"{_status_text(a.previous, w)} → {_status_text(a.status, w)}",
-            a.message,
+            w.agent_text(a.message, w.measured(a.check, a.value, a.unit, a.threshold)),
         ]
         for a in current.alarms[:MAX_ROWS]
     ]
@@ -693,6 +743,7 @@ def build_report(
         )
         for c in bad[:MAX_ROWS]
     ]
+    units = {(t, p): u for t, p, u in history.numeric_points(current.since, current.until)}
     anomalies = [
         [
             named.point(g.terminal, g.point),
@@ -700,7 +751,10 @@ def build_report(
             w.number(g.count),
             w.when(g.first),
             w.when(g.last),
-            g.example,
+            w.agent_text(
+                g.example.detail,
+                w.anomaly_detail(g.kind, g.example.value, units.get((g.terminal, g.point), "")),
+            ),
         ]
         for g in group_anomalies(current.anomalies)[:MAX_ROWS]
     ]

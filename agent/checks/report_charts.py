@@ -2,8 +2,9 @@
 
 Sans-IO and markup-free: a bar chart of data completeness per terminal (a failing terminal's
 0 % still shows a red bar, so that it cannot be overlooked on paper) and a trend chart per key
-point whose time axis spans the data it has — three minutes of history make a three-minute
-chart, not seven days of empty box. Hours without data break the line instead of bridging it.
+point whose time axis spans the data it has — from its first value (a series that began at
+21:13 is not drawn from 21:00), and three minutes of history make a three-minute chart, not
+seven days of empty box. Hours without data break the line instead of bridging it.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def trend_chart(
     pts = [s for s in series if s.mean is not None and s.min is not None and s.max is not None]
     start, end = since, until
     if pts:
-        start = max(since, pts[0].hour)
+        start = max(since, pts[0].first_at or pts[0].hour)
         end = min(until, pts[-1].hour + timedelta(seconds=HOUR))
     span = max(60.0, (end - start).total_seconds())
     values = [v for s in pts for v in (s.min, s.max, s.mean) if v is not None]

@@ -6,7 +6,9 @@ Babel: Babel's locale data alone is some ten megabytes a gateway would carry for
 Rules: both languages hold the same keys (a test checks it); placeholders are `str.format`
 fields; what goes into a template is plain text (the template escapes it). Check ids get a
 plain name per check (`check_name`) and the action a site owner can take (`check_action`); an
-id this catalogue does not know is shown as it is.
+id this catalogue does not know is shown as it is. The agent's own messages (alarms, anomaly
+details) are English, made when it evaluated: an English report quotes them; a Chinese one
+says what was measured against what limit, in its own words (`measured`, `anomaly_detail`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, tzinfo
 from typing import Final
 
+from agent.checks.framework import Scalar
 from agent.config_base import Language
 
 LANGUAGES: Final[tuple[Language, ...]] = ("en", "zh")
@@ -36,8 +39,11 @@ EN: Final[Mapping[str, str]] = {
     # -- conclusion --
     "conclusion": "Conclusion",
     "c_all_ok": "In the {length} from {start} to {end}, all {count} terminals delivered their data (completeness {completeness} on average).",
+    "c_one_ok": "In the {length} from {start} to {end}, its one terminal delivered its data (completeness {completeness}).",
     "c_some": "In the {length} from {start} to {end}, {good} of {count} terminals delivered all their data; completeness was {completeness} on average, the worst being {worst} ({worst_completeness}).",
     "c_none": "In the {length} from {start} to {end}, no terminal was expected to report.",
+    "c_never_ran": "In the {length} from {start} to {end}, the agent on the gateway did not run: no data was collected.",
+    "c_off": "The agent on the gateway was not running for {duration} in all (the longest stretch from {start} to {end}): no data was collected in that time, and the figures count only the time it ran.",
     "c_dead": "{terminal} sent no data at all ({duration} without data).",
     "c_short": "{terminal} was without data for {duration} ({completeness} complete).",
     "c_bad": "{terminal} delivered only {completeness} of its readings good.",
@@ -58,6 +64,7 @@ EN: Final[Mapping[str, str]] = {
     "list_sep": "; ",
     "sentence_sep": " ",
     # -- actions --
+    "do_off": "unless the gateway was stopped on purpose, check its power supply and that the agent runs",
     "do_dead": "check the power, cabling and address of {terminal}",
     "do_link": "check the link to {terminal}",
     "do_sensor": "check the sensor of {point}",
@@ -84,6 +91,7 @@ EN: Final[Mapping[str, str]] = {
     "fig_anomalies": "anomalies found",
     "fig_failing": "checks that failed",
     "fig_starts": "agent starts",
+    "fig_off": "time the agent was not running",
     "status_ok": "ok",
     "status_warn": "warning",
     "status_fail": "failing",
@@ -152,6 +160,14 @@ EN: Final[Mapping[str, str]] = {
     "kind_gap": "gap",
     "kind_counter": "counter went back",
     "no_anomalies": "No anomaly.",
+    "measured": "value {value}, threshold {threshold}",
+    "measured_value": "value {value}",
+    "measured_threshold": "threshold {threshold}",
+    "detail_range": "value {value}",
+    "detail_stuck": "stayed at {value}",
+    "detail_spike": "jumped to {value}",
+    "detail_gap": "{value} samples missing",
+    "detail_counter": "went back to {value}",
     "starts_head": "Agent starts",
     # -- trends --
     "trends_head": "Trends of key points (hourly mean; band: min to max)",
@@ -167,6 +183,14 @@ EN: Final[Mapping[str, str]] = {
     "day": "1 day",
     "days": "{d} days",
     "days_hours": "{days} {h} h",
+    # -- the units of the checks' values (other units are written as they are) --
+    "unit.%": "{n}%",
+    "unit.s": "{n} s",
+    "unit.days": "{n} days",
+    "unit.messages": "{n} messages",
+    "unit.samples": "{n} samples",
+    "unit.spikes": "{n} spikes",
+    "unit.problems": "{n} problems",
     # -- checks: what was wrong (the report lists only checks that were not ok) --
     "check.system.disk": "gateway disk nearly full",
     "check.system.inodes": "gateway file system out of file entries",
@@ -217,8 +241,11 @@ ZH: Final[Mapping[str, str]] = {
     "clamped": "历史记录始于 {when}，报告期从此开始。",
     "conclusion": "结论",
     "c_all_ok": "{start} 至 {end}（{length}）期间，全部 {count} 个终端数据正常（平均完整率 {completeness}）。",
+    "c_one_ok": "{start} 至 {end}（{length}）期间，唯一的终端数据正常（完整率 {completeness}）。",
     "c_some": "{start} 至 {end}（{length}）期间，{count} 个终端中有 {good} 个数据完整；平均完整率 {completeness}，最差的是 {worst}（{worst_completeness}）。",
     "c_none": "{start} 至 {end}（{length}）期间，没有应上报数据的终端。",
+    "c_never_ran": "{start} 至 {end}（{length}）期间，网关上的采集软件没有运行，未采集到任何数据。",
+    "c_off": "网关上的采集软件共有 {duration} 未运行（最长一次从 {start} 到 {end}），这段时间没有采集数据，各项指标只计算软件运行的时间。",
     "c_dead": "{terminal} 完全没有数据（缺数 {duration}）。",
     "c_short": "{terminal} 缺数 {duration}（完整率 {completeness}）。",
     "c_bad": "{terminal} 的有效数据仅占 {completeness}。",
@@ -238,6 +265,7 @@ ZH: Final[Mapping[str, str]] = {
     "field": "{label}：{value}",
     "list_sep": "；",
     "sentence_sep": "",
+    "do_off": "如非有意停机，检查网关供电及采集软件是否运行",
     "do_dead": "检查 {terminal} 的供电、线缆和地址设置",
     "do_link": "检查与 {terminal} 的通信链路",
     "do_sensor": "检查 {point} 的传感器",
@@ -263,6 +291,7 @@ ZH: Final[Mapping[str, str]] = {
     "fig_anomalies": "数据异常",
     "fig_failing": "出现故障的检查项",
     "fig_starts": "采集软件启动次数",
+    "fig_off": "采集软件未运行时长",
     "status_ok": "正常",
     "status_warn": "警告",
     "status_fail": "故障",
@@ -328,6 +357,14 @@ ZH: Final[Mapping[str, str]] = {
     "kind_gap": "数据缺失",
     "kind_counter": "累计值倒退",
     "no_anomalies": "无数据异常。",
+    "measured": "数值 {value}，阈值 {threshold}",
+    "measured_value": "数值 {value}",
+    "measured_threshold": "阈值 {threshold}",
+    "detail_range": "数值 {value}",
+    "detail_stuck": "持续为 {value}",
+    "detail_spike": "突变至 {value}",
+    "detail_gap": "缺 {value} 个样本",
+    "detail_counter": "倒退至 {value}",
     "starts_head": "采集软件启动",
     "trends_head": "关键测点趋势（小时均值；阴影：最小至最大）",
     "trend_caption": "最小 {min} · 平均 {mean} · 最大 {max} · {count} 个样本",
@@ -341,6 +378,13 @@ ZH: Final[Mapping[str, str]] = {
     "day": "1天",
     "days": "{d}天",
     "days_hours": "{days}{h}小时",
+    "unit.%": "{n}%",
+    "unit.s": "{n}秒",
+    "unit.days": "{n}天",
+    "unit.messages": "{n}条消息",
+    "unit.samples": "{n}个样本",
+    "unit.spikes": "{n}次突变",
+    "unit.problems": "{n}个问题",
     "check.system.disk": "网关磁盘空间不足",
     "check.system.inodes": "网关文件系统索引节点不足",
     "check.system.memory": "网关内存不足",
@@ -377,6 +421,11 @@ ZH: Final[Mapping[str, str]] = {
 }
 
 CATALOGUES: Final[Mapping[Language, Mapping[str, str]]] = {"en": EN, "zh": ZH}
+
+# Checks whose value and threshold are shares (0.9 is 90 %), by name (the id before ':').
+_RATIOS: Final = frozenset(
+    ("terminals.success", "terminals.overload", "terminals.bus", "network.uplink")
+)
 
 # What a site owner can do about a failing check, by its name (the id before ':') or family.
 _ACTIONS: Final[Mapping[str, str]] = {
@@ -429,7 +478,44 @@ class Words:
     def value(self, value: float, unit: str) -> str:
         """A measured value with its unit: 4 significant digits, whole from 10,000 on."""
         text = f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
+        if f"unit.{unit}" in self._text:
+            return self(f"unit.{unit}", n=text)
         return f"{text} {unit}".rstrip()
+
+    def scalar(self, value: Scalar, unit: str, ratio: bool = False) -> str | None:
+        """A check's value or threshold as text; None where there is nothing to show (none, or
+        a yes or no, which the check's plain name and status already say)."""
+        if value is None or isinstance(value, bool):
+            return None
+        if isinstance(value, str):
+            return value
+        return self.pct(value) if ratio else self.value(value, unit)
+
+    # -- the agent's messages --------------------------------------------------------------
+
+    def agent_text(self, message: str, own: str) -> str:
+        """The agent's own message in an English report (it writes English); the report's
+        own words in another language, or where the agent gave none."""
+        return message if self.language == "en" and message else own
+
+    def measured(self, check_id: str, value: Scalar, unit: str, threshold: Scalar) -> str:
+        """What a check measured against its limit: "value 96.5%, threshold 90%"."""
+        ratio = check_id.partition(":")[0] in _RATIOS
+        shown, limit = self.scalar(value, unit, ratio), self.scalar(threshold, unit, ratio)
+        if shown is not None and limit is not None:
+            return self("measured", value=shown, threshold=limit)
+        if shown is not None:
+            return self("measured_value", value=shown)
+        if limit is not None:
+            return self("measured_threshold", threshold=limit)
+        return "—"
+
+    def anomaly_detail(self, kind: str, value: Scalar, unit: str) -> str:
+        """An anomaly's value in words ("jumped to 140 m"; a gap: the samples missing)."""
+        key = f"detail_{kind}"
+        if key not in self._text:
+            return "—"
+        return self(key, value=self.scalar(value, "" if kind == "gap" else unit) or "—")
 
     # -- times -----------------------------------------------------------------------------
 
