@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 from argparse import SUPPRESS
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
 from agent import __version__
+from agent.checks.framework import CheckResult, Status
 from agent.cli import build_parser, main
+from agent.render import checks_table
 from agent.sim.modbus_device import SimulatedModbusDevice
 from tests.conftest import PYTHON, ROOT, tcp_terminal
 
@@ -242,6 +247,39 @@ async def test_sl651_decode_table_is_readable() -> None:
     assert "0x34 hourly report" in out
     assert "DRZ1" in out
     assert "· marks a missing slot" in out
+
+
+def test_the_check_table_says_values_in_words() -> None:
+    """Flags as yes/no, one of a count in the singular, a minute or more as an age in words:
+    never Python's True/False, "1 problems" or "3700 s"."""
+    at = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+
+    def result(check_id: str, value: Any, unit: str = "", threshold: Any = None) -> CheckResult:
+        return CheckResult(check_id, "x", Status.WARN, value, unit, threshold, "", at, at)
+
+    rows = [
+        result("security.root", True),
+        result("system.clock_sync", False),
+        result("security.files", 1, "problems", 0),
+        result("network.backlog", 2, "messages"),
+        result("terminals.freshness:plc", 3700.0, "s", 300.0),
+        result("system.clock", -3601.0, "s", 600.0),
+        result("terminals.latency:plc", 0.0123, "s", 0.5),
+    ]
+    console = Console(width=200, color_system=None, record=True, file=io.StringIO())
+    console.print(checks_table(rows))
+    cells = {
+        line.split("│")[2].strip(): (line.split("│")[3].strip(), line.split("│")[4].strip())
+        for line in console.export_text().splitlines()
+        if line.count("│") > 4
+    }
+    assert cells["security.root"] == ("yes", "-")
+    assert cells["system.clock_sync"] == ("no", "-")
+    assert cells["security.files"] == ("1 problem", "0 problems")
+    assert cells["network.backlog"] == ("2 messages", "-")
+    assert cells["terminals.freshness:plc"] == ("1h01m", "5m00s")
+    assert cells["system.clock"] == ("-1h00m", "10m00s")
+    assert cells["terminals.latency:plc"] == ("0.0123 s", "0.5 s")
 
 
 # -- one consistent command line: --help, --config, bad values ----------------------------------
