@@ -76,6 +76,12 @@ async def test_a_broker_name_that_does_not_resolve_fails_the_dns_check() -> None
     result = await run(view, "network.broker_dns", settings)
     assert result.status is Status.FAIL
     assert "broker.edge-agent.invalid" in result.message
+    # One fault, one finding: the TCP check does not fail a second time for it.
+    tcp = await run(view, "network.broker_tcp", settings)
+    assert tcp.status is Status.UNKNOWN
+    assert tcp.message == (
+        "not tried: broker.edge-agent.invalid does not resolve (see network.broker_dns)"
+    )
     by_ip = await run(view_with_broker("mqtt://127.0.0.1:1883"), "network.broker_dns")
     assert (by_ip.status, by_ip.message) == (Status.OK, "127.0.0.1 is an IP address: no DNS needed")
 

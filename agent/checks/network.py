@@ -92,6 +92,8 @@ async def broker_tcp(view: AgentView, settings: ChecksConfig) -> Outcome:
         return Outcome(
             Status.FAIL, None, "s", limit, f"no TCP answer from {where} within {limit:g}s"
         )
+    except socket.gaierror:  # one fault, one finding: network.broker_dns says it
+        return unknown(f"not tried: {uplink.host} does not resolve (see network.broker_dns)")
     except OSError as exc:
         # asyncio puts "Connect call failed (addr)" in strerror; the errno says it in words.
         reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
