@@ -35,6 +35,7 @@ from agent.cli_parser import (
     duration,
     epilog,
     positive_int,
+    seconds_or_zero,
 )
 from agent.config import (
     Config,
@@ -160,7 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the agent on a simulated site, no broker needed")
     demo.add_argument(
-        "--duration", type=float, default=0, help="seconds to run (default: until Ctrl-C)"
+        "--duration",
+        type=seconds_or_zero,
+        default=0,
+        help="seconds to run, 0 or more (default: 0, until Ctrl-C)",
     )
     demo.add_argument(
         "--broker", default=None, help="also publish to this broker (mqtt://host:port)"
@@ -340,10 +344,18 @@ def _load_config(path: Path | None, data: bytes | None = None) -> Config | None:
         return None
 
 
+def _same_file(one: Path, other: Path) -> bool:
+    """Whether two paths name one file (`x.yaml` and `/here/x.yaml`, a link and its target)."""
+    try:
+        return one.samefile(other)
+    except OSError:  # one of them does not exist: the same name, or not the same
+        return one.absolute() == other.absolute()
+
+
 def cmd_config_validate(args: argparse.Namespace) -> int:
     from agent.config_access import file_problems
 
-    if args.path is not None and args.config is not None and args.path != args.config:
+    if args.path is not None and args.config is not None and not _same_file(args.path, args.config):
         return _fail(f"two config files given: {args.path} and --config {args.config}; give one")
     path = args.path or args.config or default_config_path()
     config = _load_config(path)

@@ -4,15 +4,16 @@ that refuse a bad value.
 `CommandParser` is the root parser's class, and argparse gives it to every sub-command parser
 (also those that `agent/update`, `agent/diagnosis` add): each command's `--help` then has its
 description (`DESCRIPTIONS`, or its one-line help), the default of every option, and the exit
-codes (`EXIT_CODES`, plus `EXTRA_EXIT_CODES` of the command). The manual page
-(agent/manpage.py) is written from the same parser, so it says the same. The types
-(`count`, `positive_int`, `duration`, `seconds`) make argparse refuse a bad value with exit 2 and one
-line naming the option.
+codes it can return (0; 1 where `FINDINGS` says what it means for the command; 2; and its
+`EXTRA_EXIT_CODES`). The manual page (agent/manpage.py) is written from the same parser, so it
+says the same. The types (`count`, `positive_int`, `duration`, `seconds`, `seconds_or_zero`)
+make argparse refuse a bad value with exit 2 and one line naming the option.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import textwrap
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -22,30 +23,53 @@ from agent.durations import parse_duration
 T = TypeVar("T")
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+NEGATIVE = re.compile(r"^-\d*\.?\d+(ms|s|m|h|d)?$")  # -1, -0.5, -.5, -3d, -500ms
 
+OK = (EXIT_OK, "ok")
+USAGE = (EXIT_USAGE, "bad usage or bad input (an invalid option or config file), said on stderr")
+NOT_RUNNING = (EXIT_NOT_RUNNING, "the agent is not running (nothing answers on its control socket)")
+# The list `edge-agent --help` and the manual page give for the program as a whole.
 EXIT_CODES = (
-    (EXIT_OK, "ok"),
+    OK,
     (
         EXIT_FINDING,
         "a finding: a failed check, a point or terminal that did not answer, a frame that did "
-        "not decode, a rejected release",
+        "not decode, a rejected release (each command's --help says which)",
     ),
-    (EXIT_USAGE, "bad usage or bad input (an invalid option or config file), said on stderr"),
+    USAGE,
+    (EXIT_NOT_RUNNING, "the agent is not running (status, diag grant, diag revoke)"),
+    (4, "run: a release on trial did not pass its gate (the pre-start hook rolls it back)"),
 )
-NOT_RUNNING = (EXIT_NOT_RUNNING, "the agent is not running (nothing answers on its control socket)")
+# What exit status 1 means, for the commands that have it; the others exit 0 or 2 (or a code
+# of EXTRA_EXIT_CODES).
+FINDINGS = {
+    "poll": "a point did not give a good value (with --raw: a read failed)",
+    "status": "something fails: a check, or a terminal failing or stale",
+    "outbox": "the outbox database on disk could not be read",
+    "check": "a check fails",
+    "sl651 decode": "a frame did not decode, or its CRC is wrong",
+    "install": "the new release failed its self-test, or a step of the install failed",
+    "update apply": "the release was rejected, or a step failed (nothing changed then)",
+    "update check": "the repository's metadata was rejected, or the update state is unreadable",
+    "update status": "the update state could not be read",
+    "update commit": "nothing to commit, or the update state could not be written",
+    "update rollback": "no release to go back to, or a step of the rollback failed",
+    "remote": "no verified answer in time, the broker unreachable, or the gateway refused or "
+    "failed the request",
+    "fleet": "a gateway is forged, offline or failing, none is found, or the broker is unreachable",
+    "diag audit": "the audit log could not be read, or its chain is broken (--verify)",
+}
 # Exit codes beyond 0, 1 and 2, of the commands that have them.
 EXTRA_EXIT_CODES: dict[str, tuple[tuple[int, str], ...]] = {
     "run": (
         (4, "a release on trial did not pass its gate (the unit's pre-start hook rolls it back)"),
     ),
-    "": (
-        (EXIT_NOT_RUNNING, "the agent is not running (status, diag grant, diag revoke)"),
-        (4, "run: a release on trial did not pass its gate (the pre-start hook rolls it back)"),
-    ),
     "status": (NOT_RUNNING,),
     "diag grant": (NOT_RUNNING,),
     "diag revoke": (NOT_RUNNING,),
 }
+# A command that only dispatches to its actions (`update`, `diag` …) points at theirs.
+GROUP_EXIT_CODES = "exit codes: those of each ACTION, in its --help"
 
 # What `COMMAND --help` says under its usage: the command's job in a few sentences. A command
 # without an entry shows its one-line help.
@@ -140,13 +164,15 @@ DESCRIPTIONS = {
 
 def option_help(action: argparse.Action) -> str:
     """An option's help as `--help` and the manual page show it: with its default when it has
-    one worth saying (not None, off, or empty) and the text does not say it already."""
+    one worth saying (not None, off, or empty) and the text does not say it already. A flag
+    (`--json`, `--no-files`) takes no value: its default is only the other side of its help."""
     text = action.help or ""
     if text == argparse.SUPPRESS:
         return text
     default = action.default
     shown = default not in (None, False, [], "", argparse.SUPPRESS)
-    takes_default = bool(action.option_strings) or action.nargs in ("?", "*")
+    flag = action.nargs == 0  # store_true, store_false, count
+    takes_default = (bool(action.option_strings) and not flag) or action.nargs in ("?", "*")
     if shown and takes_default and "default" not in text:
         text = f"{text} (default: %(default)s)" if text else "(default: %(default)s)"
     if "%(" in text:
@@ -155,7 +181,12 @@ def option_help(action: argparse.Action) -> str:
 
 
 def exit_codes(command: str) -> tuple[tuple[int, str], ...]:
-    return EXIT_CODES + EXTRA_EXIT_CODES.get(command, ())
+    """The exit codes `command` (its path: "status", "update apply"; "" the program) can
+    return, each with its meaning for that command."""
+    if not command:
+        return EXIT_CODES
+    finding = ((EXIT_FINDING, FINDINGS[command]),) if command in FINDINGS else ()
+    return (OK, *finding, USAGE, *EXTRA_EXIT_CODES.get(command, ()))
 
 
 def epilog(command: str) -> str:
@@ -225,11 +256,17 @@ class CommandParser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         super().__init__(*args, **kwargs)
         self.register("action", "parsers", _Commands)
+        # A value that looks like a negative number or period (`-1`, `-3d`) is an option's
+        # value, which its type then refuses with the reason ("cannot be negative"), rather
+        # than an unknown option ("expected one argument"). No option of ours looks like one.
+        self._negative_number_matcher = NEGATIVE
 
     def add_subparsers(self, **kwargs: Any) -> Any:
         commands = super().add_subparsers(**kwargs)
         if isinstance(commands, _Commands):
             commands.command = self.command
+        if self.command:  # a group: its actions have the exit codes
+            self.epilog = GROUP_EXIT_CODES
         return commands
 
 
@@ -275,4 +312,12 @@ def seconds(text: str) -> float:
     value = _parsed(text, float, "a number of seconds")
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number of seconds above zero, got {text!r}")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """A number of seconds, 0 or more, where 0 means no limit (`demo --duration`)."""
+    value = _parsed(text, float, "a number of seconds")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text!r}")
     return value

@@ -8,7 +8,8 @@ the others:
   `edge-agent poll`), all at once, each within its own timeout and retries; terminals on one
   serial line take turns on it;
 - `network.broker_mqtt`: a real MQTT session with the config's address, credentials and TLS,
-  left at once with a clean disconnect;
+  left at once with a clean disconnect — tried once the broker's TCP port answers (one that does
+  not is `network.broker_tcp`'s one finding);
 - `terminals.reporting`: one line for the terminals that report by themselves (SL651 stations
   call in: nothing can be asked of them without the agent listening);
 - `software.agent`: one line naming the checks that need the running agent.
@@ -31,6 +32,7 @@ from agent.checks.framework import (
     Probe,
     Status,
 )
+from agent.checks.network import broker_tcp
 from agent.checks.registry import build_checks, run_checks_once
 from agent.checks.view import AgentView, load_restarts
 from agent.config import Config
@@ -153,8 +155,16 @@ def _judge(answer: PollAnswer) -> Outcome:
 
 
 async def _broker(view: AgentView, now: datetime) -> Outcome:
+    """An MQTT session with the broker, once its TCP port answers: a port that does not is
+    network.broker_tcp's finding, not a second one here."""
     config = view.config
     where = f"{config.uplink.host}:{config.uplink.port}"
+    tcp = await broker_tcp(view, checks_settings(config))
+    if tcp.status in (Status.FAIL, Status.UNKNOWN):  # refused, silent, or no such host
+        return Outcome(
+            Status.UNKNOWN,
+            message=f"not tried: {where} takes no TCP connection (see network.broker_tcp)",
+        )
     try:
         uplink = resolve_uplink(config.uplink, _credentials_environ())
     except OSError as exc:  # CredentialError, or a credentials folder we may not read

@@ -406,8 +406,10 @@ def load_config(path: Path | str) -> Config:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, ["file not found"]) from None
+    except IsADirectoryError:
+        raise ConfigError(path, ["is a folder, not a file"]) from None
     except OSError as exc:
-        raise ConfigError(path, [f"cannot read: {exc}"]) from exc
+        raise ConfigError(path, [f"cannot read: {(exc.strerror or str(exc)).lower()}"]) from exc
     return parse_config_bytes(data, path)
 
 
@@ -416,7 +418,9 @@ def parse_config_bytes(data: bytes, path: Path | str) -> Config:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(path, [f"cannot read: {exc}"]) from exc
+        raise ConfigError(
+            path, [f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}"]
+        ) from exc
     return parse_config(text, path)
 
 

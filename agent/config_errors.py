@@ -1,11 +1,13 @@
 """A config file's problems in the words of the file: one line per problem, for people.
 
 `describe(error, root, source)` turns one of pydantic's validation errors into
-`<key path>: <problem>`, naming the config's keys and values, never a model's class name: an
-unknown key gets the nearest known one ("did you mean …"), a section given a single value is
-shown the keys it takes, and text that YAML read as a number (`station: 0012345670`, octal to
-YAML) is shown as written with the quotes it needs. `DuplicateKey` is what the loader raises for
-a key given twice in one mapping. Pure functions over the error, the model classes and the
+`<key path>: <problem>`, naming the config's keys and values in YAML's words, never a model's
+class name nor pydantic's own wording: an unknown key gets the nearest known one ("did you mean
+…"), a section given a single value is shown the keys it takes, a limit is said as one ("at most
+247 (got 999)"), and text that YAML read as a number (`station: 0012345670`, octal to YAML) is
+shown as written with the quotes it needs — when the quoted text would be a valid value; else
+what is wrong with it. `DuplicateKey` is what the loader raises for a key given twice in one
+mapping. Pure functions over the error, the model classes and the
 file's text; the YAML source is composed again only to describe an error, never on the way to a
 valid config.
 """
@@ -18,7 +20,7 @@ from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel
+from pydantic import BaseModel, PydanticUserError, TypeAdapter, ValidationError
 
 NAME_HINT = (
     "a name of letters, digits, '.', '_' or '-' (at most 64, starting with a letter or digit)"
@@ -54,6 +56,17 @@ _EXPECTED = {
     "datetime_type": "a date and time, e.g. 2026-11-01T00:00:00Z",
     "datetime_parsing": "a date and time, e.g. 2026-11-01T00:00:00Z",
     "datetime_from_date_parsing": "a date and time, e.g. 2026-11-01T00:00:00Z",
+    "finite_number": "a finite number",
+    "set_type": "a list (`[a, b]`, or one `- item` per line)",
+    "frozen_set_type": "a list (`[a, b]`, or one `- item` per line)",
+}
+# A limit on a number, said as people say it: ("at most", "le") -> "at most 247 (got 999)".
+_LIMITS = {
+    "greater_than": ("more than", "gt"),
+    "greater_than_equal": ("at least", "ge"),
+    "less_than": ("less than", "lt"),
+    "less_than_equal": ("at most", "le"),
+    "multiple_of": ("a multiple of", "multiple_of"),
 }
 _SECTION_KINDS = frozenset({"model_type", "model_attributes_type", "dataclass_type"})
 _MAX_KEYS_SHOWN = 6
@@ -169,8 +182,42 @@ def _node_at(root: yaml.Node | None, loc: Sequence[int | str], tags: Iterable[st
 
 
 def _shown(value: object) -> str:
-    text = repr(value)
+    """A value as YAML would write it (`[{point: a.nope}]`, `true`, `'text'`), short."""
+    if value is None:
+        return "nothing (an empty value or null)"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | dict):
+        try:
+            text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
+        except yaml.YAMLError:
+            text = repr(value)
+    else:
+        text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _items(field: str, count: int) -> str:
+    """`count` entries of the list `field`, named after it: "1 point", "2 terminals"."""
+    noun = field[:-1] if field.endswith("s") and not field.endswith("ss") else "entry"
+    if count != 1:
+        noun = noun[:-1] + "ies" if noun == "entry" else noun + "s"
+    return f"{count} {noun}"
+
+
+def _length(kind: str, field: str, value: object, ctx: dict[str, Any]) -> str:
+    """A list or text too short or too long, in the config's words."""
+    size = len(value) if isinstance(value, str | list | tuple | dict) else None
+    got = "" if size is None else f" (got {size})"
+    if kind == "string_too_short":
+        least = ctx["min_length"]
+        return "must not be empty" if least == 1 else f"needs at least {least} characters{got}"
+    if kind == "string_too_long":
+        return f"too long: at most {ctx['max_length']} characters{got}"
+    if kind == "too_short":
+        got = " (got none)" if not size else got
+        return f"needs at least {_items(field, ctx['min_length'])}{got}"
+    return f"too long: at most {_items(field, ctx['max_length'])}{got}"
 
 
 def _as_read(value: object) -> str:
@@ -181,14 +228,55 @@ def _as_read(value: object) -> str:
     return f"the {type(value).__name__} {value}"
 
 
-def _quote_it(field: str | int, value: object, node: Any) -> str:
-    """Text YAML read as something else (a number, true/false, a date), with the quotes it
-    needs to stay text."""
+def _declared(root: type[BaseModel], loc: Sequence[int | str]) -> Any:
+    """The type declared at `loc` with its constraints (pattern, validators), None if unknown."""
+    if not loc:
+        return None
+    parent, last = model_at(root, loc[:-1]), loc[-1]
+    if _is_model(parent) and isinstance(last, str):
+        for name, f in parent.model_fields.items():
+            if last in (name, f.alias):
+                return Annotated[(f.annotation, *f.metadata)] if f.metadata else f.annotation
+    elif get_origin(parent) in (list, tuple) and isinstance(last, int):
+        return get_args(parent)[0]
+    return None
+
+
+def _as_text_problem(
+    raw: str, loc: Sequence[int | str], root: type[BaseModel], tags: Sequence[str]
+) -> str | None:
+    """What is wrong with `raw` as text at `loc` (None when quoting it makes a valid value)."""
+    declared = _declared(root, loc)
+    if declared is None:
+        return None
+    try:
+        TypeAdapter(declared).validate_python(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        return _problem({**first, "loc": (*loc, *first["loc"])}, root, tags, None)
+    except PydanticUserError:  # a type pydantic cannot check alone: quoting is the hint
+        return None
+    return None
+
+
+def _quote_it(
+    loc: Sequence[int | str],
+    value: object,
+    root: type[BaseModel],
+    tags: Sequence[str],
+    source: yaml.Node | None,
+) -> str:
+    """Text YAML read as something else (a number, true/false, a date): the quotes it needs
+    to stay text when that makes a valid value, else what is wrong with it as text."""
     if value is None:
         return "expected text, got nothing (an empty value or null)"
+    node = _node_at(source, loc, tags)
     raw = node.value if isinstance(node, yaml.ScalarNode) else None
     if not raw:
         return f"expected text, got {_as_read(value)}: quote it"
+    if (problem := _as_text_problem(raw, loc, root, tags)) is not None:
+        return problem
+    field = loc[-1] if loc else "value"
     why = " (a leading 0 makes it octal)" if _OCTAL.match(raw) else ""
     quoted = f'"{raw}"' if isinstance(field, int) else f'{field}: "{raw}"'  # a list item, a key
     return (
@@ -250,32 +338,46 @@ def describe(
     """One line for one pydantic error of the whole config `root`; `tags` are the values of the
     terminals' discriminator (`protocol`), `source` the composed YAML (for "quote it")."""
     loc = err["loc"]
-    kind = err["type"]
     key = key_path(loc, tags)
+    if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        key = f"{key}.protocol" if key else "protocol"
+    problem = _problem(err, root, tags, source)
+    return f"{key}: {problem}" if key else problem
+
+
+def _problem(err: Any, root: type[BaseModel], tags: Sequence[str], source: yaml.Node | None) -> str:
+    """The problem of one pydantic error, in the config's words (`describe` adds the key)."""
+    loc = err["loc"]
+    kind = err["type"]
     field = str(loc[-1]) if loc else "value"
     value = err.get("input")
+    ctx = err.get("ctx") or {}
     if kind in ("literal_error", "enum"):
-        problem = f"unknown {field} {value!r} (expected one of: {_choices(err['ctx']['expected'])})"
+        problem = f"unknown {field} {_shown(value)} (expected one of: {_choices(ctx['expected'])})"
     elif kind == "union_tag_invalid":
-        problem = f"unknown protocol {err['ctx']['tag']!r} (expected one of: {', '.join(tags)})"
-        key = f"{key}.protocol" if key else "protocol"
+        problem = f"unknown protocol {ctx['tag']!r} (expected one of: {', '.join(tags)})"
     elif kind == "union_tag_not_found":
         problem = f"missing protocol (one of: {', '.join(tags)})"
-        key = f"{key}.protocol" if key else "protocol"
+    elif kind in _LIMITS and _LIMITS[kind][1] in ctx:
+        words, limit = _LIMITS[kind]
+        problem = f"must be {words} {ctx[limit]} (got {_shown(value)})"
+    elif kind in ("too_short", "too_long", "string_too_short", "string_too_long"):
+        problem = _length(kind, field, value, ctx)
     elif kind == "missing":
         problem = "required key is missing"
     elif kind == "extra_forbidden":
         problem = _unknown_key(field, model_at(root, loc[:-1]))
     elif kind == "value_error":
-        problem = str(err["ctx"]["error"])
+        problem = str(ctx["error"])
     elif kind == "string_pattern_mismatch":
-        problem = f"{value!r} is not {PATTERN_HINTS.get(field, 'in the expected form')}"
+        problem = f"{_shown(value)} is not {PATTERN_HINTS.get(field, 'in the expected form')}"
     elif kind == "string_type" and not isinstance(value, list | dict):
-        problem = _quote_it(loc[-1] if loc else field, value, _node_at(source, loc, tags))
+        problem = _quote_it(loc, value, root, tags, source)
     elif kind in _SECTION_KINDS:
         problem = _section(field, value, model_at(root, loc))
     elif kind in _EXPECTED:
         problem = f"expected {_EXPECTED[kind]}, got {_shown(value)}"
-    else:
-        problem = f"{err['msg']} (got {_shown(value)})" if value is not None else err["msg"]
-    return f"{key}: {problem}" if key else problem
+    else:  # a kind without words of ours: pydantic's, without its "Input should be"
+        said = re.sub(r"^Input should be ", "expected ", str(err["msg"]))
+        problem = f"{said} (got {_shown(value)})"
+    return problem

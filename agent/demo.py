@@ -22,6 +22,7 @@ from agent.checks.view import AgentView
 from agent.daemon import Daemon
 from agent.data import DEMO_CONFIG
 from agent.demo_setup import DemoPlace, demo_place
+from agent.durations import approximate_duration
 from agent.render import QUALITY_STYLE, age, format_value
 from agent.sim.site import SimulatedSite
 from agent.sinks import LatestValues
@@ -31,7 +32,9 @@ def outbox_line(view: AgentView) -> Text:
     stats = view.outbox
     if stats is None:
         return Text("outbox: opening", style="dim")
-    age_text = f", oldest {stats.oldest_age:.0f}s" if stats.oldest_age is not None else ""
+    age_text = (
+        f", oldest {approximate_duration(stats.oldest_age)}" if stats.oldest_age is not None else ""
+    )
     text = (
         f"outbox: {stats.messages} messages, {stats.bytes / 1024:.0f} KiB waiting{age_text}, "
         f"evicted {stats.evicted}"

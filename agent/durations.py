@@ -12,17 +12,18 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_PATTERN = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")  # "-3d": said negative
 
 
 def parse_duration(text: str | int | float) -> float:
     """Seconds for a duration string; bare numbers are seconds. Raises ValueError with a hint."""
-    if isinstance(text, bool):
-        raise ValueError(f"expected a duration like 500ms, 5s, 2m, 1h; got {text!r}")
+    if isinstance(text, bool):  # as YAML writes it
+        raise ValueError(f"expected a duration like 500ms, 5s, 2m, 1h; got {str(text).lower()}")
     if isinstance(text, int | float):
         seconds = float(text)
     elif not isinstance(text, str):  # a list or a mapping where a duration belongs
-        raise ValueError(f"expected a duration like 500ms, 5s, 2m, 1h; got {text!r}")
+        kind = "a list" if isinstance(text, list | tuple) else "a mapping"
+        raise ValueError(f"expected a duration like 500ms, 5s, 2m, 1h; got {kind}")
     else:
         match = _PATTERN.match(text)
         if match is None:

@@ -63,13 +63,13 @@ def _options(parser: argparse.ArgumentParser) -> list[str]:
 
 def _command(name: str, help_text: str, parser: argparse.ArgumentParser) -> list[str]:
     """One command's section: its one line, its description, usage, options, and the exit
-    codes it has beyond 0, 1 and 2."""
+    codes it has beyond 0 and 2 (what 1 means for it, 3, 4)."""
     out = [f".SS {escape(name)}", escape(help_text)]
     if parser.description and parser.description != help_text:
         out += [".PP", escape(" ".join(parser.description.split()))]
     out += [".PP", f"\\fBUsage:\\fR {escape(_usage(parser))}"]
     out += _options(parser)
-    extra = [(code, meaning) for code, meaning in exit_codes(name) if code > 2]
+    extra = [(code, meaning) for code, meaning in exit_codes(name) if code not in (0, 2)]
     for code, meaning in extra:
         out += [".PP", f"\\fBExit status {code}:\\fR {escape(meaning)}"]
     return out

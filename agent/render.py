@@ -188,9 +188,17 @@ STATUS_STYLE = {
 
 
 def _scalar(value: object, unit: str = "") -> str:
+    """A check's value or threshold for people: yes/no for a flag, a minute or more in words
+    (``4m05s``), a count of one in the singular (``1 problem``)."""
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if unit == "s" and isinstance(value, int | float) and abs(value) >= 60:
+        return ("-" if value < 0 else "") + approximate_duration(abs(value))
     text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    if value == 1 and len(unit) > 2 and unit.endswith("s") and unit.isalpha():
+        unit = unit[:-1]  # "problems", "messages", "days": one of them
     return f"{text} {unit}".strip()
 
 

@@ -285,16 +285,22 @@ def _waiting(m: dict[str, int]) -> str:
     )
 
 
-def _ago(stamp: object) -> str:
-    """ " (5m02s ago)" for an RFC 3339 time, "" for anything else."""
+def _since(stamp: object, now: datetime) -> float | None:
+    """Seconds from an RFC 3339 time to `now`; None for anything else (null, say)."""
     try:
         when = parse_timestamp(str(stamp))
     except ValueError:
-        return ""
-    return f" ({_duration((datetime.now(UTC) - when).total_seconds())} ago)"
+        return None
+    return (now - when).total_seconds()
 
 
-def _outbox_line(outbox: dict[str, Any] | None) -> Text:
+def _ago(stamp: object, now: datetime) -> str:
+    """ " (5m02s ago)" for an RFC 3339 time, "" for anything else."""
+    seconds = _since(stamp, now)
+    return "" if seconds is None else f" ({_duration(seconds)} ago)"
+
+
+def _outbox_line(outbox: dict[str, Any] | None, now: datetime | None = None) -> Text:
     if outbox is None or outbox.get("state") == "absent":
         return Text("outbox     none yet")
     if "error" in outbox:
@@ -310,9 +316,11 @@ def _outbox_line(outbox: dict[str, Any] | None) -> Text:
         line.append(f", damaged database kept at {outbox['recovered_from']}", "red")
     state = outbox.get("state")
     if state == "disk full":
+        full_for = _since(outbox.get("full_since"), now or datetime.now(UTC))
         line.append(
-            "\n           DISK FULL since "
-            f"{outbox.get('full_since') or '-'}: read-only, telemetry refused (counted as lost); "
+            "\n           DISK FULL"
+            + ("" if full_for is None else f" for {_duration(full_for)}")
+            + ": read-only, telemetry refused (counted as lost); "
             "acknowledgements, alarms and health use the reserve",
             "bold red",
         )
@@ -334,10 +342,12 @@ def _outbox_line(outbox: dict[str, Any] | None) -> Text:
     return line
 
 
-def status_view(status: dict[str, Any]) -> RenderableType:
-    """The one screen: agent, uplink, outbox, terminals, failing and warning checks."""
+def status_view(status: dict[str, Any], now: datetime | None = None) -> RenderableType:
+    """The one screen: agent, uplink, outbox, terminals, failing and warning checks; times as
+    ages at `now` (the JSON has the timestamps)."""
+    now = now or datetime.now(UTC)
     if not status.get("running"):
-        return _offline_view(status)
+        return _offline_view(status, now)
     a = status["agent"]
     parts: list[RenderableType] = []
     state = Text("OK", "bold green") if status["status"] == "ok" else Text("FAILING", "bold red")
@@ -352,14 +362,16 @@ def status_view(status: dict[str, Any]) -> RenderableType:
         parts.append(Text("uplink     none configured (readings wait in the outbox)"))
     else:
         line = Text("uplink     ")
-        if u["connected"] and u.get("ack_late"):
-            line.append(f"connected, no acknowledgement for {u['no_ack_for']:.0f} s", "bold yellow")
-        elif u["connected"]:
-            line.append("connected", "green")
-        else:
-            line.append("down", "bold red")
+        since, acked = _since(u["since"], now), _since(u["last_ack_at"], now)
+        late = u["connected"] and u.get("ack_late")
+        style = ("bold yellow" if late else "green") if u["connected"] else "bold red"
+        line.append("connected" if u["connected"] else "down", style)
+        line.append("" if since is None else f" for {_duration(since)}", style)
+        if late:
+            line.append(f", no acknowledgement for {_duration(u['no_ack_for'])}", style)
         line.append(
-            f" since {u['since'] or '-'} · {u['broker']} · last ack {u['last_ack_at'] or '-'}"
+            f" · {u['broker']} · "
+            + ("no ack yet" if acked is None else f"last ack {_duration(acked)} ago")
         )
         if u["last_error"]:
             line.append(f" · {u['last_error']}", "red")
@@ -370,7 +382,7 @@ def status_view(status: dict[str, Any]) -> RenderableType:
                 "red",
             )
         parts.append(line)
-    parts.append(_outbox_line(status["outbox"]))
+    parts.append(_outbox_line(status["outbox"], now))
     if (update := update_line(status.get("update"))) is not None:
         parts.append(update)
     table = Table(title="terminals", title_justify="left", expand=False)
@@ -412,7 +424,7 @@ def status_view(status: dict[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
-def _offline_view(status: dict[str, Any]) -> RenderableType:
+def _offline_view(status: dict[str, Any], now: datetime) -> RenderableType:
     parts: list[RenderableType] = [
         Text("edge-agent is not running.", "bold red"),
         Text("  see: systemctl status edge-agent · journalctl -u edge-agent -n 50"),
@@ -431,7 +443,7 @@ def _offline_view(status: dict[str, Any]) -> RenderableType:
     if health:
         summary = health.get("summary", {})
         at = health.get("generated_at")
-        line = Text(f"last health report {at or '?'}{_ago(at)}: ")
+        line = Text(f"last health report {at or '?'}{_ago(at, now)}: ")
         line.append(str(summary.get("status", "?")), CHECK_STYLE.get(summary.get("status", ""), ""))
         failing = summary.get("failing") or []
         if failing:
@@ -439,7 +451,7 @@ def _offline_view(status: dict[str, Any]) -> RenderableType:
         parts.append(line)
     else:
         parts.append(Text("no health report saved yet"))
-    parts.append(_outbox_line(status.get("outbox")))
+    parts.append(_outbox_line(status.get("outbox"), now))
     if (update := update_line(status.get("update"))) is not None:
         parts.append(update)
     return Group(*parts)

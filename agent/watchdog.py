@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from agent import sdnotify
-from agent.durations import format_duration
+from agent.durations import approximate_duration
 
 log = structlog.get_logger(__name__)
 
@@ -108,7 +108,7 @@ def status_line(
     if backlog is None:
         parts.append("outbox closed")
     else:
-        age = f" (oldest {format_duration(round(oldest_age))})" if oldest_age and backlog else ""
+        age = f" (oldest {approximate_duration(oldest_age)})" if oldest_age and backlog else ""
         parts.append(f"backlog {backlog}{age}")
     parts.append({True: "uplink connected", False: "uplink down", None: "no uplink"}[uplink])
     return " · ".join(parts)[:STATUS_MAX]

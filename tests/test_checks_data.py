@@ -119,7 +119,9 @@ async def test_missing_samples_are_found_as_gaps_and_counted() -> None:
     ]
     assert (result.status, result.value) == (Status.WARN, 3)
     silent = (await judge(monitor, s, T0 + timedelta(hours=3)))["data.gap:dam.plc.level"]
-    assert silent.status is Status.WARN and silent.message.startswith("no sample for")
+    assert silent.status is Status.WARN
+    assert silent.message.startswith("no sample for 2h55m (expected every "), silent.message
+    assert found[0].detail.startswith("3 samples missing: none for 4m00s ("), found[0].detail
 
 
 async def test_a_counter_that_goes_backwards_fails() -> None:

@@ -76,6 +76,12 @@ async def test_a_broker_name_that_does_not_resolve_fails_the_dns_check() -> None
     result = await run(view, "network.broker_dns", settings)
     assert result.status is Status.FAIL
     assert "broker.edge-agent.invalid" in result.message
+    # One fault, one finding: the TCP check does not fail a second time for it.
+    tcp = await run(view, "network.broker_tcp", settings)
+    assert tcp.status is Status.UNKNOWN
+    assert tcp.message == (
+        "not tried: broker.edge-agent.invalid does not resolve (see network.broker_dns)"
+    )
     by_ip = await run(view_with_broker("mqtt://127.0.0.1:1883"), "network.broker_dns")
     assert (by_ip.status, by_ip.message) == (Status.OK, "127.0.0.1 is an IP address: no DNS needed")
 
@@ -99,6 +105,7 @@ def test_the_uplink_ratio_is_taken_over_the_window() -> None:
     later = ratio(AgentView(view.config, uplink=state), NOW + timedelta(hours=1))
     assert later.status is Status.WARN
     assert later.value == pytest.approx(0.5, abs=0.01)
+    assert later.message.startswith("connected 50.1% of the last 59m50s; now disconnected")
     # Down for the whole next hour: the window now only sees the outage.
     down = ratio(AgentView(view.config, uplink=state), NOW + timedelta(hours=2))
     assert (down.status, down.value) == (Status.FAIL, 0.0)
@@ -133,7 +140,7 @@ def test_a_backlog_that_keeps_growing_warns_after_the_threshold_and_clears_when_
             results.append(backlog(AgentView(config, outbox=outbox.stats()), at))
         assert [r.status for r in results] == [Status.OK] * 4 + [Status.WARN]
         assert results[-1].value == 5
-        assert "growing for 20m, longer than 15m" in results[-1].message
+        assert "the oldest for 20m00s; growing for 20m00s, longer than 15m" in results[-1].message
         outbox.ack([m.id for m in outbox.pending(3)])
         drained = backlog(AgentView(config, outbox=outbox.stats()), NOW + timedelta(minutes=26))
         assert (drained.status, drained.value) == (Status.OK, 2)
@@ -177,7 +184,7 @@ def test_acknowledgements_late_beyond_ack_warn_warn_and_unsaved_ones_warn_too() 
     assert outcome(NOW + timedelta(seconds=19)).status is Status.OK
     late = outcome(NOW + timedelta(seconds=25))
     assert (late.status, late.value, late.threshold) == (Status.WARN, 25.0, 20.0)
-    assert late.message.startswith("connected, no acknowledgement for 25 s (9 publishes wait")
+    assert late.message.startswith("connected, no acknowledgement for 25s (9 publishes wait")
     state.acks_unsaved = 4  # acknowledged, being deleted from the outbox: no finding
     assert outcome(NOW + timedelta(seconds=5)).status is Status.OK
     state.connected = False  # disconnected: network.uplink says so

@@ -186,6 +186,6 @@ def test_a_wall_clock_far_from_the_terminals_clocks_warns(tmp_path: Path) -> Non
     far = run(tmp_path, "system.clock", terminal_clocks=ahead)
     assert far.status is Status.WARN
     assert far.value == 3601.0 and far.threshold == 600.0
-    assert far.message == "terminals' clocks (median of 3) are 3601s ahead of ours"
+    assert far.message == "terminals' clocks (median of 3) are 1h00m ahead of ours"
     close = {"rtu": TerminalClock(NOW + timedelta(seconds=20), NOW)}
     assert run(tmp_path, "system.clock", terminal_clocks=close).status is Status.OK

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 from argparse import SUPPRESS
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from rich.console import Console
 
 from agent import __version__
+from agent.checks.framework import CheckResult, Status
 from agent.cli import build_parser, main
+from agent.cli_parser import FINDINGS
+from agent.render import checks_table
 from agent.sim.modbus_device import SimulatedModbusDevice
 from tests.conftest import PYTHON, ROOT, tcp_terminal
 
@@ -244,6 +250,39 @@ async def test_sl651_decode_table_is_readable() -> None:
     assert "· marks a missing slot" in out
 
 
+def test_the_check_table_says_values_in_words() -> None:
+    """Flags as yes/no, one of a count in the singular, a minute or more as an age in words:
+    never Python's True/False, "1 problems" or "3700 s"."""
+    at = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
+
+    def result(check_id: str, value: Any, unit: str = "", threshold: Any = None) -> CheckResult:
+        return CheckResult(check_id, "x", Status.WARN, value, unit, threshold, "", at, at)
+
+    rows = [
+        result("security.root", True),
+        result("system.clock_sync", False),
+        result("security.files", 1, "problems", 0),
+        result("network.backlog", 2, "messages"),
+        result("terminals.freshness:plc", 3700.0, "s", 300.0),
+        result("system.clock", -3601.0, "s", 600.0),
+        result("terminals.latency:plc", 0.0123, "s", 0.5),
+    ]
+    console = Console(width=200, color_system=None, record=True, file=io.StringIO())
+    console.print(checks_table(rows))
+    cells = {
+        line.split("│")[2].strip(): (line.split("│")[3].strip(), line.split("│")[4].strip())
+        for line in console.export_text().splitlines()
+        if line.count("│") > 4
+    }
+    assert cells["security.root"] == ("yes", "-")
+    assert cells["system.clock_sync"] == ("no", "-")
+    assert cells["security.files"] == ("1 problem", "0 problems")
+    assert cells["network.backlog"] == ("2 messages", "-")
+    assert cells["terminals.freshness:plc"] == ("1h01m", "5m00s")
+    assert cells["system.clock"] == ("-1h00m", "10m00s")
+    assert cells["terminals.latency:plc"] == ("0.0123 s", "0.5 s")
+
+
 # -- one consistent command line: --help, --config, bad values ----------------------------------
 
 
@@ -270,11 +309,16 @@ def test_every_command_help_has_a_description_its_defaults_and_the_exit_codes() 
     for command, one_line, parser in commands:
         text = parser.format_help()
         assert parser.description and parser.description != one_line, command
-        assert "exit codes:\n  0  ok\n  1  a finding" in text, command
+        assert "exit codes:\n  0  ok\n" in text, command
+        # 1 only where the command can return it, with what it means there.
+        assert ("\n  1  " in text) == (command in FINDINGS), command
         assert "\n  2  bad usage or bad input" in text, command
+        assert "rejected" not in text.split("exit codes:")[1] or command.startswith("update")
+        # A flag's default is the other side of its help, never "(default: True)".
+        assert "(default: True)" not in text and "(default: False)" not in text, command
         for action in parser._actions:
             shown = action.default not in (None, False, [], SUPPRESS) and action.help != SUPPRESS
-            if action.option_strings and shown:
+            if action.option_strings and action.nargs != 0 and shown:
                 assert "default" in (action.help or "") or "(default: " in text, (command, action)
     by_name = {c: p for c, _, p in commands}
     status = by_name["status"].format_help()
@@ -284,14 +328,36 @@ def test_every_command_help_has_a_description_its_defaults_and_the_exit_codes() 
     run = by_name["run"].format_help()
     assert "4  a release on trial did not pass its gate" in run
 
+    def said(command: str) -> str:
+        return " ".join(by_name[command].format_help().split())
+
+    assert '{"schema": 1, "current", "available"}' in said("update check")
+    for diag in ("diag grant", "diag revoke", "diag status", "diag audit"):
+        assert "socket (default: the config's control.socket)" in said(diag), diag
+    assert "the last N lines only, 1 or more (default: the whole log)" in said("diag audit")
+    decode = by_name["sl651 decode"].format_help()
+    assert "\n  1  a frame did not decode, or its CRC is wrong\n" in decode
+    assert "\n  1  " not in by_name["config validate"].format_help()
+    assert "--no-files" in by_name["config validate"].format_help()
+    # A group points at its actions.
+    [top] = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    update = top.choices["update"].format_help()
+    assert update.rstrip().endswith("exit codes: those of each ACTION, in its --help")
+
 
 def test_config_validate_takes_the_file_as_path_or_as_config(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = Path(config_file(tmp_path, []))
     assert main(["config", "validate", "--config", str(path)]) == 0
     assert capsys.readouterr().out == f"{path}: ok (0 terminals, 0 points)\n"
     assert main(["config", "validate", str(path), "--config", str(path)]) == 0
+    # The same file by two names (relative here, absolute there; a link) is one file.
+    monkeypatch.chdir(tmp_path)
+    assert main(["config", "validate", path.name, "--config", str(path)]) == 0
+    (tmp_path / "link.yaml").symlink_to(path)
+    assert main(["config", "validate", "link.yaml", "--config", str(path)]) == 0
+    capsys.readouterr()
     other = tmp_path / "other.yaml"
     assert main(["config", "validate", str(path), "--config", str(other)]) == 2
     assert capsys.readouterr().err == (
@@ -307,7 +373,11 @@ def test_config_validate_takes_the_file_as_path_or_as_config(
         (["outbox", "--limit", "ten"], "argument --limit: expected a whole number, got 'ten'"),
         (["support-bundle", "--since", "yesterday"], "argument --since: expected a duration like 500ms, 5s, 2m, 1h; got 'yesterday'"),
         (["support-bundle", "--since", "0s"], "argument --since: must be longer than zero, got '0s'"),
-        (["support-bundle", "--since=-2h"], "argument --since: expected a duration like 500ms, 5s, 2m, 1h; got '-2h'"),
+        (["support-bundle", "--since=-2h"], "argument --since: a duration cannot be negative; got '-2h'"),
+        (["support-bundle", "--since", "-3d"], "argument --since: a duration cannot be negative; got '-3d'"),
+        (["demo", "--duration", "-1"], "argument --duration: must be 0 or more seconds, got '-1'"),
+        (["demo", "--duration", "soon"], "argument --duration: expected a number of seconds, got 'soon'"),
+        (["diag", "audit", "--tail", "0"], "argument --tail: must be 1 or more, got '0'"),
         (["fleet", "--broker", "mqtt://h", "--wait", "0"], "argument --wait: must be a number of seconds above zero, got '0'"),
         (["remote", "gw", "status", "--timeout", "soon"], "argument --timeout: expected a number of seconds, got 'soon'"),
     ],
@@ -321,3 +391,14 @@ def test_a_bad_option_value_is_refused_with_exit_2_and_names_the_option(
     err = capsys.readouterr().err
     assert err.splitlines()[-1].endswith(f"error: {message}")
     assert "Traceback" not in err
+
+
+def test_a_negative_report_period_is_refused_with_the_reason(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`--since -3d` is the option's value, said negative (not "expected one argument")."""
+    for argv in (["report", "--since", "-3d"], ["report", "--since=-3d"]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err == (
+            "edge-agent: --since: a duration cannot be negative; got '-3d'\n"
+        )

@@ -92,7 +92,7 @@ def test_the_socket_is_the_option_then_the_configs_then_the_default(tmp_path: Pa
 
     unreadable = cli.reach(tmp_path, None)  # a folder where the file should be
     assert unreadable.config is None
-    assert unreadable.errors[0].startswith(f"{tmp_path}: cannot read:")
+    assert unreadable.errors == [f"{tmp_path}: is a folder, not a file"]
 
 
 # -- a running agent, a broken config ----------------------------------------------------------

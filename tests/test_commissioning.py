@@ -205,6 +205,21 @@ async def test_the_broker_is_tried_with_the_configs_credentials_and_tls(tmp_path
         mosquitto.stop()
 
 
+async def test_a_broker_that_takes_no_connection_is_one_finding(tmp_path: Path) -> None:
+    """The TCP check fails; the MQTT session is not tried, so it does not fail a second time."""
+    port = free_port()
+    path = broker_config(tmp_path, {"broker": f"mqtt://127.0.0.1:{port}"})
+    results = {r.id: r for r in await probe(load_config(path), path)}
+    assert results["network.broker_tcp"].status.value == "fail"
+    mqtt = results["network.broker_mqtt"]
+    assert (mqtt.status.value, mqtt.message) == (
+        "unknown",
+        f"not tried: 127.0.0.1:{port} takes no TCP connection (see network.broker_tcp)",
+    )
+    findings = [r.id for r in results.values() if r.status.value in ("warn", "fail")]
+    assert [f for f in findings if f.startswith("network.")] == ["network.broker_tcp"]
+
+
 async def test_check_json_has_the_same_shape_from_a_running_agent(
     tmp_path: Path, device: Device, agent_factory: Any
 ) -> None:

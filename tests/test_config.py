@@ -114,7 +114,7 @@ def test_every_error_of_a_file_is_reported_at_once() -> None:
         ),
         (("    host: 127.0.0.1\n", ""), "terminals[0].host: required key is missing"),
         (("name: pump-3", "name: dam-plc"), "terminal names must be unique; repeated: dam-plc"),
-        (("period: 2m", "period: 0s"), "terminals[1].period: Input should be greater than 0"),
+        (("period: 2m", "period: 0s"), "terminals[1].period: must be more than 0 (got '0s')"),
     ],
 )
 def test_each_problem_gets_a_clear_message(change: tuple[str, str], expected: str) -> None:
@@ -209,16 +209,14 @@ def test_each_format_error_says_which_format_is_expected() -> None:
 def test_the_outbox_reserve_is_bounded_and_defaults_to_4_mib() -> None:
     assert parse_config(GOOD, "config.yaml").outbox.reserve_bytes == 4 * 1024 * 1024
     errors = errors_of(GOOD + "outbox: {reserve_bytes: 1000}\n")
-    assert errors == [
-        "outbox.reserve_bytes: Input should be greater than or equal to 262144 (got 1000)"
-    ]
+    assert errors == ["outbox.reserve_bytes: must be at least 262144 (got 1000)"]
 
 
 def test_the_publish_timeout_and_ack_warn_are_durations_above_zero() -> None:
     text = GOOD + "uplink: {broker: 'mqtt://h:1883', publish_timeout: 0s}\n"
     text += "checks: {network: {ack_warn: soon}}\n"
     errors = errors_of(text)
-    assert any("uplink.publish_timeout: Input should be greater than 0" in e for e in errors)
+    assert "uplink.publish_timeout: must be more than 0 (got '0s')" in errors
     assert any("checks.network.ack_warn: expected a duration" in e for e in errors)
     good = GOOD + "uplink: {broker: 'mqtt://h:1883', publish_timeout: 90s}\n"
     assert parse_config(good, "config.yaml").uplink.publish_timeout == 90.0
@@ -375,7 +373,58 @@ def test_no_error_names_a_class_of_the_code() -> None:
                 seen += 1
                 used = [n for n in names if re.search(rf"\b{n}\b", error)]
                 assert not used, (text, error)
+                # Neither pydantic's wording nor Python's values: YAML's (null, true, [a, b]).
+                python = re.search(r"\b(should|None|True|False)\b|\{'|\['", error)
+                assert python is None, (text, error)
     assert seen > 50
+
+
+def test_limits_and_lengths_are_said_in_the_configs_words() -> None:
+    text = (
+        "gateway: {id: gw-001}\n"
+        f"site: {{name: {'x' * 201}, location: ''}}\n"
+        "terminals:\n"
+        "  - {name: dam-plc, protocol: modbus-tcp, host: 127.0.0.1, unit: 999,\n"
+        "     points: [{name: level, table: holding, address: 0}]}\n"
+        "  - {name: pump-3, protocol: modbus-tcp, host: 127.0.0.1, points: []}\n"
+    )
+    assert sorted(errors_of(text)) == [
+        "site.location: must not be empty",
+        "site.name: too long: at most 200 characters (got 201)",
+        "terminals[0].unit: must be at most 247 (got 999)",
+        "terminals[1].points: needs at least 1 point (got none)",
+    ]
+
+
+def test_values_are_shown_as_yaml_writes_them() -> None:
+    assert errors_of(GOOD + "control: {socket: null}\n") == [
+        "control.socket: expected a file path, got nothing (an empty value or null)"
+    ]
+    assert errors_of(GOOD + "checks: {data: [{point: dam-plc.nope}]}\n") == [
+        "checks.data: expected a mapping (`key: value` lines, or `{key: value}`), got "
+        "[{point: dam-plc.nope}]"
+    ]
+
+
+def test_quote_it_is_said_only_where_the_quoted_text_would_be_valid() -> None:
+    """`listen: 5` quoted is still no address: say what an address is instead."""
+    assert errors_of(GOOD + "metrics: {listen: 5}\n") == [
+        "metrics.listen: '5' is not host:port, e.g. 127.0.0.1:9108"
+    ]
+    text = SL651.replace("STATION", "12").replace("PASSWORD", "1234")
+    assert errors_of(text) == [
+        "terminals[0].station: '12' is not a station address: 10 hex digits (5 bytes), e.g. "
+        "0012345678",
+        "terminals[0].password: YAML reads 1234 on line 8 as the number 1234; quote it: "
+        'password: "1234"',
+    ]
+
+
+def test_a_folder_given_as_the_config_is_said_in_words(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["config", "validate", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"{tmp_path}: is a folder, not a file\n"
 
 
 # -- what refers to what ------------------------------------------------------------------------

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import yaml
 
+from agent.checks.view import AgentView
+from agent.config import parse_config
+from agent.demo import outbox_line
 from agent.demo_setup import demo_place
+from agent.outbox import OutboxStats
 from tests.broker import free_port
 from tests.test_cli import edge_agent
 
@@ -127,3 +131,10 @@ async def test_two_demos_at_once_both_work(tmp_path: Path) -> None:
     first, second = (ports_of(out) for _, out, _ in runs)
     assert len(first) == len(second) == 4  # two PLCs, the SL651 listener, metrics
     assert not first & second
+
+
+def test_the_outbox_line_gives_the_oldest_age_in_words(tmp_path: Path) -> None:
+    config = parse_config(site(tmp_path, 1502, 5001).read_text())
+    stats = OutboxStats(0, 0, 40, 8192, 1 << 20, 2070.4, 0, 0, None, False, 40, None)
+    line = outbox_line(AgentView(config, outbox=stats)).plain
+    assert line.startswith("outbox: 40 messages, 8 KiB waiting, oldest 34m30s, evicted 0")

@@ -56,6 +56,13 @@ def test_each_command_has_its_description_defaults_and_own_exit_codes() -> None:
     assert "Check a config file as the agent loads it" in validate
     status = plain.split(".SS status\n", 1)[1].split(".SS ", 1)[0]
     assert "\\fBExit status 3:\\fR the agent is not running" in status
+    assert "\\fBExit status 1:\\fR something fails" in status
+    decode = plain.split(".SS sl651 decode\n", 1)[1].split(".SS ", 1)[0]
+    assert "\\fBExit status 1:\\fR a frame did not decode, or its CRC is wrong" in decode
+    assert "release" not in decode
+    assert "Exit status 1" not in validate
+    # A flag (--no-files) has no "default: True": its default is the other side of its help.
+    assert "(default: True)" not in plain and "(default: False)" not in plain
     outbox = plain.split(".SS outbox\n", 1)[1].split(".SS ", 1)[0]
     assert "messages to show with peek (default: 10)" in outbox
     exit_status = plain.split(".SH EXIT STATUS\n", 1)[1].split(".SH ", 1)[0]

@@ -127,13 +127,14 @@ def test_the_screen_for_a_known_state() -> None:
                    "warning": []},
     }  # fmt: skip
     console = Console(width=200, color_system=None, record=True, file=io.StringIO())
-    console.print(status_view(status))
+    console.print(status_view(status, now=datetime(2026, 11, 22, 9, 2, 5, tzinfo=UTC)))
     text = console.export_text()
+    # Times as ages in words, never timestamps (those are in --json).
     assert text.splitlines()[:4] == [
         "edge-agent 0.1.0 · gateway gw-001 · FAILING",
         "agent      running 1h02m (pid 4242) · config /etc/edge-agent/config.yaml",
-        "uplink     down since 2026-11-22T09:00:00.000Z · mqtts://broker.example:8883 · last ack "
-        "2026-11-22T08:59:58.000Z · cannot reach broker broker.example:8883: connection refused",
+        "uplink     down for 2m05s · mqtts://broker.example:8883 · last ack 2m07s ago · "
+        "cannot reach broker broker.example:8883: connection refused",
         "outbox     42 waiting (1 events, 1 health, 40 telemetry), 80 KiB, oldest 2m05s",
     ]
     assert (
@@ -302,9 +303,9 @@ def test_the_screen_says_disk_full_and_the_readings_lost_per_terminal() -> None:
                                            "to": "2026-11-22T09:00:59.900Z"}}},
     }  # fmt: skip
     console = Console(width=200, color_system=None, record=True, file=io.StringIO())
-    console.print(_outbox_line(outbox))
+    console.print(_outbox_line(outbox, datetime(2026, 11, 22, 10, 1, 0, tzinfo=UTC)))
     lines = console.export_text().splitlines()
-    assert lines[1].strip().startswith("DISK FULL since 2026-11-22T09:00:00.000Z: read-only")
+    assert lines[1].strip().startswith("DISK FULL for 1h01m: read-only")
     assert lines[2].strip() == (
         "120 readings lost, not reported yet: dam-plc 120 "
         "(2026-11-22T09:00:00.100Z … 2026-11-22T09:00:59.900Z)"
@@ -326,9 +327,12 @@ def test_a_broker_that_does_not_acknowledge_is_named_on_the_uplink_line() -> Non
     assert (uplink["no_ack_for"], uplink["ack_late"], uplink["inflight"]) == (42.4, True, 33)
     assert (uplink["resent"], uplink["acks_unsaved"]) == (64, 3)
     console = Console(width=250, color_system=None, record=True, file=io.StringIO())
-    console.print(status_view(status))
+    console.print(status_view(status, now))
     line = next(x for x in console.export_text().splitlines() if x.startswith("uplink"))
-    assert line.startswith("uplink     connected, no acknowledgement for 42 s since ")
+    assert line.startswith(
+        "uplink     connected for 1m00s, no acknowledgement for 42s · mqtt://b.example:1883 · "
+        "no ack yet · "
+    )
     assert line.endswith(
         " · 3 delivered messages not yet removed from the outbox (database or disk is full)"
     )

@@ -164,8 +164,8 @@ def test_a_loop_is_healthy_only_within_its_allowance() -> None:
 
 def test_the_status_line_is_one_short_line() -> None:
     assert (
-        status_line(3, 4, 120, True, 300)
-        == "terminals 3/4 ok · backlog 120 (oldest 5m) · uplink connected"
+        status_line(3, 4, 120, True, 3700)
+        == "terminals 3/4 ok · backlog 120 (oldest 1h01m) · uplink connected"
     )
     assert status_line(0, 0, None, None) == "terminals 0/0 ok · outbox closed · no uplink"
     assert status_line(1, 1, 0, False, 10) == "terminals 1/1 ok · backlog 0 · uplink down"

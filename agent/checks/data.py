@@ -25,7 +25,7 @@ from typing import Any
 from agent.check_settings import KINDS, ChecksConfig, PointChecks
 from agent.checks.framework import Check, Outcome, Probe, Scalar, Status, unknown
 from agent.checks.view import AgentView
-from agent.durations import format_duration
+from agent.durations import approximate_duration, format_duration
 from agent.model import Quality, Reading, format_timestamp
 
 FAMILY = "data"
@@ -178,7 +178,7 @@ class DataMonitor:
                 s.events["gap"].append((at, missing))
                 anomaly(
                     "gap",
-                    f"{missing} samples missing: none for {format_duration(round(dt))} "
+                    f"{missing} samples missing: none for {approximate_duration(dt)} "
                     f"(expected every {format_duration(interval)})",
                     missing,
                 )
@@ -302,7 +302,7 @@ def judge(monitor: DataMonitor, view: AgentView, now: datetime, key: str, kind: 
                 missing + max(1, round(silent / interval) - 1),
                 "samples",
                 c.gap_factor,
-                f"no sample for {format_duration(round(silent))} (expected every {format_duration(interval)})",
+                f"no sample for {approximate_duration(silent)} (expected every {format_duration(interval)})",
             )
         if gaps:
             return Outcome(

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, unknown
 from agent.checks.view import AgentView
-from agent.durations import format_duration
+from agent.durations import approximate_duration, format_duration
 from agent.model import format_timestamp
 
 FAMILY = "network"
@@ -92,6 +92,8 @@ async def broker_tcp(view: AgentView, settings: ChecksConfig) -> Outcome:
         return Outcome(
             Status.FAIL, None, "s", limit, f"no TCP answer from {where} within {limit:g}s"
         )
+    except socket.gaierror:  # one fault, one finding: network.broker_dns says it
+        return unknown(f"not tried: {uplink.host} does not resolve (see network.broker_dns)")
     except OSError as exc:
         # asyncio puts "Connect call failed (addr)" in strerror; the errno says it in words.
         reason = os.strerror(exc.errno) if exc.errno else str(exc) or type(exc).__name__
@@ -136,9 +138,9 @@ class UplinkRatio:
         if span < MIN_SPAN:
             if u.connected:
                 return Outcome(Status.OK, None, "", self.settings.warn, f"{state}")
-            return unknown(f"{state}; started {span:.0f}s ago")
+            return unknown(f"{state}; started {approximate_duration(span)} ago")
         ratio = round(min(1.0, max(0.0, (total - base_total) / span)), 4)
-        shown = f"connected {ratio:.1%} of the last {format_duration(round(span))}; now {state}"
+        shown = f"connected {ratio:.1%} of the last {approximate_duration(span)}; now {state}"
         w, f = self.settings.warn, self.settings.fail
         if f is not None and ratio < f:
             return Outcome(Status.FAIL, ratio, "", f, f"{shown}, below {f:.0%}")
@@ -174,7 +176,7 @@ def acks(view: AgentView, now: datetime, settings: ChecksConfig) -> Outcome:
             waited,
             "s",
             warn,
-            f"connected, no acknowledgement for {waited:.0f} s ({u.inflight} publishes wait "
+            f"connected, no acknowledgement for {approximate_duration(waited)} ({u.inflight} publishes wait "
             f"for a PUBACK; {u.resent} sent again so far)",
         )
     return Outcome(Status.OK, waited, "s", warn, f"connected, acknowledged within {warn:g} s")
@@ -204,10 +206,10 @@ class Backlog:
         age = o.oldest_age
         text = f"{depth} messages waiting"
         if age is not None and depth:
-            text += f", the oldest for {format_duration(round(age))}"
+            text += f", the oldest for {approximate_duration(age)}"
         growing = (now - self.growing_since).total_seconds() if self.growing_since else 0.0
         if growing:
-            text += f"; growing for {format_duration(round(growing))}"
+            text += f"; growing for {approximate_duration(growing)}"
         if o.over_budget:
             return Outcome(
                 Status.FAIL,

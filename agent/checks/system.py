@@ -21,7 +21,7 @@ from pathlib import Path
 from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
 from agent.checks.view import AgentView
-from agent.durations import format_duration
+from agent.durations import approximate_duration
 from agent.timesync import clock_synchronised
 
 FAMILY = "system"
@@ -308,7 +308,7 @@ def clock(view: AgentView, now: datetime, settings: ChecksConfig) -> Outcome:
     limit = c.max_terminal_offset
     n = len(offsets)
     direction = "ahead of" if median > 0 else "behind"
-    text = f"terminals' clocks (median of {n}) are {format_duration(abs(round(median)))} {direction} ours"
+    text = f"terminals' clocks (median of {n}) are {approximate_duration(abs(median))} {direction} ours"
     status = Status.WARN if abs(median) > limit else Status.OK
     if abs(median) < 1:
         text = f"terminals' clocks (median of {n}) agree with ours"

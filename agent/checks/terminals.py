@@ -24,7 +24,7 @@ from datetime import datetime
 from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
 from agent.checks.view import AgentView
-from agent.durations import format_duration
+from agent.durations import approximate_duration, format_duration
 from agent.model import TerminalInfo
 
 FAMILY = "terminals"
@@ -168,11 +168,13 @@ def freshness(view: AgentView, now: datetime, name: str, settings: ChecksConfig)
     down = f"not answering: {stats.last_error or 'no good reading'}" if failing else ""
     if last is None:
         running = (now - view.started_at).total_seconds()
-        since = f"since the agent started {format_duration(round(running))} ago"
+        since = f"since the agent started {approximate_duration(running)} ago"
         if running <= limit:
             if failing:
                 return Outcome(Status.WARN, None, "s", limit, f"{down} ({since})")
-            return unknown(f"no good reading from {name} yet (started {running:.0f}s ago)")
+            return unknown(
+                f"no good reading from {name} yet (started {approximate_duration(running)} ago)"
+            )
         message = (
             f"{down}; no good reading {since}"
             if failing
@@ -180,7 +182,7 @@ def freshness(view: AgentView, now: datetime, name: str, settings: ChecksConfig)
         )
         return Outcome(Status.FAIL, None, "s", limit, message)
     age = round(max(0.0, (now - last).total_seconds()), 1)
-    shown = format_duration(round(age)) if age >= 1 else f"{age:g}s"
+    shown = approximate_duration(age) if age >= 1 else f"{age:g}s"
     if age > limit:
         message = (
             f"{down}; last good reading {shown} ago, stale after {format_duration(limit)}"

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.cli_parser import positive_int
 from agent.diagnosis.consent import MAX_MINUTES, MIN_MINUTES, ConsentStore, consent_state
 
 if TYPE_CHECKING:
@@ -54,7 +55,13 @@ def add_diag_parser(commands: Any) -> None:
     _common(audit)
     audit.add_argument("--verify", action="store_true", help="check the hash chain (exit 1)")
     audit.add_argument("--json", action="store_true", help="print JSON lines")
-    audit.add_argument("--tail", type=int, default=None, metavar="N", help="the last N only")
+    audit.add_argument(
+        "--tail",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="the last N lines only, 1 or more (default: the whole log)",
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +72,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="config file (default: $EDGE_AGENT_CONFIG or /etc/edge-agent/config.yaml)",
     )
     parser.add_argument(
-        "--socket", type=Path, default=None, help="the running agent's control socket"
+        "--socket",
+        type=Path,
+        default=None,
+        help="the running agent's control socket (default: the config's control.socket)",
     )
 
 
@@ -168,8 +178,6 @@ def _audit(config: Config, args: argparse.Namespace) -> int:
     from agent.diagnosis.audit import tail, verify
 
     path = config.layout.audit_log
-    if args.tail is not None and args.tail < 0:
-        return _fail("--tail: a number of lines, 0 or more")
     try:
         entries = tail(path, args.tail)
         problems = verify(path) if args.verify else []

@@ -58,7 +58,9 @@ def add_update_parser(commands: Any) -> None:
         "check", help="the newest release of update.channel at update.repository_url"
     )
     _common(check)
-    check.add_argument("--json", action="store_true", help='print {"current", "available"}')
+    check.add_argument(
+        "--json", action="store_true", help='print {"schema": 1, "current", "available"}'
+    )
 
     status = actions.add_parser("status", help="the update state: current, trial, last outcome")
     _common(status)
