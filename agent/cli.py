@@ -18,7 +18,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from agent.cli_parser import (
     EXIT_OK,
     EXIT_USAGE,
     CommandParser,
+    count,
     duration,
     epilog,
     positive_int,
@@ -78,35 +79,6 @@ def _socket_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: a whole number within [low, high], else a one-line reason (exit 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < low or (high is not None and value > high):
-            span = f"from {low} to {high}" if high is not None else f"of at least {low}"
-            raise argparse.ArgumentTypeError(f"{text!r}: give a number {span}")
-        return value
-
-    return parse
-
-
-def _positive_duration(text: str) -> float:
-    """An argparse type: a duration above zero (500ms, 2s; a bare number is seconds)."""
-    from agent.durations import parse_duration
-
-    try:
-        seconds = parse_duration(float(text) if text.replace(".", "", 1).isdigit() else text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a duration above zero")
-    return seconds
-
-
 def _adhoc_args(poll: argparse.ArgumentParser) -> None:
     """`poll`'s ad-hoc target: a Modbus device not in the config (a first look at it)."""
     from agent.protocols.modbus.config import POINT_TABLES, POINT_TYPES
@@ -118,23 +90,21 @@ def _adhoc_args(poll: argparse.ArgumentParser) -> None:
     where = adhoc.add_mutually_exclusive_group()
     where.add_argument("--tcp", metavar="HOST[:PORT]", help="Modbus TCP (port default 502)")
     where.add_argument("--rtu", metavar="DEVICE", help="Modbus RTU on this serial device")
-    adhoc.add_argument("--baudrate", type=_whole(1), help="RTU (default 9600)")
+    adhoc.add_argument("--baudrate", type=count(1), help="RTU (default 9600)")
     adhoc.add_argument("--parity", choices=("N", "E", "O"), help="RTU (default N)")
     adhoc.add_argument("--bytesize", type=int, choices=(7, 8), help="RTU (default 8)")
     adhoc.add_argument("--stopbits", type=int, choices=(1, 2), help="RTU (default 1)")
-    adhoc.add_argument("--unit", type=_whole(0, 247), help="unit id (default 1)")
+    adhoc.add_argument("--unit", type=count(0, 247), help="unit id (default 1)")
     adhoc.add_argument(
         "--table",
         choices=POINT_TABLES,
         metavar="TABLE",
         help=f"{', '.join(POINT_TABLES)} (default holding)",
     )
-    adhoc.add_argument(
-        "--address", type=_whole(0, 65535), help="first address, 0-based (default 0)"
-    )
+    adhoc.add_argument("--address", type=count(0, 65535), help="first address, 0-based (default 0)")
     adhoc.add_argument(
         "--count",
-        type=_whole(1, 2000),
+        type=count(1, 2000),
         help="values to read (registers for a string; default 1)",
     )
     adhoc.add_argument(
@@ -144,7 +114,7 @@ def _adhoc_args(poll: argparse.ArgumentParser) -> None:
         help=f"how to decode them: {', '.join(POINT_TYPES)} (default uint16; bool for coil and "
         "discrete)",
     )
-    adhoc.add_argument("--timeout", type=_positive_duration, help="per request (default 1s)")
+    adhoc.add_argument("--timeout", type=duration, help="per request (default 1s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,14 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = listen.add_mutually_exclusive_group(required=True)
     source.add_argument(
-        "--port", type=_whole(0, 65535), help="listen for stations on this TCP port (0: any free)"
+        "--port", type=count(0, 65535), help="listen for stations on this TCP port (0: any free)"
     )
     source.add_argument("--device", help="read this serial port")
     listen.add_argument(
         "--host", default="0.0.0.0", help="with --port: the address to listen on (default all)"
     )
     listen.add_argument(
-        "--baudrate", type=_whole(1), default=9600, help="with --device (default 9600)"
+        "--baudrate", type=count(1), default=9600, help="with --device (default 9600)"
     )
     listen.add_argument(
         "--confirm",

@@ -280,11 +280,14 @@ def _parsed(text: str, convert: Callable[[str], T], kind: str) -> T:
         raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
 
 
-def count(minimum: int) -> Callable[[str], int]:
-    """The type of a whole number of at least `minimum` (`--limit 10`, `--add-keys 0`)."""
+def count(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """The type of a whole number of at least `minimum` and at most `maximum` (`--limit 10`,
+    `--unit 1`)."""
 
     def whole_number(text: str) -> int:
         value = _parsed(text, int, "a whole number")
+        if maximum is not None and not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be from {minimum} to {maximum}, got {text!r}")
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {text!r}")
         return value

@@ -151,10 +151,10 @@ def test_bad_poll_usage_is_refused_with_one_line(
 @pytest.mark.parametrize(
     ("argv", "reason"),
     [
-        (["poll", "--tcp", "h", "--unit", "300"], "'300': give a number from 0 to 247"),
-        (["poll", "--tcp", "h", "--count", "0"], "'0': give a number from 1 to 2000"),
+        (["poll", "--tcp", "h", "--unit", "300"], "must be from 0 to 247, got '300'"),
+        (["poll", "--tcp", "h", "--count", "0"], "must be from 1 to 2000, got '0'"),
         (["poll", "--tcp", "h", "--timeout", "soon"], "expected a duration"),
-        (["poll", "--tcp", "h", "--timeout", "0s"], "give a duration above zero"),
+        (["poll", "--tcp", "h", "--timeout", "0s"], "must be longer than zero, got '0s'"),
         (["poll", "--tcp", "h", "--table", "register"], "invalid choice: 'register'"),
     ],
 )
