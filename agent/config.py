@@ -24,6 +24,7 @@ from pydantic import (
 
 from agent.check_settings import ChecksConfig, HealthConfig
 from agent.config_base import Frozen, TerminalModel
+from agent.config_yaml import load_yaml
 from agent.diagnosis.settings import DiagnosisConfig
 from agent.durations import Duration, PositiveDuration
 from agent.protocols.modbus.config import (
@@ -317,9 +318,6 @@ class Config(_Frozen):
         return self.uplink.client_id or f"edge-agent-{self.gateway.id}"
 
 
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 def default_config_path() -> Path:
     return Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG_PATH))
 
@@ -349,8 +347,8 @@ def parse_config(text: str, path: Path | str = "config.yaml") -> Config:
     """Validate config text; relative paths in it are taken from the file's folder."""
     path = Path(path)
     try:
-        # libyaml's loader where it is built in: a large site's config parses several times faster
-        data = yaml.load(text, Loader=_SafeLoader)  # noqa: S506 -- a safe loader
+        # What PyYAML's safe loader gives, without its whole-document node graph (the peak)
+        data = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
