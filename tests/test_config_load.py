@@ -1,5 +1,5 @@
 """Loading a large config: the YAML is read without PyYAML's node graph (agent/config_yaml.py)
-into exactly what PyYAML's safe loader gives."""
+into exactly what PyYAML's safe loader gives, and points configured alike share one object."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.config import parse_config
 from agent.config_yaml import SafeLoader, load_yaml
 
 
@@ -137,3 +138,42 @@ def test_a_large_config_loads_without_the_node_graph() -> None:
         tracemalloc.stop()
     assert data == pyyaml(text)[1]
     assert peak < 15 * len(text), f"peak {peak} bytes for {len(text)} bytes of YAML"
+
+
+def test_points_configured_alike_are_one_object() -> None:
+    config = parse_config(site(4, 3))
+    first, second, third, _ = config.terminals
+    assert first.points[1] is second.points[1] is third.points[1]  # type: ignore[attr-defined]
+
+
+def test_points_that_differ_in_anything_stay_apart() -> None:
+    text = """
+gateway: {id: gw}
+terminals:
+  - name: a
+    protocol: modbus-tcp
+    host: h
+    points:
+      - {name: level, address: 0}
+      - {name: flow, address: 1, offset: 0.0}
+  - name: b
+    protocol: modbus-tcp
+    host: h
+    points:
+      - {name: level, address: 0, table: holding}
+      - {name: flow, address: 1, offset: -0.0}
+  - name: c
+    protocol: modbus-rtu
+    device: /dev/ttyS0
+    points:
+      - {name: level, address: 0}
+      - {name: flow, address: 1, offset: 0.0}
+"""
+    a, b, c = parse_config(text).terminals
+    # written differently (table given), or a different value (-0.0): not shared
+    assert a.points[0] is not b.points[0]  # type: ignore[attr-defined]
+    assert a.points[0] == b.points[0]  # type: ignore[attr-defined]
+    assert a.points[1] is not b.points[1]  # type: ignore[attr-defined]
+    assert b.points[0].model_fields_set == {"name", "address", "table"}  # type: ignore[attr-defined]
+    # the same point on another transport is the same value
+    assert a.points[0] is c.points[0] and a.points[1] is c.points[1]  # type: ignore[attr-defined]
