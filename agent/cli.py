@@ -21,9 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.config import (
@@ -43,6 +41,9 @@ from agent.update.installer import add_arguments as add_install_arguments
 from agent.update.installer import run as run_install
 from agent.update.release_cli import add_release_parser, run_release
 from agent.update.update_cli import add_update_parser, run_update
+
+if TYPE_CHECKING:  # rich only where a command shows something: `run` (the daemon) never loads it
+    from rich.console import Console
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
 
@@ -238,6 +239,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(poll_json(answer), indent=2))
     else:
+        from rich.console import Console  # the terminal UI: only where it shows something
+
         console = Console()
         console.print(poll_table(answer))
         for line in poll_errors(answer.readings):
@@ -338,6 +341,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
     from rich.live import Live
 
     from agent.control import ControlError, NotRunning
@@ -560,6 +564,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def _wide_console() -> Console:
     """A console that does not wrap tables at 80 columns when its output is piped."""
+    from rich.console import Console
+
     return Console() if sys.stdout.isatty() else Console(width=120)
 
 

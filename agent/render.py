@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
-
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from agent.checks.framework import CheckResult, Status
 from agent.durations import approximate_duration
 from agent.model import Quality, Reading, Value
 from agent.protocols.driver import PollAnswer
 from agent.protocols.sl651.describe import function_name
+
+if TYPE_CHECKING:  # rich only in the tables, which the CLI calls: the daemon never loads it
+    from rich.table import Table
 
 QUALITY_STYLE = {
     Quality.GOOD: "green",
@@ -55,6 +55,9 @@ def poll_json(answer: PollAnswer) -> dict[str, Any]:
 
 
 def poll_table(answer: PollAnswer) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"{answer.terminal} ({answer.where})", title_justify="left", expand=False)
     for column in ("point", "value", "unit", "quality", "source", "type"):
         table.add_column(column, justify="right" if column == "value" else "left")
@@ -100,6 +103,9 @@ def _scalar(value: object, unit: str = "") -> str:
 
 def checks_table(results: Sequence[CheckResult]) -> Table:
     """`edge-agent check`: one row per check, failing first."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="self-checks", title_justify="left")
     for column in ("status", "check", "value", "threshold", "message"):
         table.add_column(column)
@@ -128,6 +134,8 @@ def _sl651_value(element: dict[str, Any]) -> str:
 
 def sl651_frame_view(described: dict[str, Any]) -> Table:
     """`edge-agent sl651 decode`: a frame's header as the title, its elements as rows."""
+    from rich.table import Table
+
     if "error" in described:
         table = Table(title=f"[bold red]not decoded:[/] {described['error']}", title_justify="left")
         table.add_column("hex")

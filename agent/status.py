@@ -15,11 +15,7 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from agent.check_settings import checks_settings
 from agent.checks.framework import CheckResult, Status
@@ -32,6 +28,11 @@ from agent.signing import read_envelope
 from agent.storage.layout import StateLayout
 from agent.telemetry import count_readings
 from agent.update.state import StateError, UpdateStore, describe
+
+if TYPE_CHECKING:  # rich only in the views, which the CLI calls: the daemon never loads it
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.text import Text
 
 SCHEMA = 1
 QUEUE_BY_NUMBER = {int(p): name for p, name in QUEUE_NAMES.items()}  # as stored in the database
@@ -209,6 +210,8 @@ def update_summary(state_dir: Path) -> dict[str, Any] | None:
 
 def update_line(update: dict[str, Any] | None, now: datetime | None = None) -> Text | None:
     """One line for people: "committed 0.2.0", "on trial 0.3.0, 7m left", "rolled back …"."""
+    from rich.text import Text
+
     if not update or "state" not in update:
         return None
     state, last = update["state"], update.get("last") or {}
@@ -252,6 +255,8 @@ def _duration(seconds: float | None) -> str:
 
 
 def _outbox_line(outbox: dict[str, Any] | None) -> Text:
+    from rich.text import Text
+
     if outbox is None:
         return Text("outbox     none yet")
     if "error" in outbox:
@@ -296,6 +301,10 @@ def _outbox_line(outbox: dict[str, Any] | None) -> Text:
 
 def status_view(status: dict[str, Any]) -> RenderableType:
     """The one screen: agent, uplink, outbox, terminals, failing and warning checks."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     if not status.get("running"):
         return _offline_view(status)
     a = status["agent"]
@@ -373,6 +382,9 @@ def status_view(status: dict[str, Any]) -> RenderableType:
 
 
 def _offline_view(status: dict[str, Any]) -> RenderableType:
+    from rich.console import Group
+    from rich.text import Text
+
     parts: list[RenderableType] = [
         Text("edge-agent is not running.", "bold red"),
         Text("  see: systemctl status edge-agent · journalctl -u edge-agent -n 50"),
@@ -451,6 +463,8 @@ def peek_outbox(path: Path, limit: int) -> list[dict[str, Any]]:
 
 
 def outbox_peek_table(messages: Sequence[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title="next messages to send", title_justify="left")
     for column in ("seq", "kind", "age", "size", "readings", "kid", "ts"):
         table.add_column(column)
