@@ -210,6 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     counter = LogCounter()
     configure_logging(config.log.level, config.log.format, counter=counter)
     daemon = Daemon(config, path, log_counter=counter, config_bytes=data)
+    del data  # a large site's file is a megabyte: the daemon keeps its digest
     try:
         asyncio.run(daemon.run())
     except (OSError, OutboxError, KeyStoreError, sqlite3.Error) as exc:
