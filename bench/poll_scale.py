@@ -19,7 +19,9 @@ and prints:
   simulators' CPU is measured the same way and printed beside it; agent cpu per delivered
   point = agent cpu / points/s (µs);
 - agent rss: VmRSS at the end of the window and VmHWM (peak, startup included: loading a big
-  config is often the peak) from /proc/<pid>/status;
+  config is often the peak) from /proc/<pid>/status; the agent runs with the environment the
+  service unit gives it (its `Environment=`: MALLOC_ARENA_MAX=2), so the figures are the
+  service's;
 - agent rss idle and rss per terminal: before the run, an agent with one terminal (of the same
   simulators) polled hourly runs for the warmup time and its VmRSS is taken; RSS per terminal is
   (VmRSS at the end of the window - that idle VmRSS) / K (`--no-idle` skips it);
@@ -74,7 +76,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from procs import cpu_seconds, cpu_times, describe_tree, die_with_parent, memory_kib, stop
+from procs import (
+    cpu_seconds,
+    cpu_times,
+    describe_tree,
+    die_with_parent,
+    memory_kib,
+    service_environment,
+    service_settings,
+    stop,
+)
 from uplink_drain import start_mosquitto
 
 from agent.telemetry import Receiver, open_token
@@ -372,6 +383,7 @@ def start_agent(
         return subprocess.Popen(
             command,
             cwd=ROOT,
+            env=service_environment(),  # as the service unit starts it (MALLOC_ARENA_MAX)
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -431,6 +443,8 @@ def run(args: argparse.Namespace) -> None:
         f"parameters: devices={k} registers={r} period={p:g}s duration={s:g}s "
         f"warmup={args.warmup:g}s simulator processes={sim_procs} cores={os.cpu_count()}"
     )
+    settings = " ".join(f"{key}={value}" for key, value in service_settings().items())
+    print(f"agent environment: {settings or 'as is'} (the service unit's Environment=)")
     telemetry = {"schema": args.schema, "compression": args.compression}
     print(
         f"values: random walk below {args.values_max}, step <= {args.step} per period; "

@@ -1,18 +1,21 @@
 """What the benchmarks share: measuring other processes and cleaning them up.
 
 CPU and memory from /proc (Linux), children that die with the benchmark (PR_SET_PDEATHSIG),
-a graceful stop, and a line saying which agent code ran.
+a graceful stop, a line saying which agent code ran, and the environment the service unit
+gives the agent (so that an agent started here measures as the service would).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import shlex
 import signal
 import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVICE_UNIT = ROOT / "systemd" / "edge-agent.service"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG = 1
 
@@ -37,6 +40,23 @@ def memory_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0])
     return out
+
+
+def service_settings() -> dict[str, str]:
+    """The variables the service unit sets (its `Environment=` lines, e.g. MALLOC_ARENA_MAX)."""
+    settings: dict[str, str] = {}
+    for line in SERVICE_UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in shlex.split(line.removeprefix("Environment=")):
+                key, _, value = item.partition("=")
+                settings[key] = value
+    return settings
+
+
+def service_environment() -> dict[str, str]:
+    """This process's environment with the service unit's settings: an agent started with it
+    allocates memory as the service does."""
+    return {**os.environ, **service_settings()}
 
 
 def die_with_parent() -> None:

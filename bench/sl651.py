@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from procs import cpu_seconds, describe_tree, die_with_parent, memory_kib, stop
+from procs import cpu_seconds, describe_tree, die_with_parent, memory_kib, service_environment, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 DECODE_BENCH = Path(__file__).resolve().parent / "sl651_decode.py"
@@ -368,6 +368,7 @@ def run_load(args: argparse.Namespace, generators: int) -> LoadResult:
             with log_path.open("wb") as log:
                 agent = spawn(
                     [sys.executable, "-m", "agent", "run", "--config", str(config)],
+                    env=service_environment(),  # as the service unit starts it
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=log,
