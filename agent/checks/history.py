@@ -179,7 +179,7 @@ class CheckFigures:
     warn_hours: int
 
 
-@dataclass
+@dataclass(slots=True)  # one per point and hour when polls come reading by reading
 class _PointAcc:
     unit: str
     good: int = 0
@@ -268,7 +268,7 @@ _quality = operator.attrgetter("quality")
 _observed_at = operator.attrgetter("observed_at")
 
 
-@dataclass
+@dataclass(slots=True)  # one per check and hour: three a terminal
 class _CheckAcc:
     family: str
     worst: int = 0
