@@ -16,5 +16,7 @@ if "structlog" not in sys.modules and "rich" not in sys.modules:
     sys.modules["rich"] = None  # type: ignore[assignment]
     try:
         import structlog  # noqa: F401
+    except ImportError:  # the installer, run from the wheels with the stdlib alone
+        pass
     finally:
         del sys.modules["rich"]
