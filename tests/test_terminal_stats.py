@@ -111,4 +111,5 @@ def test_a_window_needs_room_for_one_sample() -> None:
 @given(floats)
 def test_a_sample_reads_back_within_seven_digits(value: float) -> None:
     kept = RecentSamples(1, [value])
-    assert list(kept)[0] == pytest.approx(value, rel=1e-7, abs=1e-38)
+    (kept_value,) = kept
+    assert kept_value == pytest.approx(value, rel=1e-7, abs=1e-38)
