@@ -1,6 +1,6 @@
 """The daemon loads what it runs, not the command line's faces: no terminal UI (rich and the
-pygments it brings), no template engine (the report's Jinja2), no demo, man page or release
-tooling. Each of them costs memory on the gateway for as long as the agent runs."""
+pygments it brings), no template engine (the report's Jinja2) nor the report itself, no
+demo, man page or release tooling. Each of them costs memory on the gateway for as long as the agent runs."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ NEVER_IN_THE_DAEMON = (
     "agent.demo",
     "agent.manpage",
     "agent.update.release",
+    "agent.checks.report",
 )
 
 
