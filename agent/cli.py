@@ -21,9 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.cli_parser import (
@@ -58,6 +56,9 @@ from agent.update.update_cli import add_update_parser, run_update
 
 # The schema of each `--json` shape that has no other home (README, "Command line").
 OUTBOX_SCHEMA = KEYS_SCHEMA = SL651_DECODE_SCHEMA = 1
+
+if TYPE_CHECKING:  # rich only where a command shows something: `run` (the daemon) never loads it
+    from rich.console import Console
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -358,6 +359,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     counter = LogCounter()
     configure_logging(config.log.level, config.log.format, counter=counter)
     daemon = Daemon(config, path, log_counter=counter, config_bytes=data)
+    del data  # a large site's file is a megabyte: the daemon keeps its digest
     try:
         asyncio.run(daemon.run())
     except (OSError, OutboxError, KeyStoreError, sqlite3.Error) as exc:
@@ -420,6 +422,8 @@ def cmd_poll(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(poll_json(answer), indent=2))
     else:
+        from rich.console import Console  # the terminal UI: only where it shows something
+
         console = Console()
         console.print(poll_table(answer))
         for line in poll_errors(answer.readings):
@@ -514,6 +518,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
     from rich.live import Live
 
     from agent.control import ControlError, NotRunning
@@ -793,6 +798,8 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def _wide_console() -> Console:
     """A console that does not wrap tables at 80 columns when its output is piped."""
+    from rich.console import Console
+
     return Console() if sys.stdout.isatty() else Console(width=120)
 
 

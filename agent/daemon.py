@@ -133,11 +133,11 @@ class Daemon:
         self._extra_sinks = list(extra_sinks)
         self._reload_requested = asyncio.Event()
         self._reload_lock = asyncio.Lock()
-        self._config_bytes = config_bytes  # the file's content when the config was read
-        # sha256 of the content self.config was parsed from (AgentView.config_digest).
-        self._config_digest = (
-            None if config_bytes is None else hashlib.sha256(config_bytes).digest()
-        )
+        # sha256 of the file's content when it was last read (a large site's file is a
+        # megabyte: its digest is what tells a change), and of the content self.config was
+        # parsed from (AgentView.config_digest).
+        self._file_digest = None if config_bytes is None else hashlib.sha256(config_bytes).digest()
+        self._config_digest = self._file_digest
         self.consent = ConsentStore(config.layout)
 
     async def run(self) -> None:
@@ -149,9 +149,9 @@ class Daemon:
             log.warning("descriptor limit not raised", **limit.to_log())
         else:
             log.info("descriptor limit", **limit.to_log())
-        if self._config_bytes is None:
+        if self._file_digest is None:
             with contextlib.suppress(OSError):
-                self._config_bytes = self.config_path.read_bytes()
+                self._file_digest = hashlib.sha256(self.config_path.read_bytes()).digest()
         self._install_signal_handlers(loop)
         stack = AsyncExitStack()
         try:
@@ -503,16 +503,17 @@ class Daemon:
         except OSError as exc:
             log.error("cannot read the config file; keeping the running one", error=str(exc))
             return False
-        if text == self._config_bytes:
+        digest = hashlib.sha256(text).digest()
+        if digest == self._file_digest:
             return True
         try:
             new = await asyncio.to_thread(parse_config_bytes, text, self.config_path)
         except ConfigError as exc:
             log.error("new config refused; keeping the running one", errors=exc.lines())
-            self._config_bytes = text  # refused once is enough: wait for the next change
+            self._file_digest = digest  # refused once is enough: wait for the next change
             return False
         if new == self.config:
-            self._config_bytes = text
+            self._file_digest = digest
             return True
         # A reload applies the terminals; every other section takes effect at the next start.
         for key in type(new).model_fields:
@@ -527,7 +528,7 @@ class Daemon:
         await parts.inspection.reload(applied)
         parts.inspection.set_polling_allowance(self._polling_allowance(parts.drivers))
         # Only now: a reload that failed half-way is tried again at the next change or SIGHUP.
-        self.config, self._config_bytes = applied, text
+        self.config, self._file_digest = applied, digest
         self._config_digest = None  # the running config is no longer one file's content
         log.info("config reloaded", terminals=len(new.terminals))
         return True

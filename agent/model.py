@@ -306,8 +306,10 @@ OUTCOMES_KEPT = 100  # recent poll outcomes per terminal (success ratio)
 
 
 class RecentSamples:
-    """The last `maxlen` numbers, as doubles in one array (8 bytes each, where a deque of
-    floats takes about 32): a terminal keeps these for as long as the agent runs.
+    """The last `maxlen` numbers, as single-precision floats in one array (4 bytes each, where
+    a deque of floats takes about 32): a terminal keeps these for as long as the agent runs,
+    1536 of them (12 KB as doubles, 12 MB for a thousand terminals). Durations in seconds keep
+    7 significant digits: a sample reads back within 1e-7 of itself, relatively.
 
     Appends like a bounded deque; iterates oldest first.
     """
@@ -318,7 +320,7 @@ class RecentSamples:
         if maxlen < 1:
             raise ValueError("maxlen must be at least 1")
         self.maxlen = maxlen
-        self._values = array("d")
+        self._values = array("f")
         self._next = 0  # where the next sample goes once the array is full
         self.extend(values)
 
@@ -382,10 +384,10 @@ class RecentOutcomes:
         return f"RecentOutcomes({list(self)!r}, maxlen={self.maxlen})"
 
 
-@dataclass
+@dataclass(slots=True)
 class TerminalStats:
     """What a poller has seen, for status, checks and benchmarks (bounded windows, compact:
-    RecentSamples and RecentOutcomes)."""
+    RecentSamples and RecentOutcomes; slots: one per terminal, for as long as the agent runs)."""
 
     polls: int = 0
     failed_polls: int = 0

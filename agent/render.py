@@ -9,17 +9,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
-
 from agent.checks.framework import CheckResult, Status, worst
 from agent.durations import approximate_duration
 from agent.model import Quality, Reading, Value, parse_timestamp
 from agent.protocols.driver import PollAnswer
 from agent.protocols.sl651.describe import function_name
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # rich only in the tables, which the CLI calls: the daemon never loads it
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
     from agent.protocols.modbus.adhoc import RawPoll
 
 POLL_SCHEMA = 1
@@ -66,6 +66,9 @@ def poll_json(answer: PollAnswer) -> dict[str, Any]:
 
 
 def poll_table(answer: PollAnswer) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title=f"{answer.terminal} ({answer.where})", title_justify="left", expand=False)
     for column in ("point", "value", "unit", "quality", "source", "type"):
         table.add_column(column, justify="right" if column == "value" else "left")
@@ -133,6 +136,9 @@ def raw_poll_json(raw: RawPoll) -> dict[str, Any]:
 def raw_poll_view(raw: RawPoll) -> Table:
     """`edge-agent poll --raw`: each point's words and its value in every word order, the
     configured one in bold; the reads and their words in the caption."""
+    from rich.table import Table
+    from rich.text import Text
+
     orders = ("ABCD", "CDAB", "BADC", "DCBA")
     table = Table(
         title=f"{raw.terminal} ({raw.where}): register words, decoded in every word order",
@@ -226,6 +232,8 @@ def checks_json(results: Sequence[CheckResult], source: str) -> dict[str, Any]:
 
 def checks_source_line(results: Sequence[CheckResult], source: str) -> Text:
     """The line under the table: the counts, and where the figures came from."""
+    from rich.text import Text
+
     summary = checks_summary(results)
     counts = ", ".join(f"{summary[s.value]} {s.value}" for s in Status if summary[s.value])
     where = (
@@ -239,6 +247,9 @@ def checks_source_line(results: Sequence[CheckResult], source: str) -> Text:
 
 def checks_table(results: Sequence[CheckResult]) -> Table:
     """`edge-agent check`: one row per check, failing first."""
+    from rich.table import Table
+    from rich.text import Text
+
     table = Table(title="self-checks", title_justify="left")
     for column in ("status", "check", "value", "threshold", "message"):
         table.add_column(column)
@@ -267,6 +278,8 @@ def _sl651_value(element: dict[str, Any]) -> str:
 
 def sl651_frame_view(described: dict[str, Any]) -> Table:
     """`edge-agent sl651 decode`: a frame's header as the title, its elements as rows."""
+    from rich.table import Table
+
     if "error" in described:
         table = Table(title=f"[bold red]not decoded:[/] {described['error']}", title_justify="left")
         table.add_column("hex")
@@ -307,6 +320,9 @@ def sl651_frame_view(described: dict[str, Any]) -> Table:
 def sl651_heard(event: dict[str, Any], confirming: bool) -> RenderableType:
     """`edge-agent sl651 listen`: one event as people read it (a frame as `sl651 decode`
     shows it, under the time and the peer it came from)."""
+    from rich.console import Group
+    from rich.text import Text
+
     kind, peer = event["type"], event.get("peer")
     at = parse_timestamp(str(event["at"])).astimezone().strftime("%H:%M:%S")  # local time
     if kind == "listening":

@@ -17,10 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Group, RenderableType
-from rich.table import Table
-from rich.text import Text
-
 from agent.check_settings import checks_settings
 from agent.checks.framework import CheckResult, Status
 from agent.checks.health import summarise
@@ -33,7 +29,11 @@ from agent.storage.layout import StateLayout
 from agent.telemetry import count_readings
 from agent.update.state import StateError, UpdateStore, describe
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # rich only in the views, which the CLI calls: the daemon never loads it
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.text import Text
+
     from agent.config import Config
 
 SCHEMA = 1
@@ -225,6 +225,8 @@ def update_summary(state_dir: Path) -> dict[str, Any] | None:
 
 def update_line(update: dict[str, Any] | None, now: datetime | None = None) -> Text | None:
     """One line for people: "committed 0.2.0", "on trial 0.3.0, 7m left", "rolled back …"."""
+    from rich.text import Text
+
     if not update or "state" not in update:
         return None
     state, last = update["state"], update.get("last") or {}
@@ -301,6 +303,8 @@ def _ago(stamp: object, now: datetime) -> str:
 
 
 def _outbox_line(outbox: dict[str, Any] | None, now: datetime | None = None) -> Text:
+    from rich.text import Text
+
     if outbox is None or outbox.get("state") == "absent":
         return Text("outbox     none yet")
     if "error" in outbox:
@@ -346,6 +350,10 @@ def status_view(status: dict[str, Any], now: datetime | None = None) -> Renderab
     """The one screen: agent, uplink, outbox, terminals, failing and warning checks; times as
     ages at `now` (the JSON has the timestamps)."""
     now = now or datetime.now(UTC)
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     if not status.get("running"):
         return _offline_view(status, now)
     a = status["agent"]
@@ -425,6 +433,9 @@ def status_view(status: dict[str, Any], now: datetime | None = None) -> Renderab
 
 
 def _offline_view(status: dict[str, Any], now: datetime) -> RenderableType:
+    from rich.console import Group
+    from rich.text import Text
+
     parts: list[RenderableType] = [
         Text("edge-agent is not running.", "bold red"),
         Text("  see: systemctl status edge-agent · journalctl -u edge-agent -n 50"),
@@ -462,6 +473,9 @@ SOURCE = {"agent": "the running agent", "disk": "the database on disk (the agent
 
 def outbox_stats_table(stats: dict[str, Any], where: Path | None = None) -> Table:
     """`edge-agent outbox stats`: the figures of either source, one row each."""
+    from rich.table import Table
+    from rich.text import Text
+
     source = SOURCE.get(stats.get("source", ""), "-")
     title = f"outbox, from {source}" + (f": {where}" if where else "")
     table = Table(title=title, title_justify="left", show_header=False)
@@ -560,6 +574,8 @@ def peek_outbox(path: Path, limit: int) -> list[dict[str, Any]]:
 
 
 def outbox_peek_table(messages: Sequence[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     table = Table(title="next messages to send", title_justify="left")
     for column in ("seq", "kind", "age", "size", "readings", "kid", "ts"):
         table.add_column(column)

@@ -19,7 +19,9 @@ and prints:
   simulators' CPU is measured the same way and printed beside it; agent cpu per delivered
   point = agent cpu / points/s (µs);
 - agent rss: VmRSS at the end of the window and VmHWM (peak, startup included: loading a big
-  config is often the peak) from /proc/<pid>/status;
+  config is often the peak) from /proc/<pid>/status; the agent runs as the service would: with
+  the environment the service unit gives it (its `Environment=`: MALLOC_ARENA_MAX=2) and its
+  modules compiled to bytecode first (an installed release has them compiled);
 - agent rss idle and rss per terminal: before the run, an agent with one terminal (of the same
   simulators) polled hourly runs for the warmup time and its VmRSS is taken; RSS per terminal is
   (VmRSS at the end of the window - that idle VmRSS) / K (`--no-idle` skips it);
@@ -74,11 +76,14 @@ from typing import Any
 
 import yaml
 from procs import (
+    compile_agent,
     cpu_seconds,
     cpu_times,
     describe_tree,
     die_with_parent,
     memory_kib,
+    service_environment,
+    service_settings,
     start_farm,
     stop,
 )
@@ -338,6 +343,7 @@ def start_agent(
         return subprocess.Popen(
             command,
             cwd=ROOT,
+            env=service_environment(),  # as the service unit starts it (MALLOC_ARENA_MAX)
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -397,6 +403,12 @@ def run(args: argparse.Namespace) -> None:
         f"parameters: devices={k} registers={r} period={p:g}s duration={s:g}s "
         f"warmup={args.warmup:g}s simulator processes={sim_procs} cores={os.cpu_count()}"
     )
+    settings = " ".join(f"{key}={value}" for key, value in service_settings().items())
+    print(
+        f"agent environment: {settings or 'as is'} (the service unit's Environment=), "
+        "bytecode compiled (as installed)"
+    )
+    compile_agent()
     telemetry = {"schema": args.schema, "compression": args.compression}
     print(
         f"values: random walk below {args.values_max}, step <= {args.step} per period; "

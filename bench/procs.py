@@ -1,7 +1,9 @@
 """What the benchmarks share: measuring other processes and cleaning them up.
 
 CPU and memory from /proc (Linux), children that die with the benchmark (PR_SET_PDEATHSIG),
-a graceful stop, and a line saying which agent code ran.
+a graceful stop, a line saying which agent code ran, and what an installed agent has that a
+source tree may not: the service unit's environment and compiled bytecode (so that an agent
+started here measures as the service would).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import ctypes
 import json
 import os
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVICE_UNIT = ROOT / "systemd" / "edge-agent.service"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PR_SET_PDEATHSIG = 1
 
@@ -41,6 +45,35 @@ def memory_kib(pid: int) -> dict[str, int]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0])
     return out
+
+
+def service_settings() -> dict[str, str]:
+    """The variables the service unit sets (its `Environment=` lines, e.g. MALLOC_ARENA_MAX)."""
+    settings: dict[str, str] = {}
+    for line in SERVICE_UNIT.read_text().splitlines():
+        if line.startswith("Environment="):
+            for item in shlex.split(line.removeprefix("Environment=")):
+                key, _, value = item.partition("=")
+                settings[key] = value
+    return settings
+
+
+def service_environment() -> dict[str, str]:
+    """This process's environment with the service unit's settings: an agent started with it
+    allocates memory as the service does."""
+    return {**os.environ, **service_settings()}
+
+
+def compile_agent() -> None:
+    """The agent's modules compiled to bytecode beside them (`__pycache__/`), as an installed
+    release has them (agent/update/installer.py compiles at install): from a source tree that
+    has none (PYTHONDONTWRITEBYTECODE), each start compiles every module, and an agent's memory
+    carries that (2 MB at idle)."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "agent")],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def die_with_parent() -> None:

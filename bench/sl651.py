@@ -58,7 +58,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from procs import cpu_seconds, describe_tree, die_with_parent, memory_kib, stop
+from procs import (
+    compile_agent,
+    cpu_seconds,
+    describe_tree,
+    die_with_parent,
+    memory_kib,
+    service_environment,
+    stop,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DECODE_BENCH = Path(__file__).resolve().parent / "sl651_decode.py"
@@ -357,6 +365,7 @@ class LoadResult:
 def run_load(args: argparse.Namespace, generators: int) -> LoadResult:
     n = args.stations
     share = [n // generators + (i < n % generators) for i in range(generators)]
+    compile_agent()  # as an installed release has it
     with tempfile.TemporaryDirectory(prefix="bench-sl651-") as tmp:
         state_dir = Path(tmp) / "state"
         config = Path(tmp) / "config.yaml"
@@ -368,6 +377,7 @@ def run_load(args: argparse.Namespace, generators: int) -> LoadResult:
             with log_path.open("wb") as log:
                 agent = spawn(
                     [sys.executable, "-m", "agent", "run", "--config", str(config)],
+                    env=service_environment(),  # as the service unit starts it
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=log,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import shutil
 import sqlite3
@@ -142,6 +144,27 @@ def test_migrations_run_in_order_once_and_not_again_on_reopen(tmp_path: Path) ->
     assert notes(grown.conn) == ["v1", "v2", "v3"]
     assert grown.conn.execute("PRAGMA user_version").fetchone() == (3,)
     grown.conn.close()
+
+
+def test_a_large_database_is_worked_through_a_bounded_page_cache(tmp_path: Path) -> None:
+    """SQLite keeps 2 MB of pages a connection by default; the agent's stay at CACHE_KIB
+    however large the file grows (an outbox during an outage, a history of weeks)."""
+    sqlite_lib = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
+    sqlite_lib.sqlite3_memory_used.restype = ctypes.c_int64
+    conn = db.connect(tmp_path / "big.db")
+    try:
+        before = sqlite_lib.sqlite3_memory_used()
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO t VALUES (?, ?)", ((i, os.urandom(200)) for i in range(50_000))
+        )
+        conn.execute("COMMIT")
+        assert sum(len(v) for (v,) in conn.execute("SELECT v FROM t")) == 50_000 * 200  # 10 MB
+        used = sqlite_lib.sqlite3_memory_used() - before
+    finally:
+        conn.close()
+    assert used < (db.CACHE_KIB + 128) * 1024, f"{used} bytes of SQLite memory"
 
 
 def test_a_failing_migration_leaves_the_database_at_the_last_good_version(tmp_path: Path) -> None:

@@ -1,15 +1,16 @@
 """A terminal's recent windows are bounded and compact, and give what a deque gave.
 
-TerminalStats keeps the last poll durations and start lateness as doubles in one array
-(RecentSamples) and the last outcomes as bits (RecentOutcomes); status, health, metrics and the
-terminal checks read percentiles and ratios from them, which must be those of the same window
-kept in a bounded deque.
+TerminalStats keeps the last poll durations and start lateness as single-precision floats in
+one array (RecentSamples) and the last outcomes as bits (RecentOutcomes); status, health, metrics
+and the terminal checks read percentiles and ratios from them, which must be those of the same
+window kept in a bounded deque (of the samples as single precision keeps them: 7 digits).
 """
 
 from __future__ import annotations
 
 import statistics
 import sys
+from array import array
 from collections import deque
 
 import pytest
@@ -28,6 +29,11 @@ from agent.model import (
 floats = st.floats(0, 1e4, allow_nan=False)
 
 
+def single(values: list[float]) -> list[float]:
+    """The values as single precision keeps them."""
+    return array("f", values).tolist()
+
+
 @given(st.integers(1, 20), st.lists(floats, max_size=80))
 def test_recent_samples_keep_the_last_maxlen_in_order(maxlen: int, values: list[float]) -> None:
     kept = RecentSamples(maxlen)
@@ -35,7 +41,7 @@ def test_recent_samples_keep_the_last_maxlen_in_order(maxlen: int, values: list[
     for value in values:
         kept.append(value)
         reference.append(value)
-        assert list(kept) == list(reference)
+        assert list(kept) == single(list(reference))
         assert len(kept) == len(reference) <= maxlen
 
 
@@ -70,15 +76,15 @@ def test_percentiles_and_ratio_are_those_of_the_window(
             return window[0] if window else None
         return statistics.quantiles(window, n=100, method="inclusive")[pct - 1]
 
-    assert stats.lateness_p99() == p(lateness[-LATENESS_KEPT:], 99)
-    assert stats.latency_p95() == p(seconds[-POLL_SECONDS_KEPT:], 95)
+    assert stats.lateness_p99() == p(single(lateness[-LATENESS_KEPT:]), 99)
+    assert stats.latency_p95() == p(single(seconds[-POLL_SECONDS_KEPT:]), 95)
     window = outcomes[-OUTCOMES_KEPT:]
     assert stats.success_ratio == (sum(window) / len(window) if window else None)
     assert stats.latency_count == len(seconds)
 
 
 def test_a_terminal_that_ran_for_days_holds_a_few_kilobytes_of_windows() -> None:
-    """The windows' size does not grow with the polls once full: about 8 bytes a sample."""
+    """The windows' size does not grow with the polls once full: about 4 bytes a sample."""
     stats = TerminalStats()
     for i in range(5 * LATENESS_KEPT):
         stats.lateness.append(i / 1000)
@@ -90,7 +96,7 @@ def test_a_terminal_that_ran_for_days_holds_a_few_kilobytes_of_windows() -> None
     held = sum(
         sys.getsizeof(w._values) for w in (stats.lateness, stats.poll_seconds)
     ) + sys.getsizeof(stats.outcomes._bits)
-    assert held < (LATENESS_KEPT + POLL_SECONDS_KEPT) * 8 * 1.2 + 200
+    assert held < (LATENESS_KEPT + POLL_SECONDS_KEPT) * 4 * 1.2 + 200
     # A deque of the same floats took about 32 bytes each (a pointer and a float object).
     assert held < (LATENESS_KEPT + POLL_SECONDS_KEPT) * 32 / 3
 
@@ -100,3 +106,10 @@ def test_a_window_needs_room_for_one_sample() -> None:
         RecentSamples(0)
     with pytest.raises(ValueError, match="maxlen"):
         RecentOutcomes(0)
+
+
+@given(floats)
+def test_a_sample_reads_back_within_seven_digits(value: float) -> None:
+    kept = RecentSamples(1, [value])
+    (kept_value,) = kept
+    assert kept_value == pytest.approx(value, rel=1e-7, abs=1e-38)

@@ -3,12 +3,14 @@
 One module per family of checks (system, software, network, terminals, data, security); the
 framework (`framework`: Check, CheckResult, CheckRunner), the snapshot they read (`view`:
 AgentView), alarms with hysteresis (`alarms`), the health report and its schedule (`health`),
-the bounded history (`history`) and the report rendered from it (`report`, imported only
-where a report is written: the daemon never needs it). The checks never
-import the daemon: it builds an AgentView and calls in here.
+the bounded history (`history`) and the report rendered from it (`report`: imported by the
+command that renders it, never with the package, so that the daemon does not load it). The
+checks never import the daemon: it builds an AgentView and calls in here.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from agent.check_settings import ChecksConfig, HealthConfig, checks_settings, health_settings
 from agent.checks.alarms import AlarmTracker
@@ -68,3 +70,12 @@ __all__ = [
     "terminal_plans",
     "worst",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """`render_report` imported when asked for (the report's module is the command's)."""
+    if name == "render_report":
+        from agent.checks.report import render_report
+
+        return render_report
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

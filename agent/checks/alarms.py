@@ -40,7 +40,7 @@ from agent.model import format_timestamp, parse_timestamp
 from agent.storage.atomic import PRIVATE_DIR_MODE, ensure_dir, write_atomic
 
 
-@dataclass
+@dataclass(slots=True)  # one per check: three a terminal
 class _Track:
     family: str
     announced: Status = Status.OK  # the last status whose event is stored (what upstream knows)

@@ -209,7 +209,7 @@ class CheckFigures:
     last_seen: datetime | None = None  # the end of the last hour the check was evaluated in
 
 
-@dataclass
+@dataclass(slots=True)  # one per point and hour when polls come reading by reading
 class _PointAcc:
     unit: str
     good: int = 0
@@ -223,15 +223,18 @@ class _PointAcc:
     first_at: float | None = None
 
 
+_NO_DOUBLES = array("d")  # min, max and sum before the first fold (never changed in place)
 FOLD_POLLS = 16  # polls a _PollAcc keeps as raw values before folding them into statistics
 
 
 class _PollAcc:
     """One terminal's polls in one hour whose readings were all good numbers of the same points
     (names and units, in this order). A poll's values are appended to a flat array of doubles;
-    every FOLD_POLLS polls its columns are folded into min, max and sum by position. Both run in
-    C (array, min, max, sum over a column), where a loop over the readings would run Python for
-    each of them; the array holds at most FOLD_POLLS x points doubles (16 x 20 x 8 bytes).
+    every FOLD_POLLS polls its columns are folded into min, max and sum by position, arrays of
+    doubles too (a terminal holds one of these for the hour: 24 bytes a point, where lists of
+    float objects took 96). Both run in C (array, min, max, sum over a column), where a loop
+    over the readings would run Python for each of them; the array holds at most
+    FOLD_POLLS x points doubles (16 x 20 x 8 bytes).
     """
 
     __slots__ = (
@@ -252,9 +255,7 @@ class _PollAcc:
     ) -> None:
         self.points, self.units = points, units
         self.polls = 0  # folded into min, max, sum
-        self.min: list[float] = []
-        self.max: list[float] = []
-        self.sum: list[float] = []
+        self.min = self.max = self.sum = _NO_DOUBLES
         self.pending = array("d", values)
         self.last, self.last_at, self.first_at = values, at, at
 
@@ -273,16 +274,12 @@ class _PollAcc:
         if not buf:
             return
         columns = [buf[i::n] for i in range(n)]
-        lows, highs, sums = (
-            list(map(min, columns)),
-            list(map(max, columns)),
-            list(map(sum, columns)),
-        )
+        lows, highs, sums = map(min, columns), map(max, columns), map(sum, columns)
         if self.polls:
-            lows = list(map(min, self.min, lows))
-            highs = list(map(max, self.max, highs))
-            sums = list(map(operator.add, self.sum, sums))
-        self.min, self.max, self.sum = lows, highs, sums
+            lows = map(min, self.min, lows)
+            highs = map(max, self.max, highs)
+            sums = map(operator.add, self.sum, sums)
+        self.min, self.max, self.sum = array("d", lows), array("d", highs), array("d", sums)
         self.polls += len(buf) // n
         self.pending = array("d")
 
@@ -317,7 +314,7 @@ _quality = operator.attrgetter("quality")
 _observed_at = operator.attrgetter("observed_at")
 
 
-@dataclass
+@dataclass(slots=True)  # one per check and hour: three a terminal
 class _CheckAcc:
     family: str
     worst: int = 0

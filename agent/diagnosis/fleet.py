@@ -25,13 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
-from rich.console import Console, Group, RenderableType
-from rich.live import Live
-from rich.table import Table
-from rich.text import Text
 
 from agent.cli_parser import seconds
 from agent.diagnosis.connect import (
@@ -44,6 +40,9 @@ from agent.diagnosis.engineer import DeskError, KnownGateways, Unverifiable, ver
 from agent.durations import approximate_duration
 from agent.model import format_timestamp, parse_timestamp
 from agent.signing import read_envelope
+
+if TYPE_CHECKING:  # rich only where the desk shows something: the agent's parser never loads it
+    from rich.console import RenderableType
 
 SCHEMA = 1
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
@@ -305,6 +304,10 @@ def _names(names: list[str], limit: int = 3) -> str:
 
 
 def fleet_view(fleet: Fleet, prefix: str) -> RenderableType:
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
     rows = fleet.rows()
     counts = {c: sum(r["condition"] == c for r in rows) for c in CONDITIONS}
     head = Text(f"{len(rows)} gateways under {prefix}: ")
@@ -373,6 +376,9 @@ def add_fleet_parser(commands: Any) -> None:
 
 
 def run_fleet(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
     try:
         broker = broker_from_args(args)
         topic_filters(args.prefix)

@@ -24,14 +24,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from paho.mqtt.reasoncodes import ReasonCode
-from rich.console import Console, Group, RenderableType
-from rich.table import Table
-from rich.text import Text
-from rich.tree import Tree
 
 from agent.cli_parser import seconds
 from agent.diagnosis.connect import (
@@ -51,6 +47,11 @@ from agent.diagnosis.engineer import (
     sign_request,
     verify_answer,
 )
+
+if TYPE_CHECKING:  # rich only where the desk shows something: the agent's parser never loads it
+    from rich.console import RenderableType
+    from rich.table import Table
+    from rich.tree import Tree
 
 EXIT_OK, EXIT_FINDING, EXIT_USAGE = 0, 1, 2
 JSON_SCHEMA = 1  # of what `remote … --json` prints: keygen's key, a request's answer
@@ -184,6 +185,8 @@ def _cell(value: Any) -> str:
 
 
 def _rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    from rich.table import Table
+
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
@@ -196,6 +199,8 @@ def _rows_table(title: str, rows: list[dict[str, Any]]) -> Table:
 
 
 def _grow(tree: Tree, value: Any) -> None:
+    from rich.text import Text
+
     items: list[tuple[str, Any]]
     if isinstance(value, dict):
         items = list(value.items())
@@ -219,6 +224,9 @@ def _grow(tree: Tree, value: Any) -> None:
 def result_view(action: str, result: Any) -> RenderableType:
     """A readable view of an answer's result: `status` and `checks` as the local commands show
     them, any other JSON as a tree (lists of objects as tables)."""
+    from rich.text import Text
+    from rich.tree import Tree
+
     if action == "status" and isinstance(result, dict) and "running" in result:
         from agent.status import status_view
 
@@ -245,6 +253,9 @@ def result_view(action: str, result: Any) -> RenderableType:
 
 
 def answer_view(gateway: str, action: str, answered: Answered) -> RenderableType:
+    from rich.console import Group
+    from rich.text import Text
+
     head = Text(f"{gateway} · {action} · ")
     head.append("ok", "bold green")
     chunks = f" in {answered.chunks} chunks" if answered.chunks > 1 else ""
@@ -389,6 +400,8 @@ def _request(args: argparse.Namespace, words: list[str]) -> int:
         _stderr(f"{gateway} {body['status']} {action}: {body.get('reason') or 'no reason given'}")
         return EXIT_FINDING
     if not args.json:
+        from rich.console import Console
+
         console = Console() if sys.stdout.isatty() else Console(width=120)
         console.print(answer_view(gateway, action, answered))
     return EXIT_OK

@@ -33,6 +33,11 @@ Synchronous = Literal["full", "normal"]
 # the connection inside the step's transaction.
 Migration = str | Callable[[sqlite3.Connection], None]
 SIDE_FILES = ("-wal", "-shm")
+# Pages a connection keeps in memory (SQLite's default is 2 MB a connection, reached once a
+# file outgrows it: an outbox filling during an outage, a history of weeks). The agent's
+# writes go to a B-tree's end and its reads are recent or sequential; the OS page cache holds
+# the rest of the file, so a small cache costs no disk reads.
+CACHE_KIB = 512
 
 
 class StorageError(sqlite3.DatabaseError):
@@ -151,6 +156,7 @@ def connect(
         if mode != "wal":
             raise StorageError(f"{path}: cannot use WAL mode (got {mode})")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")  # negative: in KiB
         if journal_size_limit is not None:
             conn.execute(f"PRAGMA journal_size_limit={int(journal_size_limit)}")
     return conn
