@@ -236,3 +236,37 @@ async def test_run_forever_hands_each_round_over_until_cancelled(tmp_path: Path)
         await task
     assert len(rounds) >= 3
     assert rounds[:3] == [1, 1, 0]  # first result, then ok -> warn, then unchanged
+
+
+async def test_a_round_of_many_checks_gives_the_event_loop_turns(tmp_path: Path) -> None:
+    """Thousands of terminals make thousands of checks: a round runs them in slices, so the
+    pollers' timers and replies are served while it runs (it held them back by a quarter of
+    a second at 2,000 terminals when every check was a task started at once)."""
+
+    def busy(v: AgentView, now: datetime) -> Outcome:
+        end = time.perf_counter() + 0.0002  # a check that reads a large view
+        while time.perf_counter() < end:
+            pass
+        return Outcome(Status.OK, None, None, None, "fine")
+
+    runner = CheckRunner([Check(f"terminals.x:{i}", "terminals", busy) for i in range(500)])
+    turns = 0
+    done = False
+
+    async def ticker() -> None:
+        nonlocal turns
+        while not done:
+            await asyncio.sleep(0)
+            turns += 1
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    started = time.perf_counter()
+    round_ = await runner.run_all(view(tmp_path), T0)
+    took = time.perf_counter() - started
+    done = True
+    await task
+    assert [r.status for r in round_.results] == [Status.OK] * 500
+    # 500 x 0.2 ms is 100 ms of work: a turn for the loop at least every 5 ms of it
+    assert took >= 0.1
+    assert turns >= int(took / 0.005) // 2

@@ -46,6 +46,7 @@ class Status(enum.StrEnum):
         return _SEVERITY[self]
 
 
+SLICE = 0.005  # seconds of check calls in a row before the event loop gets a turn
 _SEVERITY = {Status.OK: 0, Status.UNKNOWN: 1, Status.WARN: 2, Status.FAIL: 3}
 
 
@@ -269,7 +270,7 @@ class CheckRunner:
 
     async def _run(self, checks: Sequence[Check], view: AgentView, now: datetime | None) -> Round:
         at = now or self._wall_clock()
-        outcomes = await asyncio.gather(*(self._evaluate(c, view, at) for c in checks))
+        outcomes = await self._outcomes(checks, view, at)
         results, changed = [], []
         for check, outcome in zip(checks, outcomes, strict=True):
             before = self._results.get(check.id)
@@ -292,26 +293,59 @@ class CheckRunner:
                 changed.append(result)
         return Round(at, results, changed)
 
-    async def _evaluate(self, check: Check, view: AgentView, at: datetime) -> Outcome:
+    async def _outcomes(
+        self, checks: Sequence[Check], view: AgentView, at: datetime
+    ) -> list[Outcome]:
+        """Every check's outcome. A probe that returns at once (most: they read the view) is
+        called right here, no task made for it, and the loop is given a turn every
+        `SLICE` seconds of such calls: a site of thousands of terminals has thousands of
+        checks, and a round of them at once held the pollers back by a quarter of a second.
+        Blocking probes (threads) and probes that wait (sockets) run concurrently meanwhile."""
+        outcomes: list[Outcome | None] = [None] * len(checks)
+        waiting: list[tuple[int, asyncio.Future[Outcome]]] = []
+        turn = time.perf_counter()
+        for i, check in enumerate(checks):
+            if check.blocking:
+                waiting.append(
+                    (
+                        i,
+                        asyncio.ensure_future(
+                            self._awaited(check, self._in_thread(check, view, at))
+                        ),
+                    )
+                )
+                continue
+            try:
+                result = check.probe(view, at)
+            except Exception as exc:  # noqa: BLE001 -- as in _awaited: reported unknown
+                outcomes[i] = unknown(f"check failed: {type(exc).__name__}: {exc}")
+            else:
+                if inspect.isawaitable(result):
+                    waiting.append((i, asyncio.ensure_future(self._awaited(check, result))))
+                else:
+                    outcomes[i] = _checked(result)
+            if time.perf_counter() - turn >= SLICE:
+                await asyncio.sleep(0)
+                turn = time.perf_counter()
+        for i, future in waiting:
+            outcomes[i] = await future
+        return [o if o is not None else unknown("no result") for o in outcomes]
+
+    async def _awaited(self, check: Check, result: Awaitable[Outcome]) -> Outcome:
+        """The outcome of a probe that waits, within its check's timeout."""
         try:
             async with asyncio.timeout(check.timeout) as deadline:
-                outcome = await self._call(check, view, at)
+                outcome = await result
         except TimeoutError as exc:
             if not deadline.expired():  # the probe's own timeout (a socket, a subprocess)
                 return unknown(f"check failed: timed out: {exc}".rstrip(": "))
             return unknown(f"no result within {check.timeout:g}s")
         except Exception as exc:  # noqa: BLE001 -- a broken check must not disturb the agent: it is reported unknown with its reason
             return unknown(f"check failed: {type(exc).__name__}: {exc}")
-        if not isinstance(outcome, Outcome):
-            return unknown(f"check returned {type(outcome).__name__}, not an Outcome")
-        return outcome
+        return _checked(outcome)
 
-    async def _call(self, check: Check, view: AgentView, at: datetime) -> Outcome:
-        if not check.blocking:
-            result = check.probe(view, at)
-            if inspect.isawaitable(result):
-                return await result
-            return result
+    async def _in_thread(self, check: Check, view: AgentView, at: datetime) -> Outcome:
+        """A blocking probe's outcome, from a thread of its own (never two at once)."""
         hung = self._threads.get(check.id)
         if hung is not None and not hung[0].done():
             return unknown(f"the previous run, started {format_timestamp(hung[1])}, still hangs")
@@ -325,6 +359,13 @@ class CheckRunner:
         self._threads[check.id] = (future, at)
         thread.start()
         return await asyncio.wrap_future(future)
+
+
+def _checked(outcome: object) -> Outcome:
+    """What a probe returned, or unknown when it is not an Outcome."""
+    if not isinstance(outcome, Outcome):
+        return unknown(f"check returned {type(outcome).__name__}, not an Outcome")
+    return outcome
 
 
 def _call_in_thread(future: Future[Outcome], probe: Probe, view: AgentView, at: datetime) -> None:
