@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -45,6 +46,8 @@ log = structlog.get_logger(__name__)
 
 ViewSource = Callable[[], Awaitable[AgentView]]
 CHECKS_ALLOWANCE = 600.0  # the check loop beats at least every round; rounds are <= 5 min apart
+# Of the 5 s the agent has to end after SIGTERM, what saving the history may take.
+HISTORY_STOP = 1.5
 SAVE_LOG_INTERVAL = 60.0  # a failing save of the alarm state is logged at most this often
 
 
@@ -239,11 +242,49 @@ class Inspection:
             with contextlib.suppress(OSError):  # a full disk: logged already, if it persists
                 await asyncio.to_thread(self.alarms.save)
         if self.history is not None:
+            await self._save_history_on_the_way_out(self.history)
+
+    async def _save_history_on_the_way_out(self, history: History) -> None:
+        """The last statistics written, within `HISTORY_STOP` seconds: at thousands of
+        terminals a flush takes seconds, and the agent promises to end within 5 s of SIGTERM.
+        The flush runs in a thread of its own that does not hold the process up: one still
+        running when the time is up is left to the exit (its transaction is rolled back, the
+        history stays whole), and what it held — statistics since the last periodic save — is
+        said to be lost."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def flush() -> None:
+            error: BaseException | None = None
             try:
-                await asyncio.to_thread(self.history.flush)
+                history.flush()
+                history.close()
             except (OSError, sqlite3.Error) as exc:
-                log.error("history not saved on the way out", error=str(exc))
-            await asyncio.to_thread(self.history.close)
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody waits any more
+                loop.call_soon_threadsafe(_settle, done, error)
+
+        threading.Thread(target=flush, name="history save at stop", daemon=True).start()
+        try:
+            async with asyncio.timeout(HISTORY_STOP):
+                await asyncio.shield(done)
+        except TimeoutError:
+            log.error(
+                "history not saved on the way out: out of time (the statistics since the last "
+                "save are lost)",
+                seconds=HISTORY_STOP,
+            )
+        except (OSError, sqlite3.Error) as exc:
+            log.error("history not saved on the way out", error=str(exc))
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
 
 
 def report_since(text: str, now: datetime | None = None) -> datetime:

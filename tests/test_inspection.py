@@ -256,3 +256,51 @@ async def test_an_alarm_is_stored_even_when_its_state_file_cannot_be_saved(tmp_p
             assert box.stats().events == 1  # the retried save raised nothing new
     finally:
         box.close()
+
+
+async def test_the_history_save_at_stop_takes_at_most_its_share_of_the_5_s(tmp_path: Path) -> None:
+    """At thousands of terminals the last save of the history takes seconds; the agent must end
+    within 5 s of SIGTERM all the same. A save that cannot finish in `HISTORY_STOP` (here:
+    another process holds the history's write lock) is left behind, and said to be lost."""
+    import sqlite3
+
+    from structlog.testing import capture_logs
+
+    from agent.checks.view import AgentView
+    from agent.inspection import HISTORY_STOP, Inspection
+    from agent.outbox import AsyncOutbox, Outbox
+    from agent.signing import init_key
+    from agent.writer import OutboxWriter
+    from tests.conftest import make_config
+
+    config = make_config(
+        [tcp_terminal(1502, [{"name": "a", "address": 0}])], state_dir=str(tmp_path / "state")
+    )
+
+    async def view() -> AgentView:
+        return AgentView(config)
+
+    box = Outbox(tmp_path / "outbox.db", init_key(tmp_path), "gw-test")
+    box.open()
+    holder: sqlite3.Connection | None = None
+    try:
+        async with OutboxWriter(AsyncOutbox(box)) as writer:
+            inspection = Inspection(config, writer, view=view)
+            await inspection.__aenter__()  # opened the history and noted this start (buffered)
+            assert inspection.history is not None
+            holder = sqlite3.connect(inspection.history.path, isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # the history's save now waits for this lock
+            with capture_logs() as logs:
+                started = time.monotonic()
+                await inspection.__aexit__(None, None, None)
+                took = time.monotonic() - started
+            assert HISTORY_STOP <= took < HISTORY_STOP + 1.0
+            assert [e["event"] for e in logs if e["log_level"] == "error"] == [
+                "history not saved on the way out: out of time (the statistics since the last "
+                "save are lost)"
+            ]
+    finally:
+        if holder is not None:
+            holder.execute("ROLLBACK")
+            holder.close()
+        box.close()
