@@ -29,6 +29,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +123,7 @@ class Daemon:
         self.log_counter = log_counter
         self.started_at = datetime.now(UTC)
         self.restarts: list[datetime] = []
+        self._leaving: list[tuple[str, float]] = []  # (part left, loop time) on the way out
         self.reading_counter = ReadingCounter()
         self.stop_requested = asyncio.Event()
         self.exit_code = 0  # what `edge-agent run` returns (4: the update gate was not met)
@@ -176,14 +178,26 @@ class Daemon:
         finally:
             notify("STOPPING=1")
             log.info("agent stopping")
+            self._leaving.append(("", loop.time()))
             try:
                 async with asyncio.timeout(STOP_DEADLINE):
                     await stack.aclose()
             except TimeoutError:
-                log.error("stop deadline passed; the rest was cancelled")
+                log.error("stop deadline passed; the rest was cancelled", left=self._left_times())
             self.parts = None
             self._remove_signal_handlers(loop)
-            log.info("agent stopped")
+            log.info("agent stopped", left=self._left_times())
+
+    async def _left(self, part: str) -> None:
+        """On the way out: every part entered after this mark has been left (an exit stack
+        callback between the parts); the times say which part took how long to leave."""
+        self._leaving.append((part, asyncio.get_running_loop().time()))
+
+    def _left_times(self) -> dict[str, float]:
+        """Seconds each part took to leave, in the order they were left (the last one, cut
+        short by the deadline, not among them)."""
+        marks = self._leaving
+        return {part: round(at - before, 3) for (_, before), (part, at) in pairwise(marks)}
 
     async def _start(self, stack: AsyncExitStack) -> Parts:
         """Enter every part in dependency order; the stack leaves them in reverse."""
@@ -191,11 +205,15 @@ class Daemon:
         # The secrets systemd hands over (agent/credentials.py), before anything is opened; only
         # the uplink sees them: self.config stays the file's, as reload and the checks compare.
         uplink_config = resolve_uplink(config.uplink)
+        self._leaving.clear()
+        stack.push_async_callback(self._left, "outbox")
         outbox = await stack.enter_async_context(AsyncOutbox(self._open_outbox()))
+        stack.push_async_callback(self._left, "uplink")
         uplink = None
         if config.uplink.broker:
             uplink = Uplink(uplink_config, outbox, config.topic_prefix, config.client_id)
             await stack.enter_async_context(uplink)
+        stack.push_async_callback(self._left, "writer")
         # After the uplink, so that on the way out what the writer stores last is published.
         writer = await stack.enter_async_context(
             OutboxWriter(
@@ -212,8 +230,10 @@ class Daemon:
         writer.set_meta(Meta.of(config.terminals))
         # Reports update outcomes through the writer; its gate judges the agent only once
         # `started` is set, when every part runs.
+        stack.push_async_callback(self._left, "update")
         update = await stack.enter_async_context(self._update_part(writer, uplink))
         self.restarts = await asyncio.to_thread(self._record_start)
+        stack.push_async_callback(self._left, "inspection")
         inspection = await stack.enter_async_context(Inspection(config, writer, self.snapshot))
         if uplink is not None:
             inspection.progress.register("uplink", uplink_allowance(config))
@@ -225,10 +245,12 @@ class Daemon:
             local.append(stack.enter_context(JsonlSink(config.jsonl_path, config.jsonl.max_bytes)))
         context = DriverContext(config, SiteIntake(FanOut(local), writer), clock_synchronised)
         drivers: list[Driver] = []
+        stack.push_async_callback(self._left, "drivers")
         for spec in self._driver_specs:
             drivers.append(await stack.enter_async_context(spec.create(context)))
         # Made before it is entered: the parts exist, for every task the entering lets run.
         diagnosis = self._diagnosis_part(writer, uplink) if uplink is not None else None
+        stack.push_async_callback(self._left, "diagnosis, control")
         self.parts = parts = Parts(outbox, writer, uplink, inspection, drivers, update, diagnosis)
         inspection.set_polling_allowance(self._polling_allowance(drivers))
         if diagnosis is not None:
