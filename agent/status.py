@@ -64,6 +64,30 @@ def terminal_state(t: TerminalView, now: datetime) -> str:
     return "ok"
 
 
+def _shape() -> dict[str, Any]:
+    """Every key `status --json` has, whether the running agent answered (`source: agent`),
+    the state directory was read (`disk`: the agent does not run) or nothing could be (`none`:
+    the config is invalid, so nothing says where the state is); what is not known is null or
+    empty."""
+    return {
+        "schema": SCHEMA,
+        "source": "none",
+        "running": False,
+        "status": "not running",
+        "config": None,
+        "config_errors": [],
+        "agent": None,
+        "last_health": None,
+        "update": None,
+        "uplink": None,
+        "outbox": None,
+        "terminals": [],
+        "checks": None,
+        "diagnosis": None,
+        "counters": {},
+    }
+
+
 def status_dict(
     view: AgentView, results: Sequence[CheckResult], now: datetime | None = None
 ) -> dict[str, Any]:
@@ -113,9 +137,11 @@ def status_dict(
     }
     failing = bool(checks["failing"]) or any(t["state"] in ("failing", "stale") for t in terminals)
     return {
-        "schema": SCHEMA,
+        **_shape(),
+        "source": "agent",
         "running": True,
         "status": "failing" if failing else "ok",
+        "config": str(view.config_path) if view.config_path else None,
         "agent": {
             "version": view.version,
             "pid": os.getpid(),
@@ -200,9 +226,8 @@ def offline_status(config: Config, config_path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         health = None
     return {
-        "schema": SCHEMA,
-        "running": False,
-        "status": "not running",
+        **_shape(),
+        "source": "disk",
         "config": str(config_path),
         "last_health": health,
         "outbox": config_outbox_on_disk(config),
@@ -247,16 +272,7 @@ def update_line(update: dict[str, Any] | None, now: datetime | None = None) -> T
 
 def unconfigured_status(config_path: Path, errors: Sequence[str]) -> dict[str, Any]:
     """`offline_status` when the config has errors: nothing says where the state is kept."""
-    return {
-        "schema": SCHEMA,
-        "running": False,
-        "status": "not running",
-        "config": str(config_path),
-        "config_errors": list(errors),
-        "last_health": None,
-        "outbox": None,
-        "update": None,
-    }
+    return {**_shape(), "config": str(config_path), "config_errors": list(errors)}
 
 
 # -- rendering ---------------------------------------------------------------------------------

@@ -356,3 +356,19 @@ def test_an_outbox_not_created_yet_has_the_same_shape_and_says_so(tmp_path: Path
     unreadable = outbox_on_disk(garbage, 1, 1)
     assert unreadable["state"] == "unreadable" and unreadable["error"]
     assert set(unreadable) == set(stats) | {"error"}
+
+
+def test_status_json_has_one_shape_whether_the_agent_runs_or_not(tmp_path: Path) -> None:
+    """The same keys from the running agent, from the disk, and with an invalid config;
+    `source` says which it was."""
+    from agent.status import offline_status, unconfigured_status
+    from tests.conftest import make_config
+
+    config = make_config([], state_dir=str(tmp_path / "state"))
+    running = status_dict(AgentView(config, started_at=datetime.now(UTC)), [])
+    offline = offline_status(config, tmp_path / "config.yaml")
+    broken = unconfigured_status(tmp_path / "config.yaml", ["config.yaml: log: …"])
+    assert set(running) == set(offline) == set(broken)
+    assert [running["source"], offline["source"], broken["source"]] == ["agent", "disk", "none"]
+    assert offline["running"] is False and offline["terminals"] == []
+    assert broken["config_errors"] == ["config.yaml: log: …"]
