@@ -9,6 +9,7 @@ counts a good poll in one step, and the data monitor looks a poll's terminal up 
 from __future__ import annotations
 
 import sqlite3
+import tracemalloc
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -146,6 +147,30 @@ def test_a_poll_of_good_numbers_is_kept_by_position_and_bounded(tmp_path: Path) 
         2 * (count - 1),
     )
     assert (figures.polls, figures.good_polls, figures.good_readings) == (count, count, 2 * count)
+
+
+def test_a_flush_writes_a_thousand_terminals_hour_row_by_row(tmp_path: Path) -> None:
+    """20,000 point rows are made one at a time as SQLite takes them: the flush holds no list
+    of them (it held 10 MB for a moment, which the allocator kept)."""
+    hour = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    layout = tuple((f"r{j}", "m", f"holding:{j}") for j in range(20))
+    with History(tmp_path / "h.db", clock=lambda: hour.timestamp()) as history:
+        for i in range(1000):
+            for n in range(3):
+                at = hour + timedelta(seconds=n)
+                history.observe(
+                    PollReadings.plain(f"t{i:04d}", at, layout, [n + j for j in range(20)])
+                )
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            history.flush()
+            peak = tracemalloc.get_traced_memory()[1] - before
+        finally:
+            tracemalloc.stop()
+        [last] = history.point_series("t0999", "r19", hour, hour + timedelta(hours=1))
+    assert (last.count, last.min, last.max, last.last) == (3, 19, 21, 21)
+    assert peak < 3 * 2**20, f"flush peak {peak} bytes"
 
 
 def test_the_metrics_counter_counts_every_reading_by_terminal_and_quality() -> None:

@@ -19,6 +19,7 @@ leaves it unopened (logged) until a later `flush` can open it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import operator
 import sqlite3
@@ -223,6 +224,26 @@ class _PointAcc:
     first_at: float | None = None
 
 
+def _point_row(terminal: str, point: str, hour: int, a: _PointAcc) -> tuple[Any, ...]:
+    """A `point_hours` row of a point's accumulated hour."""
+    total = a.sum if a.numbers else None
+    return (
+        terminal,
+        point,
+        hour,
+        a.unit,
+        a.good,
+        a.bad,
+        a.numbers,
+        a.min,
+        a.max,
+        total,
+        a.last,
+        a.last_at,
+        a.first_at,
+    )
+
+
 _NO_DOUBLES = array("d")  # min, max and sum before the first fold (never changed in place)
 FOLD_POLLS = 16  # polls a _PollAcc keeps as raw values before folding them into statistics
 
@@ -286,22 +307,57 @@ class _PollAcc:
     def merge_into(
         self, points: dict[tuple[str, str, int], _PointAcc], terminal: str, hour: int
     ) -> None:
-        """Fold these statistics into the per-point ones (what `flush` writes)."""
+        """Fold these statistics into the per-point ones."""
         self.fold()
         for i, name in enumerate(self.points):
-            lo, hi, total, last = self.min[i], self.max[i], self.sum[i], float(self.last[i])
             acc = points.get((terminal, name, hour))
             if acc is None:
                 acc = points[(terminal, name, hour)] = _PointAcc(self.units[i])
-            acc.good += self.polls
-            acc.numbers += self.polls
-            acc.sum += total
-            acc.min = lo if acc.min is None else min(acc.min, lo)
-            acc.max = hi if acc.max is None else max(acc.max, hi)
-            if acc.last_at is None or self.last_at >= acc.last_at:
-                acc.last, acc.last_at = last, self.last_at
-            if acc.first_at is None or self.first_at < acc.first_at:
-                acc.first_at = self.first_at
+            self._merge_point(i, acc)
+
+    def rows(
+        self, points: dict[tuple[str, str, int], _PointAcc], terminal: str, hour: int
+    ) -> Iterator[tuple[Any, ...]]:
+        """The `point_hours` rows of these statistics, as `merge_into` then `_point_row` would
+        give them, one at a time (a thousand terminals' hour is 20,000 rows, not to be held
+        at once); a point also accumulated reading by reading this hour is merged into
+        `points` instead (written from there)."""
+        self.fold()
+        polls, at = self.polls, self.last_at
+        for i, name in enumerate(self.points):
+            acc = points.get((terminal, name, hour))
+            if acc is not None:
+                self._merge_point(i, acc)
+                continue
+            # sum as a fresh _PointAcc adds it to its 0.0
+            total, last = 0.0 + self.sum[i], float(self.last[i])
+            yield (
+                terminal,
+                name,
+                hour,
+                self.units[i],
+                polls,
+                0,
+                polls,
+                self.min[i],
+                self.max[i],
+                total,
+                last,
+                at,
+                self.first_at,
+            )
+
+    def _merge_point(self, i: int, acc: _PointAcc) -> None:
+        lo, hi, total, last = self.min[i], self.max[i], self.sum[i], float(self.last[i])
+        acc.good += self.polls
+        acc.numbers += self.polls
+        acc.sum += total
+        acc.min = lo if acc.min is None else min(acc.min, lo)
+        acc.max = hi if acc.max is None else max(acc.max, hi)
+        if acc.last_at is None or self.last_at >= acc.last_at:
+            acc.last, acc.last_at = last, self.last_at
+        if acc.first_at is None or self.first_at < acc.first_at:
+            acc.first_at = self.first_at
 
 
 MAX_LAYOUTS = 100_000  # bulk polls' layouts remembered (one per polled read plan)
@@ -595,9 +651,16 @@ class History:
             self._reset_buffers()
             if self._run is not None:  # the agent runs: it is alive now
                 runs[self._run] = max(runs.get(self._run, self._run), self.clock())
-        for (terminal, hour), acc in poll_accs.items():
-            acc.merge_into(points, terminal, hour)
-        if not (terminals or points or checks or plans or meta or runs or any(events.values())):
+        if not (
+            terminals
+            or points
+            or poll_accs
+            or checks
+            or plans
+            or meta
+            or runs
+            or any(events.values())
+        ):
             return  # nothing to write: no transaction (a report reader must not lock the file)
         with self._db() as conn:
             conn.execute("BEGIN IMMEDIATE")
@@ -607,7 +670,7 @@ class History:
                 conn.executemany(
                     "INSERT INTO terminal_hours VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
                     "polls = polls + excluded.polls, good_polls = good_polls + excluded.good_polls",
-                    [(t, h, c[0], c[1]) for (t, h), c in terminals.items()],
+                    ((t, h, c[0], c[1]) for (t, h), c in terminals.items()),
                 )
                 conn.executemany(
                     "INSERT INTO runs VALUES (?, ?) "
@@ -630,34 +693,25 @@ class History:
                     "coalesce(excluded.last_at, last_at)), "
                     "first_at = min(coalesce(first_at, excluded.first_at), "
                     "coalesce(excluded.first_at, first_at))",
-                    [
-                        (
-                            t,
-                            p,
-                            h,
-                            a.unit,
-                            a.good,
-                            a.bad,
-                            a.numbers,
-                            a.min,
-                            a.max,
-                            a.sum if a.numbers else None,
-                            a.last,
-                            a.last_at,
-                            a.first_at,
-                        )
-                        for (t, p, h), a in points.items()
-                    ],
+                    # Row by row (generators): the whole polls first, which merge into
+                    # `points` what was also seen reading by reading, then `points`.
+                    itertools.chain(
+                        itertools.chain.from_iterable(
+                            acc.rows(points, terminal, hour)
+                            for (terminal, hour), acc in poll_accs.items()
+                        ),
+                        (_point_row(t, p, h, a) for (t, p, h), a in points.items()),
+                    ),
                 )
                 conn.executemany(
                     "INSERT INTO check_hours VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE "
                     "SET worst = max(worst, excluded.worst), ok = ok + excluded.ok, "
                     "warn = warn + excluded.warn, fail = fail + excluded.fail, "
                     "unknown = unknown + excluded.unknown",
-                    [
+                    (
                         (i, h, a.family, a.worst, a.ok, a.warn, a.fail, a.unknown)
                         for (i, h), a in checks.items()
-                    ],
+                    ),
                 )
                 for table, rows in events.items():
                     if rows:
