@@ -304,31 +304,30 @@ class CheckRunner:
         outcomes: list[Outcome | None] = [None] * len(checks)
         waiting: list[tuple[int, asyncio.Future[Outcome]]] = []
         turn = time.perf_counter()
-        for i, check in enumerate(checks):
-            if check.blocking:
-                waiting.append(
-                    (
-                        i,
-                        asyncio.ensure_future(
-                            self._awaited(check, self._in_thread(check, view, at))
-                        ),
-                    )
-                )
-                continue
-            try:
-                result = check.probe(view, at)
-            except Exception as exc:  # noqa: BLE001 -- as in _awaited: reported unknown
-                outcomes[i] = unknown(f"check failed: {type(exc).__name__}: {exc}")
-            else:
-                if inspect.isawaitable(result):
-                    waiting.append((i, asyncio.ensure_future(self._awaited(check, result))))
+        try:
+            for i, check in enumerate(checks):
+                if check.blocking:
+                    thread = self._in_thread(check, view, at)
+                    waiting.append((i, asyncio.ensure_future(self._awaited(check, thread))))
+                    continue
+                try:
+                    result = check.probe(view, at)
+                except Exception as exc:  # noqa: BLE001 -- as in _awaited: reported unknown
+                    outcomes[i] = unknown(f"check failed: {type(exc).__name__}: {exc}")
                 else:
-                    outcomes[i] = _checked(result)
-            if time.perf_counter() - turn >= SLICE:
-                await asyncio.sleep(0)
-                turn = time.perf_counter()
-        for i, future in waiting:
-            outcomes[i] = await future
+                    if inspect.isawaitable(result):
+                        waiting.append((i, asyncio.ensure_future(self._awaited(check, result))))
+                    else:
+                        outcomes[i] = _checked(result)
+                if time.perf_counter() - turn >= SLICE:
+                    await asyncio.sleep(0)
+                    turn = time.perf_counter()
+            for i, future in waiting:
+                outcomes[i] = await future
+        except asyncio.CancelledError:  # the agent stops: the probes still waiting stop too
+            for _, future in waiting:
+                future.cancel()
+            raise
         return [o if o is not None else unknown("no result") for o in outcomes]
 
     async def _awaited(self, check: Check, result: Awaitable[Outcome]) -> Outcome:
