@@ -13,13 +13,19 @@ from tests.agentproc import Agent, write_config
 from tests.conftest import PYTHON, ROOT, tcp_terminal
 
 # `edge-agent run` exactly as the service starts it (agent.cli.main), then the modules it had
-# imported by the time it stopped.
+# imported by the time it stopped: listed where `run` ends the process (`_end_now`).
 RUN_THEN_LIST_MODULES = """
 import json, sys
-from agent.cli import main
-code = main(sys.argv[1:])
-print(json.dumps(sorted(sys.modules)))
-sys.exit(code)
+import agent.cli
+
+end_now = agent.cli._end_now
+
+def list_modules_then_end(code):
+    print(json.dumps(sorted(sys.modules)))
+    end_now(code)
+
+agent.cli._end_now = list_modules_then_end
+sys.exit(agent.cli.main(sys.argv[1:]))
 """
 NEVER_IN_THE_DAEMON = (
     "rich",
