@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.check_settings import ChecksConfig, PointChecks
+from agent.check_settings import ChecksConfig, PointChecks, split_key
 from agent.checks import AgentView, DataMonitor, Status, build_checks, data_monitor
-from agent.checks.data import split_key
 from agent.checks.framework import CheckResult, CheckRunner
 from agent.config import Config
 from agent.model import Quality, Reading

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from agent.check_settings import KINDS, ChecksConfig, PointChecks
+from agent.check_settings import KINDS, ChecksConfig, PointChecks, split_key
 from agent.checks.framework import Check, Outcome, Probe, Scalar, Status, unknown
 from agent.checks.view import AgentView
 from agent.durations import approximate_duration, format_duration
@@ -81,15 +81,6 @@ def numeric(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value)
-
-
-def split_key(key: str, terminals: Sequence[str]) -> tuple[str, str] | None:
-    """("terminal", "point") of a "<terminal>.<point>" key (terminal names may hold dots)."""
-    matches = [t for t in terminals if key.startswith(f"{t}.") and len(key) > len(t) + 1]
-    if not matches:
-        return None
-    name = max(matches, key=len)
-    return name, key[len(name) + 1 :]
 
 
 class DataMonitor:
