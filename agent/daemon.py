@@ -3,8 +3,9 @@
 Every long-running part is an async context manager, entered in one `AsyncExitStack` in
 dependency order and left in reverse: outbox → uplink → writer → inspection (checks, history,
 watchdog) → local copy → protocol drivers → updates → diagnosis (with an uplink) → control
-socket → metrics → config watcher. The daemon is also what diagnosis actions may use of the
-running agent (`agent.diagnosis.registry.ActionContext`). So on
+socket → metrics → config watcher. The check loop starts once every part is up and ends
+before the drivers leave (it judges the running agent). The daemon is also what diagnosis
+actions may use of the running agent (`agent.diagnosis.registry.ActionContext`). So on
 the way out the drivers stop taking readings first, the history is saved, the writer stores
 what was taken, the uplink publishes it while the broker is there (briefly) and says
 `offline`, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE` (so that the
@@ -248,6 +249,8 @@ class Daemon:
         stack.push_async_callback(self._left, "drivers")
         for spec in self._driver_specs:
             drivers.append(await stack.enter_async_context(spec.create(context)))
+        # The checks judge the running agent: they end before the drivers leave.
+        stack.push_async_callback(inspection.stop_checks)
         # Made before it is entered: the parts exist, for every task the entering lets run.
         diagnosis = self._diagnosis_part(writer, uplink) if uplink is not None else None
         stack.push_async_callback(self._left, "diagnosis, control")
@@ -257,6 +260,7 @@ class Daemon:
             await stack.enter_async_context(diagnosis)
         await self._start_control(stack)
         stack.enter_context(ConfigWatcher(self.config_path, self._reload_requested))
+        inspection.start_checks()  # every part is up
         return parts
 
     def _record_start(self) -> list[datetime]:

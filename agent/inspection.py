@@ -6,7 +6,10 @@ in AlarmTracker) stored at EVENT priority, a health report stored at HEALTH prio
 schedule says so (every `health.interval`, and at once on a change), and rows in the bounded
 history behind `edge-agent report`. The watchdog pings systemd only while polling, checks and
 the uplink keep moving. An async context manager: entering opens the history and starts the
-check loop and the watchdog; leaving stops them and saves the history.
+watchdog; leaving stops it and saves the history. The check loop runs between `start_checks`
+and `stop_checks`, which the daemon calls once every part is up and before the drivers leave:
+checks judge the running agent, so a round during start or stop would report a site without
+its terminals (a health report counting none of them, kept as the last one on disk).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class Inspection:
         self.history: History | None = None
         self.progress = Progress()
         self._tasks: list[asyncio.Task[None]] = []
+        self._checks: asyncio.Task[None] | None = None
         self._last_flush = time.monotonic()
         self._latest_view: AgentView | None = None
         self._saver: asyncio.Task[None] | None = None
@@ -86,16 +90,30 @@ class Inspection:
             history = History(history_path(self.config), h.retention, h.max_events)
             await asyncio.to_thread(self._open_history, history)
             self.history = history
-        self.progress.register("checks", CHECKS_ALLOWANCE)
-        self._tasks = [
-            asyncio.create_task(
-                self.runner.run_forever(self._beating_view, self._on_round), name="checks"
-            ),
-            asyncio.create_task(run_watchdog(self.progress, status=self._status), name="watchdog"),
-        ]
-        for task in self._tasks:
-            task.add_done_callback(log_task_crash)
+        watchdog = asyncio.create_task(run_watchdog(self.progress, status=self._status))
+        watchdog.add_done_callback(log_task_crash)
+        self._tasks = [watchdog]
         return self
+
+    def start_checks(self) -> None:
+        """Run the check loop from now on (every part of the agent is up)."""
+        if self._checks is None:
+            self.progress.register("checks", CHECKS_ALLOWANCE)
+            self._checks = asyncio.create_task(
+                self.runner.run_forever(self._beating_view, self._on_round), name="checks"
+            )
+            self._checks.add_done_callback(log_task_crash)
+            self._tasks.append(self._checks)
+
+    async def stop_checks(self) -> None:
+        """End the check loop (the parts it judges are about to leave); a round in progress is
+        cancelled, its results not recorded."""
+        task, self._checks = self._checks, None
+        if task is None:
+            return
+        self.progress.unregister("checks")
+        task.cancel()
+        await asyncio.wait({task})
 
     def _open_history(self, history: History) -> None:
         """In a worker thread: open the database and note this start."""

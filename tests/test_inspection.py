@@ -304,3 +304,52 @@ async def test_the_history_save_at_stop_takes_at_most_its_share_of_the_5_s(tmp_p
             holder.execute("ROLLBACK")
             holder.close()
         box.close()
+
+
+async def test_the_check_loop_runs_only_between_start_checks_and_stop_checks(
+    tmp_path: Path,
+) -> None:
+    """Checks judge the running agent: no round before the daemon says every part is up, none
+    after it says the drivers are about to leave (a round then would report a site without its
+    terminals, and its health report would be the last one kept on disk)."""
+    from agent.checks.view import AgentView
+    from agent.inspection import Inspection
+    from agent.outbox import AsyncOutbox, Outbox
+    from agent.signing import init_key
+    from agent.writer import OutboxWriter
+    from tests.conftest import make_config
+
+    config = make_config(
+        [tcp_terminal(1502, [{"name": "a", "address": 0}])],
+        state_dir=str(tmp_path / "state"),
+        checks={"system": {"interval": "100ms"}, "terminals": {"interval": "100ms"}},
+    )
+    views = 0
+
+    async def view() -> AgentView:
+        nonlocal views
+        views += 1
+        return AgentView(config)
+
+    box = Outbox(tmp_path / "outbox.db", init_key(tmp_path), "gw-test")
+    box.open()
+    try:
+        async with (
+            OutboxWriter(AsyncOutbox(box)) as writer,
+            Inspection(config, writer, view=view) as inspection,
+        ):
+            await asyncio.sleep(0.5)
+            assert views == 0  # entered, but not started: no round
+            inspection.start_checks()
+            deadline = time.monotonic() + 10
+            while views < 2:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.02)
+            assert "checks" in inspection.progress.ages()  # watched while it runs
+            await inspection.stop_checks()
+            stopped_at = views
+            assert "checks" not in inspection.progress.ages()  # no stall when it ends
+            await asyncio.sleep(0.5)
+            assert views == stopped_at  # no round after the stop
+    finally:
+        box.close()
