@@ -342,6 +342,11 @@ class RecentSamples:
         values, cut = self._values, self._next
         return itertools.chain(values[cut:], values[:cut])
 
+    def newest(self, count: int) -> list[float]:
+        """The newest `count` samples kept (all of them if fewer), oldest first."""
+        values = list(self)
+        return values[max(0, len(values) - count) :]
+
     def __repr__(self) -> str:
         return f"RecentSamples({list(self)!r}, maxlen={self.maxlen})"
 
@@ -395,6 +400,7 @@ class TerminalStats:
     missed_slots: int = 0  # slots skipped: the poll before overran, it started too late, or held
     behind_slots: int = 0  # of those, skipped because the agent was behind (late, or held)
     held_slots: int = 0  # of those, skipped because the outbox was behind (backpressure)
+    late_starts: int = 0  # polls started late (over a quarter period): the agent was behind
     last_good_at: datetime | None = None
     last_error: str | None = None
     poll_seconds: RecentSamples = field(default_factory=lambda: RecentSamples(POLL_SECONDS_KEPT))
@@ -418,17 +424,18 @@ class TerminalStats:
     def success_ratio(self) -> float | None:
         return self.outcomes.yes() / len(self.outcomes) if self.outcomes else None
 
-    def latency_p95(self) -> float | None:
-        return _percentile(self.poll_seconds, 95)
+    def latency_p95(self, newest: int | None = None) -> float | None:
+        """p95 of the poll times kept, or of the newest `newest` of them."""
+        samples = self.poll_seconds
+        return _percentile(list(samples) if newest is None else samples.newest(newest), 95)
 
     def lateness_p99(self) -> float | None:
-        return _percentile(self.lateness, 99)
+        return _percentile(list(self.lateness), 99)
 
 
-def _percentile(samples: RecentSamples, pct: int) -> float | None:
-    if not samples:
+def _percentile(values: list[float], pct: int) -> float | None:
+    if not values:
         return None
-    values = list(samples)
     if len(values) == 1:
         return values[0]
     return statistics.quantiles(values, n=100, method="inclusive")[pct - 1]

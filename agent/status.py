@@ -122,10 +122,12 @@ def status_dict(
                 "latency_p95": None if p95 is None else round(p95, 4),
                 "polls": s.polls,
                 "failed": s.failed_polls,
-                # Slots skipped: all, because the agent was behind, held back by the outbox.
+                # Slots skipped: all, because the agent was behind, held back by the outbox;
+                # and polls started late (the agent behind, though not skipping).
                 "missed_slots": s.missed_slots,
                 "behind_slots": s.behind_slots,
                 "held_slots": s.held_slots,
+                "late_starts": s.late_starts,
                 "last_error": s.last_error,
             }
         )

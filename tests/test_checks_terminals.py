@@ -246,7 +246,8 @@ async def test_one_overload_check_for_the_site_judges_slots_skipped_while_the_ag
     assert [c.id for c in checks if "overload" in c.id] == ["terminals.overload"]  # one
     runner = CheckRunner(checks)
 
-    async def judge() -> CheckResult:
+    async def judge(judged: bool = True) -> CheckResult:
+        """A round; `judged`: whether the terminals' success and latency are judged in it."""
         view = AgentView(  # a snapshot each round, as the daemon takes
             config,
             None,
@@ -260,16 +261,33 @@ async def test_one_overload_check_for_the_site_judges_slots_skipped_while_the_ag
             if overloaded:
                 assert {r.status for r in mine} == {Status.UNKNOWN}
                 assert "not judged while the agent is overloaded" in mine[0].message
-            else:
+            elif judged:
                 assert Status.UNKNOWN not in {r.status for r in mine}
+            else:  # caught up, but too few polls since: freshness alone is judged
+                assert [r.status for r in mine[:2]] == [Status.UNKNOWN] * 2
+                assert "judged again after 20 polls made since the agent caught up" in (
+                    mine[1].message
+                )
+                assert mine[2].status is Status.OK
         return done["terminals.overload"]
 
-    def run(polls: int, overrun: int = 0, late: int = 0, held: int = 0) -> None:
+    def run(
+        polls: int,
+        overrun: int = 0,
+        late: int = 0,
+        held: int = 0,
+        late_starts: int = 0,
+        took: float = 0.01,
+    ) -> None:
         for s in stats.values():
             s.polls += polls
+            s.outcomes.extend([True] * polls)
+            for _ in range(polls):
+                s.record_latency(took)
             s.missed_slots += overrun + late + held
             s.behind_slots += late + held
             s.held_slots += held
+            s.late_starts += late_starts
 
     try:
         run(polls=10, overrun=5)  # slow terminals overran their slots: not overload
@@ -277,13 +295,24 @@ async def test_one_overload_check_for_the_site_judges_slots_skipped_while_the_ag
         run(polls=9, late=1)  # 10% of the slots since the last run started too late
         result = await judge()
         assert result.status is Status.WARN and result.value == 0.1
-        assert "20 of 200 poll slots skipped" in result.message
+        assert "20 skipped of 200 poll slots" in result.message
         assert "behind on 20 of 20 terminals" in result.message
         run(polls=5, late=2, held=3)  # half of the slots skipped: fail, held ones named
         result = await judge()
         assert result.status is Status.FAIL and result.value == 0.5
         assert "60 held back while the outbox caught up" in result.message
-        run(polls=10)  # caught up: the terminals are judged again
+        # Every slot polled, but one in five started late: the agent's loop lags, which also
+        # stretches the terminals' poll times (0.9 s of a 1 s period), so it is the agent that
+        # is named, not them.
+        run(polls=10, late_starts=2, took=0.9)
+        result = await judge()
+        assert result.status is Status.FAIL and result.value == 0.2
+        assert "40 started late of 200 poll slots" in result.message
+        run(polls=10)  # caught up: freshness judged at once, the rest once 20 polls are new
+        assert (await judge(judged=False)).status is Status.OK
+        run(polls=10)  # 20 since: judged on those alone (the slow ones would have warned)
         assert (await judge()).status is Status.OK
+        latency = next(r for r in runner.results if r.id == "terminals.latency:t0")
+        assert latency.status is Status.OK and stats["t0"].latency_p95() > 0.5  # the window: warn
     finally:
         runner.close()

@@ -1,5 +1,5 @@
-"""Graceful overload of the pollers: late slots are skipped on the grid and counted, a held
-poller polls nothing, and the first connections of a site stay spread over the first period
+"""Graceful overload of the pollers: late slots are skipped on the grid and counted, slots
+started late are counted, a held poller polls nothing, and the first connections of a site stay spread over the first period
 even when the event loop stalls at start (issue 14).
 
 Real TCP peers: a simulated Modbus device (pymodbus) and, for the connection times, plain
@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from agent.model import Reading
 from agent.protocols.modbus.driver import ModbusDriver
 from agent.protocols.modbus.links import TcpLink
 from agent.protocols.modbus.poller import Poller
@@ -46,6 +47,43 @@ def test_a_terminal_s_phase_is_stable_and_within_its_period() -> None:
     # Spread: every tenth of the period holds some of them, none holds most.
     tenths = [sum(1 for p in phases if k / 10 <= p < (k + 1) / 10) for k in range(10)]
     assert min(tenths) > 50 and max(tenths) < 200
+
+
+async def test_a_slot_started_late_is_polled_and_counted_as_a_late_start() -> None:
+    """A slot that starts over a quarter period late (but within half a period) is polled, and
+    counted in `late_starts`: the agent's loop was behind (terminals.overload judges it)."""
+    period = 0.2
+    assert FixedRateSchedule(period, "plc", backoff_max=60.0).late_start == pytest.approx(0.05)
+    device = SimulatedModbusDevice({1: RegisterMap(size=8)})
+    port = await device.serve_tcp("127.0.0.1", 0)
+    [t] = make_config([tcp_terminal(port, [{"name": "a", "address": 0}], period="200ms")]).terminals
+    loop = asyncio.get_running_loop()
+    shift = [0.0]  # the poller's clock runs this far ahead of the monotonic clock
+    jumps = [0.07]  # after the first poll, while the poller sleeps: its next slot starts late
+
+    class Sink(ListSink):
+        def submit(self, readings: Sequence[Reading]) -> None:
+            super().submit(readings)
+            if jumps:  # after the poller has gone to sleep for its next slot
+                loop.call_soon(shift.__setitem__, 0, shift[0] + jumps.pop())
+
+    sink = Sink()
+    poller = Poller(t, TcpLink("127.0.0.1", port), sink, clock=lambda: time.monotonic() + shift[0])
+    task = asyncio.create_task(poller.run())
+    try:
+        async with asyncio.timeout(5):
+            while len(sink.batches) < 4:
+                await asyncio.sleep(0.02)
+        s = poller.stats
+        assert s.late_starts == 1 and s.polls >= 4  # the late slot was polled, and counted once
+        assert s.behind_slots == 0 and s.missed_slots == 0  # not skipped
+        assert max(s.lateness) == pytest.approx(0.07, abs=0.03)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await poller.link.close()
+        await device.stop()
 
 
 async def test_a_held_poller_skips_its_slots_counts_them_and_polls_nothing() -> None:

@@ -43,6 +43,8 @@ def test_recent_samples_keep_the_last_maxlen_in_order(maxlen: int, values: list[
         reference.append(value)
         assert list(kept) == single(list(reference))
         assert len(kept) == len(reference) <= maxlen
+        for newest in (0, 1, maxlen // 2, maxlen + 3):  # the tail, oldest first
+            assert kept.newest(newest) == single(list(reference)[max(0, len(reference) - newest) :])
 
 
 @given(st.integers(1, 120), st.lists(st.booleans(), max_size=300))

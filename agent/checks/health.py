@@ -147,6 +147,7 @@ def build_health(
         "missed_slots": sum(t.stats.missed_slots for t in view.terminals.values()),
         "behind_slots": sum(t.stats.behind_slots for t in view.terminals.values()),
         "held_slots": sum(t.stats.held_slots for t in view.terminals.values()),
+        "late_starts": sum(t.stats.late_starts for t in view.terminals.values()),
     }
     # Every check but the per-terminal ones of terminals not listed (counted in `summary`).
     checks = [r for r in ordered if (subject := _terminal_of(r)) is None or subject in listed]
@@ -169,6 +170,7 @@ def build_health(
                 "missed_slots": s.missed_slots,
                 "behind_slots": s.behind_slots,
                 "held_slots": s.held_slots,
+                "late_starts": s.late_starts,
                 "last_error": s.last_error,
             }
         )

@@ -2,11 +2,18 @@
 latency (against the period), age of the last good reading (stale after `stale_periods` periods,
 or `stale_reports` report intervals for terminals that report on their own), and the
 utilisation of each serial bus; and one check for them all, `terminals.overload`: the share of
-poll slots skipped because the agent itself was behind (a slot too late to start, or held back
-while the outbox caught up) since it last ran — one alarm for an overloaded agent, not one per
-terminal. While it warns or fails, the checks of each polled terminal are `unknown` ("not
-judged while the agent is overloaded"): their late, skipped or timed-out polls are the agent's
-doing, and `unknown` neither raises nor clears an alarm; they are judged again once it clears.
+poll slots the agent itself was behind on (skipped as too late to start or held back while the
+outbox caught up, or started over a quarter period late) since it last ran — one alarm for an
+overloaded agent, not one per terminal. A late start is the agent's own event loop lagging, and
+the same lag stretches the poll's measured latency, so an agent busy enough to start its polls
+late is overloaded even while it skips few slots. While it warns or fails, the checks of each
+polled terminal are `unknown` ("not judged while the agent is overloaded"): their late, skipped
+or timed-out polls are the agent's doing, and `unknown` neither raises nor clears an alarm.
+Once it clears, `freshness` is judged
+again at once; `success` and `latency` judge only the polls made since the agent was last
+behind, from `AFTER_OVERLOAD` of them on (until then `unknown`): their windows still hold polls
+timed by an agent that could not keep up (an agent that stalls every few seconds is ok in the
+seconds between, and those polls are not the terminals' doing either).
 
 One finding per fault: a terminal that does not answer now is one finding, on its freshness
 check ("not answering: <reason>"), warning while its data is still fresh and failing once it
@@ -18,8 +25,9 @@ terminal. So a dead terminal raises one alarm, not three.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import Literal, NamedTuple
 
 from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
@@ -28,6 +36,8 @@ from agent.durations import approximate_duration, format_duration
 from agent.model import TerminalInfo
 
 FAMILY = "terminals"
+AFTER_OVERLOAD = 20  # polls made since the agent was last behind before success/latency judge
+OVERLOADED = "not judged while the agent is overloaded (terminals.overload)"
 
 
 def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Check]:
@@ -44,8 +54,8 @@ def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Ch
     for t in terminals:
         name = t.name
         if t.polled:
-            out.append(make(f"terminals.success:{name}", overload.unless(_success(name, settings))))
-            out.append(make(f"terminals.latency:{name}", overload.unless(_latency(name, settings))))
+            out.append(make(f"terminals.success:{name}", _success(name, settings, overload)))
+            out.append(make(f"terminals.latency:{name}", _latency(name, settings, overload)))
             out.append(
                 make(f"terminals.freshness:{name}", overload.unless(_freshness(name, settings)))
             )
@@ -59,12 +69,18 @@ def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Ch
     return out
 
 
-def _success(name: str, settings: ChecksConfig) -> Probe:
-    return lambda v, now: success(v, name, settings)
+def _success(name: str, settings: ChecksConfig, overload: Overload) -> Probe:
+    needed = min(AFTER_OVERLOAD, settings.terminals.success_window)
+    return overload.after(
+        name, needed, "polls", lambda v, newest: success(v, name, settings, newest)
+    )
 
 
-def _latency(name: str, settings: ChecksConfig) -> Probe:
-    return lambda v, now: latency(v, name, settings)
+def _latency(name: str, settings: ChecksConfig, overload: Overload) -> Probe:
+    # Only the polls that got an answer are timed (`TerminalStats.record_latency`).
+    return overload.after(
+        name, AFTER_OVERLOAD, "latency_count", lambda v, newest: latency(v, name, settings, newest)
+    )
 
 
 def _freshness(name: str, settings: ChecksConfig) -> Probe:
@@ -75,11 +91,18 @@ def _bus(device: str, settings: ChecksConfig) -> Probe:
     return lambda v, now: bus(v, device, settings)
 
 
-def success(view: AgentView, name: str, settings: ChecksConfig) -> Outcome:
+def success(
+    view: AgentView, name: str, settings: ChecksConfig, newest: int | None = None
+) -> Outcome:
+    """The share of the last `success_window` polls answered (of the newest `newest` at most)."""
     t = view.terminals.get(name)
     if t is None:
         return unknown(f"terminal {name} is not running")
-    n = settings.terminals.success_window
+    n = (
+        settings.terminals.success_window
+        if newest is None
+        else min(newest, settings.terminals.success_window)
+    )
     outcomes = list(t.stats.outcomes)[-n:]
     if not outcomes:
         return unknown(f"{name} has not been polled yet")
@@ -116,11 +139,14 @@ def _trailing_failures(outcomes: Sequence[bool]) -> int:
     return count
 
 
-def latency(view: AgentView, name: str, settings: ChecksConfig) -> Outcome:
+def latency(
+    view: AgentView, name: str, settings: ChecksConfig, newest: int | None = None
+) -> Outcome:
+    """p95 poll time against the period (of the newest `newest` answered polls at most)."""
     t = view.terminals.get(name)
     if t is None:
         return unknown(f"terminal {name} is not running")
-    p95 = t.stats.latency_p95()  # of polls that got an answer only
+    p95 = t.stats.latency_p95(newest)  # of polls that got an answer only
     if p95 is None:
         if t.stats.consecutive_failures:
             return Outcome(
@@ -198,20 +224,37 @@ def freshness(view: AgentView, now: datetime, name: str, settings: ChecksConfig)
     return Outcome(Status.OK, age, "s", limit, f"last good reading {shown} ago")
 
 
+class Counts(NamedTuple):
+    """A terminal's poll counts at one moment (named as in `TerminalStats`)."""
+
+    polls: int
+    latency_count: int
+
+
 class Overload:
-    """The probe of `terminals.overload`: slots skipped because the agent was behind, over the
-    slots of every polled terminal since the previous run (the first run: since start)."""
+    """The probe of `terminals.overload`: slots skipped because the agent was behind or started
+    late, over the slots of every polled terminal since the previous run (the first run: since
+    start)."""
 
     def __init__(self, settings: ChecksConfig) -> None:
         self.settings = settings
-        self._seen: dict[str, tuple[int, int, int, int]] = {}  # polls, missed, behind, held
+        # polls, missed, behind, held, late starts
+        self._seen: dict[str, tuple[int, int, int, int, int]] = {}
         self._view: AgentView | None = None  # the snapshot judged last, and its outcome
         self._outcome = unknown("not judged yet")
+        # Each polled terminal's polls, answered or not, when the agent was last judged behind.
+        self._behind: dict[str, Counts] = {}
 
     def __call__(self, view: AgentView, now: datetime) -> Outcome:
         """Judged once per snapshot (a round of checks shares one), whoever asks first."""
         if view is not self._view:
             self._view, self._outcome = view, self._judge(view)
+            if self._outcome.status in (Status.WARN, Status.FAIL):
+                self._behind = {
+                    name: Counts(t.stats.polls, t.stats.latency_count)
+                    for name, t in view.terminals.items()
+                    if t.info.polled
+                }
         return self._outcome
 
     def unless(self, probe: Probe) -> Probe:
@@ -219,44 +262,75 @@ class Overload:
 
         def judged(view: AgentView, now: datetime) -> Outcome | Awaitable[Outcome]:
             if self(view, now).status in (Status.WARN, Status.FAIL):
-                return unknown("not judged while the agent is overloaded (terminals.overload)")
+                return unknown(OVERLOADED)
             return probe(view, now)
 
         return judged
 
+    def after(
+        self,
+        name: str,
+        needed: int,
+        count: Literal["polls", "latency_count"],
+        probe: Callable[[AgentView, int | None], Outcome],
+    ) -> Probe:
+        """`probe` of the polls (all, or those answered: `count`) made since the agent was last
+        behind (all of them if it never was), once there are `needed`; `unknown` while it is
+        overloaded and until then."""
+
+        def judged(view: AgentView, now: datetime) -> Outcome:
+            if self(view, now).status in (Status.WARN, Status.FAIL):
+                return unknown(OVERLOADED)
+            t, then = view.terminals.get(name), self._behind.get(name)
+            if t is None or then is None:
+                return probe(view, None)
+            made = getattr(t.stats, count) - getattr(then, count)
+            if made < 0:  # the terminal's stats were counted afresh (a reload)
+                made = getattr(t.stats, count)
+            if made < needed:
+                return unknown(
+                    f"judged again after {needed} polls made since the agent caught up "
+                    f"({made} so far; terminals.overload)"
+                )
+            return probe(view, made)
+
+        return judged
+
     def _judge(self, view: AgentView) -> Outcome:
-        seen: dict[str, tuple[int, int, int, int]] = {}
-        slots = behind = held = terminals = polled = 0
+        seen: dict[str, tuple[int, int, int, int, int]] = {}
+        slots = behind = held = late = terminals = polled = 0
         for name, t in view.terminals.items():
             if not t.info.polled:
                 continue
             polled += 1
             s = t.stats
-            now_counts = (s.polls, s.missed_slots, s.behind_slots, s.held_slots)
+            now_counts = (s.polls, s.missed_slots, s.behind_slots, s.held_slots, s.late_starts)
             seen[name] = now_counts
-            before = self._seen.get(name, (0, 0, 0, 0))
-            d_polls, d_missed, d_behind, d_held = (
-                a - b for a, b in zip(now_counts, before, strict=True)
-            )
-            if min(d_polls, d_missed, d_behind, d_held) < 0:  # restarted: counted afresh
-                d_polls, d_missed, d_behind, d_held = now_counts
+            before = self._seen.get(name, (0, 0, 0, 0, 0))
+            deltas = [a - b for a, b in zip(now_counts, before, strict=True)]
+            if min(deltas) < 0:  # restarted: counted afresh
+                deltas = list(now_counts)
+            d_polls, d_missed, d_behind, d_held, d_late = deltas
             slots += d_polls + d_missed
             behind += d_behind
             held += d_held
-            terminals += d_behind > 0
+            late += d_late
+            terminals += d_behind + d_late > 0
         self._seen = seen
         if not polled:
             return unknown("no polled terminal is running")
         if not slots:
             return unknown("no poll slot came since the last check")
         limits = self.settings.terminals.overload
+        what = [f"{behind} skipped"] if behind or not late else []
+        what += [f"{late} started late"] if late else []
         return level(
-            round(behind / slots, 4),
+            round((behind + late) / slots, 4),
             warn=limits.warn,
             fail=limits.fail,
             higher_is_worse=True,
             describe=lambda share: (
-                f"{behind} of {slots} poll slots skipped since the last check ({share:.1%}): "
+                f"{' and '.join(what)} of {slots} poll slots since the last check ({share:.1%}): "
                 f"the agent is behind on {terminals} of {polled} terminals"
                 + (f", {held} held back while the outbox caught up" if held else "")
             ),

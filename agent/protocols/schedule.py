@@ -6,7 +6,10 @@ their first connections — are spread over the first period instead of all star
 A slot missed because the previous poll overran is skipped and counted; so is a slot that
 cannot start within `max_late` of its due time (the agent fell behind: after a stall of the
 event loop every late terminal waits for its own next slot, so they stay spread over the
-period rather than all firing together, and the work shed lets the agent catch up). While a
+period rather than all firing together, and the work shed lets the agent catch up). A slot
+that starts, but later than `late_start` (a quarter of the period), is polled and said to be
+late (`is_late`): the agent's event loop is that far behind, so it is the agent's doing, and
+the poll's timing says as much about the agent as about the terminal. While a
 terminal keeps failing, its polls are spaced 2^(n-1) slots apart, at most `backoff_max`
 seconds. Pure timing: the caller polls, this only says when.
 """
@@ -20,6 +23,7 @@ import zlib
 from collections.abc import Callable
 
 MAX_LATE = 0.5  # a slot not started within this share of the period is skipped
+LATE_START = 0.25  # a slot started later than this share of the period was started late
 
 
 def phase_of(key: str, period: float) -> float:
@@ -43,6 +47,7 @@ class FixedRateSchedule:
         self.phase = phase_of(key, period)
         # A poll that starts a little late is still a good sample; a later one is shed.
         self.max_late = MAX_LATE * period if max_late is None else max_late
+        self.late_start = min(LATE_START * period, self.max_late)
         self._clock = clock
         self._t0: float | None = None
         self._slot = 0
@@ -72,6 +77,10 @@ class FixedRateSchedule:
             upcoming = math.floor((self._clock() - self._t0) / self.period) + 1
             self._skipped += upcoming - self._slot
             self._slot = upcoming
+
+    def is_late(self, lateness: float) -> bool:
+        """Whether a slot that started `lateness` seconds after its due time started late."""
+        return lateness > self.late_start
 
     def take_skipped(self) -> int:
         """Slots `wait()` skipped since the last call (they started too late)."""

@@ -56,6 +56,16 @@ def farm() -> Iterator[list[int]]:
             proc.wait()
 
 
+def _health_total(state: Path) -> int | None:
+    """The terminals counted by the health report on disk (None: none written yet)."""
+    try:
+        return int(
+            json.loads((state / "state" / "health.json").read_text())["terminals_summary"]["total"]
+        )
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def telemetry_readings(state: Path) -> int:
     """Readings stored in the outbox (payloads read, not verified: tests/test_signing.py does)."""
     box = Outbox(state / "outbox.db", load_key(state), "gw-test")
@@ -99,6 +109,9 @@ async def test_far_beyond_capacity_slots_are_skipped_one_alarm_is_raised_and_sig
         "the overload alarm",
         lambda: any(e.get("check") == "terminals.overload" for e in agent.events("alarm")),
         timeout=60,
+    )
+    await agent.wait_for(
+        "a health report written under load", lambda: _health_total(state) == TERMINALS, timeout=30
     )
     status = await _status(config)
     # Skipped slots, per terminal, most of them because the agent was behind.

@@ -158,6 +158,7 @@ class Poller:
                 s.missed_slots += schedule.advance(s.consecutive_failures)
                 continue
             s.lateness.append(lateness)
+            s.late_starts += schedule.is_late(lateness)
             started = self._clock()
             readings = await self.poll_once()
             self._record(readings, self._clock() - started)
