@@ -270,3 +270,34 @@ async def test_a_round_of_many_checks_gives_the_event_loop_turns(tmp_path: Path)
     # 500 x 0.2 ms is 100 ms of work: a turn for the loop at least every 5 ms of it
     assert took >= 0.1
     assert turns >= int(took / 0.005) // 2
+
+
+@pytest.mark.parametrize("blocking", [True, False], ids=["thread", "coroutine"])
+async def test_a_round_cancelled_before_its_probes_had_a_turn_leaves_no_coroutine_behind(
+    tmp_path: Path, blocking: bool
+) -> None:
+    """The agent stopping cancels a round; the task of a probe that waits may not have had its
+    first turn yet. Its coroutine is closed, not left to the collector ("was never awaited")."""
+    import gc
+    import warnings
+
+    async def waits(v: AgentView, now: datetime) -> Outcome:
+        await asyncio.sleep(0)
+        return Outcome(Status.OK)
+
+    def sleeps(v: AgentView, now: datetime) -> Outcome:
+        time.sleep(0.01)
+        return Outcome(Status.OK)
+
+    probe = sleeps if blocking else waits
+    runner = CheckRunner([Check("x.waits", "system", probe, blocking=blocking)])  # type: ignore[arg-type]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        round_ = asyncio.create_task(runner.run_all(view(tmp_path)))
+        await asyncio.sleep(0)  # the round made the probe's task and awaits it; it had no turn
+        round_.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await round_
+        await asyncio.sleep(0.05)
+        gc.collect()
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []

@@ -302,13 +302,13 @@ class CheckRunner:
         checks, and a round of them at once held the pollers back by a quarter of a second.
         Blocking probes (threads) and probes that wait (sockets) run concurrently meanwhile."""
         outcomes: list[Outcome | None] = [None] * len(checks)
-        waiting: list[tuple[int, asyncio.Future[Outcome]]] = []
+        waiting: list[tuple[int, asyncio.Future[Outcome], Awaitable[Outcome]]] = []
         turn = time.perf_counter()
         try:
             for i, check in enumerate(checks):
                 if check.blocking:
                     thread = self._in_thread(check, view, at)
-                    waiting.append((i, asyncio.ensure_future(self._awaited(check, thread))))
+                    waiting.append((i, asyncio.ensure_future(self._awaited(check, thread)), thread))
                     continue
                 try:
                     result = check.probe(view, at)
@@ -316,17 +316,26 @@ class CheckRunner:
                     outcomes[i] = unknown(f"check failed: {type(exc).__name__}: {exc}")
                 else:
                     if inspect.isawaitable(result):
-                        waiting.append((i, asyncio.ensure_future(self._awaited(check, result))))
+                        task = asyncio.ensure_future(self._awaited(check, result))
+                        waiting.append((i, task, result))
                     else:
                         outcomes[i] = _checked(result)
                 if time.perf_counter() - turn >= SLICE:
                     await asyncio.sleep(0)
                     turn = time.perf_counter()
-            for i, future in waiting:
+            for i, future, _ in waiting:
                 outcomes[i] = await future
         except asyncio.CancelledError:  # the agent stops: the probes still waiting stop too
-            for _, future in waiting:
+            for _, future, probe in waiting:
                 future.cancel()
+                # A probe whose task had no turn yet (cancelling this round cancels the task
+                # it awaits) never started: closed here, not left to the collector to warn of
+                # ("coroutine ... was never awaited").
+                if (
+                    inspect.iscoroutine(probe)
+                    and inspect.getcoroutinestate(probe) == "CORO_CREATED"
+                ):
+                    probe.close()
             raise
         return [o if o is not None else unknown("no result") for o in outcomes]
 
