@@ -313,6 +313,8 @@ def overload_lines(
         lost = ((status.get("outbox") or {}).get("lost") or {}).get("readings", 0)
         reported = (status.get("outbox") or {}).get("lost_reported", 0)
         lines.append(f"readings lost (agent's count): {lost + reported}")
+        late = sum(t.get("late_starts", 0) for t in ts)
+        lines.append(f"polls started over a quarter period late (agent's count): {late}")
         checks = status.get("checks") or {}
         flagged = [r["id"] for r in checks.get("failing", []) + checks.get("warning", [])]
         lines.append(
