@@ -534,8 +534,11 @@ def run(args: argparse.Namespace) -> None:
     print(
         f"agent log: {len(log_lines)} lines, {levels['warning']} warnings, {levels['error']} errors"
     )
-    notable = Counter(
-        f"{e.get('level')}: {e.get('event')}" for e in events if e.get("level") != "info"
+    notable = Counter(  # an alarm with its check and status
+        f"{e.get('level')}: {e.get('event')}"
+        + (f" {e.get('check')} {e.get('status')}" if e.get("check") else "")
+        for e in events
+        if e.get("level") != "info"
     )
     for text, count in notable.most_common(5):
         print(f"  {count} x {text}")
