@@ -31,10 +31,11 @@ import structlog
 from agent.check_settings import ChecksConfig
 from agent.checks.alarms import AlarmTracker
 from agent.checks.data import DataMonitor
-from agent.checks.framework import CheckResult, CheckRunner, Round
+from agent.checks.framework import Check, CheckResult, CheckRunner, Round
 from agent.checks.health import HealthSchedule, build_health
 from agent.checks.history import History, terminal_plans
 from agent.checks.registry import build_checks, data_monitor, terminal_intervals
+from agent.checks.terminals import Overload
 from agent.checks.view import AgentView
 from agent.config import Config
 from agent.durations import parse_duration
@@ -63,7 +64,9 @@ class Inspection:
         self.writer = writer
         self._view = view
         self.monitor: DataMonitor = data_monitor(config, self.settings)
-        self.runner = CheckRunner(build_checks(config, self.settings, monitor=self.monitor))
+        # One judge of overload for as long as the agent runs: a reload keeps what it knows.
+        self.overload = Overload(self.settings)
+        self.runner = CheckRunner(self._checks_of(config))
         self.alarms = AlarmTracker(self.settings.alarms, config.layout.alarms)
         self.health = HealthSchedule.from_config(config.health)
         self.history: History | None = None
@@ -224,6 +227,9 @@ class Inspection:
                     log.warning("cannot save the alarm state; trying again", error=str(exc))
                 return
 
+    def _checks_of(self, config: Config) -> list[Check]:
+        return build_checks(config, self.settings, monitor=self.monitor, overload=self.overload)
+
     def results(self) -> list[CheckResult]:
         return self.runner.results
 
@@ -231,7 +237,7 @@ class Inspection:
         """Use the checks of a reloaded config (terminals changed); results of kept ids stay."""
         self.config = config
         self.monitor.set_intervals(terminal_intervals(config))  # gap checks of new periods
-        self.runner.replace(build_checks(config, self.settings, monitor=self.monitor))
+        self.runner.replace(self._checks_of(config))
         cleared = self.alarms.retire([c.id for c in self.runner.checks])
         self._store_events(cleared)
         self._save_alarms_soon()

@@ -98,6 +98,11 @@ def families(s: Snapshot) -> Iterator[Metric]:
         "late (the agent was behind), held (the outbox was behind).",
         labels=["terminal", "reason"],
     )
+    late_starts = CounterMetricFamily(
+        "edge_agent_poll_late_starts",
+        "Polls started over a quarter period late (polled, not skipped: the agent was behind).",
+        labels=["terminal"],
+    )
     for name, t in sorted(view.terminals.items()):
         st = t.stats
         if t.info.polled:
@@ -105,6 +110,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
             skipped.add_metric([name, "overrun"], st.missed_slots - st.behind_slots)
             skipped.add_metric([name, "late"], late)
             skipped.add_metric([name, "held"], st.held_slots)
+            late_starts.add_metric([name], st.late_starts)
         up.add_metric([name], 1 if st.polls and not st.consecutive_failures else 0)
         polls.add_metric([name, "good"], st.polls - st.failed_polls)
         polls.add_metric([name, "failed"], st.failed_polls)
@@ -114,7 +120,7 @@ def families(s: Snapshot) -> Iterator[Metric]:
         p99 = st.lateness_p99()
         if p99 is not None:
             lateness.add_metric([name], p99)
-    yield from (up, polls, latency, lateness, skipped)
+    yield from (up, polls, latency, lateness, skipped, late_starts)
 
     bus = GaugeMetricFamily(
         "edge_agent_bus_utilisation_ratio",

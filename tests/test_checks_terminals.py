@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from agent.check_settings import AlarmSettings, ChecksConfig
 from agent.checks import AgentView, AlarmTracker, Status, build_checks
 from agent.checks.framework import CheckResult, CheckRunner
+from agent.checks.terminals import AFTER_OVERLOAD_TIME, Overload
 from agent.config import Config, ModbusTcpTerminal
 from agent.model import TerminalStats, TerminalView
 from agent.protocols.modbus.links import TcpLink
@@ -265,9 +266,8 @@ async def test_one_overload_check_for_the_site_judges_slots_skipped_while_the_ag
                 assert Status.UNKNOWN not in {r.status for r in mine}
             else:  # caught up, but too few polls since: freshness alone is judged
                 assert [r.status for r in mine[:2]] == [Status.UNKNOWN] * 2
-                assert "judged again after 20 polls made since the agent caught up" in (
-                    mine[1].message
-                )
+                assert "judged again after 20 polls since the agent caught up" in mine[0].message
+                assert "judged again after 20 answered polls since" in mine[1].message
                 assert mine[2].status is Status.OK
         return done["terminals.overload"]
 
@@ -295,7 +295,7 @@ async def test_one_overload_check_for_the_site_judges_slots_skipped_while_the_ag
         run(polls=9, late=1)  # 10% of the slots since the last run started too late
         result = await judge()
         assert result.status is Status.WARN and result.value == 0.1
-        assert "20 skipped of 200 poll slots" in result.message
+        assert "of 200 poll slots since the last check, 20 skipped (10.0%)" in result.message
         assert "behind on 20 of 20 terminals" in result.message
         run(polls=5, late=2, held=3)  # half of the slots skipped: fail, held ones named
         result = await judge()
@@ -307,12 +307,89 @@ async def test_one_overload_check_for_the_site_judges_slots_skipped_while_the_ag
         run(polls=10, late_starts=2, took=0.9)
         result = await judge()
         assert result.status is Status.FAIL and result.value == 0.2
-        assert "40 started late of 200 poll slots" in result.message
+        assert "of 200 poll slots since the last check, 40 started late (20.0%)" in result.message
         run(polls=10)  # caught up: freshness judged at once, the rest once 20 polls are new
         assert (await judge(judged=False)).status is Status.OK
         run(polls=10)  # 20 since: judged on those alone (the slow ones would have warned)
         assert (await judge()).status is Status.OK
         latency = next(r for r in runner.results if r.id == "terminals.latency:t0")
         assert latency.status is Status.OK and stats["t0"].latency_p95() > 0.5  # the window: warn
+    finally:
+        runner.close()
+
+
+async def test_after_an_overload_reloads_keep_the_wait_dead_terminals_are_one_finding() -> None:
+    """What `terminals.overload` knows survives a reload (the running agent keeps one judge);
+    a terminal that fails after the overload is one finding (freshness), not a success and a
+    latency check left unknown; and a terminal polled seldom is judged again on its whole
+    window once AFTER_OVERLOAD_TIME has passed, rather than waiting 20 of its polls."""
+    names = ["dies", "seldom"]
+    config = make_config(
+        [tcp_terminal(1, [{"name": "a", "address": 0}], name=n, period="1s") for n in names]
+    )
+    stats = {n: TerminalStats(last_good_at=datetime.now(UTC)) for n in names}
+    now = [datetime.now(UTC)]
+
+    def polls(name: str, count: int, good: bool = True, late: int = 0) -> None:
+        s = stats[name]
+        s.polls += count
+        s.late_starts += late
+        s.outcomes.extend([good] * count)
+        if good:
+            s.last_good_at = now[0]
+            s.consecutive_failures = 0
+            for _ in range(count):
+                s.record_latency(0.01)
+        else:
+            s.failed_polls += count
+            s.consecutive_failures += count
+            s.last_error = "no reply within 1s"
+
+    overload = Overload(ChecksConfig())
+    runner = CheckRunner(
+        [c for c in build_checks(config, overload=overload) if c.family == "terminals"],
+        wall_clock=lambda: now[0],
+    )
+
+    async def judge() -> dict[str, CheckResult]:
+        view = AgentView(
+            config,
+            None,
+            started_at=now[0] - timedelta(hours=1),
+            terminals={t.name: TerminalView(t.info, stats[t.name]) for t in config.terminals},
+        )
+        return {r.id: r for r in (await runner.run_all(view, now[0])).results}
+
+    try:
+        for name in names:
+            polls(name, 30)
+        assert (await judge())["terminals.overload"].status is Status.OK
+        for name in names:
+            polls(name, 10, late=5)  # half of the polls started late: overloaded
+        assert (await judge())["terminals.overload"].status is Status.FAIL
+        # A reload: the checks are made anew, with the agent's one judge of overload.
+        runner.replace(
+            [c for c in build_checks(config, overload=overload) if c.family == "terminals"]
+        )
+        now[0] += timedelta(seconds=2)
+        polls("dies", 3, good=False)
+        polls("seldom", 2)
+        done = await judge()
+        assert done["terminals.overload"].status is Status.OK
+        # The dead terminal: freshness warns with the reason; success and latency stand down.
+        assert done["terminals.freshness:dies"].status is Status.WARN
+        assert "not answering: no reply within 1s" in done["terminals.freshness:dies"].message
+        assert done["terminals.success:dies"].status is Status.OK
+        assert "see terminals.freshness:dies" in done["terminals.success:dies"].message
+        assert done["terminals.latency:dies"].status is Status.OK
+        assert "see terminals.freshness:dies" in done["terminals.latency:dies"].message
+        # The other waits for 20 polls made since (it has 2: the reload did not reset them).
+        assert done["terminals.success:seldom"].status is Status.UNKNOWN
+        assert "(2 so far" in done["terminals.success:seldom"].message
+        now[0] += timedelta(seconds=AFTER_OVERLOAD_TIME)
+        polls("seldom", 1)
+        done = await judge()
+        assert done["terminals.success:seldom"].status is Status.OK  # judged on its window
+        assert done["terminals.latency:seldom"].status is Status.OK
     finally:
         runner.close()

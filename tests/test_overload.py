@@ -52,14 +52,14 @@ def test_a_terminal_s_phase_is_stable_and_within_its_period() -> None:
 async def test_a_slot_started_late_is_polled_and_counted_as_a_late_start() -> None:
     """A slot that starts over a quarter period late (but within half a period) is polled, and
     counted in `late_starts`: the agent's loop was behind (terminals.overload judges it)."""
-    period = 0.2
-    assert FixedRateSchedule(period, "plc", backoff_max=60.0).late_start == pytest.approx(0.05)
+    period = 1.0  # wide margins: a late start is 0.25-0.5 s late, the jump 0.35 s
+    assert FixedRateSchedule(period, "plc", backoff_max=60.0).late_start == pytest.approx(0.25)
     device = SimulatedModbusDevice({1: RegisterMap(size=8)})
     port = await device.serve_tcp("127.0.0.1", 0)
-    [t] = make_config([tcp_terminal(port, [{"name": "a", "address": 0}], period="200ms")]).terminals
+    [t] = make_config([tcp_terminal(port, [{"name": "a", "address": 0}], period="1s")]).terminals
     loop = asyncio.get_running_loop()
     shift = [0.0]  # the poller's clock runs this far ahead of the monotonic clock
-    jumps = [0.07]  # after the first poll, while the poller sleeps: its next slot starts late
+    jumps = [0.35]  # after the first poll, while the poller sleeps: its next slot starts late
 
     class Sink(ListSink):
         def submit(self, readings: Sequence[Reading]) -> None:
@@ -71,13 +71,13 @@ async def test_a_slot_started_late_is_polled_and_counted_as_a_late_start() -> No
     poller = Poller(t, TcpLink("127.0.0.1", port), sink, clock=lambda: time.monotonic() + shift[0])
     task = asyncio.create_task(poller.run())
     try:
-        async with asyncio.timeout(5):
-            while len(sink.batches) < 4:
+        async with asyncio.timeout(10):
+            while len(sink.batches) < 3:
                 await asyncio.sleep(0.02)
         s = poller.stats
-        assert s.late_starts == 1 and s.polls >= 4  # the late slot was polled, and counted once
+        assert s.late_starts == 1 and s.polls >= 3  # the late slot was polled, and counted once
         assert s.behind_slots == 0 and s.missed_slots == 0  # not skipped
-        assert max(s.lateness) == pytest.approx(0.07, abs=0.03)
+        assert max(s.lateness) == pytest.approx(0.35, abs=0.1)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

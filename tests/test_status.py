@@ -291,6 +291,7 @@ async def test_metrics_are_scraped_and_parse_with_prometheus_client(
     assert families["edge_agent_poll_duration_seconds"].type == "histogram"
     assert samples[("edge_agent_poll_duration_seconds_count", (("terminal", "live"),))] >= 10
     assert any(name == "edge_agent_check_status" for name, _ in samples)
+    assert samples[("edge_agent_poll_late_starts_total", (("terminal", "live"),))] >= 0
 
 
 def test_the_screen_says_disk_full_and_the_readings_lost_per_terminal() -> None:

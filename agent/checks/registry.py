@@ -31,8 +31,10 @@ def build_checks(
     *,
     monitor: DataMonitor | None = None,
     paths: SystemPaths | None = None,
+    overload: terminals.Overload | None = None,
 ) -> list[Check]:
-    """Every enabled check for this config (per terminal, per bus, per configured point)."""
+    """Every enabled check for this config (per terminal, per bus, per configured point).
+    `overload`: the running agent's, kept across reloads (terminals.checks)."""
     settings = settings or checks_settings(config)
     if not settings.enabled:
         return []
@@ -41,7 +43,7 @@ def build_checks(
         *system.checks(settings, paths),
         *software.checks(settings, paths),
         *network.checks(settings, config.uplink.broker),
-        *terminals.checks(settings, [t.info for t in config.terminals]),
+        *terminals.checks(settings, [t.info for t in config.terminals], overload),
         *data.checks(settings, monitor),
         *security.checks(settings, config.uplink.tls.cert),
     ]

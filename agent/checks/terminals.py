@@ -9,11 +9,14 @@ the same lag stretches the poll's measured latency, so an agent busy enough to s
 late is overloaded even while it skips few slots. While it warns or fails, the checks of each
 polled terminal are `unknown` ("not judged while the agent is overloaded"): their late, skipped
 or timed-out polls are the agent's doing, and `unknown` neither raises nor clears an alarm.
-Once it clears, `freshness` is judged
-again at once; `success` and `latency` judge only the polls made since the agent was last
-behind, from `AFTER_OVERLOAD` of them on (until then `unknown`): their windows still hold polls
-timed by an agent that could not keep up (an agent that stalls every few seconds is ok in the
-seconds between, and those polls are not the terminals' doing either).
+Once it clears, `freshness` is judged again at once; `success` and `latency` judge only the
+polls made since the agent was last behind (`latency`: those answered), from `AFTER_OVERLOAD`
+of them on (until then `unknown`): their windows still hold polls timed by an agent that could
+not keep up (an agent that stalls every few seconds is ok in the seconds between, and those
+polls are not the terminals' doing either). A terminal polled seldom is judged on its whole
+window again after `AFTER_OVERLOAD_TIME`, and one failing now at once (its outage is
+freshness's one finding). The running agent keeps one `Overload` across reloads
+(agent/inspection.py), so a reload forgets nothing of this.
 
 One finding per fault: a terminal that does not answer now is one finding, on its freshness
 check ("not answering: <reason>"), warning while its data is still fresh and failing once it
@@ -27,29 +30,35 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import NamedTuple, Protocol
 
 from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
 from agent.checks.view import AgentView
 from agent.durations import approximate_duration, format_duration
-from agent.model import TerminalInfo
+from agent.model import TerminalInfo, TerminalStats
 
 FAMILY = "terminals"
 AFTER_OVERLOAD = 20  # polls made since the agent was last behind before success/latency judge
+AFTER_OVERLOAD_TIME = 600.0  # ... or seconds since then, whichever comes first
 OVERLOADED = "not judged while the agent is overloaded (terminals.overload)"
 
 
-def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Check]:
+def checks(
+    settings: ChecksConfig, terminals: Sequence[TerminalInfo], overload: Overload | None = None
+) -> list[Check]:
     """Checks for these terminals: all get freshness; polled ones success ratio and latency;
-    shared lines (serial buses) utilisation."""
+    shared lines (serial buses) utilisation. `overload`: the one kept by the running agent
+    across reloads (what it last judged, and since when it is behind), or a new one."""
     s = settings.terminals
 
     def make(check_id: str, probe: Probe) -> Check:
         # All judge the running agent's polls and buses.
         return Check(check_id, FAMILY, probe, s.interval, settings.timeout, needs_agent=True)
 
-    overload = Overload(settings)
+    if overload is None:
+        overload = Overload(settings)
+    overload.settings = settings
     out: list[Check] = []
     for t in terminals:
         name = t.name
@@ -72,14 +81,17 @@ def checks(settings: ChecksConfig, terminals: Sequence[TerminalInfo]) -> list[Ch
 def _success(name: str, settings: ChecksConfig, overload: Overload) -> Probe:
     needed = min(AFTER_OVERLOAD, settings.terminals.success_window)
     return overload.after(
-        name, needed, "polls", lambda v, newest: success(v, name, settings, newest)
+        name, needed, _polls, "polls", lambda v, newest: success(v, name, settings, newest)
     )
 
 
 def _latency(name: str, settings: ChecksConfig, overload: Overload) -> Probe:
-    # Only the polls that got an answer are timed (`TerminalStats.record_latency`).
     return overload.after(
-        name, AFTER_OVERLOAD, "latency_count", lambda v, newest: latency(v, name, settings, newest)
+        name,
+        AFTER_OVERLOAD,
+        _answered,
+        "answered polls",
+        lambda v, newest: latency(v, name, settings, newest),
     )
 
 
@@ -103,7 +115,7 @@ def success(
         if newest is None
         else min(newest, settings.terminals.success_window)
     )
-    outcomes = list(t.stats.outcomes)[-n:]
+    outcomes = list(t.stats.outcomes)[-n:] if n else []
     if not outcomes:
         return unknown(f"{name} has not been polled yet")
     failing = _trailing_failures(outcomes)
@@ -224,11 +236,31 @@ def freshness(view: AgentView, now: datetime, name: str, settings: ChecksConfig)
     return Outcome(Status.OK, age, "s", limit, f"last good reading {shown} ago")
 
 
-class Counts(NamedTuple):
-    """A terminal's poll counts at one moment (named as in `TerminalStats`)."""
+class Counted(Protocol):
+    """A terminal's poll counts: `TerminalStats`, or a `Counts` taken of them."""
 
+    @property
+    def polls(self) -> int: ...
+
+    @property
+    def latency_count(self) -> int: ...
+
+
+class Counts(NamedTuple):
+    """A terminal's poll counts at one moment, and whose they were."""
+
+    stats: TerminalStats
     polls: int
     latency_count: int
+
+
+def _polls(counted: Counted) -> int:
+    return counted.polls
+
+
+def _answered(counted: Counted) -> int:
+    """Polls that got an answer: the ones timed (`TerminalStats.record_latency`)."""
+    return counted.latency_count
 
 
 class Overload:
@@ -242,7 +274,8 @@ class Overload:
         self._seen: dict[str, tuple[int, int, int, int, int]] = {}
         self._view: AgentView | None = None  # the snapshot judged last, and its outcome
         self._outcome = unknown("not judged yet")
-        # Each polled terminal's polls, answered or not, when the agent was last judged behind.
+        # When the agent was last judged behind, and each polled terminal's counts then.
+        self._behind_at: datetime | None = None
         self._behind: dict[str, Counts] = {}
 
     def __call__(self, view: AgentView, now: datetime) -> Outcome:
@@ -250,8 +283,9 @@ class Overload:
         if view is not self._view:
             self._view, self._outcome = view, self._judge(view)
             if self._outcome.status in (Status.WARN, Status.FAIL):
+                self._behind_at = now
                 self._behind = {
-                    name: Counts(t.stats.polls, t.stats.latency_count)
+                    name: Counts(t.stats, t.stats.polls, t.stats.latency_count)
                     for name, t in view.terminals.items()
                     if t.info.polled
                 }
@@ -271,25 +305,30 @@ class Overload:
         self,
         name: str,
         needed: int,
-        count: Literal["polls", "latency_count"],
+        count: Callable[[Counted], int],
+        what: str,
         probe: Callable[[AgentView, int | None], Outcome],
     ) -> Probe:
-        """`probe` of the polls (all, or those answered: `count`) made since the agent was last
-        behind (all of them if it never was), once there are `needed`; `unknown` while it is
-        overloaded and until then."""
+        """`probe` of the polls (`count`: all, or those answered) made since the agent was
+        last behind, once there are `needed`; `unknown` while it is overloaded and until then.
+        All of the terminal's polls are judged if the agent never was behind or was last
+        behind `AFTER_OVERLOAD_TIME` ago (a terminal polled hourly would wait for days); a
+        terminal failing now is handed to `probe` at once, whose outage case defers to its
+        freshness check (one finding per fault)."""
 
         def judged(view: AgentView, now: datetime) -> Outcome:
             if self(view, now).status in (Status.WARN, Status.FAIL):
                 return unknown(OVERLOADED)
             t, then = view.terminals.get(name), self._behind.get(name)
-            if t is None or then is None:
+            if t is None or then is None or self._behind_at is None:
                 return probe(view, None)
-            made = getattr(t.stats, count) - getattr(then, count)
-            if made < 0:  # the terminal's stats were counted afresh (a reload)
-                made = getattr(t.stats, count)
-            if made < needed:
+            if (now - self._behind_at).total_seconds() >= AFTER_OVERLOAD_TIME:
+                return probe(view, None)
+            # Stats counted afresh (the terminal's poller made anew by a reload): all are new.
+            made = count(t.stats) - (count(then) if then.stats is t.stats else 0)
+            if made < needed and not t.stats.consecutive_failures:
                 return unknown(
-                    f"judged again after {needed} polls made since the agent caught up "
+                    f"judged again after {needed} {what} since the agent caught up "
                     f"({made} so far; terminals.overload)"
                 )
             return probe(view, made)
@@ -330,7 +369,8 @@ class Overload:
             fail=limits.fail,
             higher_is_worse=True,
             describe=lambda share: (
-                f"{' and '.join(what)} of {slots} poll slots since the last check ({share:.1%}): "
+                f"of {slots} poll slots since the last check, {' and '.join(what)} "
+                f"({share:.1%}): "
                 f"the agent is behind on {terminals} of {polled} terminals"
                 + (f", {held} held back while the outbox caught up" if held else "")
             ),
