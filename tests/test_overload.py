@@ -49,6 +49,20 @@ def test_a_terminal_s_phase_is_stable_and_within_its_period() -> None:
     assert min(tenths) > 50 and max(tenths) < 200
 
 
+@contextlib.asynccontextmanager
+async def polling(poller: Poller, device: SimulatedModbusDevice) -> AsyncIterator[None]:
+    """The poller's loop runs inside; then it is cancelled, its link and the device closed."""
+    task = asyncio.create_task(poller.run())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await poller.link.close()
+        await device.stop()
+
+
 async def test_a_slot_started_late_is_polled_and_counted_as_a_late_start() -> None:
     """A slot that starts over a quarter period late (but within half a period) is polled, and
     counted in `late_starts`: the agent's loop was behind (terminals.overload judges it)."""
@@ -69,8 +83,7 @@ async def test_a_slot_started_late_is_polled_and_counted_as_a_late_start() -> No
 
     sink = Sink()
     poller = Poller(t, TcpLink("127.0.0.1", port), sink, clock=lambda: time.monotonic() + shift[0])
-    task = asyncio.create_task(poller.run())
-    try:
+    async with polling(poller, device):
         async with asyncio.timeout(10):
             while len(sink.batches) < 3:
                 await asyncio.sleep(0.02)
@@ -78,12 +91,6 @@ async def test_a_slot_started_late_is_polled_and_counted_as_a_late_start() -> No
         assert s.late_starts == 1 and s.polls >= 3  # the late slot was polled, and counted once
         assert s.behind_slots == 0 and s.missed_slots == 0  # not skipped
         assert max(s.lateness) == pytest.approx(0.35, abs=0.1)
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await poller.link.close()
-        await device.stop()
 
 
 async def test_a_held_poller_skips_its_slots_counts_them_and_polls_nothing() -> None:
@@ -93,8 +100,7 @@ async def test_a_held_poller_skips_its_slots_counts_them_and_polls_nothing() -> 
     sink = ListSink()
     held = True
     poller = Poller(t, TcpLink("127.0.0.1", port), sink, held=lambda: held)
-    task = asyncio.create_task(poller.run())
-    try:
+    async with polling(poller, device):
         await asyncio.sleep(0.6)
         s = poller.stats
         assert sink.batches == [] and s.polls == 0 and device.requests == []
@@ -102,12 +108,6 @@ async def test_a_held_poller_skips_its_slots_counts_them_and_polls_nothing() -> 
         held = False  # the outbox caught up: polling resumes on the same grid
         await asyncio.sleep(0.4)
         assert len(sink.batches) >= 3 and sink.batches[0][0].value is not None
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await poller.link.close()
-        await device.stop()
 
 
 @contextlib.asynccontextmanager
