@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 from agent.check_settings import ChecksConfig
 from agent.checks.framework import Check, Outcome, Probe, Status, level, unknown
@@ -81,17 +81,13 @@ def checks(
 def _success(name: str, settings: ChecksConfig, overload: Overload) -> Probe:
     needed = min(AFTER_OVERLOAD, settings.terminals.success_window)
     return overload.after(
-        name, needed, _polls, "polls", lambda v, newest: success(v, name, settings, newest)
+        name, needed, lambda v, newest: success(v, name, settings, newest), answered=False
     )
 
 
 def _latency(name: str, settings: ChecksConfig, overload: Overload) -> Probe:
-    return overload.after(
-        name,
-        AFTER_OVERLOAD,
-        _answered,
-        "answered polls",
-        lambda v, newest: latency(v, name, settings, newest),
+    return overload.after(  # only the polls that got an answer are timed
+        name, AFTER_OVERLOAD, lambda v, newest: latency(v, name, settings, newest), answered=True
     )
 
 
@@ -236,31 +232,12 @@ def freshness(view: AgentView, now: datetime, name: str, settings: ChecksConfig)
     return Outcome(Status.OK, age, "s", limit, f"last good reading {shown} ago")
 
 
-class Counted(Protocol):
-    """A terminal's poll counts: `TerminalStats`, or a `Counts` taken of them."""
-
-    @property
-    def polls(self) -> int: ...
-
-    @property
-    def latency_count(self) -> int: ...
-
-
 class Counts(NamedTuple):
-    """A terminal's poll counts at one moment, and whose they were."""
+    """A terminal's poll counts at one moment (as in `TerminalStats`), and whose they were."""
 
     stats: TerminalStats
     polls: int
-    latency_count: int
-
-
-def _polls(counted: Counted) -> int:
-    return counted.polls
-
-
-def _answered(counted: Counted) -> int:
-    """Polls that got an answer: the ones timed (`TerminalStats.record_latency`)."""
-    return counted.latency_count
+    latency_count: int  # polls that got an answer: the ones timed
 
 
 class Overload:
@@ -305,12 +282,12 @@ class Overload:
         self,
         name: str,
         needed: int,
-        count: Callable[[Counted], int],
-        what: str,
         probe: Callable[[AgentView, int | None], Outcome],
+        *,
+        answered: bool,
     ) -> Probe:
-        """`probe` of the polls (`count`: all, or those answered) made since the agent was
-        last behind, once there are `needed`; `unknown` while it is overloaded and until then.
+        """`probe` of the polls (all, or those `answered`) made since the agent was last
+        behind, once there are `needed`; `unknown` while it is overloaded and until then.
         All of the terminal's polls are judged if the agent never was behind or was last
         behind `AFTER_OVERLOAD_TIME` ago (a terminal polled hourly would wait for days); a
         terminal failing now is handed to `probe` at once, whose outage case defers to its
@@ -324,9 +301,12 @@ class Overload:
                 return probe(view, None)
             if (now - self._behind_at).total_seconds() >= AFTER_OVERLOAD_TIME:
                 return probe(view, None)
-            # Stats counted afresh (the terminal's poller made anew by a reload): all are new.
-            made = count(t.stats) - (count(then) if then.stats is t.stats else 0)
-            if made < needed and not t.stats.consecutive_failures:
+            s = t.stats
+            made = s.latency_count if answered else s.polls
+            if then.stats is s:  # else counted afresh (its poller made anew): all are new
+                made -= then.latency_count if answered else then.polls
+            if made < needed and not s.consecutive_failures:
+                what = "answered polls" if answered else "polls"
                 return unknown(
                     f"judged again after {needed} {what} since the agent caught up "
                     f"({made} so far; terminals.overload)"
