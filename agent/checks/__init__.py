@@ -10,8 +10,6 @@ checks never import the daemon: it builds an AgentView and calls in here.
 
 from __future__ import annotations
 
-from typing import Any
-
 from agent.check_settings import ChecksConfig, HealthConfig, checks_settings, health_settings
 from agent.checks.alarms import AlarmTracker
 from agent.checks.data import Anomaly, DataMonitor
@@ -70,12 +68,3 @@ __all__ = [
     "terminal_plans",
     "worst",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """`render_report` imported when asked for (the report's module is the command's)."""
-    if name == "render_report":
-        from agent.checks.report import render_report
-
-        return render_report
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
