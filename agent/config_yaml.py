@@ -67,7 +67,8 @@ class _EventBuilder(SafeLoader):  # type: ignore[misc,valid-type]
         finally:
             self.dispose()
 
-    def _build(self) -> Any:
+    def _build(self, tag: str | None = None) -> Any:
+        """The next node's value; `tag`: its scalar tag, when the caller resolved it already."""
         event = self.get_event()
         if isinstance(event, AliasEvent):
             if event.anchor not in self._anchors:
@@ -79,7 +80,7 @@ class _EventBuilder(SafeLoader):  # type: ignore[misc,valid-type]
         if event.anchor is not None and event.anchor in self._anchors:
             raise _Unhandled("duplicate anchor")
         if isinstance(event, ScalarEvent):
-            value = self._scalar(event, self._scalar_tag(event))
+            value = self._scalar(event, tag or self._scalar_tag(event))
             if event.anchor is not None:
                 self._anchors[event.anchor] = value
         elif isinstance(event, SequenceStartEvent):
@@ -141,7 +142,7 @@ class _EventBuilder(SafeLoader):  # type: ignore[misc,valid-type]
                 self.get_event()  # `=` as a key is the string "=" (SafeConstructor)
                 key = self._scalar(event, _STR)
             else:
-                key = self._build()
+                key = self._build(tag)  # the key's tag resolved once (a site has thousands)
             try:
                 seen = key in own
             except TypeError:  # unhashable
