@@ -323,29 +323,14 @@ class _PollAcc:
         at once); a point also accumulated reading by reading this hour is merged into
         `points` instead (written from there)."""
         self.fold()
-        polls, at = self.polls, self.last_at
         for i, name in enumerate(self.points):
             acc = points.get((terminal, name, hour))
             if acc is not None:
                 self._merge_point(i, acc)
                 continue
-            # sum as a fresh _PointAcc adds it to its 0.0
-            total, last = 0.0 + self.sum[i], float(self.last[i])
-            yield (
-                terminal,
-                name,
-                hour,
-                self.units[i],
-                polls,
-                0,
-                polls,
-                self.min[i],
-                self.max[i],
-                total,
-                last,
-                at,
-                self.first_at,
-            )
+            acc = _PointAcc(self.units[i])  # one row's, gone once it is written
+            self._merge_point(i, acc)
+            yield _point_row(terminal, name, hour, acc)
 
     def _merge_point(self, i: int, acc: _PointAcc) -> None:
         lo, hi, total, last = self.min[i], self.max[i], self.sum[i], float(self.last[i])
