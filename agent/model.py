@@ -344,8 +344,7 @@ class RecentSamples:
 
     def newest(self, count: int) -> list[float]:
         """The newest `count` samples kept (all of them if fewer), oldest first."""
-        values = list(self)
-        return values[max(0, len(values) - count) :]
+        return list(itertools.islice(self, max(0, len(self) - count), None))
 
     def __repr__(self) -> str:
         return f"RecentSamples({list(self)!r}, maxlen={self.maxlen})"
