@@ -138,18 +138,19 @@ def status_dict(
         "warning": [r.to_dict() for r in results if r.status is Status.WARN],
     }
     failing = bool(checks["failing"]) or any(t["state"] in ("failing", "stale") for t in terminals)
+    config_path = str(view.config_path) if view.config_path else None
     return {
         **_shape(),
         "source": "agent",
         "running": True,
         "status": "failing" if failing else "ok",
-        "config": str(view.config_path) if view.config_path else None,
+        "config": config_path,
         "agent": {
             "version": view.version,
             "pid": os.getpid(),
             "started_at": format_timestamp(view.started_at),
             "uptime": _age(view.started_at, now),
-            "config": str(view.config_path) if view.config_path else None,
+            "config": config_path,
             "gateway": view.config.gateway.id,
         },
         "update": dict(view.update) if view.update is not None else None,
