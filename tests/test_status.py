@@ -291,7 +291,6 @@ async def test_metrics_are_scraped_and_parse_with_prometheus_client(
     assert families["edge_agent_poll_duration_seconds"].type == "histogram"
     assert samples[("edge_agent_poll_duration_seconds_count", (("terminal", "live"),))] >= 10
     assert any(name == "edge_agent_check_status" for name, _ in samples)
-    assert samples[("edge_agent_poll_late_starts_total", (("terminal", "live"),))] >= 0
 
 
 def test_the_screen_says_disk_full_and_the_readings_lost_per_terminal() -> None:
@@ -373,3 +372,26 @@ def test_status_json_has_one_shape_whether_the_agent_runs_or_not(tmp_path: Path)
     assert [running["source"], offline["source"], broken["source"]] == ["agent", "disk", "none"]
     assert offline["running"] is False and offline["terminals"] == []
     assert broken["config_errors"] == ["config.yaml: log: …"]
+
+
+def test_polls_started_late_are_counted_in_status_the_health_report_and_the_metrics() -> None:
+    """`late_starts` (a poll that started over a quarter period late) as each shape shows it."""
+    from agent.checks.health import build_health
+    from agent.metrics import Snapshot, families
+    from agent.model import TerminalStats, TerminalView
+    from tests.conftest import make_config, tcp_terminal
+
+    config = make_config([tcp_terminal(1502, [{"name": "a", "address": 0}], name="plc")])
+    [t] = config.terminals
+    view = AgentView(config, terminals={"plc": TerminalView(t.info, TerminalStats(late_starts=3))})
+    [listed] = status_dict(view, [])["terminals"]
+    assert listed["late_starts"] == 3
+    health = build_health([], view)
+    assert health["terminals"][0]["late_starts"] == 3
+    assert health["terminals_summary"]["late_starts"] == 3
+    samples = {
+        (s.name, tuple(s.labels.values())): s.value
+        for family in families(Snapshot(view, []))
+        for s in family.samples
+    }
+    assert samples[("edge_agent_poll_late_starts_total", ("plc",))] == 3
