@@ -207,6 +207,10 @@ async def test_a_reload_gives_the_data_checks_the_new_poll_periods(tmp_path: Pat
         assert inspection.monitor.intervals == {"plc": 1.0}
         await inspection.reload(after)
         assert inspection.monitor.intervals == {"plc": 10.0, "new": 5.0}
+        # The reloaded checks ask the agent's one judge of overload, which knows what came
+        # before the reload (tests/test_checks_terminals.py: what it then decides).
+        [overload] = [c.probe for c in inspection.runner.checks if c.id == "terminals.overload"]
+        assert overload is inspection.overload
     finally:
         box.close()
 
