@@ -58,9 +58,11 @@ async def test_a_running_agent_never_imports_the_command_lines_faces(
         for command in (["status", "--json"], ["check", "--json"]):
             asked = await asyncio.create_subprocess_exec(
                 PYTHON, "-m", "agent", *command, "--config", str(config),
-                cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+                cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
             )  # fmt: skip
-            assert await asyncio.wait_for(asked.wait(), 60) in (0, 1), command
+            out, _ = await asyncio.wait_for(asked.communicate(), 60)
+            assert asked.returncode in (0, 1), command
+            assert json.loads(out)["source"] == "agent", command  # the daemon answered
     finally:
         assert await agent.stop() == 0
     modules = json.loads(await listed)
