@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent.config import parse_config
-from agent.config_yaml import SafeLoader, load_yaml
+from agent.config_yaml import SafeLoader, _EventBuilder, load_yaml
 
 
 def pyyaml(text: str) -> tuple[str, Any]:
@@ -30,7 +30,7 @@ def ours(text: str) -> tuple[str, Any]:
         return "error", str(exc)
 
 
-CASES = {
+BUILT = {  # what the event builder reads itself
     "empty": "",
     "comment only": "# nothing\n",
     "scalar document": "just text",
@@ -49,7 +49,8 @@ CASES = {
     "merge of a merged mapping": "a: &a {x: 1}\nb: &b {<<: *a, y: 2}\nc: {<<: *b, z: 3}\n",
     "value key": "= : 1\n",
     "unicode": "名称: 水位\n",
-    # What the node-based loader decides (the event builder leaves these to it):
+}
+LEFT_TO_PYYAML = {  # what the node-based loader decides (the event builder leaves these to it)
     "key given twice": "a: 1\na: 2\n",
     "equal keys of two types": "1: a\ntrue: b\n",
     "explicit collection tag": "a: !!set {x}\nb: !!omap [{k: v}]\n",
@@ -66,11 +67,18 @@ CASES = {
     "broken syntax": "a: [1, 2\nb: 3\n",
     "tab indentation": "a:\n\t- 1\n",
 }
+CASES = BUILT | LEFT_TO_PYYAML
 
 
 @pytest.mark.parametrize("text", CASES.values(), ids=CASES.keys())
 def test_gives_what_pyyaml_gives_data_or_error(text: str) -> None:
     assert repr(ours(text)) == repr(pyyaml(text))  # repr: order, types, recursion
+
+
+@pytest.mark.parametrize("text", BUILT.values(), ids=BUILT.keys())
+def test_the_event_builder_reads_these_itself(text: str) -> None:
+    """Not handed over to PyYAML: the reading without a node graph is what loads them."""
+    assert repr(_EventBuilder(text).load()) == repr(pyyaml(text)[1])
 
 
 def test_aliases_are_the_same_object_as_in_pyyaml() -> None:
@@ -105,6 +113,7 @@ def test_any_dumped_document_loads_as_pyyaml_loads_it(
         data = {"first": data, "second": data}
     text = yaml.safe_dump(data, default_flow_style=flow, allow_unicode=True)
     assert repr(ours(text)) == repr(pyyaml(text))  # repr: order, types, recursion
+    assert repr(_EventBuilder(text).load()) == repr(pyyaml(text)[1])  # read without PyYAML's
 
 
 def site(terminals: int, points: int) -> str:
