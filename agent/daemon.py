@@ -8,9 +8,10 @@ before the drivers leave (it judges the running agent). The daemon is also what 
 actions may use of the running agent (`agent.diagnosis.registry.ActionContext`). So on
 the way out the drivers stop taking readings first, the history is saved, the writer stores
 what was taken, the uplink publishes it while the broker is there (briefly) and says
-`offline`, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE` (so that the
-process ends within 5 s of SIGTERM at any load: the drivers stop their pollers all at once, the
-writer stores what it can within `WRITER_STOP`); what is left then is cancelled. SIGHUP and a change of the config file reload the terminals without a
+`offline`, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE`, counted from
+the moment the stop is asked (so that the process ends within 5 s of SIGTERM at any load:
+the drivers are halted right then, their pollers all cancelled before any part leaves, and
+the writer stores what it can within `WRITER_STOP`); what is left then is cancelled. SIGHUP and a change of the config file reload the terminals without a
 restart; a new config with errors is refused, its errors logged, and the running config kept.
 Signal handlers only set events. At start it raises the descriptor soft limit to the hard one
 (agent/limits.py) before any part opens a file. This module names no protocol: the drivers
@@ -60,6 +61,7 @@ from agent.protocols.driver import (
     DriverSpec,
     PollAnswer,
     driver_counters,
+    halt_drivers,
 )
 from agent.protocols.registry import DRIVERS
 from agent.reading_counts import ReadingCounter
@@ -80,9 +82,9 @@ YOUNG_GENERATION = 10_000  # objects allocated between young collections (defaul
 
 log = structlog.get_logger(__name__)
 
-STOP_DEADLINE = (
-    4.0  # leaving the parts; the rest of the 5 s after SIGTERM is the interpreter's exit
-)
+# From the stop request to every part left; the rest of the 5 s after SIGTERM is the
+# interpreter's exit.
+STOP_DEADLINE = 4.0
 WRITER_STOP = 2.0  # of which the writer may spend this storing what was taken
 RELOAD_SETTLE = 0.3  # editors write a file in several steps; reload once it is quiet
 
@@ -127,6 +129,7 @@ class Daemon:
         self._leaving: list[tuple[str, float]] = []  # (part left, loop time) on the way out
         self.reading_counter = ReadingCounter()
         self.stop_requested = asyncio.Event()
+        self._stop_asked_at: float | None = None  # loop time of the first stop request
         self.exit_code = 0  # what `edge-agent run` returns (4: the update gate was not met)
         self.started = asyncio.Event()  # set once every part runs and READY=1 was sent
         self.operations = Operations(self)
@@ -180,8 +183,9 @@ class Daemon:
             notify("STOPPING=1")
             log.info("agent stopping")
             self._leaving.append(("", loop.time()))
+            asked = loop.time() if self._stop_asked_at is None else self._stop_asked_at
             try:
-                async with asyncio.timeout(STOP_DEADLINE):
+                async with asyncio.timeout_at(asked + STOP_DEADLINE):
                     await stack.aclose()
             except TimeoutError:
                 log.error("stop deadline passed; the rest was cancelled", left=self._left_times())
@@ -507,7 +511,12 @@ class Daemon:
         """Stop the agent; `edge-agent run` then exits with `exit_code` (the first one asked)."""
         if not self.stop_requested.is_set():
             self.exit_code = exit_code
+            self._stop_asked_at = asyncio.get_running_loop().time()
         self.stop_requested.set()
+        if self.parts is not None:
+            # At once, not when the drivers' turn to leave comes: a large site's polling would
+            # keep the loop busy while the parts before them leave.
+            halt_drivers(self.parts.drivers)
 
     def request_reload(self) -> None:
         self._reload_requested.set()
@@ -560,8 +569,8 @@ class Daemon:
         return True
 
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
-        loop.add_signal_handler(signal.SIGTERM, self.stop_requested.set)
-        loop.add_signal_handler(signal.SIGINT, self.stop_requested.set)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)
 
     @staticmethod

@@ -48,6 +48,10 @@ and prints:
   `--schema` and `--compression` say (the agent's defaults: 2, zlib). The readings analysed are
   then those received at the broker (the outbox forgets what the broker acknowledged).
 
+`--nice-devices 10` runs the simulators at a lower priority than the agent: at K=5000 on two
+cores, ten simulator processes otherwise take the cores from the agent whenever a request
+wakes one, which says more about this machine than about the agent.
+
 The script stops the agent with SIGTERM, stops the simulators, and removes its temporary files;
 children also get SIGTERM if the script itself dies (PR_SET_PDEATHSIG).
 """
@@ -403,7 +407,8 @@ def run(args: argparse.Namespace) -> None:
     print("agent code:", describe_tree())
     print(
         f"parameters: devices={k} registers={r} period={p:g}s duration={s:g}s "
-        f"warmup={args.warmup:g}s simulator processes={sim_procs} cores={os.cpu_count()}"
+        f"warmup={args.warmup:g}s simulator processes={sim_procs} (nice {args.nice_devices}) "
+        f"cores={os.cpu_count()}"
     )
     settings = " ".join(f"{key}={value}" for key, value in service_settings().items())
     print(
@@ -432,7 +437,9 @@ def run(args: argparse.Namespace) -> None:
             if args.broker:
                 mosquitto, broker = start_mosquitto(Path(tmp))
                 tap = BrokerTap(broker)
-            sims, ports = start_farm(k, r, sim_procs, args.values_max, args.step, args.period)
+            sims, ports = start_farm(
+                k, r, sim_procs, args.values_max, args.step, args.period, args.nice_devices
+            )
             write_config(
                 config, state_dir, ports, r, p, args.local_copy, broker, telemetry, args.history
             )
@@ -569,6 +576,14 @@ def main() -> None:
         "--values-max", type=int, default=10_000, help="registers walk below this (<= 65536)"
     )
     parser.add_argument("--step", type=int, default=50, help="largest step of a register a period")
+    parser.add_argument(
+        "--nice-devices",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the simulators at niceness N (0-19): on a small machine the agent otherwise "
+        "shares the cores with its own test devices, which it never does in the field",
+    )
     parser.add_argument(
         "--broker", action="store_true", help="publish to a local mosquitto, measure bytes there"
     )

@@ -83,10 +83,22 @@ def die_with_parent() -> None:
 
 
 def start_farm(
-    devices: int, registers: int, processes: int, values_max: int, step: int, period: float
+    devices: int,
+    registers: int,
+    processes: int,
+    values_max: int,
+    step: int,
+    period: float,
+    nice: int = 0,
 ) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
     """`devices` simulated Modbus TCP devices (`agent.sim.modbus_farm`) shared out over
-    `processes` child processes, and their ports once every child has reported them."""
+    `processes` child processes, and their ports once every child has reported them; the
+    children run at niceness `nice` (the agent, started by others, keeps its own)."""
+
+    def child() -> None:
+        die_with_parent()
+        os.nice(nice)
+
     sims: list[subprocess.Popen[bytes]] = []
     share = [devices // processes + (i < devices % processes) for i in range(processes)]
     for n in share:
@@ -99,7 +111,7 @@ def start_farm(
                 cwd=ROOT,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                preexec_fn=die_with_parent,
+                preexec_fn=child,
             )
         )
     ports: list[int] = []

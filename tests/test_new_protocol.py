@@ -65,6 +65,8 @@ class Trace:
 
     entered: int = 0
     left: int = 0
+    halted: int = 0  # `halt` calls (HaltingDriver)
+    left_when_halted: int | None = None
     submitted_after_leaving: int = 0
     last_submitted: int = 0
     polls: list[str] = field(default_factory=list)
@@ -144,6 +146,14 @@ class CounterDriver:
             for kind, body in stored
         )
         TRACE.committed.set()
+
+    def halt(self) -> None:
+        """Take no more readings (agent.protocols.driver.HaltingDriver)."""
+        TRACE.halted += 1
+        TRACE.left_when_halted = TRACE.left
+        self.running = False
+        for task in self.tasks:
+            task.cancel()
 
     async def apply(self, config: Config) -> None:
         raise NotImplementedError  # no reload in this test
@@ -227,9 +237,13 @@ async def test_a_protocol_registered_through_a_driver_spec_runs_in_the_daemon_en
             while_running = await daemon.operations.outbox(limit=100)
             assert {m["kind"] for m in while_running["messages"]} >= {"event", "telemetry"}
     finally:
-        daemon.stop_requested.set()
+        daemon.request_stop()  # as SIGTERM does
+        halted_at_the_request = TRACE.halted  # before the loop turned once
         await asyncio.wait_for(agent, 5)
 
+    # Halted at the request itself, before any part left (a large site's pollers would keep
+    # the loop busy while the parts before the drivers leave); then left once.
+    assert halted_at_the_request == 1 and TRACE.left_when_halted == 0
     assert TRACE.left == 1 and TRACE.submitted_after_leaving == 0
     assert TRACE.report_durable_when_committed  # commit returned once the report was stored
 

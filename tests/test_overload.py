@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from agent.model import Reading
+from agent.protocols.driver import DriverError
 from agent.protocols.modbus.driver import ModbusDriver
 from agent.protocols.modbus.links import TcpLink
 from agent.protocols.modbus.poller import Poller
@@ -165,3 +166,46 @@ async def test_first_connections_are_spread_over_the_first_period(stall: float) 
     assert max(times) - min(times) > 0.5 * period  # over the period, not at once
     # Evenly spread would put 4 of the 40 in each tenth of the period; all at once, 40.
     assert busiest(times, 0.1 * period) <= count // 3
+
+
+async def test_a_halted_driver_takes_no_reading_at_once_and_starts_no_poller() -> None:
+    """`halt` (the agent asked to stop) cancels every poller without waiting: no poll under
+    way hands its readings over, none starts, a reload or a restart starts no poller; leaving
+    then closes every connection, together."""
+    count = 20
+    device = SimulatedModbusDevice({1: RegisterMap(size=8)})
+    port = await device.serve_tcp("127.0.0.1", 0)
+    terminals = [
+        tcp_terminal(port, [{"name": "a", "address": 0}], name=f"t{i:02d}", period="50ms")
+        for i in range(count)
+    ]
+    config = make_config(terminals)
+    sink = ListSink()
+    driver = ModbusDriver(config.terminals, sink)
+    try:
+        async with driver:
+            async with asyncio.timeout(10):
+                while {r.terminal for r in sink.readings} != {t.name for t in config.terminals}:
+                    await asyncio.sleep(0.02)
+            driver.halt()
+            taken = len(sink.batches)
+            await asyncio.sleep(0.3)  # six periods
+            assert len(sink.batches) == taken  # not even the polls under way hand readings over
+            requests = len(device.requests)
+            await asyncio.sleep(0.2)
+            assert len(device.requests) == requests  # no poll starts
+            more = make_config(
+                [*terminals, tcp_terminal(port, [{"name": "a", "address": 0}], name="late")]
+            )
+            await driver.apply(more)
+            assert "late" not in driver.pollers
+            with pytest.raises(DriverError, match="stopping"):
+                await driver.restart("t00")
+            connected = device.connections
+            assert connected > 0
+        # Every link closed by the time the driver has left: the device sees them go at once.
+        async with asyncio.timeout(1):
+            while device.connections:
+                await asyncio.sleep(0.01)
+    finally:
+        await device.stop()

@@ -120,6 +120,28 @@ class CountingDriver(Protocol):
         ...
 
 
+@runtime_checkable
+class HaltingDriver(Protocol):
+    """A driver that can stop taking readings at once, before it is left.
+
+    The agent calls `halt` as soon as it is asked to stop: thousands of pollers would otherwise
+    keep the event loop busy while the parts left before the drivers (remote diagnosis, the
+    control socket, the checks) end, each of them waiting for turns of a loop that is behind,
+    and the agent would not end within 5 s of SIGTERM."""
+
+    def halt(self) -> None:
+        """Take no more readings from now on, without waiting (what is cancelled ends on the
+        loop's next turns); `__aexit__` still releases the rest."""
+        ...
+
+
+def halt_drivers(drivers: Sequence[object]) -> None:
+    """Every halting driver halted (the agent is stopping)."""
+    for driver in drivers:
+        if isinstance(driver, HaltingDriver):
+            driver.halt()
+
+
 def driver_counters(drivers: Sequence[object]) -> dict[str, int]:
     """Every counting driver's counters, merged."""
     out: dict[str, int] = {}

@@ -195,6 +195,12 @@ class SimulatedModbusDevice:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
 
+    @property
+    def connections(self) -> int:
+        """Clients connected now (TCP)."""
+        server = self._server
+        return 0 if server is None else len(server.active_connections)
+
     def count(self, table: str | None = None, unit: int | None = None) -> int:
         return sum(
             1

@@ -381,11 +381,16 @@ class Uplink:
         task, self._task = self._task, None
         if task is None:
             return
-        if self.state.connected and not task.done():
-            await self._drain(DRAIN_ON_STOP)
+        try:
+            if self.state.connected and not task.done():
+                await self._drain(DRAIN_ON_STOP)
+        finally:
+            # Even when the drain is cut short (the agent's stop deadline): the session then
+            # says `offline` and disconnects on its own, and the end of the loop cancels it.
+            if not task.done():
+                task.cancel()  # the session says `offline` (2 s at most), then disconnects
         if task.done():
             return  # it ended by itself: its error was logged when it happened (`_ended`)
-        task.cancel()  # the session says `offline` (2 s at most), then disconnects
         try:
             await task
         except asyncio.CancelledError:

@@ -283,3 +283,29 @@ async def test_an_ack_that_cannot_be_saved_never_ends_the_session_nor_repeats_me
         assert any(e["event"] == "outbox ack works again" for e in logs)
     finally:
         outbox.close()
+
+
+async def test_a_stop_cut_short_while_draining_still_ends_the_session(
+    tmp_path: Path, silent: SilentBroker
+) -> None:
+    """The agent's stop deadline may cancel the uplink's leaving while it drains the outbox to a
+    broker that never acknowledges: the session still says `offline` and ends, rather than
+    running on until the event loop itself ends (past the 5 s the agent has after SIGTERM)."""
+    outbox = Outbox(tmp_path / "outbox.db", init_key(tmp_path / "state"), "gw-test")
+    outbox.open()
+    outbox.put_many([("telemetry", {"n": i}, Priority.TELEMETRY) for i in range(5)])
+    settings = UplinkConfig.model_validate({"broker": silent.url})
+    uplink = Uplink(settings, AsyncOutbox(outbox), PREFIX, "edge-agent-gw-test")
+    try:
+        await uplink.__aenter__()
+        await eventually("the queue published", lambda: len(signed(silent)) == 5)
+        leaving = asyncio.create_task(uplink.__aexit__(None, None, None))
+        await asyncio.sleep(0.3)
+        assert not leaving.done()  # draining: nothing is acknowledged, so nothing leaves
+        leaving.cancel()  # the stop deadline
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        await eventually("the session ended", lambda: not uplink.state.connected, timeout=5)
+        assert any(p.topic.endswith("/state") and p.payload == b"offline" for p in silent.publishes)
+    finally:
+        outbox.close()
