@@ -10,12 +10,14 @@ the way out the drivers stop taking readings first, the history is saved, the wr
 what was taken, the uplink publishes it while the broker is there (briefly) and says
 `offline`, and the outbox closes last. Leaving is bounded by `STOP_DEADLINE`, counted from
 the moment the stop is asked (so that the process ends within 5 s of SIGTERM at any load:
-the drivers are halted right then, their pollers all cancelled before any part leaves, and
-the writer stores what it can within `WRITER_STOP`); what is left then is cancelled. SIGHUP and a change of the config file reload the terminals without a
-restart; a new config with errors is refused, its errors logged, and the running config kept.
-Signal handlers only set events. At start it raises the descriptor soft limit to the hard one
-(agent/limits.py) before any part opens a file. This module names no protocol: the drivers
-come from agent/protocols/registry.py.
+the drivers that can halt (`HaltingDriver`: Modbus) are halted right then, their pollers all
+cancelled before any part leaves, and the writer stores what it can within `WRITER_STOP`);
+past it, each part still leaving is cancelled in turn (`leave_by`). SIGHUP and a change of
+the config file reload the terminals without a restart; a new config with errors is refused,
+its errors logged, and the running config kept. SIGTERM and SIGINT ask for the stop
+(`request_stop`: an event set, the drivers halted); SIGHUP only sets an event. At start it
+raises the descriptor soft limit to the hard one (agent/limits.py) before any part opens a
+file. This module names no protocol: the drivers come from agent/protocols/registry.py.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ log = structlog.get_logger(__name__)
 # From the stop request to every part left; the rest of the 5 s after SIGTERM is the
 # interpreter's exit.
 STOP_DEADLINE = 4.0
+CUT_GRACE = 0.05  # past the deadline, each part still leaving is cancelled this far apart
 WRITER_STOP = 2.0  # of which the writer may spend this storing what was taken
 RELOAD_SETTLE = 0.3  # editors write a file in several steps; reload once it is quiet
 
@@ -183,11 +186,11 @@ class Daemon:
             notify("STOPPING=1")
             log.info("agent stopping")
             self._leaving.append(("", loop.time()))
+            if self.parts is not None:  # a stop asked while the parts were starting halted none
+                halt_drivers(self.parts.drivers)
             asked = loop.time() if self._stop_asked_at is None else self._stop_asked_at
-            try:
-                async with asyncio.timeout_at(asked + STOP_DEADLINE):
-                    await stack.aclose()
-            except TimeoutError:
+            cut = await leave_by(stack, asked + STOP_DEADLINE)
+            if cut:
                 log.error("stop deadline passed; the rest was cancelled", left=self._left_times())
             self.parts = None
             self._remove_signal_handlers(loop)
@@ -577,6 +580,28 @@ class Daemon:
     def _remove_signal_handlers(loop: asyncio.AbstractEventLoop) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+
+async def leave_by(stack: AsyncExitStack, deadline: float) -> bool:
+    """Leave every part on `stack` by `deadline` (loop time); whether any was cut short.
+
+    Past the deadline each part still leaving is cancelled in turn, `CUT_GRACE` apart: a
+    single cancellation (`asyncio.timeout`) cuts only the part leaving at that moment, and the
+    exit stack then leaves the others without any limit. An error of a part's own is raised."""
+    loop = asyncio.get_running_loop()
+    leaving = asyncio.ensure_future(stack.aclose())
+    try:
+        await asyncio.wait({leaving}, timeout=max(0.0, deadline - loop.time()))
+        cut = not leaving.done()
+        while not leaving.done():
+            leaving.cancel()
+            await asyncio.wait({leaving}, timeout=CUT_GRACE)
+    except asyncio.CancelledError:
+        leaving.cancel()  # ours: the parts are not left running behind us
+        raise
+    if not leaving.cancelled() and (error := leaving.exception()) is not None:
+        raise error
+    return cut
 
 
 def observe(view: AgentView, results: Sequence[CheckResult]) -> Observation:

@@ -157,7 +157,7 @@ async def _run(console: Console, duration: float, place: DemoPlace) -> int:
         if not agent.done():
             console.print(demo_view(await daemon.snapshot(), latest, datetime.now(UTC)))
     finally:
-        daemon.stop_requested.set()
+        daemon.request_stop()
         await asyncio.wait({agent})  # ours is not swallowed: wait raises it
         await site.stop()
     agent.result()  # the agent's own failure (a port in use, say) is the demo's

@@ -579,6 +579,7 @@ def main() -> None:
     parser.add_argument(
         "--nice-devices",
         type=int,
+        choices=range(20),
         default=0,
         metavar="N",
         help="run the simulators at niceness N (0-19): on a small machine the agent otherwise "

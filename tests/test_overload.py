@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from agent.model import Reading
-from agent.protocols.driver import DriverError
+from agent.protocols.driver import DriverError, HaltingDriver
 from agent.protocols.modbus.driver import ModbusDriver
 from agent.protocols.modbus.links import TcpLink
 from agent.protocols.modbus.poller import Poller
@@ -170,8 +170,8 @@ async def test_first_connections_are_spread_over_the_first_period(stall: float) 
 
 async def test_a_halted_driver_takes_no_reading_at_once_and_starts_no_poller() -> None:
     """`halt` (the agent asked to stop) cancels every poller without waiting: no poll under
-    way hands its readings over, none starts, a reload or a restart starts no poller; leaving
-    then closes every connection, together."""
+    way hands its readings over, none starts, a reload or a restart starts no poller, no poll
+    on request opens a link again; leaving then closes every connection."""
     count = 20
     device = SimulatedModbusDevice({1: RegisterMap(size=8)})
     port = await device.serve_tcp("127.0.0.1", 0)
@@ -182,6 +182,7 @@ async def test_a_halted_driver_takes_no_reading_at_once_and_starts_no_poller() -
     config = make_config(terminals)
     sink = ListSink()
     driver = ModbusDriver(config.terminals, sink)
+    assert isinstance(driver, HaltingDriver)  # what the daemon looks for to halt it
     try:
         async with driver:
             async with asyncio.timeout(10):
@@ -201,6 +202,8 @@ async def test_a_halted_driver_takes_no_reading_at_once_and_starts_no_poller() -
             assert "late" not in driver.pollers
             with pytest.raises(DriverError, match="stopping"):
                 await driver.restart("t00")
+            with pytest.raises(DriverError, match="stopping"):
+                await driver.poll("t00")  # its link is closing: a poll would open it again
             connected = device.connections
             assert connected > 0
         # Every link closed by the time the driver has left: the device sees them go at once.

@@ -5,7 +5,9 @@ for the terminals of its protocols. The daemon treats every driver alike: it ent
 hands it a new set of terminals on reload (`apply`), asks it for views (status, checks,
 metrics), for one poll of a terminal, for a protocol's own request (`ask`) or to restart one terminal's
 link (`restart`), and leaves it
-(stop: no reading is taken after `__aexit__` returns). A driver reaches the rest of the agent
+(stop: no reading is taken after `__aexit__` returns). Optional capabilities are protocols of
+their own, checked at run time: `CountingDriver` (counters of its own) and `HaltingDriver`
+(`halt`: take no more readings at once, when the agent is asked to stop). A driver reaches the rest of the agent
 only through its `DriverContext`; it never imports the uplink, the outbox or another driver.
 """
 
@@ -16,11 +18,15 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
+import structlog
+
 from agent.config_base import TerminalModel
 from agent.model import Intake, Quality, Reading, TerminalClock, TerminalView
 
 if TYPE_CHECKING:
     from agent.config import Config
+
+log = structlog.get_logger(__name__)
 
 
 class DriverError(Exception):
@@ -136,10 +142,14 @@ class HaltingDriver(Protocol):
 
 
 def halt_drivers(drivers: Sequence[object]) -> None:
-    """Every halting driver halted (the agent is stopping)."""
+    """Every halting driver halted (the agent is stopping); one that fails to is logged and
+    the others are halted all the same (it still stops when it is left)."""
     for driver in drivers:
         if isinstance(driver, HaltingDriver):
-            driver.halt()
+            try:
+                driver.halt()
+            except Exception as exc:  # noqa: BLE001 -- the stop goes on whatever a driver does
+                log.error("driver not halted", driver=type(driver).__name__, error=repr(exc))
 
 
 def driver_counters(drivers: Sequence[object]) -> dict[str, int]:

@@ -105,7 +105,10 @@ class ModbusDriver:
         await self._run(self.terminals)
 
     def halt(self) -> None:
-        """Cancel every poller now (the agent is stopping); no poller starts after this."""
+        """Cancel every poller now (the agent is stopping); no poller starts, no terminal is
+        polled on request after this. Once: a second cancel could cut a poller's cleanup."""
+        if self._halted:
+            return
         self._halted = True
         for task in self._tasks.values():
             task.cancel()
@@ -174,6 +177,8 @@ class ModbusDriver:
         link = self.pollers[terminal].link
         await self._stop(terminal)
         await self._run(self.terminals)
+        if self._halted:  # halted while this one was stopping: it does not start again
+            raise DriverError("the agent is stopping: no poller starts again")
         shared = isinstance(link, BusLink)
         return {
             "terminal": terminal,
@@ -207,6 +212,8 @@ class ModbusDriver:
         poller = self.pollers.get(terminal)
         if poller is None:
             raise KeyError(terminal)
+        if self._halted:  # its link is closing: a poll would open it again
+            raise DriverError("the agent is stopping: no terminal is polled")
         return answer(poller.terminal, await poller.poll_once())
 
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
