@@ -3,12 +3,12 @@
 A driver owns one protocol's runtime (pollers and serial buses, a central station's listeners)
 for the terminals of its protocols. The daemon treats every driver alike: it enters it (start),
 hands it a new set of terminals on reload (`apply`), asks it for views (status, checks,
-metrics), for one poll of a terminal, for a protocol's own request (`ask`) or to restart one terminal's
-link (`restart`), and leaves it
-(stop: no reading is taken after `__aexit__` returns). Optional capabilities are protocols of
-their own, checked at run time: `CountingDriver` (counters of its own) and `HaltingDriver`
-(`halt`: take no more readings at once, when the agent is asked to stop). A driver reaches the rest of the agent
-only through its `DriverContext`; it never imports the uplink, the outbox or another driver.
+metrics), for one poll of a terminal, for a protocol's own request (`ask`) or to restart one
+terminal's link (`restart`), and leaves it (stop: no reading is taken after `__aexit__`
+returns). Optional capabilities are protocols of their own, checked at run time:
+`CountingDriver` (counters of its own) and `HaltingDriver` (`halt`: take no more readings at
+once, when the agent is asked to stop). A driver reaches the rest of the agent only through
+its `DriverContext`; it never imports the uplink, the outbox or another driver.
 """
 
 from __future__ import annotations
