@@ -393,3 +393,24 @@ async def test_after_an_overload_reloads_keep_the_wait_dead_terminals_are_one_fi
         assert done["terminals.latency:seldom"].status is Status.OK
     finally:
         runner.close()
+
+
+def test_a_poller_made_anew_is_counted_from_its_start_even_past_the_old_one_s_counts() -> None:
+    """A reload or restart gives a terminal a new poller, its counts from zero: the overload
+    judge tells it by its stats object, not by counts going down (the new one may already have
+    passed the old one's counts, and only its difference would then be counted)."""
+    config = make_config([tcp_terminal(1, [{"name": "a", "address": 0}], name="t", period="1s")])
+    [info] = [t.info for t in config.terminals]
+    overload = Overload(ChecksConfig())
+    now = datetime.now(UTC)
+
+    def judge(stats: TerminalStats) -> tuple[Status, float | None, str]:
+        view = AgentView(config, None, started_at=now, terminals={"t": TerminalView(info, stats)})
+        outcome = overload(view, now)
+        return outcome.status, outcome.value, outcome.message
+
+    assert judge(TerminalStats(polls=10))[0] is Status.OK
+    anew = TerminalStats(polls=12, missed_slots=8, behind_slots=8)  # every count >= the old
+    status, value, message = judge(anew)
+    assert value == 0.4 and "of 20 poll slots since the last check, 8 skipped" in message
+    assert status is Status.FAIL

@@ -248,7 +248,8 @@ class Overload:
     def __init__(self, settings: ChecksConfig) -> None:
         self.settings = settings
         # polls, missed, behind, held, late starts
-        self._seen: dict[str, tuple[int, int, int, int, int]] = {}
+        # Each polled terminal's stats at the last judgement, and its counts then.
+        self._seen: dict[str, tuple[TerminalStats, tuple[int, ...]]] = {}
         self._view: AgentView | None = None  # the snapshot judged last, and its outcome
         self._outcome = unknown("not judged yet")
         # When the agent was last judged behind, and each polled terminal's counts then.
@@ -316,7 +317,7 @@ class Overload:
         return judged
 
     def _judge(self, view: AgentView) -> Outcome:
-        seen: dict[str, tuple[int, int, int, int, int]] = {}
+        seen: dict[str, tuple[TerminalStats, tuple[int, ...]]] = {}
         slots = behind = held = late = terminals = polled = 0
         for name, t in view.terminals.items():
             if not t.info.polled:
@@ -324,12 +325,13 @@ class Overload:
             polled += 1
             s = t.stats
             now_counts = (s.polls, s.missed_slots, s.behind_slots, s.held_slots, s.late_starts)
-            seen[name] = now_counts
-            before = self._seen.get(name, (0, 0, 0, 0, 0))
-            deltas = [a - b for a, b in zip(now_counts, before, strict=True)]
-            if min(deltas) < 0:  # restarted: counted afresh
-                deltas = list(now_counts)
-            d_polls, d_missed, d_behind, d_held, d_late = deltas
+            seen[name] = (s, now_counts)
+            d_polls, d_missed, d_behind, d_held, d_late = now_counts
+            then = self._seen.get(name)
+            if then is not None and then[0] is s:  # else counted afresh: its poller is new
+                d_polls, d_missed, d_behind, d_held, d_late = (
+                    a - b for a, b in zip(now_counts, then[1], strict=True)
+                )
             slots += d_polls + d_missed
             behind += d_behind
             held += d_held
