@@ -113,6 +113,10 @@ class ModbusDriver:
         for task in self._tasks.values():
             task.cancel()
 
+    def _refuse_if_halted(self, what: str) -> None:
+        if self._halted:
+            raise DriverError(f"the agent is stopping: {what}")
+
     async def stop(self) -> None:
         """Stop every poller and close every link: no reading is taken after this."""
         self.halt()  # all at once, so a stop cut short leaves none polling
@@ -172,13 +176,11 @@ class ModbusDriver:
         serial bus stays open for the other terminals on it."""
         if terminal not in self.pollers:
             raise KeyError(terminal)
-        if self._halted:
-            raise DriverError("the agent is stopping: no poller starts again")
+        self._refuse_if_halted("no poller starts again")
         link = self.pollers[terminal].link
         await self._stop(terminal)
         await self._run(self.terminals)
-        if self._halted:  # halted while this one was stopping: it does not start again
-            raise DriverError("the agent is stopping: no poller starts again")
+        self._refuse_if_halted("no poller starts again")  # halted while this one stopped
         shared = isinstance(link, BusLink)
         return {
             "terminal": terminal,
@@ -212,8 +214,7 @@ class ModbusDriver:
         poller = self.pollers.get(terminal)
         if poller is None:
             raise KeyError(terminal)
-        if self._halted:  # its link is closing: a poll would open it again
-            raise DriverError("the agent is stopping: no terminal is polled")
+        self._refuse_if_halted("no terminal is polled")  # a poll would reopen a closing link
         return answer(poller.terminal, await poller.poll_once())
 
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
