@@ -188,9 +188,13 @@ async def test_a_halted_driver_takes_no_reading_at_once_and_starts_no_poller() -
             async with asyncio.timeout(10):
                 while {r.terminal for r in sink.readings} != {t.name for t in config.terminals}:
                     await asyncio.sleep(0.02)
-            driver.halt()
+            device.delay = 0.3  # every reply now takes 0.3 s: polls are under way at the halt
+            asked = len(device.requests)
+            await asyncio.sleep(0.1)
             taken = len(sink.batches)
-            await asyncio.sleep(0.3)  # six periods
+            assert len(device.requests) >= asked + count  # a request of each, unanswered
+            driver.halt()
+            await asyncio.sleep(0.5)  # their replies have come (and gone unread)
             assert len(sink.batches) == taken  # not even the polls under way hand readings over
             requests = len(device.requests)
             await asyncio.sleep(0.2)
