@@ -226,7 +226,7 @@ class Daemon:
         writer = await stack.enter_async_context(
             OutboxWriter(
                 outbox,
-                batch=config.outbox.batch,
+                batch=config.telemetry_batch,
                 linger=config.outbox.linger,
                 gather_window=config.outbox.commit_window,
                 schema=config.telemetry.body_schema,

@@ -212,6 +212,17 @@ def test_the_outbox_reserve_is_bounded_and_defaults_to_4_mib() -> None:
     assert errors == ["outbox.reserve_bytes: must be at least 262144 (got 1000)"]
 
 
+def test_a_telemetry_message_holds_5000_readings_with_schema_2_and_500_with_schema_1() -> None:
+    assert parse_config(GOOD, "config.yaml").telemetry_batch == 5000
+    old_body = parse_config(GOOD + "telemetry: {schema: 1}\n", "config.yaml")
+    assert old_body.telemetry_batch == 500
+    given = parse_config(GOOD + "telemetry: {schema: 1}\noutbox: {batch: 800}\n", "config.yaml")
+    assert given.telemetry_batch == 800
+    assert errors_of(GOOD + "outbox: {batch: 20000}\n") == [
+        "outbox.batch: must be at most 10000 (got 20000)"
+    ]
+
+
 def test_the_publish_timeout_and_ack_warn_are_durations_above_zero() -> None:
     text = GOOD + "uplink: {broker: 'mqtt://h:1883', publish_timeout: 0s}\n"
     text += "checks: {network: {ack_warn: soon}}\n"
