@@ -66,17 +66,27 @@ class FixedRateSchedule:
         A slot that could not start within `max_late` is skipped (see `take_skipped`) and the
         next one not due yet is waited for."""
         while True:
-            due = self.due
-            delay = due - self._clock()
+            delay = self.due - self._clock()
             if delay > 0:
                 await asyncio.sleep(delay)
-            late = max(0.0, self._clock() - due)
-            if late <= self.max_late:
+            late = self.start()
+            if late is not None:
                 return late
-            assert self._t0 is not None
-            upcoming = math.floor((self._clock() - self._t0) / self.period) + 1
-            self._skipped += upcoming - self._slot
-            self._slot = upcoming
+
+    def start(self) -> float | None:
+        """The current slot, due by now, starts: how late (seconds, >= 0); or None when it is
+        too late, and the slots up to the next one not due yet are skipped (`take_skipped`).
+        What `wait()` does once the slot is due, for a caller with a timer of its own."""
+        due = self.due
+        now = self._clock()
+        late = max(0.0, now - due)
+        if late <= self.max_late:
+            return late
+        assert self._t0 is not None
+        upcoming = math.floor((now - self._t0) / self.period) + 1
+        self._skipped += upcoming - self._slot
+        self._slot = upcoming
+        return None
 
     def is_late(self, lateness: float) -> bool:
         """Whether a slot that started `lateness` seconds after its due time started late."""

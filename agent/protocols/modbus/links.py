@@ -112,7 +112,7 @@ def exception_failure(code: int) -> ModbusFailure:
     return ModbusFailure("exception", f"exception {code:#04x}: {meaning}", code)
 
 
-def _values(reply: Reply) -> Values:
+def reply_values(reply: Reply) -> Values:
     if isinstance(reply, ExceptionReply):
         raise exception_failure(reply.code)
     return list(reply.values)
@@ -171,12 +171,44 @@ async def _connect(host: str, port: int, timeout: float) -> _Connection:
             _, connection = await loop.create_connection(_Connection, host, port)
             return connection
     except TimeoutError:
-        reason = "no answer to the connection attempt (device off, wrong address, or firewalled)"
-    except ConnectionRefusedError:
-        reason = "connection refused (is the Modbus TCP server on, and the port right?)"
+        raise connect_failure(host, port, None) from None
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-    raise ModbusFailure("connect", f"cannot connect to {host}:{port}: {reason}")
+        raise connect_failure(host, port, exc) from None
+
+
+def connect_failure(host: str, port: int, error: OSError | None) -> ModbusFailure:
+    """Why no connection was made: `error`, or None for no answer within the timeout."""
+    if error is None:
+        reason = "no answer to the connection attempt (device off, wrong address, or firewalled)"
+    elif isinstance(error, ConnectionRefusedError):
+        reason = "connection refused (is the Modbus TCP server on, and the port right?)"
+    else:
+        reason = error.strerror or str(error)
+    return ModbusFailure("connect", f"cannot connect to {host}:{port}: {reason}")
+
+
+def no_reply_failure(buffer: bytes, request: ReadRequest, timeout: float) -> ModbusFailure:
+    """No whole reply within the timeout: none at all, or one that began and stopped."""
+    if buffer:
+        return ModbusFailure.rejected(tcp_cut_short(buffer, request), f" within {timeout:g}s")
+    return ModbusFailure("timeout", f"no reply within {timeout:g}s")
+
+
+def ended_failure(
+    buffer: bytes, request: ReadRequest, error: BaseException | None
+) -> ModbusFailure:
+    """The connection ended before a whole reply: reset (`error`), or closed after `buffer`."""
+    if isinstance(error, OSError):
+        return ModbusFailure(
+            "garbled", f"connection lost: {error.strerror or error} (the device reset it)"
+        )
+    if buffer:
+        return ModbusFailure.rejected(
+            tcp_cut_short(buffer, request), " before the device closed the connection"
+        )
+    return ModbusFailure(
+        "garbled", "connection closed by the device without a reply (too many clients connected?)"
+    )
 
 
 class TcpLink:
@@ -222,34 +254,19 @@ class TcpLink:
                     connection.waiter = None
         except TimeoutError:
             await self.close()
-            if connection.buffer:  # it began to answer, then stopped
-                raise ModbusFailure.rejected(
-                    tcp_cut_short(bytes(connection.buffer), request), f" within {timeout:g}s"
-                ) from None
-            raise ModbusFailure("timeout", f"no reply within {timeout:g}s") from None
+            raise no_reply_failure(bytes(connection.buffer), request, timeout) from None
         except ReplyError as error:
             await self.close()
             raise ModbusFailure.rejected(error) from None
         if reply is None:  # the connection ended
             await self.close()
-            lost = connection.error
-            if isinstance(lost, OSError):
-                raise ModbusFailure(
-                    "garbled", f"connection lost: {lost.strerror or lost} (the device reset it)"
-                ) from lost
-            if connection.buffer:
-                raise ModbusFailure.rejected(
-                    tcp_cut_short(bytes(connection.buffer), request),
-                    " before the device closed the connection",
-                )
-            raise ModbusFailure(
-                "garbled",
-                "connection closed by the device without a reply (too many clients connected?)",
-            )
+            raise ended_failure(
+                bytes(connection.buffer), request, connection.error
+            ) from connection.error
         del connection.buffer[: reply.size]
         if connection.buffer:  # bytes after the reply: the stream is out of step
             await self.close()
-        return _values(reply)  # an exception reply is a proper answer: the connection stays
+        return reply_values(reply)  # an exception reply is a proper answer: the connection stays
 
     async def _connected(self, timeout: float) -> _Connection:
         connection = self._connection
@@ -470,7 +487,7 @@ class SerialBus:
             raise ModbusFailure("timeout", f"no reply within {r.timeout:g}s")
         if len(port.received) > reply.size:  # junk after the reply: let it end, then drop it
             await self._drain(port)
-        return _values(reply)
+        return reply_values(reply)
 
     async def _receive(
         self, port: _SerialPort, request: ReadRequest, deadline: float
