@@ -8,6 +8,7 @@ metrics) see a terminal of any protocol.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import enum
 import itertools
 import statistics
@@ -405,8 +406,9 @@ class TerminalStats:
     poll_seconds: RecentSamples = field(default_factory=lambda: RecentSamples(POLL_SECONDS_KEPT))
     lateness: RecentSamples = field(default_factory=lambda: RecentSamples(LATENESS_KEPT))
     outcomes: RecentOutcomes = field(default_factory=lambda: RecentOutcomes(OUTCOMES_KEPT))
-    # Cumulative since start, for metrics: count of polls at or under each LATENCY_BUCKETS bound.
-    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    # Since start, for metrics: polls between each LATENCY_BUCKETS bound and the one below it
+    # (the last: over the highest bound); `latency_buckets` adds them up.
+    latency_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_sum: float = 0.0
     latency_count: int = 0
 
@@ -415,9 +417,12 @@ class TerminalStats:
         self.poll_seconds.append(seconds)
         self.latency_sum += seconds
         self.latency_count += 1
-        for i, bound in enumerate(LATENCY_BUCKETS):
-            if seconds <= bound:
-                self.latency_buckets[i] += 1
+        self.latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+
+    @property
+    def latency_buckets(self) -> list[int]:
+        """Cumulative since start: polls at or under each LATENCY_BUCKETS bound."""
+        return list(itertools.accumulate(self.latency_counts[:-1]))
 
     @property
     def success_ratio(self) -> float | None:

@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.model import (
+    LATENCY_BUCKETS,
     LATENESS_KEPT,
     OUTCOMES_KEPT,
     POLL_SECONDS_KEPT,
@@ -83,6 +84,8 @@ def test_percentiles_and_ratio_are_those_of_the_window(
     window = outcomes[-OUTCOMES_KEPT:]
     assert stats.success_ratio == (sum(window) / len(window) if window else None)
     assert stats.latency_count == len(seconds)
+    # The metrics' histogram: polls at or under each bound, cumulative.
+    assert stats.latency_buckets == [sum(1 for s in seconds if s <= b) for b in LATENCY_BUCKETS]
 
 
 def test_a_terminal_that_ran_for_days_holds_a_few_kilobytes_of_windows() -> None:
