@@ -13,7 +13,11 @@ counted):
 - `callback`: no task: a timer per slot whose callback writes the request, the reply decoded in
   `data_received`, the next slot's timer armed there — one timer and no future per poll;
 - `epoll`: no asyncio at all: non-blocking sockets and one `select.epoll` in a plain loop, the
-  slots on a heap (what a poller process of its own could run).
+  slots on a heap (what the agent's TCP engine runs, bare);
+- `driver (engine)` and `driver (asyncio)`: the agent's own Modbus driver — its pollers, their
+  schedules, retries and statistics — with a sink that only counts the polls: the terminals
+  named by address (polled by its TCP engine, agent/protocols/modbus/tcp_engine.py) or by a
+  host name (polled by asyncio tasks, as before the engine).
 
 It prints, per shape, polls/s, this process's user and system CPU per wall second (getrusage),
 µs per poll and per point. The system time is the kernel's TCP on loopback (the send also runs
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import heapq
+import json
 import resource
 import select
 import socket
@@ -34,7 +39,12 @@ import time
 import zlib
 from collections.abc import Callable
 
-from procs import start_farm, stop
+from procs import ROOT, start_farm, stop
+
+sys.path.insert(0, str(ROOT))
+
+from agent.config import parse_config
+from agent.protocols.modbus.driver import ModbusDriver
 
 REQUEST = struct.Struct(">HHHBBHH")  # MBAP header + read holding registers (function 3)
 HEADER = 9  # MBAP (7) + function + byte count
@@ -199,7 +209,7 @@ def report(
     user, system = end.ru_utime - usage.ru_utime, end.ru_stime - usage.ru_stime
     per_poll = 1e6 * (user + system) / polls
     print(
-        f"{shape:>8}: {polls / seconds:.0f} polls/s, cpu {(user + system) / seconds:.3f} s/s "
+        f"{shape:>16}: {polls / seconds:.0f} polls/s, cpu {(user + system) / seconds:.3f} s/s "
         f"(user {user / seconds:.3f}, system {system / seconds:.3f}): "
         f"{per_poll:.1f} µs per poll, {per_poll / registers:.2f} µs per point"
     )
@@ -227,6 +237,39 @@ async def measure(shape: str, ports: list[int], args: argparse.Namespace) -> Non
         c.transport.close()
 
 
+class CountingSink:
+    """Counts the polls handed over (a poll's readings come as one batch)."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+
+    def submit(self, readings: object) -> None:
+        self.polls += 1
+
+
+async def measure_driver(host: str, ports: list[int], args: argparse.Namespace) -> None:
+    terminals = [
+        {
+            "name": f"t{i:04d}", "protocol": "modbus-tcp", "host": host, "port": port,
+            "unit": 1, "period": "1s", "timeout": "3s", "retries": 0,
+            "points": [{"name": f"r{j}", "address": j} for j in range(args.registers)],
+        }
+        for i, port in enumerate(ports)
+    ]  # fmt: skip
+    config = parse_config(
+        json.dumps({"gateway": {"id": "floor"}, "state_dir": "unused", "terminals": terminals}),
+        "floor.yaml",
+    )
+    sink = CountingSink()
+    async with ModbusDriver(config.terminals, sink):
+        await asyncio.sleep(args.warmup)
+        polls, usage, wall = sink.polls, resource.getrusage(resource.RUSAGE_SELF), time.time()
+        await asyncio.sleep(args.duration)
+        end = resource.getrusage(resource.RUSAGE_SELF)
+    shape = "driver (engine)" if host == "127.0.0.1" else "driver (asyncio)"
+    report(shape, sink.polls - polls, time.time() - wall, usage, end, args.registers)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000, help="K simulated terminals")
@@ -240,6 +283,8 @@ def main() -> None:
         for shape in SHAPES:
             asyncio.run(measure(shape, ports, args))
         epoll_shape(ports, args)
+        for host in ("127.0.0.1", "localhost"):
+            asyncio.run(measure_driver(host, ports, args))
     finally:
         for proc in sims:
             stop(proc)

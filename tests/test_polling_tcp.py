@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import socket
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -15,13 +16,35 @@ from agent.model import Quality
 from agent.protocols.modbus import codec
 from agent.protocols.modbus.adu import ReplyFault
 from agent.protocols.modbus.driver import ModbusDriver
-from agent.protocols.modbus.links import ModbusFailure, TcpLink
+from agent.protocols.modbus.links import Link, ModbusFailure, TcpLink
 from agent.protocols.modbus.poller import Poller
+from agent.protocols.modbus.tcp_engine import EngineLink, TcpEngine
 from agent.sim.hostile_modbus import Answer, HostileTcpDevice
 from agent.sim.modbus_device import RegisterMap, SimulatedModbusDevice
 from tests.conftest import ListSink, make_config, tcp_terminal
 
 Device = tuple[SimulatedModbusDevice, int]
+
+# The link a test reads through: asyncio's `TcpLink`, or an `EngineLink` of a TCP engine (its
+# reads run in the engine's thread): every test of this module runs with each (`_each_link`).
+new_link: Callable[[str, int], Link] = TcpLink
+
+
+@pytest.fixture(params=["asyncio", "engine"], autouse=True)
+async def _each_link(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    global new_link  # the link of the test under way
+    if request.param == "asyncio":
+        new_link = TcpLink
+        yield
+        return
+    engine = TcpEngine(lambda polls: None)  # nothing on its schedule: reads on request only
+    engine.start()
+    new_link = lambda host, port: EngineLink(engine, host, port)  # noqa: E731
+    try:
+        yield
+    finally:
+        new_link = TcpLink
+        await engine.stop()
 
 
 def terminal(port: int, points: list[dict[str, Any]], **extra: Any) -> ModbusTcpTerminal:
@@ -31,7 +54,7 @@ def terminal(port: int, points: list[dict[str, Any]], **extra: Any) -> ModbusTcp
 
 
 async def poll(t: ModbusTcpTerminal) -> dict[str, Any]:
-    link = TcpLink(t.host, t.port)
+    link = new_link(t.host, t.port)
     try:
         readings = await Poller(t, link, ListSink()).poll_once()
     finally:
@@ -124,7 +147,7 @@ async def test_reads_made_at_once_on_one_link_take_turns_and_each_gets_its_own_r
     the other is waiting for its reply."""
     sim, port = device
     sim.units[1].set_registers("holding", 0, list(range(100, 120)))
-    link = TcpLink("127.0.0.1", port)
+    link = new_link("127.0.0.1", port)
     try:
         values = await asyncio.gather(
             *(link.read(1, "holding", address, 1, 2.0) for address in range(20))
@@ -140,7 +163,7 @@ async def test_a_refused_coalesced_read_falls_back_to_one_read_per_point(device:
     sim.units[1].set_registers("holding", 0, [11])
     sim.units[1].set_registers("holding", 6, [66])
     t = terminal(port, [{"name": "a", "address": 0}, {"name": "b", "address": 6}], max_gap=8)
-    link = TcpLink(t.host, t.port)
+    link = new_link(t.host, t.port)
     poller = Poller(t, link, ListSink())
     try:
         first_poll = await poller.poll_once()
@@ -170,7 +193,7 @@ async def test_a_poll_hands_its_values_in_bulk_only_when_all_are_plain_and_good(
         {"name": "c", "table": "coil", "address": 1, "type": "bool"},
         {"name": "b", "address": 1},
     ]
-    link = TcpLink("127.0.0.1", port)
+    link = new_link("127.0.0.1", port)
     try:
         polled = await Poller(terminal(port, plain), link, ListSink()).poll_once()
         scaled = await Poller(
@@ -286,7 +309,7 @@ async def test_a_dead_terminal_is_retried_with_exponential_backoff_then_recovers
         [tcp_terminal(port, [{"name": "a", "address": 0}], period="100ms", backoff_max="800ms")]
     ).terminals
     sink = ListSink()
-    poller = Poller(t, TcpLink("127.0.0.1", port), sink)
+    poller = Poller(t, new_link("127.0.0.1", port), sink)
     task = asyncio.create_task(poller.run())
     try:
         await asyncio.sleep(2.2)
@@ -316,7 +339,7 @@ async def test_the_schedule_is_fixed_rate_without_drift(device: Device) -> None:
     sim.delay = 0.03  # each poll takes 30 ms: a sleep-after-poll loop would drift by that
     [t] = make_config([tcp_terminal(port, [{"name": "a", "address": 0}], period="100ms")]).terminals
     sink = ListSink()
-    poller = Poller(t, TcpLink("127.0.0.1", port), sink)
+    poller = Poller(t, new_link("127.0.0.1", port), sink)
     task = asyncio.create_task(poller.run())
     try:
         await asyncio.sleep(1.6)
@@ -351,7 +374,7 @@ async def test_a_malformed_reply_is_named_when_it_comes_and_the_next_read_is_goo
     fault, reason = HOSTILE_TCP[answer]
     hostile = HostileTcpDevice([Answer.HONEST, answer])
     port = await hostile.serve()
-    link = TcpLink("127.0.0.1", port)
+    link = new_link("127.0.0.1", port)
     try:
         assert list(await link.read(1, "holding", 10, 2, 3.0)) == [10, 11]
         started = time.monotonic()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -35,6 +36,7 @@ from agent.protocols.modbus.links import (
     TcpLink,
 )
 from agent.protocols.modbus.poller import Poller
+from agent.protocols.modbus.tcp_engine import Delivery, EngineLink, TcpEngine
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -80,7 +82,8 @@ class ModbusDriver:
         self.terminals = list(terminals)
         self.pollers: dict[str, Poller] = {}
         self.serial_buses: dict[str, SerialBus] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # the pollers run by asyncio
+        self._engine: TcpEngine | None = None  # runs the others (`engine_polled`)
         self._halted = False
 
     @classmethod
@@ -112,6 +115,8 @@ class ModbusDriver:
         self._halted = True
         for task in self._tasks.values():
             task.cancel()
+        if self._engine is not None:
+            self._engine.halt()
 
     def _refuse_if_halted(self, what: str) -> None:
         if self._halted:
@@ -125,10 +130,13 @@ class ModbusDriver:
             # Their ends, together; a crash was logged when it happened, and a cancellation
             # of this coroutine is not swallowed (wait raises it).
             await asyncio.wait(tasks)
-        links = [p.link for p in self.pollers.values()]
+        links = [p.link for p in self.pollers.values() if not isinstance(p.link, EngineLink)]
         self.pollers.clear()
         self._tasks.clear()
         await close_links(links)
+        if self._engine is not None:
+            await self._engine.stop()  # closes its connections
+            self._engine = None
         for bus in self.serial_buses.values():
             await bus.close()
         self.serial_buses.clear()
@@ -139,7 +147,24 @@ class ModbusDriver:
             if bus is None:
                 bus = self.serial_buses[terminal.device] = SerialBus(serial_settings(terminal))
             return BusLink(bus)
+        if engine_polled(terminal):
+            return EngineLink(self._started_engine(), terminal.host, terminal.port)
         return TcpLink(terminal.host, terminal.port)
+
+    def _started_engine(self) -> TcpEngine:
+        if self._engine is None:
+            self._engine = TcpEngine(self._deliver)
+            self._engine.start()
+        return self._engine
+
+    def _deliver(self, polls: Delivery) -> None:
+        """Polls the engine finished, on the event loop: to the sink (none once halted, and
+        none of a poller stopped since)."""
+        if self._halted:
+            return
+        for poller, readings in polls:
+            if self.pollers.get(poller.terminal.name) is poller:
+                self.sink.submit(readings)
 
     async def apply(self, config: Config) -> None:
         self.terminals = modbus_terminals(config)
@@ -167,6 +192,9 @@ class ModbusDriver:
             if name not in self.pollers:
                 poller = Poller(terminal, self.link_for(terminal), self.sink, held=self.held)
                 self.pollers[name] = poller
+                if isinstance(poller.link, EngineLink):
+                    self._started_engine().add(poller)
+                    continue
                 task = asyncio.create_task(poller.run(), name=f"poll {name}")
                 task.add_done_callback(log_task_crash)
                 self._tasks[name] = task
@@ -190,6 +218,9 @@ class ModbusDriver:
 
     async def _stop(self, name: str) -> None:
         poller = self.pollers.pop(name)
+        if isinstance(poller.link, EngineLink):
+            await poller.link.engine.remove(poller)  # its link closed too
+            return
         task = self._tasks.pop(name)
         task.cancel()
         # Wait for the poller to end; its own crash was logged when it happened. Our caller's
@@ -215,10 +246,24 @@ class ModbusDriver:
         if poller is None:
             raise KeyError(terminal)
         self._refuse_if_halted("no terminal is polled")  # a poll would reopen a closing link
+        if isinstance(poller.link, EngineLink):  # the poll runs where the terminal's polls run
+            return answer(poller.terminal, await poller.link.engine.call(poller.poll_once))
         return answer(poller.terminal, await poller.poll_once())
 
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:
         raise DriverError(f"{terminal} is a Modbus terminal: it takes no requests but polls")
+
+
+def engine_polled(terminal: ModbusTerminal) -> bool:
+    """Whether the TCP engine polls the terminal: a Modbus TCP terminal whose host is an IP
+    address (a host name is resolved and polled by asyncio: a lookup would hold the engine)."""
+    if not isinstance(terminal, ModbusTcpTerminal):
+        return False
+    try:
+        ipaddress.ip_address(terminal.host)
+    except ValueError:
+        return False
+    return True
 
 
 async def close_links(links: Sequence[Link]) -> None:

@@ -8,6 +8,9 @@ measured; a terminal that stops answering retried at exponentially wider interva
 terminal never delays another. While `held()` says the outbox is behind (backpressure), a slot
 is skipped rather than polled — counted in `missed_slots` and `held_slots` — so that nothing
 polled has to be given up and memory stays bounded.
+
+`run()` is the loop of an asyncio task; the TCP engine (tcp_engine.py) runs the same slots on
+its own thread through `schedule()`, `slot_begins()`, `poll_once()` and `slot_ends()`.
 """
 
 from __future__ import annotations
@@ -143,27 +146,50 @@ class Poller:
 
     async def run(self) -> None:
         """The fixed-rate loop; returns only by cancellation."""
-        t = self.terminal
-        schedule = FixedRateSchedule(t.period, t.name, t.backoff_max, self._clock)
-        s = self.stats
+        schedule = self.schedule()
         while True:
             lateness = await schedule.wait()
-            late = schedule.take_skipped()  # slots that could not start in time: behind
-            s.missed_slots += late
-            s.behind_slots += late
-            if self.held():  # the outbox is behind: skip this slot rather than poll
-                s.missed_slots += 1
-                s.behind_slots += 1
-                s.held_slots += 1
-                s.missed_slots += schedule.advance(s.consecutive_failures)
+            if not self.slot_begins(schedule, lateness):
                 continue
-            s.lateness.append(lateness)
-            s.late_starts += schedule.is_late(lateness)
             started = self._clock()
             readings = await self.poll_once()
-            self._record(readings, self._clock() - started)
+            self.slot_ends(schedule, readings, self._clock() - started)
             self.sink.submit(readings)
-            s.missed_slots += schedule.advance(s.consecutive_failures)
+
+    def schedule(self) -> FixedRateSchedule:
+        """This terminal's schedule, on the poller's clock."""
+        t = self.terminal
+        return FixedRateSchedule(t.period, t.name, t.backoff_max, self._clock)
+
+    def slot_begins(self, schedule: FixedRateSchedule, lateness: float) -> bool:
+        """A slot has come, `lateness` seconds after it was due: whether to poll in it. Counts
+        the slots skipped before it (behind), and skips this one while `held()`."""
+        s = self.stats
+        late = schedule.take_skipped()  # slots that could not start in time: behind
+        s.missed_slots += late
+        s.behind_slots += late
+        if self.held():  # the outbox is behind: skip this slot rather than poll
+            s.held_slots += 1
+            self.slot_skipped(schedule)
+            return False
+        s.lateness.append(lateness)
+        s.late_starts += schedule.is_late(lateness)
+        return True
+
+    def slot_skipped(self, schedule: FixedRateSchedule) -> None:
+        """The slot is skipped because the agent is behind (counted as such); the next one."""
+        s = self.stats
+        s.missed_slots += 1
+        s.behind_slots += 1
+        s.missed_slots += schedule.advance(s.consecutive_failures)
+
+    def slot_ends(
+        self, schedule: FixedRateSchedule, readings: PollReadings, seconds: float
+    ) -> None:
+        """The slot's poll took `seconds` and gave `readings`: recorded, and the schedule moved
+        on (later while the terminal keeps failing). The caller hands the readings over."""
+        self._record(readings, seconds)
+        self.stats.missed_slots += schedule.advance(self.stats.consecutive_failures)
 
     def _record(self, readings: PollReadings, seconds: float) -> None:
         s = self.stats
