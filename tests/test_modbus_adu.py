@@ -4,6 +4,7 @@ is wrong with it. Replies come from the hostile simulator, which builds them by 
 from __future__ import annotations
 
 import contextlib
+import struct
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from agent.protocols.crc16 import crc16
 from agent.protocols.modbus.adu import (
     ExceptionReply,
     ReadRequest,
+    RegisterReadFrames,
     ReplyError,
     ReplyFault,
     Values,
@@ -173,3 +175,46 @@ def test_any_bytes_give_a_reply_need_more_or_a_reply_error(
             parse(raw, request)
         if raw:
             assert isinstance(judge(raw, request), ReplyError)
+
+
+@given(
+    unit=st.integers(0, 255),
+    table=st.sampled_from(["holding", "input"]),
+    address=st.integers(0, 0xFFFF),
+    count=st.integers(1, 125),
+    transaction=st.integers(1, 0xFFFF),
+    values=st.lists(st.integers(0, 0xFFFF), min_size=125, max_size=125),
+    cut=st.integers(0, 300),
+    flip=st.integers(0, 300),
+)
+def test_a_register_read_framed_once_tells_its_good_reply_as_parse_tcp_does(
+    unit: int,
+    table: str,
+    address: int,
+    count: int,
+    transaction: int,
+    values: list[int],
+    cut: int,
+    flip: int,
+) -> None:
+    """`RegisterReadFrames` frames the request as `encode_tcp` does, and takes a reply as good
+    only when `parse_tcp` takes the whole of it as that good reply, with the same values."""
+    request = ReadRequest(unit, table, address, count, transaction)
+    frames = RegisterReadFrames(unit, table, address, count)
+    assert frames.request(transaction) == encode_tcp(request)
+    good = struct.pack(
+        ">HHHBBB", transaction, 0, 3 + 2 * count, unit, 3 if table == "holding" else 4, 2 * count
+    )
+    good += struct.pack(f">{count}H", *values[:count])
+    assert frames.good_values(bytearray(good), transaction) == tuple(values[:count])
+    # Cut short, with a byte changed, or with more after it: for parse_tcp to judge.
+    changed = bytearray(good)
+    changed[flip % len(good)] ^= 0x5A
+    for raw in (good[: cut % len(good)], bytes(changed), good + b"\x00"):
+        seen = frames.good_values(bytearray(raw), transaction)
+        if seen is not None:
+            reply = parse_tcp(bytes(raw), request)
+            assert isinstance(reply, Values) and reply.size == len(raw) and reply.values == seen
+    assert frames.good_values(bytearray(good), transaction % 0xFFFF + 1) is None
+    with pytest.raises(ValueError, match="holds bits"):
+        RegisterReadFrames(unit, "coil", address, count)

@@ -129,6 +129,40 @@ def encode_tcp(request: ReadRequest) -> bytes:
     return struct.pack(">HHHB", request.transaction, 0, len(pdu) + 1, request.unit) + pdu
 
 
+class RegisterReadFrames:
+    """A register read over TCP framed once, for a link that makes it again and again (a
+    poller, every period): its request for any transaction id, and its good reply told at a
+    glance — exactly the expected header and byte count, then the values. Whatever else a
+    reply is, `parse_tcp` judges it (and names what is wrong)."""
+
+    __slots__ = ("_reply_tail", "_request_tail", "_values", "size")
+
+    def __init__(self, unit: int, table: str, address: int, count: int) -> None:
+        if table not in ("holding", "input"):
+            raise ValueError(f"{table} holds bits, not registers")
+        request = ReadRequest(unit, table, address, count)
+        pdu = _pdu(request)
+        self._request_tail = struct.pack(">HHB", 0, len(pdu) + 1, unit) + pdu
+        data = request.byte_count
+        self._reply_tail = struct.pack(">HHBBB", 0, 3 + data, unit, request.function, data)
+        self.size = MBAP_HEADER + 2 + data
+        self._values = struct.Struct(f">{count}H").unpack_from
+
+    def request(self, transaction: int) -> bytes:
+        """The request ADU with this transaction id (what `encode_tcp` gives)."""
+        return transaction.to_bytes(2, "big") + self._request_tail
+
+    def good_values(self, buffer: bytes | bytearray, transaction: int) -> tuple[int, ...] | None:
+        """The registers when `buffer` is exactly the good reply to `transaction`; else None."""
+        if (
+            len(buffer) != self.size
+            or buffer[2:9] != self._reply_tail
+            or (buffer[0] << 8 | buffer[1]) != transaction
+        ):
+            return None
+        return self._values(buffer, 9)
+
+
 def encode_rtu(request: ReadRequest) -> bytes:
     """The request as a Modbus RTU frame (unit + PDU + CRC)."""
     frame = bytes([request.unit]) + _pdu(request)

@@ -39,7 +39,13 @@ from typing import Any, TypeVar
 import structlog
 
 from agent.model import PollReadings
-from agent.protocols.modbus.adu import ReadRequest, ReplyError, encode_tcp, parse_tcp
+from agent.protocols.modbus.adu import (
+    ReadRequest,
+    RegisterReadFrames,
+    ReplyError,
+    encode_tcp,
+    parse_tcp,
+)
 from agent.protocols.modbus.links import (
     READ_CHUNK,
     ModbusFailure,
@@ -130,6 +136,9 @@ class EngineLink:
         self.request: ReadRequest | None = None
         self.deadline = 0.0
         self.waiting: deque[tuple[_Read, _Job]] = deque()
+        # Each register read it makes, framed once (None: a bit read, framed each time).
+        self.frames: dict[tuple[int, str, int, int], RegisterReadFrames | None] = {}
+        self.expect: RegisterReadFrames | None = None  # the read on the wire, if framed once
 
     async def read(self, unit: int, table: str, address: int, count: int, timeout: float) -> Values:
         if self.engine.in_thread():
@@ -510,10 +519,15 @@ class TcpEngine:
         read, sock = link.current, link.sock
         assert read is not None
         assert sock is not None
-        link.transaction = link.transaction % 0xFFFF + 1
-        request = ReadRequest(read.unit, read.table, read.address, read.count, link.transaction)
+        link.transaction = transaction = link.transaction % 0xFFFF + 1
+        request = ReadRequest(read.unit, read.table, read.address, read.count, transaction)
         link.request = request
-        frame = encode_tcp(request)
+        key = (read.unit, read.table, read.address, read.count)
+        if key not in link.frames:
+            registers = read.table in ("holding", "input")
+            link.frames[key] = RegisterReadFrames(*key) if registers else None
+        link.expect = frames = link.frames[key]
+        frame = encode_tcp(request) if frames is None else frames.request(transaction)
         try:
             sent = sock.send(frame)
         except OSError as exc:
@@ -546,6 +560,13 @@ class TcpEngine:
             if len(link.buffer) > IDLE_BUFFER_LIMIT:
                 self._disconnect(link)
             return
+        expect = link.expect
+        if expect is not None:  # the usual reply, told at a glance
+            registers = expect.good_values(link.buffer, request.transaction)
+            if registers is not None:
+                link.buffer.clear()
+                self._finish(link, list(registers))
+                return
         try:
             reply = parse_tcp(bytes(link.buffer), request)
         except ReplyError as error:
