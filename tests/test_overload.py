@@ -175,7 +175,8 @@ async def test_first_connections_are_spread_over_the_first_period(stall: float, 
     assert busiest(times, 0.1 * period) <= count // 3
 
 
-async def test_a_halted_driver_takes_no_reading_at_once_and_starts_no_poller() -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"], ids=["engine", "asyncio"])
+async def test_a_halted_driver_takes_no_reading_at_once_and_starts_no_poller(host: str) -> None:
     """`halt` (the agent asked to stop) cancels every poller without waiting: no poll under
     way hands its readings over, none starts, a reload or a restart starts no poller, no poll
     on request opens a link again; leaving then closes every connection."""
@@ -183,7 +184,9 @@ async def test_a_halted_driver_takes_no_reading_at_once_and_starts_no_poller() -
     device = SimulatedModbusDevice({1: RegisterMap(size=8)})
     port = await device.serve_tcp("127.0.0.1", 0)
     terminals = [
-        tcp_terminal(port, [{"name": "a", "address": 0}], name=f"t{i:02d}", period="50ms")
+        tcp_terminal(
+            port, [{"name": "a", "address": 0}], name=f"t{i:02d}", period="50ms", host=host
+        )
         for i in range(count)
     ]
     config = make_config(terminals)

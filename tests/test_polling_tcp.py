@@ -28,22 +28,26 @@ Device = tuple[SimulatedModbusDevice, int]
 # The link a test reads through: asyncio's `TcpLink`, or an `EngineLink` of a TCP engine (its
 # reads run in the engine's thread): every test of this module runs with each (`_each_link`).
 new_link: Callable[[str, int], Link] = TcpLink
+# The host a driver-level test names its terminals by: a host name puts them on asyncio tasks,
+# an address on the driver's TCP engine.
+driver_host = "localhost"
 
 
 @pytest.fixture(params=["asyncio", "engine"], autouse=True)
 async def _each_link(request: pytest.FixtureRequest) -> AsyncIterator[None]:
-    global new_link  # the link of the test under way
+    global new_link, driver_host  # the link and host of the test under way
     if request.param == "asyncio":
-        new_link = TcpLink
+        new_link, driver_host = TcpLink, "localhost"
         yield
         return
+    driver_host = "127.0.0.1"
     engine = TcpEngine(lambda polls: None)  # nothing on its schedule: reads on request only
     engine.start()
     new_link = lambda host, port: EngineLink(engine, host, port)  # noqa: E731
     try:
         yield
     finally:
-        new_link = TcpLink
+        new_link, driver_host = TcpLink, "localhost"
         await engine.stop()
 
 
@@ -274,7 +278,9 @@ async def test_a_dead_terminal_never_delays_a_live_one(device: Device) -> None:
     slow.delay = 5.0
     config = make_config(
         [
-            tcp_terminal(port, [{"name": "a", "address": 0}], name="live", period="100ms"),
+            tcp_terminal(
+                port, [{"name": "a", "address": 0}], name="live", period="100ms", host=driver_host
+            ),
             tcp_terminal(
                 slow_port,
                 [{"name": "a", "address": 0}],
@@ -282,14 +288,23 @@ async def test_a_dead_terminal_never_delays_a_live_one(device: Device) -> None:
                 period="100ms",
                 timeout="1s",
                 retries=2,
+                host=driver_host,
             ),
-            tcp_terminal(free_port(), [{"name": "a", "address": 0}], name="dead", period="100ms"),
+            tcp_terminal(
+                free_port(),
+                [{"name": "a", "address": 0}],
+                name="dead",
+                period="100ms",
+                host=driver_host,
+            ),
         ]
     )
     sink = ListSink()
     acquisition = ModbusDriver(config.terminals_of(ModbusRtuTerminal, ModbusTcpTerminal), sink)
     try:
         await acquisition.start()
+        engine = isinstance(acquisition.pollers["live"].link, EngineLink)
+        assert engine == (driver_host == "127.0.0.1")  # each way of polling, in turn
         await asyncio.sleep(2.0)
         live = acquisition.pollers["live"].stats
     finally:

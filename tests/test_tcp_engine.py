@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -140,3 +141,67 @@ async def test_a_read_under_way_when_the_engine_stops_fails_rather_than_hang() -
         assert time.monotonic() - started < 1.5
     finally:
         await slow.stop()
+
+
+async def test_an_address_it_cannot_even_try_gives_bad_readings_and_the_others_go_on(
+    device: Device,
+) -> None:
+    """An IPv6 address whose scope names no interface (a typo) makes the socket call itself
+    fail: that terminal's readings are bad with the reason, and the engine polls the rest."""
+    _, port = device
+    config = make_config(
+        [
+            tcp_terminal(port, [{"name": "a", "address": 0}], name="live", period="100ms"),
+            tcp_terminal(
+                502, [{"name": "a", "address": 0}], name="typo", period="100ms",
+                host="fe80::1%nosuchif0",
+            ),
+        ]
+    )  # fmt: skip
+    sink = ListSink()
+    async with ModbusDriver(config.terminals, sink) as driver:
+        assert all(isinstance(p.link, EngineLink) for p in driver.pollers.values())
+        await asyncio.sleep(1.2)
+        live, typo = driver.pollers["live"].stats, driver.pollers["typo"].stats
+        assert live.polls >= 8 and live.failed_polls == 0
+        assert typo.polls >= 1 and typo.failed_polls == typo.polls
+    bad = [r for r in sink.readings if r.terminal == "typo"]
+    assert bad and all(r.quality is Quality.BAD for r in bad)
+    assert bad[0].error is not None
+    assert bad[0].error.startswith("cannot connect to fe80::1%nosuchif0:502: ")
+
+
+async def test_a_dead_terminal_polled_by_the_engine_is_retried_with_backoff() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])  # nothing listens there once closed
+    config = make_config(
+        [tcp_terminal(port, [{"name": "a", "address": 0}], period="100ms", backoff_max="800ms")]
+    )
+    async with ModbusDriver(config.terminals, ListSink()) as driver:
+        assert isinstance(driver.pollers["plc"].link, EngineLink)
+        await asyncio.sleep(2.2)
+        attempts = driver.pollers["plc"].stats.polls
+    # Without backoff 20+ attempts; with it slots 0, 1, 3, 7, 15 (then every 8th): <= 6.
+    assert 3 <= attempts <= 6
+
+
+async def test_removing_a_terminal_read_on_request_ends_the_read_and_its_connection(
+    device: Device,
+) -> None:
+    """A poll on request under way when its terminal is removed (a reload) ends at once,
+    reads no further and leaves no connection open."""
+    sim, port = device
+    points = [{"name": "a", "address": 0}, {"name": "b", "address": 50}]  # two reads
+    config = make_config([tcp_terminal(port, points, name="t", period="1h", max_gap=0)])
+    async with ModbusDriver(config.terminals, ListSink()) as driver:
+        sim.delay = 0.5
+        asked = asyncio.ensure_future(driver.poll("t"))
+        await asyncio.sleep(0.2)  # its first read is on the wire
+        assert sim.connections == 1
+        await driver.apply(make_config([]))
+        answer = await asyncio.wait_for(asked, 1)
+        await asyncio.sleep(0.6)  # the first reply has come (and gone unread)
+        assert sim.connections == 0
+        assert len(sim.requests) == 1  # the second read never went out
+    assert all(r.quality is Quality.BAD for r in answer.readings)

@@ -36,7 +36,7 @@ from agent.protocols.modbus.links import (
     TcpLink,
 )
 from agent.protocols.modbus.poller import Poller
-from agent.protocols.modbus.tcp_engine import Delivery, EngineLink, TcpEngine
+from agent.protocols.modbus.tcp_engine import Delivery, EngineLink, EngineStopped, TcpEngine
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -152,7 +152,9 @@ class ModbusDriver:
         return TcpLink(terminal.host, terminal.port)
 
     def _started_engine(self) -> TcpEngine:
-        if self._engine is None:
+        """The TCP engine, started; a new one if the last ended by an error (logged), so that a
+        restarted or reloaded terminal is polled again."""
+        if self._engine is None or not self._engine.running:
             self._engine = TcpEngine(self._deliver)
             self._engine.start()
         return self._engine
@@ -247,7 +249,11 @@ class ModbusDriver:
             raise KeyError(terminal)
         self._refuse_if_halted("no terminal is polled")  # a poll would reopen a closing link
         if isinstance(poller.link, EngineLink):  # the poll runs where the terminal's polls run
-            return answer(poller.terminal, await poller.link.engine.call(poller.poll_once))
+            try:
+                readings = await poller.link.engine.call(poller.poll_once)
+            except EngineStopped as exc:
+                raise DriverError(f"{terminal} is not polled: {exc} (see the log)") from exc
+            return answer(poller.terminal, readings)
         return answer(poller.terminal, await poller.poll_once())
 
     async def ask(self, terminal: str, request: Mapping[str, Any]) -> dict[str, Any]:

@@ -182,8 +182,9 @@ def connect_failure(host: str, port: int, error: OSError | None) -> ModbusFailur
         reason = "no answer to the connection attempt (device off, wrong address, or firewalled)"
     elif isinstance(error, ConnectionRefusedError):
         reason = "connection refused (is the Modbus TCP server on, and the port right?)"
-    else:
-        reason = error.strerror or str(error)
+    else:  # by its errno: asyncio words a failure found after the attempt "Connect call failed"
+        code = error.errno  # (an address error's is negative: its own words then)
+        reason = os.strerror(code) if code and code > 0 else (error.strerror or str(error))
     return ModbusFailure("connect", f"cannot connect to {host}:{port}: {reason}")
 
 

@@ -16,7 +16,11 @@ lateness, the poll's outcome, backoff) happens in the thread; the readings are h
 the event loop in batches (`deliver`), at most every `HANDOFF_INTERVAL`, where the driver
 gives them to the sink. The event loop talks to the engine through commands (a queue and
 an eventfd): add and remove a poller, run a coroutine in the engine (a poll on request, a
-read), halt, stop. Everything else is the thread's alone.
+read), halt, stop. Everything else is the thread's alone, but for the pollers' `stats`: written
+here, read on the event loop (checks, status, metrics); counters and bounded windows whose every
+change is one step under the GIL, so a reader sees each whole, if a poll counted in `polls` not
+yet in `outcomes`. An error in the code that runs for one terminal (a bug) stops that poller,
+logged, as a crashed asyncio task would; the engine polls the others.
 """
 
 from __future__ import annotations
@@ -69,6 +73,11 @@ STOP_TIMEOUT = 1.0  # the thread ends within this of `stop()`, or is left (a dae
 Delivery = list[tuple[Poller, PollReadings]]
 T = TypeVar("T")
 Settle = Callable[[Any, BaseException | None], None]
+
+
+# What a read of a removed terminal's link fails with (a poll on request under way when its
+# terminal was removed or restarted): "connect", so that the poll reads no further.
+REMOVED = ModbusFailure("connect", "the terminal was removed or restarted while it was read")
 
 
 class EngineStopped(Exception):
@@ -136,6 +145,7 @@ class EngineLink:
         self.request: ReadRequest | None = None
         self.deadline = 0.0
         self.waiting: deque[tuple[_Read, _Job]] = deque()
+        self.removed = False  # its terminal is no longer polled: reads fail at once
         # Each register read it makes, framed once (None: a bit read, framed each time).
         self.frames: dict[tuple[int, str, int, int], RegisterReadFrames | None] = {}
         self.expect: RegisterReadFrames | None = None  # the read on the wire, if framed once
@@ -241,18 +251,27 @@ class TcpEngine:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
 
+        jobs: list[_Job] = []  # the job, once begun (in the thread)
+
         def begin() -> None:
             if self._halted:
                 raise EngineStopped("the agent is stopping: no terminal is read")
             settle: Settle = lambda result, error: _settle_from_thread(loop, future, result, error)  # noqa: E731
-            self._step(_Job(factory(), settle))
+            jobs.append(_Job(factory(), settle))
+            self._step(jobs[0])
+
+        def cancelled() -> None:
+            if jobs:
+                self._drop(jobs[0])  # its read, if still under way or waiting, goes
 
         started = self.command(begin)
         started.add_done_callback(lambda f: _pass_error(f, future))
+        future.add_done_callback(lambda f: self._fire(cancelled) if f.cancelled() else None)
         return future
 
     def halt(self) -> None:
         """No poll starts from now on, and the polls under way hand nothing over."""
+        self._halted = True  # at once: the thread starts no poll from its next slot on
         if self.running:
             self._fire(self._halt)
 
@@ -280,19 +299,23 @@ class TcpEngine:
             log.critical("the Modbus TCP thread stopped by an error", error=repr(exc))
         finally:
             self._halted = self._stopping = True
-            self._close_all()
             with self._lock:
-                self._accepting = False
+                self._accepting = False  # what comes from now on is refused at once
                 left = list(self._commands)
-            for run in left:  # settled: a call is refused, a removal is done
-                run()
-            self._epoll.close()
-            os.close(self._wake)  # no command writes to it any more
-            loop, ended = self._loop, self._ended
-            assert loop is not None
-            assert ended is not None
-            with contextlib.suppress(RuntimeError):  # the loop closed already
-                loop.call_soon_threadsafe(_set_done, ended)
+            self.running = False
+            try:
+                self._close_all()
+                for run in left:  # settled: a call is refused, a removal is done
+                    run()
+            except Exception as exc:  # noqa: BLE001 -- logged; the end is said all the same
+                log.error("the Modbus TCP thread did not end cleanly", error=repr(exc))
+            finally:
+                self._epoll.close()
+                os.close(self._wake)  # no command writes to it any more
+                loop, ended = self._loop, self._ended
+                if loop is not None and ended is not None:
+                    with contextlib.suppress(RuntimeError):  # the loop closed already
+                        loop.call_soon_threadsafe(_set_done, ended)
 
     def _turn(self) -> None:
         """Wait for the next event, deadline, slot or hand-over; handle what is due."""
@@ -321,17 +344,48 @@ class TcpEngine:
         while deadlines and deadlines[0][0] <= now:
             deadline, _, link = heapq.heappop(deadlines)
             if link.current is not None and link.deadline == deadline:
-                self._expired(link)
+                self._guarded(self._expired, link)
         while slots and slots[0][0] <= now:
-            self._slot(heapq.heappop(slots)[2], now)
+            entry = heapq.heappop(slots)[2]
+            try:
+                self._slot(entry, now)
+            except Exception as exc:  # noqa: BLE001 -- that poller stops, not the engine
+                self._crashed(entry, exc)
         if self._out and now - self._handed_at >= HANDOFF_INTERVAL:
             self._hand_over(now)
 
     def _ready(self, link: EngineLink) -> None:
-        if link.connecting:
-            self._connected(link)
-        else:
-            self._readable(link)
+        self._guarded(self._connected if link.connecting else self._readable, link)
+
+    def _guarded(self, handle: Callable[[EngineLink], None], link: EngineLink) -> None:
+        """`handle(link)`; an error (a bug) ends the reads of that link, not the engine."""
+        try:
+            handle(link)
+        except Exception as exc:  # noqa: BLE001 -- the one link's reads fail with it
+            log.error(
+                "a Modbus TCP connection failed in the engine",
+                address=f"{link.host}:{link.port}",
+                error=repr(exc),
+            )
+            jobs = [job for _, job in link.waiting]
+            if link.job is not None:
+                jobs.insert(0, link.job)
+            link.waiting.clear()
+            link.current = link.job = link.request = link.expect = None
+            self._disconnect(link)
+            for job in jobs:  # a poller's poll: that poller stops (as a task that crashed)
+                job.coro.close()
+                job.settle(None, exc)
+
+    def _crashed(self, entry: _Scheduled, error: Exception) -> None:
+        """A slot of `entry` raised (a bug): that poller stops, logged; the others go on."""
+        entry.removed = True
+        job, entry.job = entry.job, None
+        if job is not None:
+            self._drop(job)
+        log.error(
+            "a poller stopped by an error", terminal=entry.poller.terminal.name, error=repr(error)
+        )
 
     # polls on the schedule
 
@@ -345,7 +399,7 @@ class TcpEngine:
         heapq.heappush(self._slots, (entry.schedule.due, next(self._order), entry))
 
     def _slot(self, entry: _Scheduled, now: float) -> None:
-        if entry.removed:
+        if entry.removed or self._halted:
             return
         lateness = entry.schedule.start()
         if lateness is not None and self._untaken and self._lag(now) > entry.schedule.max_late:
@@ -400,15 +454,18 @@ class TcpEngine:
         return now - untaken[0] if untaken else 0.0
 
     def _remove(self, poller: Poller) -> None:
+        link = poller.link if isinstance(poller.link, EngineLink) else None
+        if link is not None:
+            link.removed = True  # first: no read of it starts from now on
         entry = self._scheduled.pop(poller, None)
         if entry is not None:
             entry.removed = True
             if entry.job is not None:
                 self._drop(entry.job)
                 entry.job = None
-        if isinstance(poller.link, EngineLink):
-            self.close_link(poller.link)
-            self._known.discard(poller.link)
+        if link is not None:
+            self.close_link(link)  # a poll on request under way ends (reads no further)
+            self._known.discard(link)
 
     def _halt(self) -> None:
         self._halted = True
@@ -457,7 +514,12 @@ class TcpEngine:
         self._next(read.link)
 
     def _next(self, link: EngineLink) -> None:
-        """Start the link's next read, if none is under way."""
+        """Start the link's next read, if none is under way (none, once it is removed)."""
+        if link.removed:
+            while link.waiting:  # each fails at once: its poll ends without connecting
+                _, job = link.waiting.popleft()
+                self._step(job, error=REMOVED)
+            return
         if link.current is not None or not link.waiting:
             return
         link.current, link.job = link.waiting.popleft()
@@ -492,10 +554,17 @@ class TcpEngine:
             return
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        code = sock.connect_ex((link.host, link.port))
-        if code not in (0, errno.EINPROGRESS):
+        failed: OSError | None = None
+        try:
+            code = sock.connect_ex((link.host, link.port))
+        except OSError as exc:  # an address it cannot even try (a scope naming no interface)
+            failed = exc
+        else:
+            if code not in (0, errno.EINPROGRESS):
+                failed = _os_error(code)
+        if failed is not None:
             sock.close()
-            self._finish(link, error=connect_failure(link.host, link.port, _os_error(code)))
+            self._finish(link, error=connect_failure(link.host, link.port, failed))
             return
         link.sock, link.connecting = sock, True
         link.buffer.clear()
