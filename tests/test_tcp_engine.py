@@ -205,3 +205,26 @@ async def test_removing_a_terminal_read_on_request_ends_the_read_and_its_connect
         assert sim.connections == 0
         assert len(sim.requests) == 1  # the second read never went out
     assert all(r.quality is Quality.BAD for r in answer.readings)
+
+
+async def test_an_error_in_one_pollers_slot_stops_that_poller_and_not_the_engine(
+    device: Device,
+) -> None:
+    _, port = device
+    config = make_config(
+        [
+            tcp_terminal(port, [{"name": "a", "address": 0}], name=name, period="100ms")
+            for name in ("broken", "fine")
+        ]
+    )
+    async with ModbusDriver(config.terminals, ListSink()) as driver:
+        broken = driver.pollers["broken"]
+
+        def bug(*args: object) -> bool:
+            raise RuntimeError("a bug in a slot")
+
+        broken.slot_begins = bug  # type: ignore[method-assign]  # before its first slot (62 ms)
+        await asyncio.sleep(1.0)
+        assert broken.stats.polls == 0
+        assert driver.pollers["fine"].stats.polls >= 7
+        assert isinstance(broken.link, EngineLink) and broken.link.engine.running
