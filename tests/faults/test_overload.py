@@ -1,8 +1,10 @@
 """An agent far beyond its capacity degrades gracefully and still stops at once (issue 14).
 
-1000 Modbus TCP terminals polled every 100 ms (10,000 polls a second: more than any machine
+1000 Modbus TCP terminals polled every 20 ms (50,000 polls a second: more than any machine
 running this agent does; the target is 2,000 a second) against 50 simulated devices served by
-a child process (agent/sim/modbus_farm.py). The agent runs as a real process. What it must do:
+a child process (agent/sim/modbus_farm.py). (Every 100 ms was enough while the terminals were
+polled on the event loop; the TCP engine, polling on a thread of its own, kept up with that
+in some runs, the slots it missed being the devices' overruns, not the agent's.) The agent runs as a real process. What it must do:
 skip the slots it cannot serve and count them per terminal, raise one overload alarm (not one
 per terminal), keep its health report small, deliver or count as lost every reading it took
 (none dropped silently), and end within 5 s of SIGTERM.
@@ -90,7 +92,7 @@ async def test_far_beyond_capacity_slots_are_skipped_one_alarm_is_raised_and_sig
     terminals = [
         {
             "name": f"t{i:04d}", "protocol": "modbus-tcp", "host": "127.0.0.1",
-            "port": farm[i % DEVICES], "unit": 1, "period": "100ms", "timeout": "1s",
+            "port": farm[i % DEVICES], "unit": 1, "period": "20ms", "timeout": "1s",
             "retries": 0, "max_gap": 0,
             "points": [{"name": f"r{j}", "address": j} for j in range(REGISTERS)],
         }
