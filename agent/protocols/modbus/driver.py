@@ -1,9 +1,11 @@
 """The Modbus driver: one poller per terminal, their TCP links and shared serial buses.
 
 Behind the `Driver` interface: entering starts a poller for every Modbus terminal of the
-config; `apply` changes the running set by difference on reload (a changed terminal is
-restarted, a serial bus whose line settings changed or that nobody uses any more is reopened);
-leaving stops every poller and closes every link, after which no reading is taken. Leaving
+config — run by the driver's TCP engine (tcp_engine.py: one thread, one epoll) for a TCP
+terminal named by its IP address, by an asyncio task of its own otherwise (`Poller.run`);
+`apply` changes the running set by difference on reload (a changed terminal is restarted, a
+serial bus whose line settings changed or that nobody uses any more is reopened); leaving
+stops every poller and closes every link, after which no reading is taken. Leaving
 is quick at any size: `halt` (called as soon as the agent is asked to stop, before any part
 leaves) cancels every poller at once without waiting, so the event loop is quiet again by the
 time the driver leaves; leaving awaits their ends together and closes the links together
