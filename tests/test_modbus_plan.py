@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from agent.config import PointConfig
 from agent.model import Quality
 from agent.protocols.modbus import codec
-from agent.protocols.modbus.planner import decode_read, plan_reads
+from agent.protocols.modbus.planner import decode_read, plain_values, plan_reads
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -134,3 +134,23 @@ def test_a_scaled_point_or_a_short_reply_takes_the_point_by_point_path() -> None
     a, b = decode_read("t", read, [1], NOW)
     assert a.value == 1 and a.quality is Quality.GOOD
     assert b.quality is Quality.BAD and b.error is not None and "short reply" in b.error
+
+
+@given(
+    st.lists(st.integers(0, 60), min_size=1, max_size=40, unique=True),
+    st.integers(0, 5),
+    st.lists(st.integers(0, 0xFFFF), min_size=125, max_size=125),
+)
+def test_plain_values_are_each_points_word_whether_the_read_is_dense_or_not(
+    addresses: list[int], gap: int, words: list[int]
+) -> None:
+    """A read of one plain point a register from its first (`dense`) hands the reply's words
+    as they are: the same values as taking each point's word."""
+    points = [point(f"p{a}", a) for a in addresses]
+    for read in plan_reads(points, gap):
+        values = words[: read.count]
+        assert read.plain is not None
+        expected = [values[offset] for offset, *_ in read.plain]
+        assert plain_values(read, values) == expected
+        offsets = [offset for offset, *_ in read.plain]
+        assert read.dense == (offsets == list(range(read.count)))

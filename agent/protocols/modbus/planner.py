@@ -40,6 +40,8 @@ class Read:
     count: int
     points: tuple[PointConfig, ...]
     plain: tuple[PlainPoint, ...] | None = field(init=False, compare=False, repr=False)
+    # Plain registers, one point a register from the first: the values are the reply's, as is.
+    dense: bool = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         plain = [
@@ -47,7 +49,11 @@ class Read:
             for p in self.points
             if _is_plain(p)
         ]
-        object.__setattr__(self, "plain", tuple(plain) if len(plain) == len(self.points) else None)
+        whole = len(plain) == len(self.points)
+        object.__setattr__(self, "plain", tuple(plain) if whole else None)
+        dense = whole and self.table not in BIT_TABLES and self.count == len(plain)
+        dense = dense and [offset for offset, *_ in plain] == list(range(self.count))
+        object.__setattr__(self, "dense", dense)
 
     def split(self) -> list[Read]:
         """One read per point: the fallback when a device refuses reads across unmapped gaps."""
@@ -178,6 +184,8 @@ def decode_read(
 def plain_values(read: Read, values: Sequence[int] | Sequence[bool]) -> list[Value]:
     """The values of a plain read's points (`read.plain` set, `values` not short), in order."""
     assert read.plain is not None
+    if read.dense:
+        return list(values[: read.count])
     if read.table in BIT_TABLES:
         return [bool(values[p[0]]) for p in read.plain]
     return [int(values[p[0]]) for p in read.plain]
