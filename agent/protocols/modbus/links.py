@@ -19,7 +19,7 @@ import os
 import termios
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
@@ -95,8 +95,10 @@ class ModbusFailure(Exception):
 class Link(Protocol):
     """What a poller needs from a transport (TCP connection or shared serial bus)."""
 
-    async def read(self, unit: int, table: str, address: int, count: int, timeout: float) -> Values:
-        """The values, or ModbusFailure."""
+    def read(
+        self, unit: int, table: str, address: int, count: int, timeout: float
+    ) -> Awaitable[Values]:
+        """The values, or ModbusFailure (a coroutine, or what the link's poll awaits)."""
         ...
 
     async def close(self) -> None: ...

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import heapq
 import itertools
 import math
@@ -37,7 +38,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any, TypeVar
 
 import structlog
@@ -113,10 +114,11 @@ class _Job:
 class _Scheduled:
     """A poller on the engine's schedule."""
 
-    __slots__ = ("job", "poller", "removed", "schedule", "started")
+    __slots__ = ("job", "poller", "removed", "schedule", "settle", "started")
 
     def __init__(self, poller: Poller) -> None:
         self.poller = poller
+        self.settle: Settle = _unset  # what its polls end with (the engine's `_polled`)
         self.schedule: FixedRateSchedule = poller.schedule()
         self.job: _Job | None = None
         self.started = 0.0
@@ -150,10 +152,17 @@ class EngineLink:
         self.frames: dict[tuple[int, str, int, int], RegisterReadFrames | None] = {}
         self.expect: RegisterReadFrames | None = None  # the read on the wire, if framed once
 
-    async def read(self, unit: int, table: str, address: int, count: int, timeout: float) -> Values:
-        if self.engine.in_thread():
-            return await _Read(self, unit, table, address, count, timeout)
-        return await self.engine.call(lambda: self.read(unit, table, address, count, timeout))
+    def read(
+        self, unit: int, table: str, address: int, count: int, timeout: float
+    ) -> Awaitable[Values]:
+        if self.engine.in_thread():  # awaited by a poll the engine drives: yielded to it
+            return _Read(self, unit, table, address, count, timeout)
+        return self.engine.call(lambda: self._read(unit, table, address, count, timeout))
+
+    async def _read(
+        self, unit: int, table: str, address: int, count: int, timeout: float
+    ) -> Values:
+        return await _Read(self, unit, table, address, count, timeout)
 
     async def close(self) -> None:
         closed = self.close_soon()
@@ -393,6 +402,7 @@ class TcpEngine:
         if self._halted or poller in self._scheduled:
             return
         entry = self._scheduled[poller] = _Scheduled(poller)
+        entry.settle = functools.partial(self._polled, entry)
         self._queue_slot(entry)
 
     def _queue_slot(self, entry: _Scheduled) -> None:
@@ -410,9 +420,7 @@ class TcpEngine:
             self._queue_slot(entry)  # skipped (too late, behind, or held): the next slot
             return
         entry.started = now
-        entry.job = _Job(
-            entry.poller.poll_once(), lambda result, error: self._polled(entry, result, error)
-        )
+        entry.job = _Job(entry.poller.poll_once(), entry.settle)
         self._step(entry.job)
 
     def _polled(
@@ -704,6 +712,10 @@ class TcpEngine:
 def _os_error(code: int) -> OSError:
     """The OSError of an errno (ECONNREFUSED gives a ConnectionRefusedError)."""
     return OSError(code, os.strerror(code))
+
+
+def _unset(result: Any, error: BaseException | None) -> None:
+    raise RuntimeError("a poller's poll ended before the engine took it on")
 
 
 def _settle_from_thread(
