@@ -205,10 +205,12 @@ async def test_removing_a_terminal_read_on_request_ends_the_read_and_its_connect
         assert sim.connections == 0
         assert len(sim.requests) == 1  # the second read never went out
     assert all(r.quality is Quality.BAD for r in answer.readings)
+    assert answer.readings[1].error == "the terminal was removed or restarted while it was read"
 
 
+@pytest.mark.parametrize("where", ["slot_begins", "slot_ends"])
 async def test_an_error_in_one_pollers_slot_stops_that_poller_and_not_the_engine(
-    device: Device,
+    device: Device, where: str
 ) -> None:
     _, port = device
     config = make_config(
@@ -221,9 +223,9 @@ async def test_an_error_in_one_pollers_slot_stops_that_poller_and_not_the_engine
         broken = driver.pollers["broken"]
 
         def bug(*args: object) -> bool:
-            raise RuntimeError("a bug in a slot")
+            raise RuntimeError(f"a bug in {where}")
 
-        broken.slot_begins = bug  # type: ignore[method-assign]  # before its first slot (62 ms)
+        setattr(broken, where, bug)  # before its first slot (62 ms)
         await asyncio.sleep(1.0)
         assert broken.stats.polls == 0
         assert driver.pollers["fine"].stats.polls >= 7

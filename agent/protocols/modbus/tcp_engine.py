@@ -51,6 +51,7 @@ from agent.protocols.modbus.adu import (
     encode_tcp,
     parse_tcp,
 )
+from agent.protocols.modbus.config import MAX_REGISTERS_PER_READ
 from agent.protocols.modbus.links import (
     READ_CHUNK,
     ModbusFailure,
@@ -76,9 +77,11 @@ T = TypeVar("T")
 Settle = Callable[[Any, BaseException | None], None]
 
 
-# What a read of a removed terminal's link fails with (a poll on request under way when its
-# terminal was removed or restarted): "connect", so that the poll reads no further.
-REMOVED = ModbusFailure("connect", "the terminal was removed or restarted while it was read")
+def removed_failure() -> ModbusFailure:
+    """What a read of a removed terminal's link fails with (a poll on request under way when its
+    terminal was removed or restarted): "connect", so that the poll reads no further. A new one
+    each time: a raised exception keeps the frames it passed through."""
+    return ModbusFailure("connect", "the terminal was removed or restarted while it was read")
 
 
 class EngineStopped(Exception):
@@ -381,20 +384,28 @@ class TcpEngine:
                 jobs.insert(0, link.job)
             link.waiting.clear()
             link.current = link.job = link.request = link.expect = None
-            self._disconnect(link)
+            with contextlib.suppress(OSError):
+                self._disconnect(link)
             for job in jobs:  # a poller's poll: that poller stops (as a task that crashed)
                 job.coro.close()
-                job.settle(None, exc)
+                _settle_job(job, None, exc)
 
     def _crashed(self, entry: _Scheduled, error: Exception) -> None:
         """A slot of `entry` raised (a bug): that poller stops, logged; the others go on."""
         entry.removed = True
         job, entry.job = entry.job, None
-        if job is not None:
-            self._drop(job)
         log.error(
             "a poller stopped by an error", terminal=entry.poller.terminal.name, error=repr(error)
         )
+        if job is None:
+            return
+        link = job.link
+        try:
+            self._drop(job)  # (and the link's next read, a poll on request, starts)
+        except Exception as exc:  # noqa: BLE001 -- logged: the engine goes on
+            log.error("a poller's poll could not be ended cleanly", error=repr(exc))
+        if link is not None and link.current is None:
+            self._guarded(self._next, link)  # a read left waiting starts, or fails
 
     # polls on the schedule
 
@@ -429,6 +440,11 @@ class TcpEngine:
         entry.job = None
         if entry.removed:
             return
+        if error is None and readings is not None:
+            try:
+                entry.poller.slot_ends(entry.schedule, readings, time.monotonic() - entry.started)
+            except Exception as exc:  # noqa: BLE001 -- that poller stops, as below
+                error = exc
         if error is not None or readings is None:
             entry.removed = True
             log.error(
@@ -437,7 +453,6 @@ class TcpEngine:
                 error=repr(error),
             )
             return
-        entry.poller.slot_ends(entry.schedule, readings, time.monotonic() - entry.started)
         self._out.append((entry.poller, readings))
         self._queue_slot(entry)
 
@@ -507,14 +522,14 @@ class TcpEngine:
         try:
             read = job.coro.send(value) if error is None else job.coro.throw(error)
         except StopIteration as done:
-            job.settle(done.value, None)
+            _settle_job(job, done.value, None)
             return
         except BaseException as exc:  # noqa: BLE001 -- settled with it
-            job.settle(None, exc)
+            _settle_job(job, None, exc)
             return
         if not isinstance(read, _Read):
             job.coro.close()
-            job.settle(None, RuntimeError(f"a Modbus TCP poll awaited {read!r}, not a read"))
+            _settle_job(job, None, RuntimeError(f"a Modbus TCP poll awaited {read!r}, not a read"))
             return
         self._known.add(read.link)
         job.link = read.link
@@ -526,7 +541,7 @@ class TcpEngine:
         if link.removed:
             while link.waiting:  # each fails at once: its poll ends without connecting
                 _, job = link.waiting.popleft()
-                self._step(job, error=REMOVED)
+                self._step(job, error=removed_failure())
             return
         if link.current is not None or not link.waiting:
             return
@@ -601,7 +616,7 @@ class TcpEngine:
         link.request = request
         key = (read.unit, read.table, read.address, read.count)
         if key not in link.frames:
-            registers = read.table in ("holding", "input")
+            registers = read.table in ("holding", "input") and read.count <= MAX_REGISTERS_PER_READ
             link.frames[key] = RegisterReadFrames(*key) if registers else None
         link.expect = frames = link.frames[key]
         frame = encode_tcp(request) if frames is None else frames.request(transaction)
@@ -712,6 +727,15 @@ class TcpEngine:
 def _os_error(code: int) -> OSError:
     """The OSError of an errno (ECONNREFUSED gives a ConnectionRefusedError)."""
     return OSError(code, os.strerror(code))
+
+
+def _settle_job(job: _Job, result: Any, error: BaseException | None) -> None:
+    """Hand a job's end to whoever waits for it; an error there (a bug) is logged, not raised
+    into the read that ended it."""
+    try:
+        job.settle(result, error)
+    except Exception as exc:  # noqa: BLE001 -- logged: the engine goes on
+        log.error("the end of a Modbus TCP poll could not be handed over", error=repr(exc))
 
 
 def _unset(result: Any, error: BaseException | None) -> None:
