@@ -109,6 +109,18 @@ class Link(Protocol):
         ...
 
 
+CLOSE_WAIT = 1.0  # a link's `close` waits this long at most for the connection to be gone
+
+
+async def wait_closed(gone: Awaitable[None] | None, timeout: float = CLOSE_WAIT) -> None:
+    """Wait, at most `timeout`, for what a link's `close_soon` returned; a link still closing
+    then is left to close by itself."""
+    if gone is not None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(gone)
+
+
 def exception_failure(code: int) -> ModbusFailure:
     meaning = EXCEPTION_MEANINGS.get(code, "unknown exception code")
     return ModbusFailure("exception", f"exception {code:#04x}: {meaning}", code)
@@ -282,11 +294,7 @@ class TcpLink:
         return self._connection
 
     async def close(self) -> None:
-        gone = self.close_soon()
-        if gone is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await asyncio.shield(gone)
+        await wait_closed(self.close_soon())
 
     def close_soon(self) -> asyncio.Future[None] | None:
         connection, self._connection = self._connection, None

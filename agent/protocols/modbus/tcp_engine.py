@@ -60,6 +60,7 @@ from agent.protocols.modbus.links import (
     ended_failure,
     no_reply_failure,
     reply_values,
+    wait_closed,
 )
 from agent.protocols.modbus.poller import Poller
 from agent.protocols.schedule import FixedRateSchedule
@@ -119,9 +120,11 @@ class _Scheduled:
 
     __slots__ = ("job", "poller", "removed", "schedule", "settle", "started")
 
-    def __init__(self, poller: Poller) -> None:
+    def __init__(
+        self, poller: Poller, polled: Callable[[_Scheduled, Any, BaseException | None], None]
+    ) -> None:
         self.poller = poller
-        self.settle: Settle = _unset  # what its polls end with (the engine's `_polled`)
+        self.settle: Settle = functools.partial(polled, self)  # what its polls end with
         self.schedule: FixedRateSchedule = poller.schedule()
         self.job: _Job | None = None
         self.started = 0.0
@@ -168,11 +171,8 @@ class EngineLink:
         return await _Read(self, unit, table, address, count, timeout)
 
     async def close(self) -> None:
-        closed = self.close_soon()
-        if closed is not None:
-            with contextlib.suppress(TimeoutError, EngineStopped):
-                async with asyncio.timeout(STOP_TIMEOUT):
-                    await closed
+        with contextlib.suppress(EngineStopped):  # (it stopped meanwhile: closed with it)
+            await wait_closed(self.close_soon())
 
     def close_soon(self) -> asyncio.Future[None] | None:
         if not self.engine.running:
@@ -203,10 +203,8 @@ class TcpEngine:
         self._order = itertools.count()
         self._out: Delivery = []
         self._handed_at = 0.0
-        # Batches handed to the event loop and taken in there, and when each not yet taken was
-        # handed over: how far behind the event loop is (`_lag`).
-        self._handed = 0
-        self._taken = 0
+        # When each batch handed to the event loop and not yet taken in there was handed over
+        # (appended in the thread, taken off on the loop: deque ends are thread-safe).
         self._untaken: deque[float] = deque()
         self._halted = False
         self._stopping = False
@@ -379,16 +377,7 @@ class TcpEngine:
                 address=f"{link.host}:{link.port}",
                 error=repr(exc),
             )
-            jobs = [job for _, job in link.waiting]
-            if link.job is not None:
-                jobs.insert(0, link.job)
-            link.waiting.clear()
-            link.current = link.job = link.request = link.expect = None
-            with contextlib.suppress(OSError):
-                self._disconnect(link)
-            for job in jobs:  # a poller's poll: that poller stops (as a task that crashed)
-                job.coro.close()
-                _settle_job(job, None, exc)
+            self._fail_reads(link, exc)  # a poller's poll: that poller stops (a crashed task)
 
     def _crashed(self, entry: _Scheduled, error: Exception) -> None:
         """A slot of `entry` raised (a bug): that poller stops, logged; the others go on."""
@@ -412,8 +401,7 @@ class TcpEngine:
     def _add(self, poller: Poller) -> None:
         if self._halted or poller in self._scheduled:
             return
-        entry = self._scheduled[poller] = _Scheduled(poller)
-        entry.settle = functools.partial(self._polled, entry)
+        entry = self._scheduled[poller] = _Scheduled(poller, self._polled)
         self._queue_slot(entry)
 
     def _queue_slot(self, entry: _Scheduled) -> None:
@@ -422,17 +410,19 @@ class TcpEngine:
     def _slot(self, entry: _Scheduled, now: float) -> None:
         if entry.removed or self._halted:
             return
-        lateness = entry.schedule.start()
-        if lateness is not None and self._untaken and self._lag(now) > entry.schedule.max_late:
-            # The event loop is that far behind taking finished polls in: the agent is behind.
-            entry.poller.slot_skipped(entry.schedule)
-            lateness = None
-        if lateness is None or not entry.poller.slot_begins(entry.schedule, lateness):
-            self._queue_slot(entry)  # skipped (too late, behind, or held): the next slot
-            return
-        entry.started = now
-        entry.job = _Job(entry.poller.poll_once(), entry.settle)
-        self._step(entry.job)
+        poller, schedule = entry.poller, entry.schedule
+        lateness = schedule.start()
+        if lateness is None:  # too late: skipped, counted at the next slot that begins
+            self._queue_slot(entry)
+        elif self._lag(now) > schedule.max_late:  # the event loop is behind taking polls in
+            poller.slot_skipped(schedule)
+            self._queue_slot(entry)
+        elif not poller.slot_begins(schedule, lateness):  # held by the outbox
+            self._queue_slot(entry)
+        else:
+            entry.started = now
+            entry.job = _Job(poller.poll_once(), entry.settle)
+            self._step(entry.job)
 
     def _polled(
         self, entry: _Scheduled, readings: PollReadings | None, error: BaseException | None
@@ -459,22 +449,21 @@ class TcpEngine:
     def _hand_over(self, now: float) -> None:
         batch, self._out = self._out, []
         self._handed_at = now
-        self._untaken.append(self._handed_at)
-        self._handed += 1
+        self._untaken.append(now)
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._take, batch)
 
     def _take(self, batch: Delivery) -> None:
         """On the event loop: a batch of finished polls to the driver."""
-        self._taken += 1  # (written here only; the thread reads it)
+        self._untaken.popleft()
         self.deliver(batch)
 
     def _lag(self, now: float) -> float:
         """How long the oldest batch handed over has waited for the event loop (0: none)."""
-        untaken = self._untaken
-        while len(untaken) > self._handed - self._taken:
-            untaken.popleft()
-        return now - untaken[0] if untaken else 0.0
+        try:
+            return now - self._untaken[0]
+        except IndexError:  # none waits (or the loop took the last one just now)
+            return 0.0
 
     def _remove(self, poller: Poller) -> None:
         link = poller.link if isinstance(poller.link, EngineLink) else None
@@ -713,15 +702,21 @@ class TcpEngine:
         """The thread ends: every connection closed, every read under way or waiting refused."""
         stopped = EngineStopped("the Modbus TCP engine has stopped")
         for link in list(self._known) + list(self._links.values()):
+            self._fail_reads(link, stopped)
+
+    def _fail_reads(self, link: EngineLink, error: BaseException) -> None:
+        """Close the link and end every poll reading on it (under way or waiting) with `error`,
+        without resuming them."""
+        jobs = [job for _, job in link.waiting]
+        if link.job is not None:
+            jobs.insert(0, link.job)
+        link.waiting.clear()
+        link.current = link.job = link.request = link.expect = None
+        with contextlib.suppress(OSError):
             self._disconnect(link)
-            jobs = [job for _, job in link.waiting]
-            if link.job is not None:
-                jobs.insert(0, link.job)
-            link.waiting.clear()
-            link.current = link.job = link.request = None
-            for job in jobs:
-                job.coro.close()
-                job.settle(None, stopped)
+        for job in jobs:
+            job.coro.close()
+            _settle_job(job, None, error)
 
 
 def _os_error(code: int) -> OSError:
@@ -736,10 +731,6 @@ def _settle_job(job: _Job, result: Any, error: BaseException | None) -> None:
         job.settle(result, error)
     except Exception as exc:  # noqa: BLE001 -- logged: the engine goes on
         log.error("the end of a Modbus TCP poll could not be handed over", error=repr(exc))
-
-
-def _unset(result: Any, error: BaseException | None) -> None:
-    raise RuntimeError("a poller's poll ended before the engine took it on")
 
 
 def _settle_from_thread(
