@@ -197,7 +197,7 @@ class ModbusDriver:
                 poller = Poller(terminal, self.link_for(terminal), self.sink, held=self.held)
                 self.pollers[name] = poller
                 if isinstance(poller.link, EngineLink):
-                    self._started_engine().add(poller)
+                    poller.link.engine.add(poller)  # the engine `link_for` started
                     continue
                 task = asyncio.create_task(poller.run(), name=f"poll {name}")
                 task.add_done_callback(log_task_crash)
