@@ -220,6 +220,7 @@ async def test_a_protocol_registered_through_a_driver_spec_runs_in_the_daemon_en
             while daemon.parts is None:
                 await asyncio.sleep(0.02)
             assert TRACE.entered == 1 and TRACE.left == 0
+            assert daemon.parts.writer.batch == 5000  # messages of schema 2's default size
             await TRACE.committed.wait()
             await asyncio.sleep(0.6)  # some readings, and a linger (0.2 s) to store them
 
