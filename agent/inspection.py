@@ -31,7 +31,7 @@ import structlog
 from agent.check_settings import ChecksConfig
 from agent.checks.alarms import AlarmTracker
 from agent.checks.data import DataMonitor
-from agent.checks.framework import Check, CheckResult, CheckRunner, Round
+from agent.checks.framework import Check, CheckResult, CheckRunner, Round, Slices
 from agent.checks.health import HealthSchedule, build_health
 from agent.checks.history import History, terminal_plans
 from agent.checks.registry import build_checks, data_monitor, terminal_intervals
@@ -47,6 +47,7 @@ from agent.watchdog import BeatSink, Progress, run_watchdog, status_line
 from agent.writer import OutboxWriter
 
 log = structlog.get_logger(__name__)
+RECORD_SLICE = 1000  # check results recorded in the history at a time (a few ms)
 
 ViewSource = Callable[[], Awaitable[AgentView]]
 CHECKS_ALLOWANCE = 600.0  # the check loop beats at least every round; rounds are <= 5 min apart
@@ -166,13 +167,21 @@ class Inspection:
             log.error("could not record a round of checks", error=f"{type(exc).__name__}: {exc}")
 
     async def _handle(self, done: Round) -> None:
+        # A large site's round is thousands of results: handled in slices, with pauses that
+        # leave the interpreter to the TCP engine's thread (framework.Slices).
+        slices = Slices()
         events = self.alarms.update(done.results)
         for event in events:
             log.warning("alarm", check=event.get("check"), status=event.get("status"))
         self._store_events(events)
         self._save_alarms_soon()  # also retries a save that failed before
         if self.history is not None:
-            self.history.record_results(done.results, done.changed)
+            results = done.results
+            for start in range(0, len(results), RECORD_SLICE):
+                if slices.due():
+                    await slices.pause()
+                changed = done.changed if start == 0 else ()
+                self.history.record_results(results[start : start + RECORD_SLICE], changed)
             self.history.record_alarms(events)
             self.history.record_anomalies(self.monitor.take_anomalies())
             if time.monotonic() - self._last_flush >= self.settings.history.flush_interval:
@@ -180,6 +189,8 @@ class Inspection:
                 self._last_flush = time.monotonic()
         now = time.monotonic()
         if self.health.due(now, bool(done.changed)):
+            if slices.due():
+                await slices.pause()
             view = self._latest_view or await self._view()
             report = build_health(
                 self.runner.results, view, max_terminals=self.config.health.max_terminals

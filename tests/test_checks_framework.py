@@ -272,6 +272,47 @@ async def test_a_round_of_many_checks_gives_the_event_loop_turns(tmp_path: Path)
     assert turns >= int(took / 0.005) // 2
 
 
+async def test_a_round_of_many_checks_leaves_the_interpreter_to_a_polling_thread(
+    tmp_path: Path,
+) -> None:
+    """The TCP engine polls in a thread that gives the interpreter's lock up at every socket
+    call and waits for it again; while the loop computes, it gets it back only every 5 ms
+    (the switch interval). A round's pauses let it run: at 2,000 terminals a round held the
+    polls back ~100 ms."""
+
+    def busy(v: AgentView, now: datetime) -> Outcome:
+        end = time.perf_counter() + 0.0002
+        while time.perf_counter() < end:
+            pass
+        return Outcome(Status.OK, None, None, None, "fine")
+
+    runner = CheckRunner([Check(f"terminals.x:{i}", "terminals", busy) for i in range(500)])
+    steps = 0
+    counting, done = threading.Event(), threading.Event()
+
+    def poller() -> None:  # a call that lets the lock go, as a socket call does, again and again
+        nonlocal steps
+        while not done.is_set():
+            time.sleep(0)
+            if counting.is_set():
+                steps += 1
+
+    thread = threading.Thread(target=poller, daemon=True)
+    thread.start()
+    counting.set()
+    started = time.perf_counter()
+    round_ = await runner.run_all(view(tmp_path), T0)
+    took = time.perf_counter() - started
+    counting.clear()
+    done.set()
+    thread.join(5)
+    assert len(round_.results) == 500
+    assert took >= 0.1  # 500 x 0.2 ms of work
+    # With only the switch interval the thread made a handful of steps in the round (3 when
+    # checked); with the pauses, hundreds (772).
+    assert steps >= 100, steps
+
+
 @pytest.mark.parametrize("blocking", [True, False], ids=["thread", "coroutine"])
 async def test_a_round_cancelled_before_its_probes_had_a_turn_leaves_no_coroutine_behind(
     tmp_path: Path, blocking: bool
