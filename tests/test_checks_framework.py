@@ -24,6 +24,7 @@ from agent.checks import (
 )
 from agent.checks.framework import level, worst
 from tests.conftest import make_config
+from tests.lockshare import LockSharingThread
 
 T0 = datetime(2026, 11, 22, 8, 0, tzinfo=UTC)
 
@@ -287,30 +288,15 @@ async def test_a_round_of_many_checks_leaves_the_interpreter_to_a_polling_thread
         return Outcome(Status.OK, None, None, None, "fine")
 
     runner = CheckRunner([Check(f"terminals.x:{i}", "terminals", busy) for i in range(500)])
-    steps = 0
-    counting, done = threading.Event(), threading.Event()
-
-    def poller() -> None:  # a call that lets the lock go, as a socket call does, again and again
-        nonlocal steps
-        while not done.is_set():
-            time.sleep(0)
-            if counting.is_set():
-                steps += 1
-
-    thread = threading.Thread(target=poller, daemon=True)
-    thread.start()
-    counting.set()
     started = time.perf_counter()
-    round_ = await runner.run_all(view(tmp_path), T0)
+    with LockSharingThread() as thread:
+        round_ = await runner.run_all(view(tmp_path), T0)
     took = time.perf_counter() - started
-    counting.clear()
-    done.set()
-    thread.join(5)
     assert len(round_.results) == 500
     assert took >= 0.1  # 500 x 0.2 ms of work
     # With only the switch interval the thread made a handful of steps in the round (3 when
     # checked); with the pauses, hundreds (772).
-    assert steps >= 100, steps
+    assert thread.steps >= 100, thread.steps
 
 
 @pytest.mark.parametrize("blocking", [True, False], ids=["thread", "coroutine"])
