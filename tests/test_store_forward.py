@@ -8,6 +8,7 @@ it polled.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -185,21 +186,25 @@ async def test_killing_the_agent_mid_publish_loses_nothing_and_repeats_only_by_s
             if not killed_at - margin <= datetime.fromisoformat(r["observed_at"]) <= killed_at
         ]  # fmt: skip
         jwk = keys_show(config)["jwk"]
-        await collector.wait_for(
-            "everything",
-            lambda: (
-                set(
-                    reading_keys(
-                        [r for p in upstream(collector, jwk) for r in p["body"]["readings"]]
-                    )
-                )
-                >= set(reading_keys(polled))
-            ),
-            timeout=30,
-        )
-    payloads = upstream(collector, jwk)
-    received = {k for p in payloads for k in reading_keys(p["body"]["readings"])}
-    assert received >= set(reading_keys(polled))
+        wanted = set(reading_keys(polled))
+
+        def arrived() -> set[tuple[str, str, str]]:
+            return {
+                k for p in upstream(collector, jwk) for k in reading_keys(p["body"]["readings"])
+            }
+
+        with contextlib.suppress(AssertionError):  # what is missing is said below
+            await collector.wait_for("everything", lambda: arrived() >= wanted, timeout=30)
+    missing = sorted(wanted - arrived(), key=lambda key: key[2])
+
+    def since_kill(key: tuple[str, str, str]) -> str:
+        return f"{(datetime.fromisoformat(key[2]) - killed_at).total_seconds():+.3f} s"
+
+    assert not missing, (
+        f"{len(missing)} of {len(wanted)} readings did not arrive, observed from "
+        f"{since_kill(missing[0])} to {since_kill(missing[-1])} after the kill; the seqs that "
+        f"did: {sorted(p['seq'] for p in signed(collector, jwk))}"
+    )
     # A repeated seq is a resend of the very same signed message; no seq is missing.
     by_seq: dict[int, dict[str, Any]] = {}
     for p in signed(collector, jwk):
