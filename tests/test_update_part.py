@@ -187,13 +187,15 @@ async def test_a_gate_not_met_in_the_window_records_why_and_exits_4(
     dead = free_port()  # the baseline's terminal no longer answers
     config = tmp_path / "config.yaml"
     write_config(config, tmp_path / "state", [tcp_terminal(dead, POINTS, period="200ms")])
+    # The window counts from now, so it includes the agent's start: 2.5 s was too short on a
+    # slow spell of the CI machine ("the agent did not finish starting").
     store = put_on_trial(
         tmp_path / "state",
-        ends_in=2.5,
+        ends_in=8,
         baseline={"terminals": ["plc"], "uplink_connected": False, "failing_checks": []},
     )
     agent: Agent = await agent_factory(config)
-    code = await asyncio.wait_for(agent.process.wait(), 20)
+    code = await asyncio.wait_for(agent.process.wait(), 30)
     await agent.stop()
     assert code == 4, agent.log_lines[-5:]
     record = store.read()
